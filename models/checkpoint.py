@@ -1,0 +1,189 @@
+"""Building, loading and saving Orthrus models.
+
+Three sources are accepted, each a hub name or a local folder:
+  * a plain Qwen3 checkpoint: the diffusion view starts as a copy of the AR view;
+  * a Qwen3 checkpoint plus a diffusion-view file (what our training saves: small);
+  * a merged Orthrus checkpoint (`model_type: orthrus`), e.g. the released
+    `chiennv/Orthrus-Qwen3-{1.7B,4B,8B}` or our `save_merged` output.
+Writes are atomic: a folder is written under a temporary name and renamed into place, so an
+interrupted save never leaves a half-written checkpoint under the final name.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig
+from transformers.utils import logging as hf_logging
+
+from models.config import OrthrusConfig
+from models.orthrus import OrthrusForCausalLM, is_diffusion_param
+
+DIFFUSION_FILE = "diffusion_view.safetensors"
+DIFFUSION_META = "diffusion_view.json"
+_SUPPORTED_TYPES = ("qwen3", "orthrus")
+
+
+def load_orthrus(
+    base: str,
+    diffusion: str | None = None,
+    *,
+    block_size: int | None = None,
+    mask_token_id: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    attn_implementation: str = "sdpa",
+) -> OrthrusForCausalLM:
+    """Build an Orthrus model from `base` (Qwen3 or merged Orthrus) and optional diffusion weights.
+
+    block_size / mask_token_id override what the checkpoint says (a plain Qwen3 checkpoint says
+    nothing, so mask_token_id is then required unless the diffusion file records it).
+    """
+    source_config = _load_config(base)
+    meta = _read_diffusion_meta(diffusion) if diffusion else {}
+    overrides = {
+        "block_size": block_size or meta.get("block_size") or getattr(source_config, "block_size", None),
+        "mask_token_id": mask_token_id if mask_token_id is not None else meta.get("mask_token_id", getattr(source_config, "mask_token_id", None)),
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    fields = {k: v for k, v in source_config.to_dict().items() if k not in ("model_type", "transformers_version", "architectures", "auto_map")}
+    config = OrthrusConfig(**{**fields, **overrides})
+    # A plain Qwen3 checkpoint has no diffusion tensors; transformers reports them as missing,
+    # which is expected here: they are set from the AR view right after.
+    verbosity = hf_logging.get_verbosity()
+    if source_config.model_type == "qwen3":
+        hf_logging.set_verbosity_error()
+    try:
+        model = OrthrusForCausalLM.from_pretrained(
+            base, config=config, dtype=dtype, attn_implementation=attn_implementation
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if source_config.model_type == "qwen3":
+        model.init_diffusion_from_ar()
+    if diffusion:
+        load_diffusion_view(model, diffusion)
+    model.requires_grad_(False)
+    return model.to(device).eval()
+
+
+def _load_config(base: str):
+    path = Path(base).expanduser()
+    looks_local = path.exists() or base.startswith((".", "/", "~")) or base.count("/") > 1
+    if looks_local and not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no checkpoint at '{base}': expected a folder with config.json "
+            "(a local Qwen3/Orthrus checkpoint) or a hub name like 'Qwen/Qwen3-8B'."
+        )
+    try:
+        config = AutoConfig.from_pretrained(str(path) if looks_local else base)
+    except OSError as err:
+        raise OSError(
+            f"could not load '{base}' from the hub ({err}). Without network access, download "
+            "the checkpoint elsewhere and pass its local folder instead."
+        ) from err
+    if config.model_type not in _SUPPORTED_TYPES:
+        raise ValueError(
+            f"'{base}' is a {config.model_type!r} model; Orthrus here is built on Qwen3: pass a "
+            f"checkpoint whose config.json has model_type in {_SUPPORTED_TYPES}."
+        )
+    return config
+
+
+def diffusion_state_dict(model: OrthrusForCausalLM) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous() for n, p in model.named_parameters() if is_diffusion_param(n)}
+
+
+def save_diffusion_view(model: OrthrusForCausalLM, folder: str | os.PathLike, extra_meta: dict | None = None) -> Path:
+    """Write the diffusion view alone (safetensors, ~16% of the model) plus what loading needs."""
+    meta = {
+        "block_size": model.config.block_size,
+        "mask_token_id": model.config.mask_token_id,
+        "num_hidden_layers": model.config.num_hidden_layers,
+        "hidden_size": model.config.hidden_size,
+        **(extra_meta or {}),
+    }
+
+    def write(tmp: Path):
+        save_file(diffusion_state_dict(model), tmp / DIFFUSION_FILE)
+        (tmp / DIFFUSION_META).write_text(json.dumps(meta, indent=2))
+
+    return atomic_folder(folder, write)
+
+
+def load_diffusion_view(model: OrthrusForCausalLM, path: str | os.PathLike) -> None:
+    """Load diffusion weights from a folder written by `save_diffusion_view` or a .safetensors file."""
+    file = _diffusion_file(path)
+    state = load_file(str(file))
+    expected = diffusion_state_dict(model)
+    missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
+    if missing or unexpected:
+        raise ValueError(
+            f"{file} does not fit this model: {len(missing)} diffusion tensors missing "
+            f"(e.g. {sorted(missing)[:2]}), {len(unexpected)} unexpected (e.g. {sorted(unexpected)[:2]}). "
+            "Was it trained on a base model with a different number of layers?"
+        )
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise ValueError(f"{file}: {name} has shape {tuple(tensor.shape)}, model expects {tuple(expected[name].shape)}")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)
+
+
+def _diffusion_file(path) -> Path:
+    path = Path(path)
+    file = path / DIFFUSION_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"no diffusion view at '{path}': expected {DIFFUSION_FILE} or a .safetensors file")
+    return file
+
+
+def _read_diffusion_meta(path) -> dict:
+    meta = _diffusion_file(path).parent / DIFFUSION_META
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def save_merged(model: OrthrusForCausalLM, folder: str | os.PathLike, tokenizer=None) -> Path:
+    """Base + diffusion view in the released-checkpoint format (model_type "orthrus")."""
+
+    def write(tmp: Path):
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+
+    return atomic_folder(folder, write)
+
+
+def atomic_folder(folder: str | os.PathLike, write) -> Path:
+    """Call write(tmp_dir), then move tmp_dir to `folder` (replacing it) in one rename."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        write(tmp)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def parameter_report(config: OrthrusConfig) -> dict:
+    """Parameter counts of an Orthrus model at `config`'s shape, built on the meta device."""
+    with torch.device("meta"):
+        model = OrthrusForCausalLM(config)
+    diffusion = sum(p.numel() for n, p in model.named_parameters() if is_diffusion_param(n))
+    total = sum(p.numel() for p in model.parameters())  # tied weights counted once
+    return {"total": total, "base": total - diffusion, "diffusion": diffusion, "trainable_fraction": diffusion / total}

@@ -1,0 +1,178 @@
+"""Orthrus decoding: draft a block with the diffusion view, verify it with the AR view.
+
+One iteration at position `start` (the last emitted token is not yet in the cache):
+  1. draft:  diffusion pass over [last, MASK x (k-1)] at positions start..start+k-1; its
+             queries see the cache's first `start` entries and the whole block; nothing is
+             written to the cache. Logits at block index i draft the token at start+i+1.
+  2. verify: the ordinary AR pass over [last, draft_1..draft_{k-1}], appending to the cache.
+  3. accept: the longest agreeing prefix of drafts plus one AR token (greedy), or rejection
+             sampling (sampling); crop the cache to the accepted length.
+Every emitted token is therefore an AR-view token, which is why the output is the base
+model's. With block_size=1 the loop is plain AR decoding on the same code path, which is the
+baseline that speedups are measured against.
+
+This is the reference loop, written for clarity on `transformers`' DynamicCache; the fast
+engine (static cache, CUDA graphs, Triton kernels) lives beside it and must match it token
+for token.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from models.orthrus import OrthrusForCausalLM, prefix_attend
+from models.sampling import SamplingParams, greedy_accept, logits_to_probs, sample, speculative_accept
+
+
+@dataclass
+class GenerationResult:
+    """What `generate` produced and how; evaluation reads its metrics from here."""
+
+    sequences: torch.LongTensor  # (1, prompt + new) token ids, prompt included
+    prompt_len: int
+    block_size: int
+    accepted: list[int] = field(default_factory=list)  # drafts accepted per iteration
+    emitted: list[int] = field(default_factory=list)  # tokens emitted per iteration (after EOS/max clipping)
+    ar_forwards: int = 0  # prefill counts as one
+    diffusion_forwards: int = 0
+    finished_by_eos: bool = False
+
+    @property
+    def new_tokens(self) -> torch.LongTensor:
+        return self.sequences[0, self.prompt_len :]
+
+    @property
+    def num_new_tokens(self) -> int:
+        return self.sequences.shape[1] - self.prompt_len
+
+    @property
+    def tokens_per_iteration(self) -> float:
+        """Tokens per draft+verify iteration (the paper's TPF); the prefill token not counted."""
+        return sum(self.emitted) / max(len(self.emitted), 1)
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """New tokens per model forward pass of either view, prefill included."""
+        return self.num_new_tokens / max(self.ar_forwards + self.diffusion_forwards, 1)
+
+
+@torch.inference_mode()
+def generate(
+    model: OrthrusForCausalLM,
+    input_ids: torch.LongTensor,
+    max_new_tokens: int,
+    *,
+    block_size: int | None = None,
+    sampling: SamplingParams = SamplingParams(),
+    eos_token_id: int | list[int] | None = None,
+    generator: torch.Generator | None = None,
+    streamer=None,
+) -> GenerationResult:
+    """Decode up to `max_new_tokens` tokens after `input_ids` (shape (1, L)).
+
+    block_size: K, defaults to the config's; 1 runs the plain AR baseline on the same loop.
+    eos_token_id: defaults to the model's generation config; decoding stops after emitting it.
+    streamer: anything with `put(tensor)` / `end()` (e.g. transformers' TextStreamer).
+    """
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(
+            f"input_ids has shape {tuple(input_ids.shape)}; the reference loop decodes one sequence: "
+            "pass shape (1, prompt_len) (use the engine for batches)."
+        )
+    if input_ids.shape[1] == 0:
+        raise ValueError("input_ids is empty: give at least one prompt token (e.g. BOS).")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    K = block_size or model.config.block_size
+    if K < 1:
+        raise ValueError(f"block_size={K} must be >= 1 (1 = plain AR decoding)")
+    eos = _eos_ids(model, eos_token_id)
+    mask_id = model.config.mask_token_id
+    device = input_ids.device
+
+    result = GenerationResult(sequences=input_ids, prompt_len=input_ids.shape[1], block_size=K)
+    out = [input_ids[0]]
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+
+    def emit(tokens: list[int]) -> bool:
+        """Append tokens (clipped at EOS); return True when decoding is finished."""
+        for i, t in enumerate(tokens):
+            if t in eos:
+                tokens, result.finished_by_eos = tokens[: i + 1], True
+                break
+        out.append(torch.tensor(tokens, dtype=torch.long, device=device))
+        if streamer is not None:
+            streamer.put(torch.tensor(tokens))
+        return result.finished_by_eos or sum(len(o) for o in out[1:]) >= max_new_tokens
+
+    # Prefill: the whole prompt through the AR view; its last logits give the first token.
+    cache = DynamicCache(config=model.config)
+    L = input_ids.shape[1]
+    logits = model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits[0, -1:]
+    result.ar_forwards += 1
+    first = _pick(logits, sampling, generator)[0]
+    done = emit([first])
+    start, last = L, first
+
+    scale = model.model.layers[0].self_attn.scaling
+    while not done:
+        k = min(K, max_new_tokens - (start + 1 - L))  # never propose past max_new_tokens
+        positions = torch.arange(start, start + k, device=device)[None]
+        block = torch.full((1, k), mask_id, dtype=torch.long, device=device)
+        block[0, 0] = last
+
+        if k > 1:
+            d_logits = model.diffusion_forward(block, positions, prefix_attend(cache, start, scale))[0, :-1]
+            result.diffusion_forwards += 1
+            if sampling.greedy:
+                draft, q = d_logits.argmax(-1), None
+            else:
+                q = logits_to_probs(d_logits, sampling)
+                draft = sample(q, generator)
+            block[0, 1:] = draft
+        else:
+            draft = block[0, 1:]
+
+        ar_logits = model(input_ids=block, position_ids=positions, past_key_values=cache, use_cache=True).logits[0]
+        result.ar_forwards += 1
+        if sampling.greedy:
+            n_acc, nxt = greedy_accept(draft, ar_logits)
+        else:
+            n_acc, nxt = speculative_accept(draft, q, logits_to_probs(ar_logits, sampling), generator)
+
+        _crop(cache, start + n_acc + 1)  # keep [last, accepted drafts]; the new token is not cached yet
+        result.accepted.append(n_acc)
+        tokens = draft[:n_acc].tolist() + [nxt]
+        done = emit(tokens)
+        result.emitted.append(len(out[-1]))
+        start, last = start + n_acc + 1, nxt
+
+    if streamer is not None:
+        streamer.end()
+    result.sequences = torch.cat(out)[None]
+    return result
+
+
+def _crop(cache: DynamicCache, length: int) -> None:
+    """Drop cache entries past `length` (transformers >= 5.17 takes the count to remove)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
+def _pick(logits: torch.Tensor, sampling: SamplingParams, generator) -> list[int]:
+    if sampling.greedy:
+        return logits.argmax(-1).tolist()
+    return sample(logits_to_probs(logits, sampling), generator).tolist()
+
+
+def _eos_ids(model, eos_token_id) -> set[int]:
+    if eos_token_id is None:
+        eos_token_id = getattr(model.generation_config, "eos_token_id", None)
+        if eos_token_id is None:
+            eos_token_id = model.config.eos_token_id
+    if eos_token_id is None:
+        return set()
+    return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
