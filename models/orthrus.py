@@ -103,16 +103,9 @@ class OrthrusForCausalLM(Qwen3ForCausalLM):
                 hidden = _diffusion_layer(layer, idx, hidden, cos, sin, attend)
         return self.model.norm(hidden)
 
-    def diffusion_forward(
-        self,
-        input_ids: torch.LongTensor,
-        position_ids: torch.LongTensor,
-        attend: AttendFn,
-        gradient_checkpointing: bool = False,
-    ) -> torch.Tensor:
-        """Diffusion-view logits (B, T, vocab) for the block(s) in `input_ids`."""
-        hidden = self.diffusion_hidden_states(input_ids, position_ids, attend, gradient_checkpointing)
-        return self.lm_head(hidden)
+    def diffusion_forward(self, *args, **kwargs) -> torch.Tensor:
+        """Diffusion-view logits (B, T, vocab); arguments as `diffusion_hidden_states`."""
+        return self.lm_head(self.diffusion_hidden_states(*args, **kwargs))
 
 
 def _diffusion_layer(layer: nn.Module, idx: int, hidden, cos, sin, attend: AttendFn) -> torch.Tensor:
