@@ -1,0 +1,52 @@
+"""Float64 PyTorch references for the decode kernels.
+
+Deliberately naive (explicit masks, explicit softmax, `repeat_interleave` for GQA) so they are easy to
+check by eye; the Triton kernels in `kernels/attention.py` and `kernels/accept.py` are tested against them.
+"""
+
+import torch
+
+
+def _as_int(length) -> int:
+    """References may sync: a device-tensor length is read back to the host."""
+    return int(length.item()) if isinstance(length, torch.Tensor) else int(length)
+
+
+def _attention_f64(q, k, v, mask, scale):
+    """softmax(q k^T * scale + mask) v in float64. q: (B, H, T, D); k, v: (B, Hkv, S, D); mask: (T, S) bool."""
+    group = q.shape[1] // k.shape[1]
+    k = k.double().repeat_interleave(group, dim=1)
+    v = v.double().repeat_interleave(group, dim=1)
+    scores = torch.einsum("bhtd,bhsd->bhts", q.double(), k) * scale
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return torch.einsum("bhts,bhsd->bhtd", probs, v)
+
+
+def diffusion_attention_ref(q, k_cache, v_cache, ctx_len, k_blk, v_blk, scale):
+    """Draft pass: every block query sees the first `ctx_len` cache entries and all K block keys."""
+    n = _as_int(ctx_len)
+    k = torch.cat([k_cache[:, :, :n], k_blk], dim=2)
+    v = torch.cat([v_cache[:, :, :n], v_blk], dim=2)
+    mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device)
+    return _attention_f64(q, k, v, mask, scale)
+
+
+def verify_attention_ref(q, k_cache, v_cache, start, scale):
+    """Verify pass: block query i sees cache entries [0, start + i] (the block is already in the cache)."""
+    start = _as_int(start)
+    block = q.shape[2]
+    k = k_cache[:, :, : start + block]
+    v = v_cache[:, :, : start + block]
+    query_pos = start + torch.arange(block, device=q.device)
+    key_pos = torch.arange(start + block, device=q.device)
+    mask = key_pos[None, :] <= query_pos[:, None]
+    return _attention_f64(q, k, v, mask, scale)
+
+
+def greedy_accept_ref(draft, ar):
+    """Longest prefix with draft[i] == ar[i], and the AR token right after it (the bonus token)."""
+    matches = (draft == ar[:, : draft.shape[1]]).long()
+    accept_len = matches.cumprod(dim=1).sum(dim=1)
+    bonus = ar.gather(1, accept_len[:, None]).squeeze(1)
+    return accept_len, bonus
