@@ -1,10 +1,17 @@
 """Shared fixtures: tiny random Qwen3/Orthrus models, fp32 on the CPU."""
 
+import os
+
 import pytest
 import torch
 
-from models.config import OrthrusConfig
-from models.orthrus import OrthrusForCausalLM
+# Triton reads TRITON_INTERPRET when it is first imported, and transformers imports it (through
+# torch._dynamo) as soon as models/ is imported below: switch the interpreter on before that.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from models.config import OrthrusConfig  # noqa: E402
+from models.orthrus import OrthrusForCausalLM  # noqa: E402
 
 
 def tiny_config(**overrides) -> OrthrusConfig:
