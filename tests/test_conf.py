@@ -1,0 +1,136 @@
+"""conf/ composes for every preset, mirrors the code key for key, and rejects typos by name."""
+
+import inspect
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+import train.config  # noqa: F401  (registers data=synthetic and ${floor_div:...})
+from data.packing import PackedDataset
+from train.backend import DeepSpeedConfig, deepspeed_config
+from train.data import synthetic_documents
+from train.loop import TrainConfig
+from train.model import ModelConfig
+from train.objective import ObjectiveConfig
+from train.optim import OptimConfig
+from train.tracking import LoggingConfig, WandbConfig
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+EXPS = sorted(p.stem for p in (CONF / "exp").glob("*.yaml"))
+SECTIONS = {"model": ModelConfig, "objective": ObjectiveConfig, "optim": OptimConfig, "logging": LoggingConfig, "train": TrainConfig}
+
+
+def compose_cfg(*overrides, hydra=False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def section(cfg, key) -> dict:
+    return OmegaConf.to_container(cfg[key], resolve=True)
+
+
+def build_sections(cfg) -> dict:
+    """Every section through its dataclass (validation included), as the Trainer does."""
+    built = {key: cls(**section(cfg, key)) for key, cls in SECTIONS.items()}
+    built["deepspeed"] = DeepSpeedConfig(**section(cfg, "deepspeed"))
+    return built
+
+
+def test_presets_exist():
+    assert {"qwen3_1.7b", "qwen3_4b", "qwen3_8b", "ablate_block_size", "ablate_ce_loss", "ablate_denoise_steps",
+            "ablate_trainable", "ablate_tokens"} <= set(EXPS)
+
+
+@pytest.mark.parametrize("exp", EXPS)
+def test_every_exp_composes(exp):
+    cfg = compose_cfg(f"+exp={exp}", hydra=True)
+    build_sections(cfg)
+    for key in OmegaConf.select(cfg, "hydra.sweeper.params") or {}:  # a sweep must name existing keys
+        assert OmegaConf.select(cfg, key, default="missing") != "missing", f"exp/{exp}.yaml sweeps unknown key {key}"
+
+
+def test_qwen3_8b_is_the_paper_recipe():
+    cfg = compose_cfg("+exp=qwen3_8b")
+    s = build_sections(cfg)
+    assert s["model"].base == "Qwen/Qwen3-8B" and s["model"].block_size == 32
+    assert len(s["model"].trainable) == 6
+    assert s["deepspeed"].enabled and s["deepspeed"].zero_stage == 2
+    assert s["train"].precision == "bf16" and s["objective"].loss == "kl" and s["objective"].num_denoise_steps == 1
+    assert s["optim"].lr == pytest.approx(1e-4)
+    assert cfg.data.packed_dataset.seq_len == 4096
+    tokens = s["train"].steps * s["train"].grad_accum * s["train"].micro_batch_size * 4096 * 8
+    assert tokens < 1e9  # the paper: fewer than 1B training tokens
+
+
+def test_ablation_block_size_keeps_diffusion_tokens_fixed():
+    for k in (8, 16, 32, 64):
+        cfg = compose_cfg("+exp=ablate_block_size", f"model.block_size={k}")
+        assert section(cfg, "objective")["blocks_per_row"] * k == 2048
+
+
+def test_gpu_smoke_overrides_compose():
+    """The overrides of scripts/gpu_train_smoke.sh: real 8B shapes, random weights, synthetic data."""
+    cfg = compose_cfg("+exp=qwen3_8b", "model.shape=qwen3_8b", "model.base=null", "data=synthetic", "train.steps=200")
+    s = build_sections(cfg)
+    assert s["model"].shape == "qwen3_8b" and s["model"].base is None
+    assert "synthetic_documents" in cfg.data and cfg.data.packed_dataset.seq_len == 4096
+
+
+def test_slurm_launcher_composes():
+    cfg = compose_cfg("hydra/launcher=slurm", "+exp=qwen3_8b", hydra=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher.gpus_per_node == launcher.tasks_per_node == 8 and launcher.nodes == 1
+
+
+@pytest.mark.parametrize("override,key", [("optim.lr_typo=1", "lr_typo"), ("train.precison=bf16", "precison"), ("+exp=qwen3_9b", "qwen3_9b")])
+def test_bad_override_names_the_key(override, key):
+    with pytest.raises(ConfigCompositionException, match=key):
+        compose_cfg(override)
+
+
+@pytest.mark.parametrize("override,match", [
+    ("model.shape=qwen3_9b", "model.shape"),
+    ("model.trainable=[q_proj]", "model.trainable"),
+    ("objective.loss=mse", "objective.loss"),
+    ("train.precision=fp16", "train.precision"),
+    ("logging.wandb.mode=cloud", "logging.wandb.mode"),
+])
+def test_bad_values_name_the_key(override, match):
+    with pytest.raises(ValueError, match=match):
+        build_sections(compose_cfg(override))
+
+
+@pytest.mark.parametrize("ds", ["none", "zero2", "zero3"])
+def test_sections_mirror_the_code(ds):
+    cfg = compose_cfg(f"deepspeed={ds}")
+    for key, cls in SECTIONS.items():
+        assert set(cfg[key]) == {f.name for f in fields(cls)}, f"conf section {key} differs from {cls.__name__}"
+    assert set(cfg.logging.wandb) == {f.name for f in fields(WandbConfig)}
+    assert set(cfg.deepspeed) <= {f.name for f in fields(DeepSpeedConfig)}
+    runtime = {"self", "documents", "rank", "world_size", "vocab_size", "exclude"}
+    assert set(cfg.data.synthetic_documents) == set(inspect.signature(synthetic_documents).parameters) - runtime
+    assert set(cfg.data.packed_dataset) == set(inspect.signature(PackedDataset).parameters) - runtime
+
+
+def test_model_configs_mirror_the_code():
+    for name in sorted(p.stem for p in (CONF / "model").glob("*.yaml")):
+        cfg = compose_cfg(f"model={name}")
+        assert set(cfg.model) == {f.name for f in fields(ModelConfig)}, name
+        ModelConfig(**section(cfg, "model"))
+
+
+def test_deepspeed_config_dict():
+    cfg = compose_cfg("+exp=qwen3_8b")
+    s = build_sections(cfg)
+    ds = deepspeed_config(s["deepspeed"], s["optim"], s["train"].micro_batch_size, s["train"].grad_accum, world_size=8, bf16=True)
+    assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"]
+    assert ds["train_batch_size"] == 1 * 4 * 8 and ds["gradient_accumulation_steps"] == 4
+    assert ds["optimizer"]["params"]["torch_adam"] is True and ds["optimizer"]["params"]["lr"] == pytest.approx(1e-4)
+    assert ds["gradient_clipping"] == 1.0
+    z3 = deepspeed_config(DeepSpeedConfig(**section(compose_cfg("deepspeed=zero3"), "deepspeed")), s["optim"], 1, 1, 1, True)
+    assert z3["zero_optimization"]["stage"] == 3 and "stage3_prefetch_bucket_size" in z3["zero_optimization"]

@@ -1,0 +1,57 @@
+"""`python train.py` end to end in a subprocess: a short run, its resume, a dry run, a typo."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = [
+    "logging.wandb.mode=disabled", "logging.progress_bar=false", "logging.log_every=1",
+    "data.packed_dataset.seq_len=64", "data.synthetic_documents.num_documents=128", "train.micro_batch_size=2",
+    "objective.blocks_per_row=4", "train.checkpoint_every=5",
+]
+
+
+def train_py(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def steps_logged(run: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_and_resume(tmp_path):
+    run = tmp_path / "run"
+    done = train_py("train.steps=5", *FAST, f"hydra.run.dir={run}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert steps_logged(run) == [1, 2, 3, 4, 5]
+    for path in (".hydra/config.yaml", "config.yaml", "checkpoints/step_00000005/trainer_state.pt",
+                 "diffusion_view/diffusion_view.safetensors"):
+        assert (run / path).is_file(), path
+
+    more = train_py(f"resume={run}", "train.steps=7")  # the saved config, plus one override
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert steps_logged(run) == [1, 2, 3, 4, 5, 6, 7]
+    assert "steps: 7" in (run / "config.yaml").read_text()
+
+
+def test_dry_run_prints_the_composed_config():
+    done = train_py("+exp=qwen3_8b", "--cfg", "job")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "base: Qwen/Qwen3-8B" in done.stdout and "zero_stage: 2" in done.stdout
+
+
+def test_typo_fails_naming_the_key():
+    done = train_py("optim.lr_typo=1")
+    assert done.returncode != 0 and "lr_typo" in done.stderr
+
+
+def test_launcher_argv():
+    spec = importlib.util.spec_from_file_location("train_entry", REPO / "train.py")
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    assert entry.launcher_argv(["--local_rank=3", "train.steps=2"], rank=0) == ["train.steps=2"]
+    assert entry.launcher_argv(["a=1"], rank=1)[-3:] == [
+        "hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]

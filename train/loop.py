@@ -1,0 +1,217 @@
+"""The training loop: build everything from the composed config, then step, log, checkpoint.
+
+    trainer = Trainer(cfg, run_dir)   # model, data, objective, backend, tracker; resumes if asked
+    trainer.train()                   # steps start_step..train.steps, returns the last record
+
+Each config section is turned into the dataclass of the module that uses it (ModelConfig,
+ObjectiveConfig, OptimConfig, DeepSpeedConfig, LoggingConfig, TrainConfig), so a key in the
+yaml is an argument in the code and unknown keys fail at once.
+"""
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from data.tokenizer import load_tokenizer
+from models.checkpoint import save_diffusion_view
+from train.backend import DeepSpeedBackend, DeepSpeedConfig, TorchBackend
+from train.blocks import sample_blocks
+from train.checkpoint import (
+    DIFFUSION_DIR,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    restore_rng,
+    save_checkpoint,
+)
+from train.data import batches, build_dataset, data_tokenizer
+from train.distributed import barrier, broadcast_object, init_distributed
+from train.flops import micro_batch_flops
+from train.model import ModelConfig, build_model
+from train.objective import DistillationObjective, ObjectiveConfig
+from train.optim import OptimConfig
+from train.tracking import LoggingConfig, Tracker, WindowMeter
+
+PRECISIONS = ("auto", "bf16", "fp32")
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000  # optimizer steps
+    micro_batch_size: int = 1  # packed rows per forward, per GPU
+    grad_accum: int = 1  # micro-batches per optimizer step
+    gradient_checkpointing: bool = False  # recompute each diffusion layer in backward
+    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    seed: int = 0  # random weights and block sampling
+    checkpoint_every: int = 500  # steps; the last step is always saved
+    keep_last: int = 2  # checkpoints kept on disk
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision={self.precision!r}: choose one of {PRECISIONS}")
+        for key in ("steps", "micro_batch_size", "grad_accum", "checkpoint_every", "keep_last"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"train.{key}={getattr(self, key)} must be >= 1")
+
+
+def block_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    """The block-sampling seed of one micro-batch: independent of any RNG state, so resuming
+    at any step draws the same blocks."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{step}:{micro}:{rank}".encode()).digest()[:8], "big") >> 1
+
+
+def resolve_mask_token_id(model_cfg: ModelConfig, data_cfg: DictConfig) -> int | None:
+    """model.mask_token_id, else the data tokenizer's mask token, else None (the checkpoint's)."""
+    if model_cfg.mask_token_id is not None:
+        return model_cfg.mask_token_id
+    tokenizer = data_tokenizer(data_cfg)
+    return load_tokenizer(tokenizer).mask_token_id if tokenizer is not None else None
+
+
+def _section(cfg: DictConfig, key: str) -> dict:
+    return OmegaConf.to_container(cfg[key], resolve=True)
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, run_dir: str | Path):
+        self.cfg = cfg
+        self.model_cfg = ModelConfig(**_section(cfg, "model"))
+        self.objective_cfg = ObjectiveConfig(**_section(cfg, "objective"))
+        self.optim_cfg = OptimConfig(**_section(cfg, "optim"))
+        self.ds_cfg = DeepSpeedConfig(**_section(cfg, "deepspeed"))
+        self.log_cfg = LoggingConfig(**_section(cfg, "logging"))
+        self.train_cfg = t = TrainConfig(**_section(cfg, "train"))
+
+        self.dist = init_distributed(process_group=self.ds_cfg.enabled)
+        self.run_dir = Path(broadcast_object(str(run_dir)))  # rank 0's: launchers may differ per rank
+        device = self.dist.device
+        bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
+        if bf16 and device.type == "cpu":
+            raise ValueError("train.precision=bf16 needs a GPU; on the CPU use train.precision=fp32 (or auto)")
+
+        resume_from = latest_checkpoint(Path(cfg.resume)) if cfg.resume else None
+        self.model = build_model(
+            self.model_cfg,
+            dtype=torch.bfloat16 if bf16 else torch.float32,
+            device=device,
+            seed=t.seed,
+            mask_token_id=resolve_mask_token_id(self.model_cfg, cfg.data),
+            master_fp32=not self.ds_cfg.enabled,
+        )
+        self.block_size = self.model.config.block_size
+        self.dataset = build_dataset(
+            cfg.data, vocab_size=self.model.config.vocab_size,
+            mask_token_id=self.model.config.mask_token_id, dist=self.dist,
+        )
+        self.objective = DistillationObjective(self.model, self.objective_cfg, t.gradient_checkpointing)
+        self.trainable_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        if self.ds_cfg.enabled:
+            self.backend = DeepSpeedBackend(
+                self.objective, self.ds_cfg, self.optim_cfg, total_steps=t.steps, micro_batch_size=t.micro_batch_size,
+                grad_accum=t.grad_accum, world_size=self.dist.world_size, bf16=bf16,
+            )
+        else:
+            self.backend = TorchBackend(
+                self.objective, self.optim_cfg, total_steps=t.steps, grad_accum=t.grad_accum,
+                autocast=bf16, distributed=self.dist.world_size > 1,
+            )
+
+        self.start_step, self.tokens_seen, wandb_id = 0, 0, None
+        if resume_from is not None:
+            state = load_checkpoint(resume_from, model=self.model)
+            self.backend.load(resume_from)
+            self.dataset.load_state_dict(state["data"])
+            self.start_step, self.tokens_seen, wandb_id = state["step"], state["tokens"], state["wandb_id"]
+            restore_rng(resume_from, self.dist.rank)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _write_config(self.run_dir / CONFIG_FILE, cfg)
+        self.tracker = Tracker(
+            self.run_dir, self.log_cfg, config=OmegaConf.to_container(cfg, resolve=True), total_steps=t.steps,
+            start_step=self.start_step, wandb_id=wandb_id, is_main=self.dist.is_main,
+        )
+
+    def train(self) -> dict | None:
+        """Run the remaining steps; return the last logged record (rank 0; None elsewhere)."""
+        t, obj = self.train_cfg, self.objective_cfg
+        data = batches(self.dataset, t.micro_batch_size)
+        device = self.dist.device
+        meter = WindowMeter(self.block_size - 1, device)
+        record = None
+        for step in range(self.start_step, t.steps):
+            lr = self.backend.lr()
+            for micro in range(t.grad_accum):
+                batch = next(data)  # on the CPU: blocks and FLOP counts are made there, no GPU sync
+                blocks = sample_blocks(
+                    batch, blocks_per_row=obj.blocks_per_row, block_size=self.block_size,
+                    mask_token_id=self.model.config.mask_token_id, num_denoise_steps=obj.num_denoise_steps,
+                    seed=block_seed(t.seed, step, micro, self.dist.rank),
+                )
+                flops = micro_batch_flops(self.model.config, batch["doc_ids"], blocks, self.trainable_params)
+                tokens = batch["input_ids"].numel()
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                loss, stats = self.backend.micro_step(batch, blocks.to(device), last=micro == t.grad_accum - 1)
+                self.tokens_seen += tokens * self.dist.world_size
+                meter.add_micro(loss, stats, tokens, flops)
+            meter.add_step(self.backend.step())
+            self.tracker.advance()
+            done = step + 1
+            if done % self.log_cfg.log_every == 0 or done == t.steps:
+                record = meter.record(
+                    step=done, lr=lr, world_size=self.dist.world_size,
+                    peak_flops=self.log_cfg.peak_flops_per_gpu, tokens_total=self.tokens_seen,
+                )
+                self.tracker.log(record)
+            if done % t.checkpoint_every == 0 or done == t.steps:
+                self.save(done)
+                meter.start = time.perf_counter()  # saving time is not training throughput
+        self.finish()
+        return record if self.dist.is_main else None
+
+    def save(self, step: int) -> None:
+        trainer_state = {
+            "step": step,
+            "tokens": self.tokens_seen,
+            "data": self.dataset.state_dict(),
+            "wandb_id": self.tracker.wandb_id,
+        }
+        save_checkpoint(
+            checkpoint_path(self.run_dir, step), model=self.model, backend=self.backend,
+            trainer_state=trainer_state, rank=self.dist.rank, diffusion_meta=self._meta(step),
+        )
+        if self.dist.is_main:
+            prune_checkpoints(self.run_dir, self.train_cfg.keep_last)
+
+    def finish(self) -> None:
+        """Export the final diffusion view to <run>/diffusion_view (what evaluation loads)."""
+        with self.backend.gathered():
+            if self.dist.is_main:
+                save_diffusion_view(self.model, self.run_dir / DIFFUSION_DIR, extra_meta=self._meta(self.train_cfg.steps))
+        barrier()
+        self.tracker.close()
+
+    def _meta(self, step: int) -> dict:
+        return {
+            "base": self.model_cfg.base or self.model_cfg.shape,
+            "step": step,
+            "tokens": self.tokens_seen,
+            "objective": asdict(self.objective_cfg),
+            "trainable": list(self.model_cfg.trainable),
+        }
+
+
+def _write_config(path: Path, cfg: DictConfig) -> None:
+    """The resolved config of this run, next to its outputs (atomic)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tmp.replace(path)
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> dict | None:
+    return Trainer(cfg, run_dir).train()

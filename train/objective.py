@@ -1,0 +1,147 @@
+"""The distillation objective: the frozen AR view teaches the diffusion view to draft blocks.
+
+One micro-batch (B packed rows of L tokens):
+  1. AR pass of the frozen base under no_grad, causal within each document, filling a fresh
+     DynamicCache: per layer the post-RoPE keys/values (B, Hkv, L, D) that decoding would have
+     cached, and the final hidden states, from which teacher logits are computed on demand;
+  2. one diffusion pass over all blocks of the batch (`blocks.py`) attending to
+     [AR keys ; block keys] under the block mask (`attention.py`);
+  3. loss over the valid targets: KL(teacher || student) summed over the vocabulary (default;
+     the paper found KL beats cross-entropy for acceptance) or cross-entropy on the data token
+     (ablation), optionally weighted by exp(-i / loss_decay) over block index i, averaged by the
+     total weight.
+
+Memory: at Qwen3's 151,936-token vocabulary the (targets x vocab) fp32 logits of a batch are
+gigabytes, so the final lm_head, softmaxes and loss run in chunks of `chunk_size` targets under
+activation checkpointing: only one chunk's logits exist at a time, in forward and in backward.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import DynamicCache
+
+from train.attention import ar_attention_mask, resolve_executor, training_attend
+from train.blocks import DiffusionBlocks
+
+LOSSES = ("kl", "ce")
+FILLS = ("data", "teacher")
+
+
+@dataclass
+class ObjectiveConfig:
+    blocks_per_row: int = 16  # diffusion blocks drawn per packed row (anchors: see blocks.py)
+    loss: str = "kl"  # "kl": KL(teacher || student); "ce": cross-entropy on the data token
+    loss_decay: float | None = None  # gamma: target i weighs exp(-i / gamma); None: uniform
+    num_denoise_steps: int = 1  # S > 1: multi-step denoising ablation (blocks.py)
+    denoise_fill: str = "data"  # revealed slots hold the data token or the teacher's greedy token
+    chunk_size: int = 1024  # targets per lm_head/loss chunk
+    attention: str = "auto"  # "flex" | "sdpa" | "auto" (flex on CUDA, sdpa on CPU)
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"objective.loss={self.loss!r}: choose one of {LOSSES}")
+        if self.denoise_fill not in FILLS:
+            raise ValueError(f"objective.denoise_fill={self.denoise_fill!r}: choose one of {FILLS}")
+        if self.loss_decay is not None and self.loss_decay <= 0:
+            raise ValueError(f"objective.loss_decay={self.loss_decay} must be > 0, or null for uniform weights")
+        if self.chunk_size < 1:
+            raise ValueError(f"objective.chunk_size={self.chunk_size} must be >= 1")
+
+
+@torch.no_grad()
+def teacher_pass(model, input_ids, position_ids, doc_ids) -> tuple[torch.Tensor, DynamicCache]:
+    """The frozen AR view over a packed batch: (final normed hidden states (B, L, H), filled cache)."""
+    cache = DynamicCache(config=model.config)
+    out = model.model(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        attention_mask=ar_attention_mask(doc_ids),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return out.last_hidden_state, cache
+
+
+class DistillationObjective(nn.Module):
+    """forward(batch, blocks) -> (loss, stats). A module so DDP/DeepSpeed can wrap it whole."""
+
+    def __init__(self, model, config: ObjectiveConfig, gradient_checkpointing: bool = False):
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.gradient_checkpointing = gradient_checkpointing
+
+    def forward(self, batch: dict[str, torch.Tensor], blocks: DiffusionBlocks):
+        model, cfg = self.model, self.config
+        teacher_hidden, cache = teacher_pass(model, batch["input_ids"], batch["position_ids"], batch["doc_ids"])
+        block_ids = blocks.input_ids
+        if cfg.num_denoise_steps > 1 and cfg.denoise_fill == "teacher":
+            block_ids = self._teacher_fill(teacher_hidden, blocks)
+        executor = resolve_executor(cfg.attention, teacher_hidden.device)
+        attend = training_attend(cache, blocks, model.model.layers[0].self_attn.scaling, executor)
+        hidden = model.diffusion_hidden_states(block_ids, blocks.position_ids, attend, self.gradient_checkpointing)
+        return self.loss(hidden, teacher_hidden, blocks)
+
+    def loss(self, hidden: torch.Tensor, teacher_hidden: torch.Tensor, blocks: DiffusionBlocks):
+        """Chunked, checkpointed lm_head + loss over the valid targets; stats for logging."""
+        cfg = self.config
+        K = blocks.block_size
+        student = hidden[blocks.target_row, blocks.target_col]
+        teacher = teacher_hidden[blocks.target_row, blocks.teacher_col]
+        weight = target_weights(blocks.target_pos, cfg.loss_decay)
+        total = hidden.sum() * 0.0  # keeps the graph connected when a batch has no targets
+        correct = torch.zeros(len(weight), dtype=torch.bool, device=hidden.device)
+        for s in range(0, len(weight), cfg.chunk_size):
+            part = slice(s, s + cfg.chunk_size)
+            args = (student[part], teacher[part], blocks.target_token[part], weight[part])
+            if torch.is_grad_enabled():
+                chunk_loss, chunk_correct = checkpoint(self._chunk_loss, *args, use_reentrant=False)
+            else:
+                chunk_loss, chunk_correct = self._chunk_loss(*args)
+            total = total + chunk_loss
+            correct[part] = chunk_correct
+        loss = total / weight.sum().clamp(min=torch.finfo(weight.dtype).tiny)
+        pos, zeros = blocks.target_pos, torch.zeros(K - 1, device=hidden.device)
+        stats = {  # per block index; index_add_ rather than bincount: no device sync
+            "correct": zeros.index_add(0, pos, correct.float()),
+            "count": zeros.index_add(0, pos, torch.ones_like(weight)),
+        }
+        return loss, stats
+
+    def _chunk_loss(self, student, teacher, token, weight):
+        """(sum of weighted per-target losses, student argmax == teacher argmax) for one chunk."""
+        logits = self.model.lm_head(student).float()
+        logp = F.log_softmax(logits, dim=-1)
+        with torch.no_grad():
+            teacher_logits = self.model.lm_head(teacher).float()
+            correct = logits.argmax(-1) == teacher_logits.argmax(-1)
+        if self.config.loss == "kl":
+            with torch.no_grad():
+                logp_teacher = F.log_softmax(teacher_logits, dim=-1)
+            per_target = (logp_teacher.exp() * (logp_teacher - logp)).sum(-1)
+        else:
+            per_target = -logp.gather(-1, token[:, None]).squeeze(-1)
+        return (per_target * weight).sum(), correct
+
+    @torch.no_grad()
+    def _teacher_fill(self, teacher_hidden: torch.Tensor, blocks: DiffusionBlocks) -> torch.Tensor:
+        """Block inputs with revealed slots holding the AR view's greedy token (multi-step ablation)."""
+        K, chunk = blocks.block_size, self.config.chunk_size
+        b, col = blocks.reveal.nonzero(as_tuple=True)
+        row = blocks.ctx_end[b, col // K] + col % K - 1  # the AR logits at a+i-1 predict slot i
+        ids = blocks.input_ids.clone()
+        for s in range(0, len(b), chunk):
+            part = slice(s, s + chunk)
+            ids[b[part], col[part]] = self.model.lm_head(teacher_hidden[b[part], row[part]]).argmax(-1)
+        return ids
+
+
+def target_weights(block_pos: torch.Tensor, decay: float | None) -> torch.Tensor:
+    """exp(-i / decay) per target (1 everywhere when decay is None), fp32 so sums stay exact."""
+    if decay is None:
+        return torch.ones(block_pos.shape, dtype=torch.float32, device=block_pos.device)
+    return torch.exp(-block_pos.float() / decay)
