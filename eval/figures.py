@@ -1,0 +1,97 @@
+"""Figures of several evaluations (matplotlib, Agg: no display needed).
+
+Each function takes the loaded metrics.json reports and a path, writes one PNG atomically and
+returns the path, or returns None when the reports hold no data for that figure.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+from eval.paper_tables import PaperNumbers, largest_k_rows  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _label(report: dict) -> str:
+    return report.get("label") or report["name"]
+
+
+def tpf_by_benchmark(reports: list[dict], paper: PaperNumbers, path: Path) -> Path | None:
+    """Grouped bars: TPF at each model's largest K, per benchmark; paper values as markers."""
+    per_model = {_label(r): {row["benchmark"]: row["tokens_per_iteration"] for row in largest_k_rows(r)} for r in reports}
+    benchmarks = sorted({b for tpf in per_model.values() for b in tpf})
+    if not benchmarks:
+        return None
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(benchmarks) * max(1, len(per_model)) ** 0.5), 3.5))
+    width = 0.8 / len(per_model)
+    for i, (label, tpf) in enumerate(per_model.items()):
+        xs = [j + (i - (len(per_model) - 1) / 2) * width for j in range(len(benchmarks))]
+        ax.bar(xs, [tpf.get(b, 0) for b in benchmarks], width, label=label)
+        for x, b in zip(xs, benchmarks):
+            n = paper.lookup("tokens_per_iteration", label, b)
+            if n is not None and n["model"] == label:
+                ax.plot(x, n["value"], "k*", markersize=9)
+    ax.set_xticks(range(len(benchmarks)), benchmarks)
+    ax.set_ylabel("tokens per iteration (TPF)")
+    ax.set_title("TPF per benchmark and model (★ paper)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def acceptance_histograms(reports: list[dict], path: Path) -> Path | None:
+    """One panel per model: distribution of acceptance length per benchmark at the largest K."""
+    panels = [(r, largest_k_rows(r)) for r in reports]
+    panels = [(r, rows) for r, rows in panels if any(row["block_size"] > 1 for row in rows)]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.2), squeeze=False)
+    for ax, (rep, rows) in zip(axes[0], panels):
+        for row in rows:
+            counts = row["acceptance_histogram"]
+            total = max(sum(counts), 1)
+            ax.plot(range(1, len(counts) + 1), [c / total for c in counts], marker=".", label=row["benchmark"])
+        ax.set_title(f"{_label(rep)} (K={rows[0]['block_size']})")
+        ax.set_xlabel("acceptance length (accepted drafts + 1)")
+        ax.set_ylabel("fraction of iterations")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def throughput_vs_context(reports: list[dict], path: Path) -> Path | None:
+    """tokens/s against context length, one line per model and block size."""
+    series = {}
+    for rep in reports:
+        for row in rep.get("context_sweep", []):
+            series.setdefault((_label(rep), row["block_size"]), []).append((row["context_len"], row["tokens_per_second"]))
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for (label, K), points in sorted(series.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{label} K={K}" + (" (AR)" if K == 1 else ""))
+    ax.set_xscale("log")
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("tokens / s")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Throughput vs context length")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,129 @@
+"""Decoding metrics against hand-computed cases, and the timing runner on a tiny model."""
+
+import pytest
+import torch
+
+from eval.metrics import (
+    Timing,
+    acceptance_histogram,
+    block_lengths,
+    kv_overhead,
+    mean_acceptance_length,
+    per_position_acceptance,
+    summarize,
+    tokens_per_forward,
+    tokens_per_iteration,
+    tokens_per_second,
+)
+from eval.runner import decode_prompts, measure_block_sizes
+from models.generate import GenerationResult, generate
+from models.shapes import shape_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models are dispatch-bound: a second thread only contends with other test runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def result(accepted, emitted=None, K=4, prompt_len=3, diffusion=None, eos=False):
+    """A GenerationResult as the loop would record it (one prefill token, then the iterations)."""
+    emitted = emitted or [a + 1 for a in accepted]
+    new = 1 + sum(emitted)
+    return GenerationResult(
+        sequences=torch.zeros(1, prompt_len + new, dtype=torch.long), prompt_len=prompt_len, block_size=K,
+        accepted=list(accepted), emitted=list(emitted), ar_forwards=1 + len(accepted),
+        diffusion_forwards=len(accepted) if diffusion is None else diffusion, finished_by_eos=eos,
+    )
+
+
+def test_hand_computed_case():
+    r = result([3, 0, 1])  # emits 4, 1, 2 tokens; 8 new tokens with the prefill's; 4 AR + 3 diffusion forwards
+    assert tokens_per_iteration([r]) == pytest.approx(7 / 3)
+    assert tokens_per_forward([r]) == pytest.approx(8 / 7)
+    assert mean_acceptance_length([r]) == pytest.approx(7 / 3)
+    assert acceptance_histogram([r]) == [1, 1, 0, 1]
+    # draft 1 reached 3 times, kept 2; draft 2 reached 2 times (after a kept draft 1), kept 1; draft 3 reached once, kept.
+    assert per_position_acceptance([r]) == pytest.approx([2 / 3, 1 / 2, 1.0])
+
+
+def test_pooling_over_results_and_eos_clipping():
+    a = result([3, 0, 1])
+    b = result([2, 3], emitted=[3, 2], eos=True)  # EOS in the second block: 2 of its 4 tokens emitted
+    assert tokens_per_iteration([a, b]) == pytest.approx((7 + 5) / 5)
+    assert mean_acceptance_length([a, b]) == pytest.approx((4 + 1 + 2 + 3 + 4) / 5)  # before clipping
+    assert acceptance_histogram([a, b]) == [1, 1, 1, 2]
+
+
+def test_ar_baseline_scores_one():
+    r = result([0, 0, 0], K=1, diffusion=0)
+    assert tokens_per_iteration([r]) == tokens_per_forward([r]) == mean_acceptance_length([r]) == 1
+    assert acceptance_histogram([r]) == [3] and per_position_acceptance([r]) == []
+
+
+def test_short_final_block_is_not_counted_as_reached():
+    # K=4, max_new_tokens=7: prefill token, then blocks of 4 (3 accepted -> 5 tokens), then
+    # k = min(4, 7 - 5) = 2 (one draft, accepted -> 7 tokens).
+    r = result([3, 1])
+    assert block_lengths(r, max_new_tokens=7) == [4, 2]
+    assert per_position_acceptance([r], max_new_tokens=7) == pytest.approx([1.0, 1.0, 1.0])
+    assert per_position_acceptance([r]) == pytest.approx([1.0, 0.5, 1.0])  # without the length it counts draft 2 as rejected
+
+
+def test_mixed_block_sizes_rejected():
+    with pytest.raises(ValueError, match="mix block sizes"):
+        acceptance_histogram([result([1], K=4), result([1], K=8)])
+
+
+def test_speed_numbers():
+    rs = [result([3, 0, 1]), result([1])]  # 8 + 3 new tokens
+    timings = [Timing(seconds=2.0, first_token_seconds=0.5), Timing(seconds=0.75, first_token_seconds=0.25)]
+    assert tokens_per_second(rs, timings) == pytest.approx(11 / 2.75)
+    s = summarize(rs, timings, max_new_tokens=100)
+    assert s["mean_ttft_seconds"] == pytest.approx(0.375) and s["new_tokens"] == 11 and s["iterations"] == 4
+
+
+def test_kv_overhead_matches_paper_for_qwen3_8b():
+    """36 layers x (K and V) x 32 tokens x 8 KV heads x 128 dims x 2 bytes = 4.5 MiB, the paper's figure."""
+    kv = kv_overhead(shape_config("qwen3_8b"), block_size=32, dtype=torch.bfloat16, context_len=4096)
+    assert kv["persistent_bytes"] == 0
+    assert kv["diffusion_block_bytes"] == 4.5 * 2**20
+    assert kv["kv_bytes_per_token"] * 4096 == kv["base_kv_bytes"]
+    assert kv["relative_overhead"] == 32 / 4096
+
+
+def test_runner_on_tiny_model(make_model):
+    model = make_model(seed=1)
+    prompts = [[5, 6, 7], [1, 2, 3, 4, 8, 9]]
+    rows, runs = measure_block_sizes(model, prompts, [4, 1], max_new_tokens=15, progress=False)
+    assert [r["block_size"] for r in rows] == [1, 4]
+    ar, orth = rows
+    assert ar["speedup"] == 1.0 and ar["tokens_per_iteration"] == 1.0
+    assert orth["speedup"] == pytest.approx(orth["tokens_per_second"] / ar["tokens_per_second"])
+    assert orth["new_tokens"] == ar["new_tokens"] == 30
+    for row in rows:
+        assert 0 < row["mean_ttft_seconds"] < row["seconds"] and row["peak_memory_bytes"] > 0
+    # greedy: both block sizes emit the base model's tokens
+    assert [r.new_tokens.tolist() for r in runs[1].results] == [r.new_tokens.tolist() for r in runs[4].results]
+
+
+def test_runner_uses_the_given_decode_fn(make_model):
+    calls = []
+
+    def engine(model, ids, max_new_tokens, **kw):
+        calls.append(kw["block_size"])
+        return generate(model, ids, max_new_tokens, **kw)
+
+    run = decode_prompts(make_model(), [[1, 2]], block_size=3, max_new_tokens=5, decode_fn=engine, progress=False)
+    assert calls == [3] and run.results[0].num_new_tokens == 5
+
+
+def test_runner_needs_a_streaming_decode_fn(make_model):
+    def no_streamer(model, ids, max_new_tokens, streamer=None, **kw):
+        return generate(model, ids, max_new_tokens, **kw)
+
+    with pytest.raises(RuntimeError, match="TTFT"):
+        decode_prompts(make_model(), [[1, 2]], block_size=3, max_new_tokens=5, decode_fn=no_streamer, progress=False)
