@@ -50,7 +50,7 @@ def compare(base_lm, orthrus_lm, tasks: list[str], task_manager: TaskManager, **
 
 
 def _metrics(task_results: dict) -> dict:
-    return {k: v for k, v in task_results.items() if "," in k and "_stderr" not in k}
+    return {k: float(v) for k, v in task_results.items() if "," in k and "_stderr" not in k}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     task_manager = TaskManager(include_path=args.include_path)
     report = compare(base_lm, orthrus_lm, args.tasks, task_manager, limit=args.limit,
                      num_fewshot=args.num_fewshot, apply_chat_template=args.apply_chat_template)
-    report["provenance"] = provenance()
+    report["provenance"] = provenance(args.device)
     for task, r in report["tasks"].items():
         print(f"{task}: hf={r['hf']} orthrus={r['orthrus']} differing samples={len(r['differing_doc_ids'])}/{r['num_samples']}")
     print(f"Orthrus TPF on generation requests: {report['orthrus_tokens_per_iteration']:.2f}")
