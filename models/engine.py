@@ -1,0 +1,413 @@
+"""The fast Orthrus decoding engine: static KV cache, a lean Qwen3 forward, CUDA graphs.
+
+Same algorithm as the reference loop in `models/generate.py` (draft a block with the diffusion
+view, verify it with the AR view, keep the longest agreeing prefix plus one AR token), built so
+that one iteration costs about two reads of the weights:
+
+* One preallocated KV cache of `max_seq_len` rows, shared by both views. The number of valid rows
+  (`start`) and the last emitted token (`last`) live in device tensors: the verify pass writes
+  the block at rows start..start+K-1, and "cropping" to the accepted length is `start += n + 1`.
+  Rows past `start` are stale and are overwritten before anything reads them.
+* The engine's own forward over the model's weight tensors (no copies, unless `fuse_qkv`), with
+  fused elementwise kernels and the `kernels/` decode attention (`models/engine_ops.py`), instead
+  of `transformers`' per-layer Python and mask building.
+* Each step of an iteration (draft pass, verify pass, greedy acceptance) is captured once per
+  block size K as a CUDA graph and replayed. Greedy acceptance and the bonus token are computed on
+  the device, so an iteration reads back one small tensor: the accepted length and the K AR
+  tokens (`_Steps.packed`).
+
+K = 1 is plain AR decoding on the same code (verify + accept, no draft): the baseline that
+speedups compare against. Output is token-for-token the base model's greedy output in fp32
+(tests/test_engine.py). In bf16 the verify pass runs matrix products over K rows where AR decoding
+runs them over one, and different kernels round differently; scripts/bench_decode.py measures how
+often that changes the greedy output.
+
+Sampling reuses `models/sampling.py` (same transforms, speculative rejection sampling) on the
+logits of the graphed passes; that path reads back several values per iteration, as the reference
+loop does.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from models.engine_ops import TorchOps, TritonOps
+from models.generate import GenerationResult, _eos_ids
+from models.orthrus import OrthrusForCausalLM
+from models.sampling import SamplingParams, logits_to_probs, sample, speculative_accept
+
+PREFILL_CHUNK = 1024  # prompt tokens per prefill pass: bounds activation memory for long prompts
+
+
+class StaticKVCache:
+    """All layers' keys and values in one zero-initialised buffer (L, 2, 1, Hkv, S_max, D).
+
+    Zeros rather than uninitialised memory because the PyTorch attention path masks stale rows
+    after computing on them (0 * NaN would be NaN); the Triton kernels never read past the valid length.
+    """
+
+    def __init__(self, num_layers, num_kv_heads, max_seq_len, head_dim, dtype, device):
+        self.kv = torch.zeros(num_layers, 2, 1, num_kv_heads, max_seq_len, head_dim, dtype=dtype, device=device)
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.kv.shape[4]
+
+    def keys(self, layer: int) -> torch.Tensor:
+        return self.kv[layer, 0]
+
+    def values(self, layer: int) -> torch.Tensor:
+        return self.kv[layer, 1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.kv.numel() * self.kv.element_size()
+
+
+class _AttnWeights:
+    """One view's attention weights of one layer: q/k/v projections (one fused matrix, or three),
+    q/k norms and the output projection."""
+
+    def __init__(self, attn, view: str, fuse_qkv: bool):
+        def w(name):
+            return getattr(attn, name + view).weight
+
+        self.qkv = (torch.cat([w("q_proj"), w("k_proj"), w("v_proj")]),) if fuse_qkv else (
+            w("q_proj"), w("k_proj"), w("v_proj"))
+        self.q_norm, self.k_norm, self.o = w("q_norm"), w("k_norm"), w("o_proj")
+
+
+class _LayerWeights:
+    def __init__(self, layer, fuse_qkv: bool):
+        self.in_norm = layer.input_layernorm.weight
+        self.post_norm = layer.post_attention_layernorm.weight
+        self.ar = _AttnWeights(layer.self_attn, "", fuse_qkv)
+        self.diff = _AttnWeights(layer.self_attn, "_diff", fuse_qkv)
+        self.gate, self.up, self.down = layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight, layer.mlp.down_proj.weight
+
+
+class OrthrusEngine:
+    """Decoding engine for one `OrthrusForCausalLM` (batch 1).
+
+    max_seq_len: cache rows; a call needs prompt + max_new_tokens + K - 2 of them.
+    backend: "triton" (fused kernels; CUDA, or CPU under TRITON_INTERPRET=1) or "torch" (PyTorch
+      ops matching `transformers`); default "triton" on CUDA, "torch" elsewhere.
+    cuda_graphs: capture each step as a CUDA graph (default: on CUDA).
+    fuse_qkv: one [q; k; v] weight matrix per view and layer, a one-time copy of
+      `fused_weight_bytes` (one matrix product instead of three small ones).
+    """
+
+    def __init__(self, model: OrthrusForCausalLM, max_seq_len: int, *, backend: str | None = None,
+                 cuda_graphs: bool | None = None, fuse_qkv: bool = False):
+        config = model.config
+        _check_supported(model)
+        self.model, self.config = model, config
+        self.device = model.model.embed_tokens.weight.device
+        self.dtype = model.model.embed_tokens.weight.dtype
+        backend = backend or ("triton" if self.device.type == "cuda" else "torch")
+        if backend not in ("triton", "torch"):
+            raise ValueError(f"backend={backend!r}: choose 'triton' or 'torch'")
+        self.backend = backend
+        self.ops = TritonOps if backend == "triton" else TorchOps
+        self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        if self.cuda_graphs and self.device.type != "cuda":
+            raise ValueError("cuda_graphs=True needs the model on a CUDA device")
+
+        attn = model.model.layers[0].self_attn
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim, self.scale, self.eps = attn.head_dim, attn.scaling, config.rms_norm_eps
+        with torch.no_grad():
+            self.layers = [_LayerWeights(layer, fuse_qkv) for layer in model.model.layers]
+            self.fused_weight_bytes = sum(
+                t.numel() * t.element_size() for lw in self.layers for v in (lw.ar, lw.diff) for t in v.qkv
+            ) if fuse_qkv else 0
+            self.embed, self.final_norm = model.model.embed_tokens.weight, model.model.norm.weight
+            self.lm_head = model.lm_head.weight
+            self.cache = StaticKVCache(config.num_hidden_layers, self.num_kv_heads, max_seq_len, self.head_dim,
+                                       self.dtype, self.device)
+            # RoPE tables from the model's own rotary module: the same values `transformers` uses.
+            positions = torch.arange(max_seq_len, device=self.device)[None]
+            cos, sin = model.model.rotary_emb(self.embed[:1], positions)
+            self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()
+            self.start = torch.zeros(1, dtype=torch.long, device=self.device)  # valid cache rows
+            self.last = torch.zeros(1, dtype=torch.long, device=self.device)  # last emitted token
+        self._steps: dict[int, _Steps] = {}
+
+    # --- the forward ----------------------------------------------------------------------------
+
+    def _logits(self, ids: torch.Tensor, mode: str, rows: slice | None) -> torch.Tensor | None:
+        """One pass of the decoder over the block `ids` (T,) at positions start..start+T-1.
+
+        mode "verify": the AR view; keys/values are written to cache rows start.. and each query
+        sees the cache up to itself. mode "draft": the diffusion view; its keys/values stay in a
+        block buffer, and each query sees cache rows [0, start) plus the whole block.
+        Returns the logits of `rows` of the block (None: skip the LM head).
+        """
+        T, ops, cache = ids.shape[0], self.ops, self.cache
+        draft = mode == "draft"
+        x = F.embedding(ids, self.embed)
+        residual = None
+        for i, lw in enumerate(self.layers):
+            h, residual = ops.add_rms_norm(x, residual, lw.in_norm, self.eps)
+            w = lw.diff if draft else lw.ar
+            q, k, v = self._qkv(h, w)
+            if draft:
+                k_dst = torch.empty(1, self.num_kv_heads, T, self.head_dim, dtype=self.dtype, device=self.device)
+                v_dst = torch.empty_like(k_dst)
+            else:
+                k_dst, v_dst = cache.keys(i), cache.values(i)
+            q = ops.qkv_norm_rope(q, k, v, w.q_norm, w.k_norm, self.cos, self.sin, self.start, k_dst, v_dst,
+                                  not draft, self.eps)
+            if draft:
+                o = ops.diffusion_attention(q, cache.keys(i), cache.values(i), self.start, k_dst, v_dst, self.scale)
+            else:
+                o = ops.verify_attention(q, cache.keys(i), cache.values(i), self.start, self.scale)
+            x = F.linear(o.transpose(1, 2).reshape(T, -1), w.o)
+            h, residual = ops.add_rms_norm(x, residual, lw.post_norm, self.eps)
+            x = F.linear(ops.silu_mul(F.linear(h, lw.gate), F.linear(h, lw.up)), lw.down)
+        if rows is None:
+            return None
+        h, _ = ops.add_rms_norm(x[rows], residual[rows], self.final_norm, self.eps)
+        return F.linear(h, self.lm_head)
+
+    def _qkv(self, h, w: _AttnWeights):
+        if len(w.qkv) == 3:
+            return tuple(F.linear(h, m) for m in w.qkv)
+        qkv = F.linear(h, w.qkv[0])
+        nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        return qkv[:, :nq], qkv[:, nq:nq + nkv], qkv[:, nq + nkv:]
+
+    @torch.no_grad()
+    def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
+        """Write the prompt (L,) into cache rows [0, L); returns the last position's logits (1, V) and
+        leaves `start` = L.
+
+        Chunks of up to PREFILL_CHUNK tokens, each padded to a power of two (>= 16): the attention
+        kernels are compiled per block length, so this bounds the compilations to a handful instead of
+        one per prompt length. Padding sits after the real tokens, so causal attention keeps it out of
+        their results; the rows it writes past L are overwritten before anything reads them.
+        """
+        L = prompt.shape[0]
+        logits = None
+        for lo in range(0, L, PREFILL_CHUNK):
+            chunk = prompt[lo:lo + PREFILL_CHUNK]
+            n = chunk.shape[0]
+            padded = min(max(16, 1 << (n - 1).bit_length()), self.cache.max_seq_len - lo)
+            chunk = F.pad(chunk, (0, padded - n), value=self.config.mask_token_id)
+            self.start.fill_(lo)
+            last_chunk = lo + PREFILL_CHUNK >= L
+            logits = self._logits(chunk, "verify", slice(n - 1, n) if last_chunk else None)
+        self.start.fill_(L)
+        return logits
+
+    @torch.no_grad()
+    def steps(self, block_size: int) -> "_Steps":
+        """The iteration steps at block size K, built (and on CUDA, captured) on first use."""
+        if block_size not in self._steps:
+            if block_size < 1:
+                raise ValueError(f"block_size={block_size} must be >= 1 (1 = plain AR decoding)")
+            if block_size > self.cache.max_seq_len:
+                raise ValueError(f"block_size={block_size} exceeds max_seq_len={self.cache.max_seq_len}")
+            self._steps[block_size] = _Steps(self, block_size)
+        return self._steps[block_size]
+
+    # --- decoding -------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: torch.LongTensor,
+        max_new_tokens: int,
+        *,
+        block_size: int | None = None,
+        sampling: SamplingParams = SamplingParams(),
+        eos_token_id: int | list[int] | None = None,
+        generator: torch.Generator | None = None,
+        streamer=None,
+    ) -> GenerationResult:
+        """Same contract as `models.generate.generate` (so evaluation can use either), on this engine."""
+        if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+            raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}; the engine decodes one sequence: "
+                             "pass shape (1, prompt_len).")
+        L = input_ids.shape[1]
+        if L == 0:
+            raise ValueError("input_ids is empty: give at least one prompt token (e.g. BOS).")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+        K = block_size or self.config.block_size
+        need = max(L, L + max_new_tokens + K - 2)
+        if need > self.cache.max_seq_len:
+            raise ValueError(f"prompt {L} + max_new_tokens {max_new_tokens} with block_size {K} needs {need} cache "
+                             f"rows; this engine has max_seq_len={self.cache.max_seq_len}. Build it with a larger one.")
+        steps = self.steps(K)
+        eos = _eos_ids(self.model, eos_token_id)
+        ids = input_ids.to(self.device)
+
+        result = GenerationResult(sequences=input_ids, prompt_len=L, block_size=K)
+        out: list[int] = []
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+
+        def emit(tokens: list[int]) -> int:
+            """Append tokens, clipped at EOS and at max_new_tokens; returns how many were kept."""
+            for i, t in enumerate(tokens):
+                if t in eos:
+                    tokens, result.finished_by_eos = tokens[: i + 1], True
+                    break
+            tokens = tokens[: max_new_tokens - len(out)]
+            out.extend(tokens)
+            if streamer is not None:
+                streamer.put(torch.tensor(tokens))
+            return len(tokens)
+
+        def finished() -> bool:
+            return result.finished_by_eos or len(out) >= max_new_tokens
+
+        logits = self.prefill(ids[0])
+        result.ar_forwards += 1
+        if sampling.greedy:
+            self.last.copy_(logits.argmax(-1))
+            first = int(self.last)
+        else:
+            first = int(sample(logits_to_probs(logits, sampling), generator)[0])
+            self.last.fill_(first)
+        emit([first])
+
+        while not finished():
+            if sampling.greedy:
+                if K > 1:
+                    steps.draft()
+                steps.verify()
+                steps.accept()
+                packed = steps.packed.tolist()  # the iteration's one read-back: [n_acc, AR tokens (K)]
+                n_acc, tokens = packed[0], packed[1:packed[0] + 2]
+            else:
+                n_acc, tokens = self._sampling_iteration(steps, sampling, generator)
+            result.accepted.append(n_acc)
+            result.diffusion_forwards += K > 1
+            result.ar_forwards += 1
+            result.emitted.append(emit(tokens))
+
+        if streamer is not None:
+            streamer.end()
+        result.sequences = torch.cat([input_ids[0], torch.tensor(out, dtype=input_ids.dtype)]).to(input_ids.device)[None]
+        return result
+
+    def _sampling_iteration(self, steps: "_Steps", sampling: SamplingParams, generator) -> tuple[int, list[int]]:
+        """Draft by sampling q, verify, then speculative rejection sampling (models/sampling.py)."""
+        K = steps.K
+        if K > 1:
+            q = logits_to_probs(steps.draft(), sampling)
+            draft = sample(q, generator)
+        else:
+            q = torch.empty(0, self.config.vocab_size, device=self.device)
+            draft = torch.empty(0, dtype=torch.long, device=self.device)
+        steps.block[1:].copy_(draft)
+        p = logits_to_probs(steps.verify(), sampling)
+        n_acc, nxt = speculative_accept(draft, q, p, generator)
+        self.start.add_(n_acc + 1)
+        self.last.fill_(nxt)
+        return n_acc, draft[:n_acc].tolist() + [nxt]
+
+
+class _Steps:
+    """The steps of one iteration at block size K over static buffers.
+
+    draft():  diffusion pass over [last, MASK x (K-1)] -> draft logits (K-1, V); writes
+              block = [last, argmax drafts].
+    verify(): AR pass over `block`, appending it to the cache -> logits (K, V).
+    accept(): greedy acceptance on the device: n = longest prefix of drafts equal to the AR argmax;
+              packed = [n, AR argmax tokens]; start += n + 1; last = AR token n (the bonus).
+    On CUDA with graphs each step is captured once (after a warm-up that compiles the Triton
+    kernels) and replayed; the engine's start/last are saved around the warm-ups.
+    """
+
+    def __init__(self, engine: OrthrusEngine, K: int):
+        self.engine, self.K = engine, K
+        device = engine.device
+        self.draft_in = torch.full((K,), engine.config.mask_token_id, dtype=torch.long, device=device)
+        self.block = torch.zeros(K, dtype=torch.long, device=device)
+        self.packed = torch.zeros(K + 1, dtype=torch.long, device=device)
+        fns = {"verify": self._verify, "accept": self._accept}
+        if K > 1:
+            fns = {"draft": self._draft, **fns}
+        self._outputs: dict[str, torch.Tensor] = {}
+        self._graphs: dict[str, torch.cuda.CUDAGraph] = {}
+        if engine.cuda_graphs:
+            self._capture(fns)
+        self._fns = fns
+
+    def _draft(self):
+        e = self.engine
+        self.draft_in[:1].copy_(e.last)
+        logits = e._logits(self.draft_in, "draft", slice(0, self.K - 1))
+        self.block[1:].copy_(logits.argmax(-1))
+        return logits
+
+    def _verify(self):
+        e = self.engine
+        self.block[:1].copy_(e.last)
+        return e._logits(self.block, "verify", slice(None))
+
+    def _accept(self):
+        e = self.engine
+        ar = self._outputs["verify"].argmax(-1)
+        n_acc = e.ops.greedy_accept(self.block[None, 1:], ar[None])
+        self.packed[:1].copy_(n_acc)
+        self.packed[1:].copy_(ar)
+        e.start.add_(n_acc + 1)
+        e.last.copy_(ar.gather(0, n_acc))
+        return self.packed
+
+    def _capture(self, fns):
+        e = self.engine
+        saved = e.start.clone(), e.last.clone()
+        e.start.zero_()  # the warm-ups write cache rows start..start+K-1: keep them inside the cache
+        pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream()
+        for name, fn in fns.items():
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):  # compile kernels, create library handles
+                    self._outputs[name] = fn()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self._outputs[name] = fn()
+            self._graphs[name] = graph
+        e.start.copy_(saved[0])
+        e.last.copy_(saved[1])
+
+    def _run(self, name: str) -> torch.Tensor:
+        if name in self._graphs:
+            self._graphs[name].replay()
+        else:
+            self._outputs[name] = self._fns[name]()
+        return self._outputs[name]
+
+    def draft(self) -> torch.Tensor:
+        return self._run("draft")
+
+    def verify(self) -> torch.Tensor:
+        return self._run("verify")
+
+    def accept(self) -> torch.Tensor:
+        return self._run("accept")
+
+
+def _check_supported(model: OrthrusForCausalLM) -> None:
+    """The engine implements Qwen3 as released: say clearly what else it does not cover."""
+    c = model.config
+    problems = []
+    if getattr(c, "attention_bias", False):
+        problems.append("attention_bias=True (Qwen3 has no attention biases)")
+    if c.hidden_act != "silu":
+        problems.append(f"hidden_act={c.hidden_act!r} (the engine's MLP is SwiGLU)")
+    rope_type = (getattr(c, "rope_parameters", None) or {}).get("rope_type", "default")
+    if rope_type in ("dynamic", "longrope"):
+        problems.append(f"rope_type={rope_type!r} (its frequencies depend on the sequence length; the engine "
+                        "precomputes one RoPE table)")
+    dtypes = {p.dtype for p in model.parameters()}
+    if len(dtypes) != 1:
+        problems.append(f"mixed parameter dtypes {sorted(map(str, dtypes))}; cast the model to one dtype")
+    if problems:
+        raise ValueError("OrthrusEngine does not support: " + "; ".join(problems))

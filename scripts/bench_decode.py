@@ -1,0 +1,721 @@
+"""Decode benchmark of the Orthrus engine at real Qwen3 shapes (random weights, bf16, batch 1).
+
+For each shape and context length: time per AR step (transformers with DynamicCache, and the engine
+at K = 1), per draft pass, per verify pass and per iteration (K in --ks); the roofline of each
+(weight bytes + KV bytes read, over the bandwidth of a large device copy); projected tokens/s at the
+paper's tokens per iteration and at the measured one; GPU memory of the diffusion view and its
+activations. Also: a bf16 cross-check of the Triton path against the PyTorch path, the matrix-product
+efficiency at decode shapes, a kernel-time profile of one verify pass, and how often bf16 Orthrus
+greedy output diverges from bf16 AR greedy output.
+
+The cache is filled with random keys/values instead of prefilling long prompts (timing does not
+depend on the values). Writes bench.json / bench.md / bench.png under --out as it goes, so a run
+cut short by --budget-s (or killed) still leaves its results.
+
+    PYTHONUNBUFFERED=1 python scripts/bench_decode.py --out results/engine --commit $(git rev-parse HEAD)
+    python scripts/bench_decode.py --shapes tiny --ctx 64,128 --out /tmp/bench   # CPU smoke run
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kernels.attention import diffusion_attention, verify_attention  # noqa: E402
+from kernels.reference import diffusion_attention_ref, verify_attention_ref  # noqa: E402
+from models.config import OrthrusConfig  # noqa: E402
+from models.engine import OrthrusEngine  # noqa: E402
+from models.orthrus import OrthrusForCausalLM, is_diffusion_param  # noqa: E402
+from models.shapes import QWEN3_SHAPES, shape_config  # noqa: E402
+
+# Tokens per iteration published for Orthrus (../shared/paper-facts.md): 6.35 = single-step
+# denoising ablation; 7.8 = best TPF, Qwen3-8B on MATH-500. Both at K = 32.
+PAPER_TPF = {"ablation_single_step": 6.35, "qwen3_8b_math500": 7.8}
+TARGETS_8B = {"ar_step_ms": 7.1, "iteration_ms": 12.5, "context": 256, "block_size": 32}
+TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=32, mask_token_id=511, bos_token_id=None, eos_token_id=None)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="qwen3_8b,orthrus-small,qwen3_1.7b,qwen3_4b",
+                   help=f"from {sorted(QWEN3_SHAPES)}, 'tiny', or 'orthrus-small' (the divergence run on --small)")
+    p.add_argument("--ks", default="8,16,32")
+    p.add_argument("--ctx", default="256,1024,4096,16384,32768")
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--hf-reps", type=int, default=5)
+    p.add_argument("--prompts", type=int, default=4, help="random prompts for the bf16 divergence run at each shape")
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--small", default="artifacts/orthrus-small", help="trained small model for the divergence run")
+    p.add_argument("--small-ks", default="8,32")
+    p.add_argument("--small-prompts", type=int, default=24)
+    p.add_argument("--small-hf-prompts", type=int, default=8, help="bf16 prompts also decoded by transformers (half in fp32)")
+    p.add_argument("--small-new-tokens", type=int, default=256)
+    p.add_argument("--budget-s", type=float, default=420, help="stop starting new work after this many seconds")
+    p.add_argument("--commit", default="unknown")
+    p.add_argument("--out", required=True)
+    return p.parse_args()
+
+
+class Clock:
+    """Times a callable: CUDA events around each call on the GPU (median of reps after warm-up), the host
+    clock elsewhere. `after` runs outside the timed region (state reset)."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def __call__(self, fn, reps, warmup=3, after=None) -> float:
+        times = []
+        for i in range(warmup + reps):
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                ms = start.elapsed_time(end)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                ms = (time.perf_counter() - t0) * 1e3
+            if after is not None:
+                after()
+            if i >= warmup:
+                times.append(ms)
+        return statistics.median(times)
+
+
+class Budget:
+    def __init__(self, seconds):
+        self.t0, self.seconds = time.time(), seconds
+
+    def left(self) -> bool:
+        return time.time() - self.t0 < self.seconds
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+
+def build_model(name, device):
+    """Random-weight Orthrus at a real shape, built directly in bf16 on the device (no fp32 copy)."""
+    config = OrthrusConfig(**TINY) if name == "tiny" else shape_config(name)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            model = OrthrusForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(prev)
+    model.init_diffusion_from_ar()  # drafts that at least resemble the AR view's
+    model.requires_grad_(False)
+    return model
+
+
+def random_ids(model, n, device, seed):
+    """Uniform random token ids below the special tokens (Qwen3's start at 151643)."""
+    hi = min(151643, model.config.mask_token_id)
+    return torch.randint(0, hi, (1, n), device=device, generator=torch.Generator(device=device).manual_seed(seed))
+
+
+def nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def pass_weight_bytes(engine, view: str) -> int:
+    """Bytes of weights one pass reads (the embedding contributes only its T rows: left out)."""
+    tensors = [engine.final_norm, engine.lm_head]
+    for lw in engine.layers:
+        w = lw.ar if view == "ar" else lw.diff
+        tensors += [lw.in_norm, lw.post_norm, *w.qkv, w.q_norm, w.k_norm, w.o, lw.gate, lw.up, lw.down]
+    return nbytes(tensors)
+
+
+def kv_row_bytes(engine) -> int:
+    """Bytes of one cache row (one position) over all layers, keys and values."""
+    c = engine.config
+    return c.num_hidden_layers * 2 * c.num_key_value_heads * engine.head_dim * engine.cache.kv.element_size()
+
+
+def measure_bandwidth(clock, device) -> float:
+    """Device-memory bandwidth in bytes/s: a 1 GiB copy, counting bytes read plus bytes written."""
+    n = 2**30 if device.type == "cuda" else 2**24
+    a = torch.randint(0, 255, (n,), dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    ms = clock(lambda: b.copy_(a), reps=10)
+    return 2 * n / (ms / 1e3)
+
+
+def check_kernels_bf16(device, log) -> dict:
+    """The decode attention kernels against the float64 references at a real shape, bf16."""
+    g = torch.Generator(device=device).manual_seed(0)
+    out = {}
+    for K, ctx in ((1, 4096), (32, 4096), (32, 300)):
+        q = torch.randn(1, 32, K, 128, generator=g, device=device, dtype=torch.bfloat16)
+        kc = torch.randn(1, 8, 4200, 128, generator=g, device=device, dtype=torch.bfloat16)
+        vc = torch.randn_like(kc)
+        kb, vb = kc[:, :, 4100:4100 + K].contiguous(), vc[:, :, 4100:4100 + K].contiguous()
+        start = torch.tensor([ctx], device=device)
+        for name, got, ref in (
+            ("diffusion", diffusion_attention(q, kc, vc, start, kb, vb, 0.088), diffusion_attention_ref(q, kc, vc, ctx, kb, vb, 0.088)),
+            ("verify", verify_attention(q, kc, vc, start, 0.088), verify_attention_ref(q, kc, vc, ctx, 0.088)),
+        ):
+            rel = float((got.double() - ref).norm() / ref.norm())
+            out[f"{name}_K{K}_ctx{ctx}"] = rel
+    log(f"kernels vs float64 reference (bf16, rel. error): {json.dumps({k: f'{v:.1e}' for k, v in out.items()})}")
+    return out
+
+
+@torch.inference_mode()
+def cross_check_backends(model, device, log) -> dict:
+    """Draft and verify logits of the Triton path vs the PyTorch path, bf16, after a 256-token prefill."""
+    ids = random_ids(model, 256, device, seed=1)[0]
+    logits = {}
+    for backend in ("triton", "torch"):
+        engine = OrthrusEngine(model, 320, backend=backend, cuda_graphs=False)
+        engine.prefill(ids)
+        engine.last.fill_(int(ids[-1]))
+        steps = engine.steps(32)
+        logits[backend] = steps.draft().float().clone(), steps.verify().float().clone()
+        del engine, steps
+    out = {}
+    for name, got, ref in zip(("draft", "verify"), logits["triton"], logits["torch"]):
+        out[f"{name}_rel_err"] = float((got - ref).norm() / ref.norm())
+        out[f"{name}_argmax_agree"] = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
+    log(f"triton vs torch backend (bf16): {json.dumps({k: round(v, 5) for k, v in out.items()})}")
+    return out
+
+
+def gemm_probe(model, clock, device) -> list[dict]:
+    """Achieved bandwidth of the decode-shaped matrix products (weight bytes / time)."""
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+    weights = {"q": attn.q_proj.weight, "k": attn.k_proj.weight, "qkv_fused": qkv, "o": attn.o_proj.weight,
+               "gate": mlp.gate_proj.weight, "down": mlp.down_proj.weight, "lm_head": model.lm_head.weight}
+    rows = []
+    for name, w in weights.items():
+        for m in (1, 8, 32):
+            x = torch.randn(m, w.shape[1], device=device, dtype=w.dtype)
+            ms = clock(lambda: F.linear(x, w), reps=30)
+            rows.append({"matrix": name, "out_features": w.shape[0], "in_features": w.shape[1], "rows": m,
+                         "us": ms * 1e3, "weight_GBps": nbytes([w]) / (ms / 1e3) / 1e9})
+    return rows
+
+
+@torch.inference_mode()
+def profile_verify(engine, K, ctx, device, log) -> list[dict]:
+    """Kernel time by kernel name for one eager verify pass at `ctx` (the graph runs the same kernels)."""
+    if device.type != "cuda":
+        return []
+    from torch.profiler import ProfilerActivity, profile
+
+    steps = engine.steps(K)
+    engine.start.fill_(ctx)
+    steps._fns["verify"]()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        steps._fns["verify"]()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if t > 0:
+            rows.append({"kernel": e.key[:90], "calls": e.count, "total_us": t})
+    rows.sort(key=lambda r: -r["total_us"])
+    total = sum(r["total_us"] for r in rows)
+    log(f"verify-pass kernel profile (eager, total {total / 1e3:.2f} ms of kernel time):")
+    for r in rows[:12]:
+        log(f"  {r['total_us'] / 1e3:7.3f} ms  {r['calls']:4d}x  {r['kernel']}")
+    return rows[:25]
+
+
+def time_hf(model, engine, ctx, clock, reps) -> float:
+    """One transformers decode step (DynamicCache, the model's default attention) at `ctx` cached rows."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    for layer in range(model.config.num_hidden_layers):
+        cache.update(engine.cache.keys(layer)[:, :, :ctx], engine.cache.values(layer)[:, :, :ctx], layer)
+    tok = torch.tensor([[11]], device=engine.device)
+    with torch.inference_mode():
+        ms = clock(lambda: model(input_ids=tok, past_key_values=cache, use_cache=True), reps=reps, warmup=2,
+                   after=lambda: cache.crop(-1))  # drop the step's token (crop takes a count to remove)
+    del cache
+    return ms
+
+
+@torch.inference_mode()
+def time_hf_generate(model, device, clock) -> float:
+    """Per-token time of transformers' greedy generate after a 256-token prompt (33 tokens minus 1 token,
+    so the prefill cancels)."""
+    ids = random_ids(model, 256, device, seed=3)
+    kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0, eos_token_id=None)
+    t1 = clock(lambda: model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw), reps=2, warmup=1)
+    t33 = clock(lambda: model.generate(ids, max_new_tokens=33, min_new_tokens=33, **kw), reps=2, warmup=1)
+    return (t33 - t1) / 32
+
+
+@torch.inference_mode()
+def time_engine(engine, ks, ctxs, clock, reps, budget, log) -> dict:
+    """Graph-replay times of each step at each context: GPU time (events) and the host loop's wall time."""
+    e = engine
+    out = {}
+    for ctx in ctxs:
+        if not budget.left():
+            log(f"budget: skipping ctx {ctx}")
+            break
+        reset = lambda: e.start.fill_(ctx)  # noqa: E731  the accept step advances start; put it back
+        reset()
+        e.last.fill_(11)
+        row = {}
+        s1 = e.steps(1)
+        row["ar_step_ms"] = clock(lambda: (s1.verify(), s1.accept()), reps, after=reset)
+        row["ar_loop_ms"] = host_loop_ms(lambda: (s1.verify(), s1.accept(), s1.packed.tolist()), reps, reset)
+        for K in ks:
+            s = e.steps(K)
+            row[f"draft_ms_K{K}"] = clock(s.draft, reps)
+            row[f"verify_ms_K{K}"] = clock(s.verify, reps)
+            row[f"iteration_ms_K{K}"] = clock(lambda: (s.draft(), s.verify(), s.accept()), reps, after=reset)
+            row[f"loop_ms_K{K}"] = host_loop_ms(lambda: (s.draft(), s.verify(), s.accept(), s.packed.tolist()),
+                                                reps, reset)
+        out[ctx] = row
+        log(f"ctx {ctx:6d}: " + "  ".join(f"{k}={v:.3f}" for k, v in row.items()))
+    return out
+
+
+def host_loop_ms(fn, reps, reset) -> float:
+    """Wall time of one decoding-loop iteration as generate runs it (replays + the one read-back)."""
+    times = []
+    for i in range(reps + 3):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+        reset()
+    return statistics.median(times[3:])
+
+
+@torch.inference_mode()
+def divergence(model, engine, n_prompts, new_tokens, K, with_hf, device, log) -> dict:
+    """bf16 greedy: Orthrus (K) vs AR (K = 1) on the same engine, and AR vs transformers' generate.
+    First divergence = index of the first differing new token. Also the top-1/top-2 logit gap along the
+    AR output (small gaps are where rounding differences flip the argmax)."""
+    from transformers import Qwen3ForCausalLM
+
+    records, tpf, gaps = [], [], []
+    for i in range(n_prompts):
+        ids = random_ids(model, 256, device, seed=100 + i)
+        ar = engine.generate(ids, new_tokens, block_size=1, eos_token_id=[])
+        orth = engine.generate(ids, new_tokens, block_size=K, eos_token_id=[])
+        tpf.append(orth.tokens_per_iteration)
+        rec = {"orthrus_vs_ar": first_diff(orth.new_tokens, ar.new_tokens)}
+        if with_hf:
+            hf = Qwen3ForCausalLM.generate(model, ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
+            rec["ar_vs_transformers"] = first_diff(ar.new_tokens, hf[0, 256:])
+        logits = model(ar.sequences[:, :-1]).logits[0, 255:].float()
+        top2 = logits.topk(2, dim=-1).values
+        gaps.append(top2[:, 0] - top2[:, 1])
+        records.append(rec)
+        log(f"  prompt {i}: {rec}  TPF {orth.tokens_per_iteration:.2f}")
+    gaps = torch.cat(gaps)
+    summary = {"prompts": n_prompts, "new_tokens": new_tokens, "block_size": K, "per_prompt": records,
+               "measured_tpf_mean": statistics.mean(tpf),
+               "top1_top2_logit_gap": {"median": float(gaps.median()), "p10": float(gaps.quantile(0.1)),
+                                       "fraction_below_0.0625": float((gaps < 0.0625).float().mean())}}
+    for key in records[0]:
+        firsts = [r[key] for r in records if r[key] is not None]
+        summary[key] = {"fraction_diverged": len(firsts) / n_prompts, "first_divergence": firsts}
+    log(f"divergence: {json.dumps({k: v for k, v in summary.items() if k != 'per_prompt'})}")
+    return summary
+
+
+def first_diff(a, b):
+    n = min(len(a), len(b))
+    diff = (a[:n] != b[:n].to(a.device)).nonzero()
+    return int(diff[0]) if len(diff) else None
+
+
+SMALL_HELDOUT_MODULES = ("multiprocessing", "fileinput", "nntplib")  # packages orthrus-small never trained on
+
+
+def heldout_prompts(tokenizer, n, length):
+    """`length`-token windows from the start of held-out standard-library source files (real text for a
+    trained model, unseen in its training)."""
+    import importlib
+    import warnings
+
+    files = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for name in SMALL_HELDOUT_MODULES:
+            mod = importlib.import_module(name)
+            path = Path(mod.__file__)
+            files += sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [path]
+    prompts = []
+    for f in files:
+        ids = tokenizer.encode(f.read_text(errors="replace")).ids
+        if len(ids) >= length:
+            prompts.append(ids[:length])
+        if len(prompts) == n:
+            break
+    return prompts
+
+
+@torch.inference_mode()
+def small_model_divergence(folder, args, device, log) -> dict:
+    """Greedy divergence on the project's trained small Qwen3 (artifacts/orthrus-small), fp32 and bf16:
+    Orthrus (each K) vs AR on the engine, and the engine's AR vs transformers' generate. Real weights
+    give real top-1/top-2 logit gaps, which random weights do not. Uses the trained diffusion view
+    when `folder`/diffusion exists (otherwise the view starts as a copy of the AR view)."""
+    from tokenizers import Tokenizer
+    from transformers import Qwen3ForCausalLM
+
+    from models.checkpoint import load_orthrus
+
+    folder = Path(folder)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer" / "tokenizer.json"))
+    diffusion = folder / "diffusion"
+    prompts = heldout_prompts(tokenizer, args.small_prompts, 256)
+    ks = [int(k) for k in args.small_ks.split(",")]
+    new = args.small_new_tokens
+    out = {"model": str(folder), "trained_diffusion_view": diffusion.is_dir(), "prompts": len(prompts),
+           "prompt_tokens": 256, "new_tokens": new, "prompt_source": SMALL_HELDOUT_MODULES}
+    for dtype, n_hf in ((torch.float32, args.small_hf_prompts // 2), (torch.bfloat16, args.small_hf_prompts)):
+        model = load_orthrus(str(folder / "base"), str(diffusion) if diffusion.is_dir() else None,
+                             mask_token_id=tokenizer.token_to_id("<|mask|>"), dtype=dtype, device=device)
+        engine = OrthrusEngine(model, 256 + new + max(ks) + 64)
+        n_prompts = len(prompts) if dtype == torch.bfloat16 else n_hf
+        recs, tpf, gaps = [], {k: [] for k in ks}, []
+        for i, p in enumerate(prompts[:n_prompts]):
+            ids = torch.tensor([p], device=device)
+            ar = engine.generate(ids, new, block_size=1, eos_token_id=[])
+            rec = {}
+            for K in ks:
+                o = engine.generate(ids, new, block_size=K, eos_token_id=[])
+                rec[f"orthrus_K{K}_vs_ar"] = first_diff(o.new_tokens, ar.new_tokens)
+                tpf[K].append(o.tokens_per_iteration)
+            if i < n_hf:
+                hf = Qwen3ForCausalLM.generate(model, ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                                               min_new_tokens=new, do_sample=False, pad_token_id=0, eos_token_id=None)
+                rec["ar_vs_transformers"] = first_diff(ar.new_tokens, hf[0, 256:])
+            logits = model(ar.sequences[:, :-1]).logits[0, 255:].float()
+            top2 = logits.topk(2, dim=-1).values
+            gaps.append(top2[:, 0] - top2[:, 1])
+            recs.append(rec)
+        gaps = torch.cat(gaps)
+        summary = {"per_prompt": recs, "tpf_mean": {K: statistics.mean(v) for K, v in tpf.items()},
+                   "top1_top2_logit_gap": {"median": float(gaps.median()), "p10": float(gaps.quantile(0.1)),
+                                           "fraction_below_0.0625": float((gaps < 0.0625).float().mean())}}
+        for key in {k for r in recs for k in r}:
+            vals = [r[key] for r in recs if key in r]
+            firsts = [v for v in vals if v is not None]
+            summary[key] = {"prompts": len(vals), "fraction_diverged": len(firsts) / len(vals), "first_divergence": firsts}
+        out[str(dtype).removeprefix("torch.")] = summary
+        log(f"[orthrus-small {dtype}] " + json.dumps({k: v for k, v in summary.items() if k != "per_prompt"}))
+        del engine, model
+    return out
+
+
+def memory_report(model, engine, device, ks) -> dict:
+    diff = [p for n, p in model.named_parameters() if is_diffusion_param(n)]
+    rep = {
+        "model_weights_GB": nbytes(model.parameters()) / 1e9,
+        "diffusion_view_weights_GB": nbytes(diff) / 1e9,
+        "diffusion_view_fraction_of_params": sum(p.numel() for p in diff) / sum(p.numel() for p in model.parameters()),
+        "kv_cache_GB": engine.cache.nbytes / 1e9,
+        "kv_cache_rows": engine.cache.max_seq_len,
+        "draft_block_kv_MiB": {K: kv_row_bytes(engine) * K / 2**20 for K in ks},
+        "rope_tables_MB": nbytes([engine.cos, engine.sin]) / 1e6,
+    }
+    return rep
+
+
+def run_shape(name, args, device, clock, budget, bw, log) -> dict:
+    """Everything for one shape. Each measurement is a phase: a phase that fails is logged with its
+    traceback under res["errors"] and the rest still run (one GPU call must return what it can)."""
+    ks = [int(k) for k in args.ks.split(",")]
+    ctxs = [int(c) for c in args.ctx.split(",")]
+    cuda = device.type == "cuda"
+    t0 = time.time()
+    model = build_model(name, device)
+    log(f"[{name}] built in {time.time() - t0:.1f}s")
+    res = {"shape": name, "config": {k: getattr(model.config, k) for k in (
+        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+        "head_dim", "vocab_size", "tie_word_embeddings")}, "attn_implementation": model.config._attn_implementation}
+
+    def phase(key, fn):
+        if not budget.left():
+            log(f"[{name}] budget spent: skipping {key}")
+            return
+        try:
+            res[key] = fn()
+        except Exception:  # noqa: BLE001  report and go on
+            res.setdefault("errors", {})[key] = traceback.format_exc()
+            log(f"[{name}] {key} FAILED:\n{res['errors'][key]}")
+
+    if cuda:
+        phase("backend_cross_check", lambda: cross_check_backends(model, device, log))
+        torch.cuda.empty_cache()
+        mem0 = torch.cuda.memory_allocated()
+    engine = OrthrusEngine(model, max(max(ctxs), 256 + args.new_tokens) + max(ks) + 64)
+    res["memory"] = memory_report(model, engine, device, ks)
+    t0 = time.time()
+    for K in [1, *ks]:
+        before = torch.cuda.memory_reserved() if cuda else 0
+        engine.steps(K)
+        if cuda:
+            res["memory"].setdefault("graph_pool_reserved_MB", {})[K] = (torch.cuda.memory_reserved() - before) / 1e6
+    if cuda:
+        res["memory"]["engine_allocated_GB"] = (torch.cuda.memory_allocated() - mem0) / 1e9
+    log(f"[{name}] steps built/captured in {time.time() - t0:.1f}s; memory {json.dumps(res['memory'])}")
+    engine.cache.kv.normal_()
+
+    res["bytes"] = {"ar_pass_weights": pass_weight_bytes(engine, "ar"),
+                    "draft_pass_weights": pass_weight_bytes(engine, "diff"), "kv_row": kv_row_bytes(engine)}
+    res["engine"] = time_engine(engine, ks, ctxs, clock, args.reps, budget, log)
+    res["roofline_ms"] = {}
+    for ctx in res["engine"]:
+        b = res["bytes"]
+        row = {"ar_step": (b["ar_pass_weights"] + (ctx + 1) * b["kv_row"]) / bw * 1e3}
+        for K in ks:
+            d = (b["draft_pass_weights"] + ctx * b["kv_row"]) / bw * 1e3
+            v = (b["ar_pass_weights"] + (ctx + K) * b["kv_row"]) / bw * 1e3
+            row.update({f"draft_K{K}": d, f"verify_K{K}": v, f"iteration_K{K}": d + v})
+        res["roofline_ms"][ctx] = row
+
+    def hf_steps():
+        out = {}
+        for ctx in res["engine"]:
+            out[ctx] = time_hf(model, engine, ctx, clock, args.hf_reps)
+            log(f"[{name}] transformers step at ctx {ctx}: {out[ctx]:.2f} ms")
+        return out
+
+    phase("hf_step_ms", hf_steps)
+    phase("hf_generate_ms_per_token_ctx256", lambda: time_hf_generate(model, device, clock))
+    phase("gemm_probe", lambda: gemm_probe(model, clock, device))
+    phase(f"verify_profile_K{max(ks)}_ctx256", lambda: profile_verify(engine, max(ks), 256, device, log))
+    if cuda:
+        phase("fused_qkv", lambda: fused_qkv_variant(model, ks, clock, args.reps, log))
+    if args.prompts > 0:
+        engine.cache.kv.zero_()
+        phase("divergence_bf16", lambda: divergence(model, engine, args.prompts, args.new_tokens, max(ks),
+                                                    with_hf=name in ("qwen3_1.7b", "tiny"), device=device, log=log))
+    del engine, model
+    if cuda:
+        torch.cuda.empty_cache()
+    return res
+
+
+@torch.inference_mode()
+def fused_qkv_variant(model, ks, clock, reps, log) -> dict:
+    """The same steps with one fused [q; k; v] matrix per view and layer (a weight copy), at context 256."""
+    K = max(ks)
+    fused = OrthrusEngine(model, 256 + K + 64, fuse_qkv=True)
+    fused.cache.kv.normal_()
+    reset = lambda: fused.start.fill_(256)  # noqa: E731
+    reset()
+    s1, s = fused.steps(1), fused.steps(K)
+    row = {"extra_weight_GB": fused.fused_weight_bytes / 1e9,
+           "ar_step_ms": clock(lambda: (s1.verify(), s1.accept()), reps, after=reset),
+           f"draft_ms_K{K}": clock(s.draft, reps), f"verify_ms_K{K}": clock(s.verify, reps),
+           f"iteration_ms_K{K}": clock(lambda: (s.draft(), s.verify(), s.accept()), reps, after=reset)}
+    log(f"fused qkv at ctx 256: {json.dumps({k: round(v, 3) for k, v in row.items()})}")
+    del fused, s1, s
+    torch.cuda.empty_cache()
+    return row
+
+
+def project(results, ks) -> None:
+    """Projected tokens/s = tokens per iteration / iteration time; speedups over the engine's AR and transformers."""
+    for res in results["shapes"]:
+        K = max(ks)
+        res["projection"] = {}
+        tpfs = dict(PAPER_TPF)
+        if "divergence_bf16" in res:
+            tpfs["measured_random_weights"] = res["divergence_bf16"]["measured_tpf_mean"]
+        for ctx, row in res["engine"].items():
+            it = row[f"iteration_ms_K{K}"]
+            p = {"ar_tokens_per_s": 1e3 / row["ar_step_ms"]}
+            for label, tpf in tpfs.items():
+                p[f"tokens_per_s@{label}"] = tpf * 1e3 / it
+                p[f"speedup_vs_engine_ar@{label}"] = tpf * row["ar_step_ms"] / it
+                if ctx in res.get("hf_step_ms", {}):
+                    p[f"speedup_vs_transformers@{label}"] = tpf * res["hf_step_ms"][ctx] / it
+            res["projection"][ctx] = p
+
+
+def write_markdown(results, ks, path) -> None:
+    K = max(ks)
+    lines = [f"# Orthrus engine decode benchmark ({results['device']})", "",
+             f"`{results['command']}`  ", f"commit {results['commit']}, torch {results['torch']}, "
+             f"transformers {results['transformers']}, triton {results['triton']}; measured copy bandwidth "
+             f"{results['bandwidth_TBps']:.2f} TB/s (read + write). Random weights, bf16, batch 1; times are medians "
+             "of CUDA-event timings of graph replays (ms). Roofline = (weights + KV bytes read) / copy bandwidth.", ""]
+    for res in results["shapes"]:
+        lines += [f"## {res['shape']}", ""]
+        head = ["ctx", "transformers step", "engine AR step", "AR roofline"]
+        for k in ks:
+            head += [f"draft K={k}", f"verify K={k}", f"iteration K={k}"]
+        head += [f"iteration roofline K={K}", f"tok/s @TPF {PAPER_TPF['qwen3_8b_math500']} (K={K})",
+                 f"speedup vs engine AR @TPF {PAPER_TPF['qwen3_8b_math500']}"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for ctx, row in res["engine"].items():
+            roof = res["roofline_ms"][ctx]
+            proj = res["projection"][ctx]
+            cells = [str(ctx), f"{res.get('hf_step_ms', {}).get(ctx, float('nan')):.2f}", f"{row['ar_step_ms']:.2f}",
+                     f"{roof['ar_step']:.2f}"]
+            for k in ks:
+                cells += [f"{row[f'draft_ms_K{k}']:.2f}", f"{row[f'verify_ms_K{k}']:.2f}", f"{row[f'iteration_ms_K{k}']:.2f}"]
+            cells += [f"{roof[f'iteration_K{K}']:.2f}", f"{proj['tokens_per_s@qwen3_8b_math500']:.0f}",
+                      f"{proj['speedup_vs_engine_ar@qwen3_8b_math500']:.2f}x"]
+            lines.append("| " + " | ".join(cells) + " |")
+        m = res["memory"]
+        lines += ["", f"Memory: diffusion view {m['diffusion_view_weights_GB']:.2f} GB "
+                      f"({100 * m['diffusion_view_fraction_of_params']:.1f}% of parameters); KV cache "
+                      f"{m['kv_cache_GB']:.2f} GB for {m['kv_cache_rows']} rows; draft block keys/values "
+                      f"{m['draft_block_kv_MiB'][K]:.2f} MiB at K={K}; graph pools (activations, reserved) MB per K: "
+                      f"{ {k: round(v, 1) for k, v in m.get('graph_pool_reserved_MB', {}).items()} }."]
+        if "hf_generate_ms_per_token_ctx256" in res:
+            lines.append(f"transformers `generate` (greedy, ctx 256): {res['hf_generate_ms_per_token_ctx256']:.2f} ms/token.")
+        if "fused_qkv" in res:
+            lines.append(f"Fused q/k/v weights (+{res['fused_qkv']['extra_weight_GB']:.2f} GB), ctx 256: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in res["fused_qkv"].items() if k != "extra_weight_GB") + ".")
+        if "backend_cross_check" in res:
+            lines.append(f"Triton vs PyTorch path, bf16: {res['backend_cross_check']}.")
+        if "divergence_bf16" in res:
+            d = res["divergence_bf16"]
+            lines.append(f"bf16 divergence over {d['prompts']} random prompts x {d['new_tokens']} tokens (K={d['block_size']}): "
+                         + "; ".join(f"{k}: {100 * d[k]['fraction_diverged']:.0f}% of prompts, first at {d[k]['first_divergence']}"
+                                     for k in d if isinstance(d[k], dict) and "fraction_diverged" in d[k])
+                         + f"; top-1/top-2 logit gap {d['top1_top2_logit_gap']}; measured TPF {d['measured_tpf_mean']:.2f}.")
+        lines.append("")
+    small = results.get("small_model_divergence")
+    if small:
+        lines += [f"## Greedy divergence on the trained small model ({small['model']})", "",
+                  f"{small['prompts']} prompts of {small['prompt_tokens']} tokens from held-out modules "
+                  f"{', '.join(small['prompt_source'])}, {small['new_tokens']} new tokens each; trained diffusion view: "
+                  f"{small['trained_diffusion_view']}. First divergence = index of the first differing new token.", "",
+                  "| dtype | comparison | prompts | diverged | first divergence at |", "|---|---|---|---|---|"]
+        for dtype in ("float32", "bfloat16"):
+            d = small.get(dtype, {})
+            for key in sorted(k for k in d if isinstance(d[k], dict) and "fraction_diverged" in d[k]):
+                lines.append(f"| {dtype} | {key} | {d[key]['prompts']} | {100 * d[key]['fraction_diverged']:.0f}% "
+                             f"| {sorted(d[key]['first_divergence'])} |")
+        for dtype in ("float32", "bfloat16"):
+            if dtype in small:
+                lines.append(f"\n{dtype}: tokens per iteration {small[dtype]['tpf_mean']}; top-1/top-2 logit gap along the AR "
+                             f"output {small[dtype]['top1_top2_logit_gap']}.")
+        lines.append("")
+    Path(path).write_text("\n".join(lines))
+
+
+def plot(results, ks, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    K = max(ks)
+    shapes = results["shapes"]
+    fig, axes = plt.subplots(1, len(shapes), figsize=(5.5 * len(shapes), 4.2), squeeze=False)
+    for ax, res in zip(axes[0], shapes):
+        ctxs = list(res["engine"])
+        series = {"transformers step": [res.get("hf_step_ms", {}).get(c, float("nan")) for c in ctxs],
+                  "engine AR step": [res["engine"][c]["ar_step_ms"] for c in ctxs],
+                  f"draft K={K}": [res["engine"][c][f"draft_ms_K{K}"] for c in ctxs],
+                  f"verify K={K}": [res["engine"][c][f"verify_ms_K{K}"] for c in ctxs],
+                  f"iteration K={K}": [res["engine"][c][f"iteration_ms_K{K}"] for c in ctxs]}
+        for label, ys in series.items():
+            ax.plot(ctxs, ys, marker="o", label=label)
+        ax.plot(ctxs, [res["roofline_ms"][c]["ar_step"] for c in ctxs], "k--", label="AR roofline")
+        ax.plot(ctxs, [res["roofline_ms"][c][f"iteration_K{K}"] for c in ctxs], "k:", label=f"iteration roofline K={K}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel("ms")
+        ax.set_title(res["shape"])
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"Orthrus engine, bf16, batch 1 ({results['device']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    args = parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = open(out / "bench.log", "a")
+
+    def log(msg):
+        print(msg, flush=True)
+        log_file.write(msg + "\n")
+        log_file.flush()
+
+    import transformers
+    import triton
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    clock, budget = Clock(device), Budget(args.budget_s)
+    ks = [int(k) for k in args.ks.split(",")]
+    results = {
+        "command": "python " + " ".join(sys.argv), "commit": args.commit,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "transformers": transformers.__version__, "triton": triton.__version__,
+        "paper_tpf": PAPER_TPF, "targets_qwen3_8b": TARGETS_8B, "shapes": [],
+    }
+    results["bandwidth_TBps"] = measure_bandwidth(clock, device) / 1e12
+    log(f"{results['device']}: copy bandwidth {results['bandwidth_TBps']:.3f} TB/s")
+    if device.type == "cuda":
+        try:
+            results["kernel_check_bf16"] = check_kernels_bf16(device, log)
+        except Exception:  # noqa: BLE001
+            results.setdefault("errors", {})["kernel_check_bf16"] = traceback.format_exc()
+            log(results["errors"]["kernel_check_bf16"])
+
+    def save():
+        project(results, ks)
+        (out / "bench.json").write_text(json.dumps(results, indent=1, default=str))
+        write_markdown(results, ks, out / "bench.md")
+        if results["shapes"]:
+            plot(results, ks, out / "bench.png")
+
+    for name in args.shapes.split(","):
+        if not budget.left():
+            log(f"budget of {args.budget_s}s spent: skipping {name}")
+            results.setdefault("skipped", []).append(name)
+            continue
+        try:
+            if name == "orthrus-small":
+                results["small_model_divergence"] = small_model_divergence(args.small, args, device, log)
+                save()
+                continue
+            results["shapes"].append(run_shape(name, args, device, clock, budget, results["bandwidth_TBps"] * 1e12, log))
+        except Exception:  # noqa: BLE001  keep the other shapes' results
+            results.setdefault("errors", {})[name] = traceback.format_exc()
+            log(f"[{name}] FAILED:\n{results['errors'][name]}")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        results["elapsed_s"] = budget.elapsed()
+        save()
+        log(f"[{name}] done at {budget.elapsed():.0f}s")
+    save()
+    print((out / "bench.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

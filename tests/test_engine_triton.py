@@ -1,0 +1,115 @@
+"""The engine's Triton backend (fused kernels + kernels/ attention) and, on CUDA, its CUDA graphs.
+
+Off the GPU these run in Triton's interpreter (TRITON_INTERPRET=1, as CI sets it), fp32 and small;
+with CUDA they also run in bf16 and through captured graphs.
+"""
+
+import os
+
+import pytest
+import torch
+
+from models.engine import OrthrusEngine
+from models.engine_ops import TorchOps, TritonOps
+from tests.test_greedy import base_greedy, prompt
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+pytestmark = pytest.mark.skipif(
+    not CUDA and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="Triton needs a CUDA GPU or TRITON_INTERPRET=1 set before triton is imported",
+)
+cuda_only = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+DTYPES = [torch.float32, torch.bfloat16] if CUDA else [torch.float32]
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2)}
+
+
+def _rand(*shape, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).to(DEVICE, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_add_rms_norm(dtype, with_residual):
+    x, r, w = _rand(5, 96, dtype=dtype, seed=0), _rand(5, 96, dtype=dtype, seed=1), _rand(96, dtype=dtype, seed=2)
+    residual = r if with_residual else None
+    out, res = TritonOps.add_rms_norm(x, residual, w, 1e-6)
+    ref_out, ref_res = TorchOps.add_rms_norm(x, residual, w, 1e-6)
+    assert torch.equal(res, ref_res)  # one rounded add: bit-exact
+    torch.testing.assert_close(out, ref_out, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dst_at_start", [False, True])
+def test_qkv_norm_rope(dtype, dst_at_start):
+    """Inputs as the fused [q; k; v] projection gives them (strided column slices), 3 query heads per
+    KV head (not a power of two), at a nonzero start; outputs into the cache or a block buffer."""
+    T, H, Hkv, D, S = 5, 6, 2, 32, 40
+    qkv = _rand(T, (H + 2 * Hkv) * D, dtype=dtype, seed=3)
+    q, k, v = qkv[:, : H * D], qkv[:, H * D:(H + Hkv) * D], qkv[:, (H + Hkv) * D:]
+    qw, kw = _rand(D, dtype=dtype, seed=4), _rand(D, dtype=dtype, seed=5)
+    angles = torch.arange(S)[:, None] * torch.rand(D // 2, generator=torch.Generator().manual_seed(6)).repeat(2)
+    cos, sin = angles.cos().to(DEVICE, dtype), angles.sin().to(DEVICE, dtype)
+    start = torch.tensor([7], device=DEVICE)
+    rows = S if dst_at_start else T
+    outs = []
+    for ops in (TritonOps, TorchOps):
+        k_dst = torch.full((1, Hkv, rows, D), float("nan"), dtype=dtype, device=DEVICE)
+        v_dst = torch.full_like(k_dst, float("nan"))
+        q_out = ops.qkv_norm_rope(q, k, v, qw, kw, cos, sin, start, k_dst, v_dst, dst_at_start, 1e-6)
+        outs.append((q_out, k_dst, v_dst))
+    (q1, k1, v1), (q2, k2, v2) = outs
+    assert q1.shape == q2.shape == (1, H, T, D)
+    torch.testing.assert_close(q1, q2, **TOL[dtype])
+    torch.testing.assert_close(k1, k2, equal_nan=True, **TOL[dtype])  # same rows written, same values
+    assert torch.equal(v1.nan_to_num(), v2.nan_to_num())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_silu_mul(dtype):
+    g, u = _rand(3, 1500, dtype=dtype, seed=7), _rand(3, 1500, dtype=dtype, seed=8)
+    torch.testing.assert_close(TritonOps.silu_mul(g, u), TorchOps.silu_mul(g, u), **TOL[dtype])
+
+
+def test_greedy_matches_base(make_model):
+    model = make_model(seed=21).to(DEVICE)
+    ids = prompt(6, seed=21).to(DEVICE)
+    engine = OrthrusEngine(model, 64, backend="triton", cuda_graphs=CUDA)
+    for K in (1, 4):
+        out = engine.generate(ids, 9, block_size=K)
+        assert torch.equal(out.sequences, base_greedy(model, ids, 9))
+
+
+@cuda_only
+@pytest.mark.parametrize("prompt_len,block_size", [(1, 32), (33, 8), (20, 2)])
+def test_cuda_graphs_match_base_fp32(make_model, prompt_len, block_size):
+    model = make_model(seed=prompt_len + block_size).cuda()
+    ids = prompt(prompt_len, seed=block_size).cuda()
+    engine = OrthrusEngine(model, 128)
+    assert engine.backend == "triton" and engine.cuda_graphs
+    out = engine.generate(ids, 40, block_size=block_size)
+    assert torch.equal(out.sequences, base_greedy(model, ids, 40))
+    eos = int(out.sequences[0, prompt_len + 17])
+    out = engine.generate(ids, 40, block_size=block_size, eos_token_id=eos)
+    assert torch.equal(out.sequences, base_greedy(model, ids, 40, eos_token_id=eos))
+
+
+@cuda_only
+@torch.no_grad()
+def test_cuda_bf16_backends_agree(make_model):
+    """bf16 draft and verify logits of the Triton path against the PyTorch path, at a larger GQA shape."""
+    model = make_model(seed=30, hidden_size=512, intermediate_size=1024, num_attention_heads=8,
+                       num_key_value_heads=2, head_dim=64, num_hidden_layers=3, initializer_range=0.02)
+    model = model.to("cuda", torch.bfloat16)
+    ids = prompt(300, seed=30).cuda()
+    logits = {}
+    for backend in ("triton", "torch"):
+        engine = OrthrusEngine(model, 512, backend=backend)
+        engine.prefill(ids[0])
+        engine.last.fill_(5)
+        steps = engine.steps(16)
+        draft = steps.draft().float().clone()
+        logits[backend] = draft, steps.verify().float()
+    for got, ref in zip(logits["triton"], logits["torch"]):
+        assert (got - ref).norm() / ref.norm() < 1e-2
