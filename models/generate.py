@@ -34,6 +34,7 @@ class GenerationResult:
     block_size: int
     accepted: list[int] = field(default_factory=list)  # drafts accepted per iteration
     emitted: list[int] = field(default_factory=list)  # tokens emitted per iteration (after EOS/max clipping)
+    proposed: list[int] = field(default_factory=list)  # block length k per iteration (K, or less at the end)
     ar_forwards: int = 0  # prefill counts as one
     diffusion_forwards: int = 0
     finished_by_eos: bool = False
@@ -132,8 +133,9 @@ def generate(
                 q = logits_to_probs(d_logits, sampling)
                 draft = sample(q, generator)
             block[0, 1:] = draft
-        else:
+        else:  # a one-token block (block_size=1, or a clipped last block): nothing to draft
             draft = block[0, 1:]
+            q = torch.empty(0, model.config.vocab_size, device=device)
 
         ar_logits = model(input_ids=block, position_ids=positions, past_key_values=cache, use_cache=True).logits[0]
         result.ar_forwards += 1
@@ -147,6 +149,7 @@ def generate(
         tokens = draft[:n_acc].tolist() + [nxt]
         done = emit(tokens)
         result.emitted.append(len(out[-1]))
+        result.proposed.append(k)
         start, last = start + n_acc + 1, nxt
 
     if streamer is not None:

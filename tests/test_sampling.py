@@ -115,3 +115,12 @@ def test_invalid_sampling_params():
         SamplingParams(temperature=-1)
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(temperature=1, top_p=0)
+
+
+@pytest.mark.parametrize("block_size", [1, 4])
+def test_one_token_blocks_sample(make_model, block_size):
+    """block_size=1 (the AR baseline) and a clipped last block of one token also sample."""
+    model = small_vocab_model(make_model)
+    g = torch.Generator().manual_seed(0)
+    out = generate(model, PROMPT, 6, block_size=block_size, sampling=SamplingParams(temperature=1.0), generator=g)
+    assert out.num_new_tokens == 6 and out.proposed[-1] <= block_size
