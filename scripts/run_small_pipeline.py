@@ -95,7 +95,7 @@ PRESETS = {
             "data.load_tokenized_dataset.tokenizer=.cache/toy/artifacts/orthrus-small/tokenizer",
             "data.load_tokenized_dataset.num_proc=null", "data.packed_dataset.seq_len=128",
             "objective.blocks_per_row=4", "train.steps=4", "train.micro_batch_size=2", "train.checkpoint_every=2",
-            "logging.log_every=1", "logging.progress_bar=false",
+            "logging.log_every=1", "logging.progress_bar=false", "objective.loss_decay=4.0",
         ],
         eval=["model.device=cpu", "model.dtype=float32", "decode.max_new_tokens=24", "limit=2",
               "decode.warmup=false", "fidelity.num_prompts=2", "progress=false"],
@@ -308,7 +308,12 @@ class EngineDecode:
             from models.engine import OrthrusEngine
 
             self.engines[id(model)] = OrthrusEngine(model, self.max_seq_len)
-        return self.engines[id(model)].generate(input_ids, max_new_tokens, **kwargs)
+        # The prompt goes in on the CPU: OrthrusEngine.generate concatenates it with the emitted
+        # tokens, which it holds on the CPU (with a CUDA prompt that cat fails); it moves the
+        # prompt to its device itself.
+        result = self.engines[id(model)].generate(input_ids.cpu(), max_new_tokens, **kwargs)
+        result.sequences = result.sequences.to(input_ids.device)
+        return result
 
 
 class ReplayableEngineDecode(EngineDecode):
@@ -347,7 +352,7 @@ def eval_overrides(p: Preset) -> list[str]:
     ]
 
 
-def stage_eval(p: Preset, log: list[dict]) -> None:
+def stage_eval(p: Preset, log: list[dict], out: Path | None = None) -> None:
     """scripts/evaluate.py's run() twice, with the fast engine as the decode function: greedy
     (TPF, acceptance, exact match vs transformers' generate, speedup over K=1) and sampling
     (analytic KL between the base's and Orthrus's per-token distributions)."""
@@ -366,6 +371,8 @@ def stage_eval(p: Preset, log: list[dict]) -> None:
         log.append({"stage": f"eval-{name}", "command": shlex.join(["python", *command]), "decode_fn": decode_fn.__name__,
                     "seconds": round(seconds, 1), "returncode": 0})
         print(f"=== eval {name} done in {seconds:.0f} s: {path}", flush=True)
+        if out is not None:  # results so far travel back even if the next run outlasts the call
+            stage_pack(p, log, out)
 
 
 def stage_card(p: Preset, log: list[dict]) -> None:
@@ -653,6 +660,8 @@ def main(argv: list[str] | None = None) -> None:
         for stage in stages:
             if stage == "pack":
                 stage_pack(preset, log, args.out)
+            elif stage == "eval":
+                stage_eval(preset, log, args.out)
             else:
                 {"pretrain": stage_pretrain, "prompts": stage_prompts, "diffusion": stage_diffusion,
                  "eval": stage_eval, "card": stage_card}[stage](preset, log)
