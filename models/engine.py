@@ -283,13 +283,15 @@ class OrthrusEngine:
             else:
                 n_acc, tokens = self._sampling_iteration(steps, sampling, generator)
             result.accepted.append(n_acc)
+            result.proposed.append(K)  # always the whole block: emitted tokens are clipped instead
             result.diffusion_forwards += K > 1
             result.ar_forwards += 1
             result.emitted.append(emit(tokens))
 
         if streamer is not None:
             streamer.end()
-        result.sequences = torch.cat([input_ids[0], torch.tensor(out, dtype=input_ids.dtype)]).to(input_ids.device)[None]
+        new_ids = torch.tensor(out, dtype=input_ids.dtype, device=input_ids.device)
+        result.sequences = torch.cat([input_ids[0], new_ids])[None]
         return result
 
     def _sampling_iteration(self, steps: "_Steps", sampling: SamplingParams, generator) -> tuple[int, list[int]]:

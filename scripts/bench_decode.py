@@ -54,7 +54,7 @@ def parse_args():
     p.add_argument("--ks", default="8,16,32")
     p.add_argument("--ctx", default="256,1024,4096,16384,32768")
     p.add_argument("--reps", type=int, default=20)
-    p.add_argument("--hf-reps", type=int, default=5)
+    p.add_argument("--hf-reps", type=int, default=10)
     p.add_argument("--prompts", type=int, default=4, help="random prompts for the bf16 divergence run at each shape")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--small", default="artifacts/orthrus-small", help="trained small model for the divergence run")
@@ -181,38 +181,83 @@ def check_kernels_bf16(device, log) -> dict:
 
 
 @torch.inference_mode()
-def cross_check_backends(model, device, log) -> dict:
-    """Draft and verify logits of the Triton path vs the PyTorch path, bf16, after a 256-token prefill."""
+def cross_check_backends(model, device, dtypes, log) -> dict:
+    """Triton path vs PyTorch path on the same inputs: a 256-token prefill, the draft pass, then the
+    same block (the first run's drafts) through the verify pass. In fp32 the two must agree to rounding;
+    in bf16 each is also compared with the fp32 PyTorch path when that ran, which gives the bf16 noise
+    level the Triton path should match. The model's parameters are cast in place and restored to bf16."""
     ids = random_ids(model, 256, device, seed=1)[0]
-    logits = {}
-    for backend in ("triton", "torch"):
-        engine = OrthrusEngine(model, 320, backend=backend, cuda_graphs=False)
-        engine.prefill(ids)
-        engine.last.fill_(int(ids[-1]))
-        steps = engine.steps(32)
-        logits[backend] = steps.draft().float().clone(), steps.verify().float().clone()
-        del engine, steps
+    logits, block = {}, None
+    for dtype in dtypes:
+        for p in model.parameters():
+            p.data = p.data.to(dtype)
+        for backend in ("torch", "triton"):
+            engine = OrthrusEngine(model, 320, backend=backend, cuda_graphs=False)
+            engine.prefill(ids)
+            engine.last.fill_(int(ids[-1]))
+            steps = engine.steps(32)
+            draft = steps.draft().double()
+            block = steps.block[1:].clone() if block is None else block
+            steps.block[1:].copy_(block)
+            logits[dtype, backend] = draft, steps.verify().double()
+            del engine, steps
+    for p in model.parameters():
+        p.data = p.data.to(torch.bfloat16)
+
+    def compare(a, b):
+        return {f"{name}_rel_err": float((x - y).norm() / y.norm()) for name, x, y in zip(("draft", "verify"), a, b)} | {
+            f"{name}_argmax_agree": float((x.argmax(-1) == y.argmax(-1)).double().mean())
+            for name, x, y in zip(("draft", "verify"), a, b)}
+
     out = {}
-    for name, got, ref in zip(("draft", "verify"), logits["triton"], logits["torch"]):
-        out[f"{name}_rel_err"] = float((got - ref).norm() / ref.norm())
-        out[f"{name}_argmax_agree"] = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
-    log(f"triton vs torch backend (bf16): {json.dumps({k: round(v, 5) for k, v in out.items()})}")
+    for dtype in dtypes:
+        name = str(dtype).removeprefix("torch.")
+        out[f"{name}_triton_vs_torch"] = compare(logits[dtype, "triton"], logits[dtype, "torch"])
+        if dtype != torch.float32 and torch.float32 in dtypes:
+            for backend in ("triton", "torch"):
+                out[f"{name}_{backend}_vs_float32_torch"] = compare(logits[dtype, backend], logits[torch.float32, "torch"])
+    log(f"backend cross-check: {json.dumps(out)}")
     return out
 
 
-def gemm_probe(model, clock, device) -> list[dict]:
-    """Achieved bandwidth of the decode-shaped matrix products (weight bytes / time)."""
+def graph_time_us(fn, calls=20, reps=10) -> float:
+    """Kernel time of fn without launch overhead: `calls` launches captured in one CUDA graph, median replay / calls."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    times = []
+    for _ in range(reps + 2):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    return statistics.median(times[2:])
+
+
+@torch.inference_mode()
+def gemm_probe(model) -> list[dict]:
+    """Achieved weight-read bandwidth of the decode-shaped matrix products, timed inside CUDA graphs
+    (kernel time, no launch overhead), as F.linear (x W^T, what the engine runs) and as W x^T."""
     attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
     qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
     weights = {"q": attn.q_proj.weight, "k": attn.k_proj.weight, "qkv_fused": qkv, "o": attn.o_proj.weight,
                "gate": mlp.gate_proj.weight, "down": mlp.down_proj.weight, "lm_head": model.lm_head.weight}
     rows = []
     for name, w in weights.items():
-        for m in (1, 8, 32):
-            x = torch.randn(m, w.shape[1], device=device, dtype=w.dtype)
-            ms = clock(lambda: F.linear(x, w), reps=30)
-            rows.append({"matrix": name, "out_features": w.shape[0], "in_features": w.shape[1], "rows": m,
-                         "us": ms * 1e3, "weight_GBps": nbytes([w]) / (ms / 1e3) / 1e9})
+        for m in (1, 32):
+            x = torch.randn(m, w.shape[1], device=w.device, dtype=w.dtype)
+            for form, fn in (("x@W^T", lambda: F.linear(x, w)), ("W@x^T", lambda: torch.mm(w, x.t()))):
+                us = graph_time_us(fn)
+                rows.append({"matrix": name, "out_features": w.shape[0], "in_features": w.shape[1], "rows": m,
+                             "form": form, "us": us, "weight_TBps": nbytes([w]) / (us / 1e6) / 1e12})
     return rows
 
 
@@ -252,7 +297,7 @@ def time_hf(model, engine, ctx, clock, reps) -> float:
         cache.update(engine.cache.keys(layer)[:, :, :ctx], engine.cache.values(layer)[:, :, :ctx], layer)
     tok = torch.tensor([[11]], device=engine.device)
     with torch.inference_mode():
-        ms = clock(lambda: model(input_ids=tok, past_key_values=cache, use_cache=True), reps=reps, warmup=2,
+        ms = clock(lambda: model(input_ids=tok, past_key_values=cache, use_cache=True), reps=reps, warmup=3,
                    after=lambda: cache.crop(-1))  # drop the step's token (crop takes a count to remove)
     del cache
     return ms
@@ -440,6 +485,7 @@ def memory_report(model, engine, device, ks) -> dict:
         "kv_cache_rows": engine.cache.max_seq_len,
         "draft_block_kv_MiB": {K: kv_row_bytes(engine) * K / 2**20 for K in ks},
         "rope_tables_MB": nbytes([engine.cos, engine.sin]) / 1e6,
+        "fused_qkv_copy_GB": engine.fused_weight_bytes / 1e9,
     }
     return rep
 
@@ -468,18 +514,18 @@ def run_shape(name, args, device, clock, budget, bw, log) -> dict:
             log(f"[{name}] {key} FAILED:\n{res['errors'][key]}")
 
     if cuda:
-        phase("backend_cross_check", lambda: cross_check_backends(model, device, log))
+        dtypes = (torch.float32, torch.bfloat16) if name == "qwen3_1.7b" else (torch.bfloat16,)
+        phase("backend_cross_check", lambda: cross_check_backends(model, device, dtypes, log))
         torch.cuda.empty_cache()
         mem0 = torch.cuda.memory_allocated()
-    engine = OrthrusEngine(model, max(max(ctxs), 256 + args.new_tokens) + max(ks) + 64)
+    engine = OrthrusEngine(model, max(max(ctxs), 256 + args.new_tokens) + max(ks) + 64, fuse_qkv=cuda)
     res["memory"] = memory_report(model, engine, device, ks)
     t0 = time.time()
+    reserved0 = torch.cuda.memory_reserved() if cuda else 0
     for K in [1, *ks]:
-        before = torch.cuda.memory_reserved() if cuda else 0
         engine.steps(K)
-        if cuda:
-            res["memory"].setdefault("graph_pool_reserved_MB", {})[K] = (torch.cuda.memory_reserved() - before) / 1e6
     if cuda:
+        res["memory"]["graph_pools_reserved_MB"] = (torch.cuda.memory_reserved() - reserved0) / 1e6
         res["memory"]["engine_allocated_GB"] = (torch.cuda.memory_allocated() - mem0) / 1e9
     log(f"[{name}] steps built/captured in {time.time() - t0:.1f}s; memory {json.dumps(res['memory'])}")
     engine.cache.kv.normal_()
@@ -506,10 +552,10 @@ def run_shape(name, args, device, clock, budget, bw, log) -> dict:
 
     phase("hf_step_ms", hf_steps)
     phase("hf_generate_ms_per_token_ctx256", lambda: time_hf_generate(model, device, clock))
-    phase("gemm_probe", lambda: gemm_probe(model, clock, device))
-    phase(f"verify_profile_K{max(ks)}_ctx256", lambda: profile_verify(engine, max(ks), 256, device, log))
     if cuda:
-        phase("fused_qkv", lambda: fused_qkv_variant(model, ks, clock, args.reps, log))
+        phase("gemm_probe", lambda: gemm_probe(model))
+        phase(f"verify_profile_K{max(ks)}_ctx256", lambda: profile_verify(engine, max(ks), 256, device, log))
+        phase("unfused_qkv", lambda: unfused_qkv_variant(model, ks, clock, args.reps, log))
     if args.prompts > 0:
         engine.cache.kv.zero_()
         phase("divergence_bf16", lambda: divergence(model, engine, args.prompts, args.new_tokens, max(ks),
@@ -521,20 +567,19 @@ def run_shape(name, args, device, clock, budget, bw, log) -> dict:
 
 
 @torch.inference_mode()
-def fused_qkv_variant(model, ks, clock, reps, log) -> dict:
-    """The same steps with one fused [q; k; v] matrix per view and layer (a weight copy), at context 256."""
+def unfused_qkv_variant(model, ks, clock, reps, log) -> dict:
+    """The same steps without the fused [q; k; v] weight copy (three products per view and layer), ctx 256."""
     K = max(ks)
-    fused = OrthrusEngine(model, 256 + K + 64, fuse_qkv=True)
-    fused.cache.kv.normal_()
-    reset = lambda: fused.start.fill_(256)  # noqa: E731
+    engine = OrthrusEngine(model, 256 + K + 64, fuse_qkv=False)
+    engine.cache.kv.normal_()
+    reset = lambda: engine.start.fill_(256)  # noqa: E731
     reset()
-    s1, s = fused.steps(1), fused.steps(K)
-    row = {"extra_weight_GB": fused.fused_weight_bytes / 1e9,
-           "ar_step_ms": clock(lambda: (s1.verify(), s1.accept()), reps, after=reset),
+    s1, s = engine.steps(1), engine.steps(K)
+    row = {"ar_step_ms": clock(lambda: (s1.verify(), s1.accept()), reps, after=reset),
            f"draft_ms_K{K}": clock(s.draft, reps), f"verify_ms_K{K}": clock(s.verify, reps),
            f"iteration_ms_K{K}": clock(lambda: (s.draft(), s.verify(), s.accept()), reps, after=reset)}
-    log(f"fused qkv at ctx 256: {json.dumps({k: round(v, 3) for k, v in row.items()})}")
-    del fused, s1, s
+    log(f"unfused qkv at ctx 256: {json.dumps({k: round(v, 3) for k, v in row.items()})}")
+    del engine, s1, s
     torch.cuda.empty_cache()
     return row
 
@@ -563,7 +608,8 @@ def write_markdown(results, ks, path) -> None:
     lines = [f"# Orthrus engine decode benchmark ({results['device']})", "",
              f"`{results['command']}`  ", f"commit {results['commit']}, torch {results['torch']}, "
              f"transformers {results['transformers']}, triton {results['triton']}; measured copy bandwidth "
-             f"{results['bandwidth_TBps']:.2f} TB/s (read + write). Random weights, bf16, batch 1; times are medians "
+             f"{results['bandwidth_TBps']:.2f} TB/s (read + write). Random weights, bf16, batch 1; the engine "
+             "uses fused q/k/v weights (a copy, size below; the unfused numbers follow each table). Times are medians "
              "of CUDA-event timings of graph replays (ms). Roofline = (weights + KV bytes read) / copy bandwidth.", ""]
     for res in results["shapes"]:
         lines += [f"## {res['shape']}", ""]
@@ -587,13 +633,14 @@ def write_markdown(results, ks, path) -> None:
         lines += ["", f"Memory: diffusion view {m['diffusion_view_weights_GB']:.2f} GB "
                       f"({100 * m['diffusion_view_fraction_of_params']:.1f}% of parameters); KV cache "
                       f"{m['kv_cache_GB']:.2f} GB for {m['kv_cache_rows']} rows; draft block keys/values "
-                      f"{m['draft_block_kv_MiB'][K]:.2f} MiB at K={K}; graph pools (activations, reserved) MB per K: "
-                      f"{ {k: round(v, 1) for k, v in m.get('graph_pool_reserved_MB', {}).items()} }."]
+                      f"{m['draft_block_kv_MiB'][K]:.2f} MiB at K={K}; CUDA-graph pools (activations of all steps, reserved) "
+                      f"{m.get('graph_pools_reserved_MB', float('nan')):.0f} MB; fused q/k/v weight copy "
+                      f"{m['fused_qkv_copy_GB']:.2f} GB."]
         if "hf_generate_ms_per_token_ctx256" in res:
             lines.append(f"transformers `generate` (greedy, ctx 256): {res['hf_generate_ms_per_token_ctx256']:.2f} ms/token.")
-        if "fused_qkv" in res:
-            lines.append(f"Fused q/k/v weights (+{res['fused_qkv']['extra_weight_GB']:.2f} GB), ctx 256: " + ", ".join(
-                f"{k} {v:.2f}" for k, v in res["fused_qkv"].items() if k != "extra_weight_GB") + ".")
+        if "unfused_qkv" in res:
+            lines.append("Without the fused q/k/v copy, ctx 256: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in res["unfused_qkv"].items()) + ".")
         if "backend_cross_check" in res:
             lines.append(f"Triton vs PyTorch path, bf16: {res['backend_cross_check']}.")
         if "divergence_bf16" in res:

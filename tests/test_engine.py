@@ -40,6 +40,7 @@ def test_matches_base_and_reference(make_model, prompt_len, block_size):
     assert out.num_new_tokens == MAX_NEW and sum(out.emitted) + 1 == MAX_NEW
     assert out.ar_forwards == len(out.accepted) + 1
     assert out.diffusion_forwards == (len(out.accepted) if block_size > 1 else 0)
+    assert out.proposed == [block_size] * len(out.accepted)
     # Same drafts as the reference loop while it proposes whole blocks (the block length changes drafts).
     ref = generate(model, ids, MAX_NEW, block_size=block_size)
     n = full_block_iterations(ref, block_size, MAX_NEW)
