@@ -17,9 +17,10 @@ shift $(($# < 2 ? $# : 2))
 run_dir=${SMOKE_RUN_DIR:-$(mktemp -d /tmp/orthrus-smoke.XXXXXX)}
 cd "$(dirname "$0")/.."
 
-# synthetic documents of 256..4096 tokens: packed rows hold a few long documents, like SFT data
-cmd=(python train.py +exp=qwen3_8b model.base=null model.shape=qwen3_8b data=synthetic
-     data.synthetic_documents.num_documents=1024 data.synthetic_documents.min_length=256
+# synthetic documents of 256..4096 tokens (packed rows hold a few long documents, like SFT data);
+# ~data.load_tokenized_dataset drops the preset's tokenizer setting, which synthetic data lacks
+cmd=(python train.py +exp=qwen3_8b model.base=null model.shape=qwen3_8b
+     data=synthetic '~data.load_tokenized_dataset' data.synthetic_documents.num_documents=1024 data.synthetic_documents.min_length=256
      data.synthetic_documents.max_length=4096
      "train.steps=$steps" train.grad_accum=1 "train.checkpoint_every=$steps" train.keep_last=1
      logging.log_every=10 logging.wandb.mode=disabled logging.progress_bar=false

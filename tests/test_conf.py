@@ -62,6 +62,8 @@ def test_qwen3_8b_is_the_paper_recipe():
     assert s["train"].precision == "bf16" and s["objective"].loss == "kl" and s["objective"].num_denoise_steps == 1
     assert s["optim"].lr == pytest.approx(1e-4)
     assert cfg.data.packed_dataset.seq_len == 4096
+    assert cfg.data.load_tokenized_dataset.tokenizer == "Qwen/Qwen3-8B"  # follows model.base
+    assert compose_cfg("+exp=qwen3_8b", "model.base=/models/q8").data.load_tokenized_dataset.tokenizer == "/models/q8"
     tokens = s["train"].steps * s["train"].grad_accum * s["train"].micro_batch_size * 4096 * 8
     assert tokens < 1e9  # the paper: fewer than 1B training tokens
 
@@ -74,10 +76,11 @@ def test_ablation_block_size_keeps_diffusion_tokens_fixed():
 
 def test_gpu_smoke_overrides_compose():
     """The overrides of scripts/gpu_train_smoke.sh: real 8B shapes, random weights, synthetic data."""
-    cfg = compose_cfg("+exp=qwen3_8b", "model.shape=qwen3_8b", "model.base=null", "data=synthetic", "train.steps=200")
+    cfg = compose_cfg("+exp=qwen3_8b", "model.shape=qwen3_8b", "model.base=null", "data=synthetic",
+                      "~data.load_tokenized_dataset", "train.steps=200")
     s = build_sections(cfg)
     assert s["model"].shape == "qwen3_8b" and s["model"].base is None
-    assert "synthetic_documents" in cfg.data and cfg.data.packed_dataset.seq_len == 4096
+    assert set(cfg.data) == {"synthetic_documents", "packed_dataset"} and cfg.data.packed_dataset.seq_len == 4096
 
 
 def test_slurm_launcher_composes():

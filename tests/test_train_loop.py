@@ -134,15 +134,16 @@ def test_resume_without_checkpoint_says_so(tmp_path):
 
 
 @pytest.mark.slow
-def test_deepspeed_zero2_matches_torch_and_resumes(tmp_path, monkeypatch):
-    """DeepSpeed's engine (ZeRO-2, fp32 on the CPU) follows the plain-PyTorch loss curve and
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_deepspeed_matches_torch_and_resumes(tmp_path, monkeypatch, zero):
+    """DeepSpeed's engine (ZeRO-2/3, fp32 on the CPU) follows the plain-PyTorch loss curve and
     resumes exactly from its own checkpoint."""
     pytest.importorskip("deepspeed")
     ds_comm = importlib.import_module("deepspeed.comm.torch")  # (deepspeed.comm.torch the attribute is torch)
     monkeypatch.setattr(ds_comm, "build_shm_op", lambda: None)  # a CPU comm speed-up, JIT-compiled for a minute
     settings = ["train.steps=4", "train.checkpoint_every=2", "train.keep_last=3"]
     run(compose_cfg(*settings), tmp_path / "torch")
-    run(compose_cfg(*settings, "deepspeed=zero2"), tmp_path / "ds")
+    run(compose_cfg(*settings, f"deepspeed={zero}"), tmp_path / "ds")
     for t, d in zip(records(tmp_path / "torch"), records(tmp_path / "ds")):
         assert d["loss"] == pytest.approx(t["loss"], rel=1e-4) and d["lr"] == t["lr"]
     assert (list_checkpoints(tmp_path / "ds")[0] / "deepspeed").is_dir()
@@ -151,7 +152,7 @@ def test_deepspeed_zero2_matches_torch_and_resumes(tmp_path, monkeypatch):
     resumed = tmp_path / "ds_resumed"
     shutil.copytree(tmp_path / "ds", resumed)
     shutil.rmtree(list_checkpoints(resumed)[-1])
-    run(compose_cfg(*settings, "deepspeed=zero2", f"resume={resumed}"), resumed)
+    run(compose_cfg(*settings, f"deepspeed={zero}", f"resume={resumed}"), resumed)
     assert [r["loss"] for r in records(resumed)] == [r["loss"] for r in records(tmp_path / "ds")]
     a, b = final_weights(tmp_path / "ds"), final_weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)

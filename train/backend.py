@@ -114,7 +114,7 @@ class TorchBackend:
         return self.scheduler.get_last_lr()[0]
 
     def gathered(self):
-        """Full trainable parameters readable inside (always true without ZeRO-3)."""
+        """Inside, the diffusion view's parameters are whole (always, without ZeRO-3)."""
         return contextlib.nullcontext()
 
     def save(self, folder: Path, is_main: bool) -> None:
@@ -155,11 +155,12 @@ class DeepSpeedBackend:
         return self.scheduler.get_last_lr()[0]
 
     def gathered(self):
+        """ZeRO-3 partitions every parameter: gather the whole diffusion view (frozen parts too)."""
         if self.zero_stage != 3:
             return contextlib.nullcontext()
         import deepspeed
 
-        params = [p for p in self.objective.parameters() if p.requires_grad]
+        params = [p for _, p in self.objective.model.diffusion_named_parameters()]
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
     def save(self, folder: Path, is_main: bool) -> None:

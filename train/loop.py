@@ -104,6 +104,8 @@ class Trainer:
             mask_token_id=resolve_mask_token_id(self.model_cfg, cfg.data),
             master_fp32=not self.ds_cfg.enabled,
         )
+        # weights before the backend exists: DeepSpeed ZeRO-3 partitions them when it starts
+        state = load_checkpoint(resume_from, model=self.model) if resume_from is not None else None
         self.block_size = self.model.config.block_size
         self.dataset = build_dataset(
             cfg.data, vocab_size=self.model.config.vocab_size,
@@ -124,7 +126,6 @@ class Trainer:
 
         self.start_step, self.tokens_seen, wandb_id = 0, 0, None
         if resume_from is not None:
-            state = load_checkpoint(resume_from, model=self.model)
             self.backend.load(resume_from)
             self.dataset.load_state_dict(state["data"])
             self.start_step, self.tokens_seen, wandb_id = state["step"], state["tokens"], state["wandb_id"]
