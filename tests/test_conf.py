@@ -110,7 +110,7 @@ def test_bad_values_name_the_key(override, match):
 
 @pytest.mark.parametrize("ds", ["none", "zero2", "zero3"])
 def test_sections_mirror_the_code(ds):
-    cfg = compose_cfg(f"deepspeed={ds}")
+    cfg = compose_cfg(f"deepspeed={ds}", "data=synthetic")
     for key, cls in SECTIONS.items():
         assert set(cfg[key]) == {f.name for f in fields(cls)}, f"conf section {key} differs from {cls.__name__}"
     assert set(cfg.logging.wandb) == {f.name for f in fields(WandbConfig)}
@@ -137,3 +137,12 @@ def test_deepspeed_config_dict():
     assert ds["gradient_clipping"] == 1.0
     z3 = deepspeed_config(DeepSpeedConfig(**section(compose_cfg("deepspeed=zero3"), "deepspeed")), s["optim"], 1, 1, 1, True)
     assert z3["zero_optimization"]["stage"] == 3 and "stage3_prefetch_bucket_size" in z3["zero_optimization"]
+
+
+def test_default_is_orthrus_small_on_local_code():
+    """`python train.py` with no arguments: the shipped small model on the offline corpus, CPU-sized."""
+    cfg = compose_cfg()
+    s = build_sections(cfg)
+    assert s["model"].base == "artifacts/orthrus-small/base" and s["deepspeed"].enabled is False
+    assert cfg.data.load_tokenized_dataset.tokenizer == "artifacts/orthrus-small/tokenizer"
+    assert cfg.data.build_corpus.max_bytes <= 2_000_000 and s["train"].steps <= 100

@@ -8,6 +8,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = [
+    "model=tiny", "data=synthetic",  # the smallest run, not the embedded default (orthrus-small)
     "logging.wandb.mode=disabled", "logging.progress_bar=false", "logging.log_every=1",
     "data.packed_dataset.seq_len=64", "data.synthetic_documents.num_documents=128", "train.micro_batch_size=2",
     "objective.blocks_per_row=4", "train.checkpoint_every=5",
@@ -35,6 +36,17 @@ def test_tiny_run_and_resume(tmp_path):
     assert more.returncode == 0, more.stderr[-3000:]
     assert steps_logged(run) == [1, 2, 3, 4, 5, 6, 7]
     assert "steps: 7" in (run / "config.yaml").read_text()
+
+
+def test_embedded_default_runs(tmp_path):
+    """The README's first command, cut to a few steps: orthrus-small, local corpus slice, CPU."""
+    run = tmp_path / "default"
+    done = train_py("train.steps=3", "logging.log_every=1", "logging.wandb.mode=disabled",
+                    "logging.progress_bar=false", f"hydra.run.dir={run}",
+                    f"data.build_corpus.out_dir={tmp_path / 'corpus'}", "data.build_corpus.max_bytes=300000")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert steps_logged(run) == [1, 2, 3]
+    assert (run / "diffusion_view/diffusion_view.safetensors").is_file()
 
 
 def test_dry_run_prints_the_composed_config():

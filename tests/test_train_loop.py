@@ -22,6 +22,7 @@ from train.tracking import METRICS_FILE
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 FAST = [
+    "model=tiny", "data=synthetic",  # the smallest run, not the embedded default (orthrus-small)
     "logging.wandb.mode=disabled", "logging.progress_bar=false", "logging.log_every=1",
     "data.packed_dataset.seq_len=64", "data.synthetic_documents.num_documents=256",
     "data.synthetic_documents.max_length=96", "train.micro_batch_size=2", "objective.blocks_per_row=6",
