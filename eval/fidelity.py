@@ -23,7 +23,6 @@ from scipy.stats import chi2_contingency
 from tqdm import tqdm
 from transformers import DynamicCache, GenerationMixin
 
-from eval.metrics import block_lengths
 from eval.runner import DecodeFn
 from models.generate import GenerationResult, generate
 from models.orthrus import prefix_attend
@@ -136,7 +135,7 @@ def _effective(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def effective_distributions(model, result: GenerationResult, sampling: SamplingParams, max_new_tokens: int) -> torch.Tensor:
+def effective_distributions(model, result: GenerationResult, sampling: SamplingParams) -> torch.Tensor:
     """(num_new_tokens, V) distributions each emitted token was drawn from, recovered by
     replaying the decode (same blocks, same cache growth) from its recorded acceptances.
 
@@ -149,7 +148,7 @@ def effective_distributions(model, result: GenerationResult, sampling: SamplingP
     logits = model(input_ids=seq[:, :L], past_key_values=cache, use_cache=True).logits[0, -1]
     rows = [_normalised(logits_to_probs(logits, sampling))]  # the prefill token is drawn from p
     start = L
-    for n_acc, n_emit, k in zip(result.accepted, result.emitted, block_lengths(result, max_new_tokens)):
+    for n_acc, n_emit, k in zip(result.accepted, result.emitted, result.proposed):
         positions = torch.arange(start, start + k, device=seq.device)[None]
         block = torch.full((1, k), mask_id, dtype=torch.long, device=seq.device)
         block[0, 0] = seq[0, start]
@@ -157,7 +156,8 @@ def effective_distributions(model, result: GenerationResult, sampling: SamplingP
         if k > 1:
             d_logits = model.diffusion_forward(block, positions, prefix_attend(cache, start, scale))[0, :-1]
             q = logits_to_probs(d_logits, sampling)
-        block[0, 1 : n_acc + 1] = seq[0, start + 1 : start + 1 + n_acc]
+        m = min(n_acc, n_emit)  # a clipped last iteration emitted fewer drafts than it accepted
+        block[0, 1 : m + 1] = seq[0, start + 1 : start + 1 + m]
         p = logits_to_probs(model(input_ids=block, position_ids=positions, past_key_values=cache, use_cache=True).logits[0], sampling)
         for i in range(n_emit):  # emitted token i + 1 of this block sits at position start + i + 1
             rows.append(_effective(p[i], q[i]) if i < k - 1 else _normalised(p[i]))
@@ -169,8 +169,7 @@ def effective_distributions(model, result: GenerationResult, sampling: SamplingP
 
 
 @torch.inference_mode()
-def sampling_divergences(model, result: GenerationResult, sampling: SamplingParams, max_new_tokens: int,
-                         base_model=None) -> dict[str, torch.Tensor]:
+def sampling_divergences(model, result: GenerationResult, sampling: SamplingParams, base_model=None) -> dict[str, torch.Tensor]:
     """Per emitted token of one sampled result: KL(p_base || p_eff) and the total variation
     distance between them. Both are 0 up to float error in fp32. KL is inf where p_eff misses
     a token p_base can draw (in bf16, a top-k/top-p cut that falls differently in the verify
@@ -182,15 +181,15 @@ def sampling_divergences(model, result: GenerationResult, sampling: SamplingPara
     n = result.num_new_tokens
     base_logits = base_model(input_ids=seq[:, :-1], logits_to_keep=n).logits[0]  # rows predict positions L..L+n-1
     p_base = _normalised(logits_to_probs(base_logits, sampling))
-    p_eff = effective_distributions(model, result, sampling, max_new_tokens).to(p_base.device)
+    p_eff = effective_distributions(model, result, sampling).to(p_base.device)
     return {"kl": _kl(p_base, p_eff), "tv": 0.5 * (p_base - p_eff).abs().sum(-1)}
 
 
-def sampling_fidelity(model, results: list[GenerationResult], sampling: SamplingParams, max_new_tokens: int,
+def sampling_fidelity(model, results: list[GenerationResult], sampling: SamplingParams,
                       base_model=None, progress: bool = True) -> dict:
     """KL and TV statistics over every token of many sampled results (kl_mean is inf as soon as
     one token's KL is; kl_mean_finite and kl_infinite_tokens split that case)."""
-    per = [sampling_divergences(model, r, sampling, max_new_tokens, base_model)
+    per = [sampling_divergences(model, r, sampling, base_model)
            for r in tqdm(results, desc="sampling KL", disable=not progress, leave=False)]
     kl, tv = torch.cat([d["kl"] for d in per]), torch.cat([d["tv"] for d in per])
     finite = kl.isfinite()

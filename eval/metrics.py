@@ -51,28 +51,17 @@ def acceptance_histogram(results: list[GenerationResult]) -> list[int]:
     return counts
 
 
-def block_lengths(result: GenerationResult, max_new_tokens: int) -> list[int]:
-    """The block length k each iteration used. The decoding loop never proposes past
-    `max_new_tokens`, so the last blocks can be shorter than K; their later draft slots were
-    never drafted and must not count as reached."""
-    lengths, produced = [], 1  # the prefill emitted one token
-    for a in result.accepted:
-        lengths.append(min(result.block_size, max_new_tokens - produced))
-        produced += a + 1
-    return lengths
-
-
-def per_position_acceptance(results: list[GenerationResult], max_new_tokens: int | None = None) -> list[float | None]:
+def per_position_acceptance(results: list[GenerationResult]) -> list[float | None]:
     """rate[i - 1] = P(draft i accepted | draft i proposed and drafts 1..i-1 accepted), i = 1..K-1.
 
-    Without `max_new_tokens` every block is assumed full-length (slightly undercounts the last
-    position when the final block was shortened). None where no iteration reached position i.
+    A block proposes `result.proposed[j]` tokens (the reference loop shortens the last blocks to
+    what max_new_tokens allows; the engine always proposes K), so drafts past it were never
+    reached. None where no iteration reached position i.
     """
     K = _block_size(results)
     reached, kept = [0] * (K - 1), [0] * (K - 1)
     for r in results:
-        ks = block_lengths(r, max_new_tokens) if max_new_tokens else [K] * len(r.accepted)
-        for a, k in zip(r.accepted, ks):
+        for a, k in zip(r.accepted, r.proposed):
             for i in range(min(a + 1, k - 1)):  # drafts 1..a were accepted, draft a+1 rejected
                 reached[i] += 1
                 kept[i] += i < a
@@ -153,7 +142,7 @@ def _head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def summarize(results: list[GenerationResult], timings: list[Timing], max_new_tokens: int) -> dict:
+def summarize(results: list[GenerationResult], timings: list[Timing]) -> dict:
     """Every per-run metric above, for one block size over one prompt set."""
     tps = tokens_per_second(results, timings)
     return {
@@ -164,7 +153,7 @@ def summarize(results: list[GenerationResult], timings: list[Timing], max_new_to
         "tokens_per_forward": tokens_per_forward(results),
         "mean_acceptance_length": mean_acceptance_length(results),
         "acceptance_histogram": acceptance_histogram(results),
-        "per_position_acceptance": per_position_acceptance(results, max_new_tokens),
+        "per_position_acceptance": per_position_acceptance(results),
         "seconds": sum(t.seconds for t in timings),
         "tokens_per_second": tps,
         "mean_ttft_seconds": sum(t.first_token_seconds for t in timings) / max(len(timings), 1),

@@ -119,7 +119,7 @@ def measure_block_sizes(
                              desc=f"{desc} K={K}".strip())
         memory = peak_memory(device)
         runs[K] = run
-        rows.append({"block_size": K, **summarize(run.results, run.timings, max_new_tokens),
+        rows.append({"block_size": K, **summarize(run.results, run.timings),
                      "peak_memory_bytes": memory["bytes"], "peak_memory_kind": memory["kind"]})
     base = next((r["tokens_per_second"] for r in rows if r["block_size"] == 1), None)
     for row in rows:

@@ -105,8 +105,7 @@ def fidelity(cfg: DictConfig, model, prompts: list[list[int]], run: DecodeRun, s
         row["exact_match"] = greedy_fidelity(model, prompts[:n], cfg.decode.max_new_tokens, candidates=candidates,
                                              block_size=K, decode_fn=decode_fn, progress=cfg.progress)
     if not sampling.greedy and f.sampling_kl:
-        row["sampling_kl"] = sampling_fidelity(model, run.results[:n], sampling, cfg.decode.max_new_tokens,
-                                               progress=cfg.progress)
+        row["sampling_kl"] = sampling_fidelity(model, run.results[:n], sampling, progress=cfg.progress)
     if not sampling.greedy and f.two_sample_samples:
         row["two_sample"] = two_sample_test(model, prompts[0], sampling, max_new_tokens=f.two_sample_tokens,
                                             num_samples=f.two_sample_samples, block_size=K, decode_fn=decode_fn,

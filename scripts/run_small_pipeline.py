@@ -316,35 +316,7 @@ class EngineDecode:
             from models.engine import OrthrusEngine
 
             self.engines[id(model)] = OrthrusEngine(model, self.max_seq_len)
-        # The prompt goes in on the CPU: OrthrusEngine.generate concatenates it with the emitted
-        # tokens, which it holds on the CPU (with a CUDA prompt that cat fails); it moves the
-        # prompt to its device itself.
-        result = self.engines[id(model)].generate(input_ids.cpu(), max_new_tokens, **kwargs)
-        result.sequences = result.sequences.to(input_ids.device)
-        return result
-
-
-class ReplayableEngineDecode(EngineDecode):
-    """EngineDecode for the sampling-KL run: drops a final iteration that `max_new_tokens` or EOS
-    clipped. Why: eval.fidelity replays a sampled decode under the reference loop's rule that the
-    last blocks shrink to the tokens still allowed (eval.metrics.block_lengths), while the engine
-    always proposes K and clips what it emits; a clipped last iteration can then hold more
-    accepted drafts than the replayed block has slots. Every kept iteration was unclipped, so it
-    fits the replay, and each emitted token's distribution is still checked against the base."""
-
-    __name__ = "OrthrusEngine.generate (clipped last iteration dropped)"
-
-    def __call__(self, model, input_ids, max_new_tokens, **kwargs):
-        result = super().__call__(model, input_ids, max_new_tokens, **kwargs)
-        keep = 0
-        while keep < len(result.accepted) and result.emitted[keep] == result.accepted[keep] + 1:
-            keep += 1
-        if keep < len(result.accepted):
-            new = 1 + sum(result.emitted[:keep])  # the prefill token, then the kept iterations
-            result.sequences = result.sequences[:, : result.prompt_len + new]
-            result.accepted, result.emitted = result.accepted[:keep], result.emitted[:keep]
-            result.finished_by_eos = False
-        return result
+        return self.engines[id(model)].generate(input_ids, max_new_tokens, **kwargs)
 
 
 def eval_overrides(p: Preset) -> list[str]:
@@ -368,7 +340,7 @@ def stage_eval(p: Preset, log: list[dict], out: Path | None = None) -> None:
     evaluate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(evaluate)
     for name, extra in (("greedy", []), ("sampling", p.sampling_eval)):
-        decode_fn = (EngineDecode if name == "greedy" else ReplayableEngineDecode)(max_seq_len=4096)
+        decode_fn = EngineDecode(max_seq_len=4096)
         overrides = [*eval_overrides(p), *extra, f"name={name}"]
         start = time.time()
         cfg = compose("eval", overrides)

@@ -66,9 +66,23 @@ def test_sampling_kl_is_zero(make_model, sampling):
     results = [generate(model, torch.tensor([p]), 19, block_size=4, sampling=sampling,
                         generator=torch.Generator().manual_seed(i)) for i, p in enumerate(PROMPTS)]
     assert sum(sum(r.accepted) for r in results) > 0, "some drafts must be accepted for the check to mean anything"
-    out = sampling_fidelity(model, results, sampling, max_new_tokens=19, progress=False)
+    out = sampling_fidelity(model, results, sampling, progress=False)
     assert out["num_tokens"] == 3 * 19
     assert out["kl_max"] <= 1e-6 and out["tv_max"] <= 1e-5 and out["kl_infinite_tokens"] == 0
+
+
+def test_sampling_kl_is_zero_for_the_engine(make_model):
+    """The engine always proposes K and clips what it emits; the replay follows `proposed`."""
+    from models.engine import OrthrusEngine
+
+    model = make_model(seed=3)
+    engine = OrthrusEngine(model, max_seq_len=64)
+    sampling = SAMPLERS[0]
+    results = [engine.generate(torch.tensor([p]), 19, block_size=4, sampling=sampling,
+                               generator=torch.Generator().manual_seed(i)) for i, p in enumerate(PROMPTS)]
+    assert all(r.proposed and set(r.proposed) == {4} for r in results)
+    out = sampling_fidelity(model, results, sampling, progress=False)
+    assert out["num_tokens"] == 3 * 19 and out["kl_max"] <= 1e-6
 
 
 def test_replay_recovers_the_loop_distributions(make_model, monkeypatch):
@@ -87,7 +101,7 @@ def test_replay_recovers_the_loop_distributions(make_model, monkeypatch):
     monkeypatch.setattr(gen, "speculative_accept", recording_accept)
     out = generate(model, torch.tensor([PROMPTS[1]]), 17, block_size=5, sampling=sampling,
                    generator=torch.Generator().manual_seed(1))
-    replayed = effective_distributions(model, out, sampling, max_new_tokens=17)
+    replayed = effective_distributions(model, out, sampling)
     loop = torch.stack([row for block in seen for row in block])  # per emitted token after the prefill's
     torch.testing.assert_close(replayed[1 : 1 + len(loop)], loop, rtol=0, atol=1e-6)
 
@@ -96,7 +110,7 @@ def test_divergences_need_sampling(make_model):
     model = make_model()
     out = generate(model, torch.tensor([[1, 2]]), 5)
     with pytest.raises(ValueError, match="temperature"):
-        sampling_divergences(model, out, SamplingParams(), 5)
+        sampling_divergences(model, out, SamplingParams())
 
 
 def test_divergences_see_a_different_base(make_model):
@@ -106,7 +120,7 @@ def test_divergences_see_a_different_base(make_model):
     sampling = SamplingParams(temperature=1.0, top_k=5)
     out = generate(model, torch.tensor([PROMPTS[0]]), 9, block_size=4, sampling=sampling,
                    generator=torch.Generator().manual_seed(0))
-    d = sampling_divergences(model, out, sampling, 9, base_model=other)
+    d = sampling_divergences(model, out, sampling, base_model=other)
     assert torch.isinf(d["kl"]).any() and d["tv"].mean() > 0.05 and (d["tv"] <= 1).all()
 
 

@@ -6,7 +6,6 @@ import torch
 from eval.metrics import (
     Timing,
     acceptance_histogram,
-    block_lengths,
     kv_overhead,
     mean_acceptance_length,
     per_position_acceptance,
@@ -29,14 +28,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def result(accepted, emitted=None, K=4, prompt_len=3, diffusion=None, eos=False):
+def result(accepted, emitted=None, K=4, prompt_len=3, diffusion=None, eos=False, proposed=None):
     """A GenerationResult as the loop would record it (one prefill token, then the iterations)."""
     emitted = emitted or [a + 1 for a in accepted]
+    proposed = proposed or [K] * len(accepted)
     new = 1 + sum(emitted)
     return GenerationResult(
         sequences=torch.zeros(1, prompt_len + new, dtype=torch.long), prompt_len=prompt_len, block_size=K,
         accepted=list(accepted), emitted=list(emitted), ar_forwards=1 + len(accepted),
         diffusion_forwards=len(accepted) if diffusion is None else diffusion, finished_by_eos=eos,
+        proposed=list(proposed),
     )
 
 
@@ -67,10 +68,10 @@ def test_ar_baseline_scores_one():
 def test_short_final_block_is_not_counted_as_reached():
     # K=4, max_new_tokens=7: prefill token, then blocks of 4 (3 accepted -> 5 tokens), then
     # k = min(4, 7 - 5) = 2 (one draft, accepted -> 7 tokens).
-    r = result([3, 1])
-    assert block_lengths(r, max_new_tokens=7) == [4, 2]
-    assert per_position_acceptance([r], max_new_tokens=7) == pytest.approx([1.0, 1.0, 1.0])
-    assert per_position_acceptance([r]) == pytest.approx([1.0, 0.5, 1.0])  # without the length it counts draft 2 as rejected
+    r = result([3, 1], proposed=[4, 2])
+    assert per_position_acceptance([r]) == pytest.approx([1.0, 1.0, 1.0])
+    full = result([3, 1], proposed=[4, 4])  # had the block been full length, draft 2 was rejected
+    assert per_position_acceptance([full]) == pytest.approx([1.0, 0.5, 1.0])
 
 
 def test_mixed_block_sizes_rejected():
@@ -82,7 +83,7 @@ def test_speed_numbers():
     rs = [result([3, 0, 1]), result([1])]  # 8 + 3 new tokens
     timings = [Timing(seconds=2.0, first_token_seconds=0.5), Timing(seconds=0.75, first_token_seconds=0.25)]
     assert tokens_per_second(rs, timings) == pytest.approx(11 / 2.75)
-    s = summarize(rs, timings, max_new_tokens=100)
+    s = summarize(rs, timings)
     assert s["mean_ttft_seconds"] == pytest.approx(0.375) and s["new_tokens"] == 11 and s["iterations"] == 4
 
 
