@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from models.engine_ops import TorchOps, TritonOps
-from models.generate import GenerationResult, _eos_ids
+from models.generate import GenerationResult, _eos_ids, check_request
 from models.orthrus import OrthrusForCausalLM
 from models.sampling import SamplingParams, logits_to_probs, sample, speculative_accept
 
@@ -225,15 +225,8 @@ class OrthrusEngine:
         streamer=None,
     ) -> GenerationResult:
         """Same contract as `models.generate.generate` (so evaluation can use either), on this engine."""
-        if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-            raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}; the engine decodes one sequence: "
-                             "pass shape (1, prompt_len).")
+        K = check_request(input_ids, max_new_tokens, block_size or self.config.block_size)
         L = input_ids.shape[1]
-        if L == 0:
-            raise ValueError("input_ids is empty: give at least one prompt token (e.g. BOS).")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
-        K = block_size or self.config.block_size
         need = max(L, L + max_new_tokens + K - 2)
         if need > self.cache.max_seq_len:
             raise ValueError(f"prompt {L} + max_new_tokens {max_new_tokens} with block_size {K} needs {need} cache "

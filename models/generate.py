@@ -76,18 +76,7 @@ def generate(
     eos_token_id: defaults to the model's generation config; decoding stops after emitting it.
     streamer: anything with `put(tensor)` / `end()` (e.g. transformers' TextStreamer).
     """
-    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise ValueError(
-            f"input_ids has shape {tuple(input_ids.shape)}; the reference loop decodes one sequence: "
-            "pass shape (1, prompt_len) (use the engine for batches)."
-        )
-    if input_ids.shape[1] == 0:
-        raise ValueError("input_ids is empty: give at least one prompt token (e.g. BOS).")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
-    K = block_size or model.config.block_size
-    if K < 1:
-        raise ValueError(f"block_size={K} must be >= 1 (1 = plain AR decoding)")
+    K = check_request(input_ids, max_new_tokens, block_size or model.config.block_size)
     eos = _eos_ids(model, eos_token_id)
     mask_id = model.config.mask_token_id
     device = input_ids.device
@@ -156,6 +145,21 @@ def generate(
         streamer.end()
     result.sequences = torch.cat(out)[None]
     return result
+
+
+def check_request(input_ids: torch.LongTensor, max_new_tokens: int, block_size: int) -> int:
+    """Validate a decode request (shared by this loop and the engine); returns K."""
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(
+            f"input_ids has shape {tuple(input_ids.shape)}; decoding takes one sequence: pass shape (1, prompt_len)."
+        )
+    if input_ids.shape[1] == 0:
+        raise ValueError("input_ids is empty: give at least one prompt token (e.g. BOS).")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    if block_size < 1:
+        raise ValueError(f"block_size={block_size} must be >= 1 (1 = plain AR decoding)")
+    return block_size
 
 
 def _crop(cache: DynamicCache, length: int) -> None:

@@ -10,8 +10,15 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import triton.language as tl  # noqa: E402
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
 from models.config import OrthrusConfig  # noqa: E402
 from models.orthrus import OrthrusForCausalLM  # noqa: E402
+
+if not torch.cuda.is_available() and not isinstance(tl.zeros, InterpretedFunction):
+    raise RuntimeError("triton was imported before TRITON_INTERPRET=1 took effect, so its kernels cannot run "
+                       "on the CPU: set TRITON_INTERPRET=1 in the environment before running pytest.")
 
 
 def tiny_config(**overrides) -> OrthrusConfig:
@@ -42,3 +49,12 @@ def make_model():
 @pytest.fixture
 def make_config():
     return tiny_config
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models are dispatch-bound: a second thread only contends with other test runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

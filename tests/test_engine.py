@@ -13,7 +13,7 @@ from models.engine_ops import TorchOps
 from models.generate import generate
 from models.orthrus import prefix_attend
 from models.sampling import SamplingParams, logits_to_probs
-from tests.test_greedy import base_greedy, prompt
+from tests.test_greedy import RecordingStreamer, base_greedy, prompt
 from tests.test_sampling import small_vocab_model
 
 MAX_NEW = 23  # not a multiple of any block size tested
@@ -165,18 +165,8 @@ def test_engine_reused_across_calls(make_model):
 
 
 def test_streamer_receives_every_token(make_model):
-    class Collect:
-        def __init__(self):
-            self.chunks, self.ended = [], False
-
-        def put(self, t):
-            self.chunks.append(t.flatten().tolist())
-
-        def end(self):
-            self.ended = True
-
     model = make_model(seed=8)
-    ids, s = prompt(3, seed=8), Collect()
+    ids, s = prompt(3, seed=8), RecordingStreamer()
     out = OrthrusEngine(model, 64).generate(ids, 17, block_size=4, streamer=s)
     assert s.ended and s.chunks[0] == ids[0].tolist()
     assert sum(s.chunks[1:], []) == out.new_tokens.tolist()

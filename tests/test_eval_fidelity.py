@@ -21,13 +21,7 @@ PROMPTS = [[5, 6, 7], [1, 2, 3, 4, 8, 9, 10], [42]]
 SAMPLERS = [SamplingParams(temperature=1.0), SamplingParams(temperature=0.7, top_k=8, top_p=0.9)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are dispatch-bound: a second thread only contends with other test runs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_exact_match_rates_by_hand():

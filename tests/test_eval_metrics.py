@@ -19,13 +19,7 @@ from models.generate import GenerationResult, generate
 from models.shapes import shape_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are dispatch-bound: a second thread only contends with other test runs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def result(accepted, emitted=None, K=4, prompt_len=3, diffusion=None, eos=False, proposed=None):

@@ -105,20 +105,23 @@ def test_broken_acceptance_rule_is_caught(make_model, monkeypatch):
     assert not torch.equal(out.sequences, ref)
 
 
+class RecordingStreamer:
+    """The streamer protocol of transformers' TextStreamer: put(tensor) per chunk, end() once."""
+
+    def __init__(self):
+        self.chunks, self.ended = [], False
+
+    def put(self, t):
+        self.chunks.append(t.flatten().tolist())
+
+    def end(self):
+        self.ended = True
+
+
 def test_streamer_receives_every_token(make_model):
-    class Collect:
-        def __init__(self):
-            self.chunks, self.ended = [], False
-
-        def put(self, t):
-            self.chunks.append(t.flatten().tolist())
-
-        def end(self):
-            self.ended = True
-
     model = make_model(seed=8)
     ids = prompt(3, seed=8)
-    s = Collect()
+    s = RecordingStreamer()
     out = generate(model, ids, 17, block_size=4, streamer=s)
     assert s.ended and s.chunks[0] == ids[0].tolist()
     assert sum(s.chunks[1:], []) == out.new_tokens.tolist()

@@ -1,36 +1,12 @@
 """Greedy acceptance kernel vs. the PyTorch reference (Triton interpreter on CPU when there is no GPU)."""
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # run the kernels in the Triton interpreter on the CPU
-
-import triton.language as tl  # noqa: E402
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
-
-from kernels.accept import greedy_accept  # noqa: E402
-from kernels.reference import greedy_accept_ref  # noqa: E402
-
-# The interpreter must already be on when triton itself is first imported (its tl.* helpers are
-# decorated then), and something may have imported it earlier: transformers models import
-# torch._dynamo, which imports triton. Then every test here fails with this message rather than
-# aborting the whole pytest session at collection.
-INTERPRETER_PROBLEM = None
-if not torch.cuda.is_available() and not isinstance(tl.zeros, InterpretedFunction):
-    INTERPRETER_PROBLEM = ("triton was imported before TRITON_INTERPRET=1 was set, so its kernels cannot run on "
-                           "the CPU: set TRITON_INTERPRET=1 in the environment or at the top of tests/conftest.py, "
-                           "before anything imports triton.")
+from kernels.accept import greedy_accept
+from kernels.reference import greedy_accept_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@pytest.fixture(autouse=True)
-def _require_triton_interpreter():
-    if INTERPRETER_PROBLEM:
-        pytest.fail(INTERPRETER_PROBLEM)
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32], ids=str)

@@ -5,7 +5,6 @@ cases also run in bf16, plus larger decode shapes, default split counts and CUDA
 """
 
 import itertools
-import os
 import random
 import sys
 import zlib
@@ -13,24 +12,9 @@ import zlib
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # run the kernels in the Triton interpreter on the CPU
+from kernels.attention import diffusion_attention, verify_attention
+from kernels.reference import diffusion_attention_ref, verify_attention_ref
 
-import triton.language as tl  # noqa: E402
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
-
-from kernels.attention import diffusion_attention, verify_attention  # noqa: E402
-from kernels.reference import diffusion_attention_ref, verify_attention_ref  # noqa: E402
-
-# The interpreter must already be on when triton itself is first imported (its tl.* helpers are
-# decorated then), and something may have imported it earlier: transformers models import
-# torch._dynamo, which imports triton. Then every test here fails with this message rather than
-# aborting the whole pytest session at collection.
-INTERPRETER_PROBLEM = None
-if not torch.cuda.is_available() and not isinstance(tl.zeros, InterpretedFunction):
-    INTERPRETER_PROBLEM = ("triton was imported before TRITON_INTERPRET=1 was set, so its kernels cannot run on "
-                           "the CPU: set TRITON_INTERPRET=1 in the environment or at the top of tests/conftest.py, "
-                           "before anything imports triton.")
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -38,11 +22,6 @@ DTYPES = [torch.float32, torch.bfloat16] if CUDA else [torch.float32]
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}  # rtol = atol
 cuda_only = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 
-
-@pytest.fixture(autouse=True)
-def _require_triton_interpreter():
-    if INTERPRETER_PROBLEM:
-        pytest.fail(INTERPRETER_PROBLEM)
 
 # (batch, kv_heads, group, block_len, head_dim, length, num_splits, length_on_device, q_transposed).
 # Every (length, K, G) combination, with the other fields drawn from a fixed-seed RNG. Lengths are not
