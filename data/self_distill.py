@@ -1,0 +1,269 @@
+"""Self-distillation data: the frozen base model answers a prompt set, written as a dataset.
+
+The usual recipe for drafters: train the diffusion view on the base model's *own* responses,
+so the view learns the distribution it will have to predict at decoding time rather than
+the distribution of some other model that wrote the SFT data.
+
+`generate_responses` reads prompts with `data.datasets.load_raw_dataset` (a local
+.jsonl/.json/.parquet file or folder, or a hub dataset), runs batched `model.generate`
+with left padding and an explicit attention mask, and writes JSONL shards that
+`data.datasets.load_tokenized_dataset` reads back (conf/data/self_distill.yaml):
+
+* chat_template=True:  {"messages": [...prompt turns, {"role": "assistant", "content": response}]}
+* chat_template=False: {"text": prompt + response}
+
+Layout of `out_dir`: `train-00000.jsonl`, ... (each shard written atomically), a hidden
+`.self_distill.json` holding the run's parameters (so an interrupted run resumes shard by
+shard, and a rerun with different parameters is refused), and `manifest.json`, written last:
+its presence marks the folder complete, and a rerun into a complete folder is a no-op unless
+`overwrite=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from data._io import atomic_open, atomic_write_text
+from data.datasets import load_raw_dataset
+
+MANIFEST = "manifest.json"
+PARAMS = ".self_distill.json"  # hidden: data.datasets._split_files skips it
+SHARD = "train-{:05d}.jsonl"
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto or one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _is_local(text: str) -> bool:
+    return os.path.isabs(text) or text.startswith((".", "~"))
+
+
+def load_base(model_name_or_path: str | os.PathLike, *, dtype: str = "auto", device: str = "auto"):
+    """The base model (eval mode, on `device`) and its tokenizer, set up for left-padded batches."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    text = str(model_name_or_path)
+    path = Path(text).expanduser()
+    if not path.exists() and _is_local(text):
+        raise FileNotFoundError(
+            f"base model folder {path} does not exist (model_name_or_path={text!r}); "
+            "pass a local checkpoint folder or a hub name such as Qwen/Qwen3-8B"
+        )
+    name = str(path) if path.exists() else text
+    dev = _resolve_device(device)
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    tokenizer.padding_side = "left"  # generation appends on the right: prompts must end at the same column
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError(f"tokenizer of {text!r} has neither a pad nor an eos token; cannot pad batches")
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=_resolve_dtype(dtype, dev)).to(dev).eval()
+    return model, tokenizer
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Generation stops at any of: the generation config's eos ids and the tokenizer's eos."""
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def _prompt_of(record: dict, prompt_field: str, messages_field: str | None) -> str | list[dict] | None:
+    """A text prompt, or the chat turns before the first assistant turn; None if there is no prompt."""
+    if messages_field is not None and record.get(messages_field) is not None:
+        turns = []
+        for message in record[messages_field]:
+            if message["role"] == "assistant":
+                break
+            turns.append({"role": message["role"], "content": message["content"]})
+        return turns if any(t["role"] == "user" for t in turns) else None
+    prompt = record.get(prompt_field)
+    return prompt if isinstance(prompt, str) and prompt.strip() else None
+
+
+def _render(prompt, tokenizer, chat_template: bool, template_kwargs: dict) -> str:
+    if not chat_template:
+        if not isinstance(prompt, str):
+            raise ValueError("chat records (messages) need chat_template=True")
+        return prompt
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **template_kwargs)
+
+
+def _record(prompt, response: str, chat_template: bool) -> dict:
+    if not chat_template:
+        return {"text": prompt + response}
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    return {"messages": messages + [{"role": "assistant", "content": response}]}
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperature: float,
+                   top_p: float, top_k: int, eos_ids: list[int]) -> list[list[int]]:
+    """Generated token ids per prompt (left padding, explicit attention mask), cut after the first eos."""
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k} if temperature > 0 \
+        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    out = model.generate(
+        input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=max_new_tokens,
+        eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id, **sampling,
+    )
+    responses = []
+    for row in out[:, enc["input_ids"].shape[1]:].tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
+        responses.append(row[:cut])
+    return responses
+
+
+def generate_responses(
+    model_name_or_path: str | os.PathLike,
+    prompts_source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    split: str = "train",
+    subset: str | None = None,
+    prompt_field: str = "prompt",
+    messages_field: str | None = "messages",
+    chat_template: bool = True,
+    enable_thinking: bool | None = None,
+    max_new_tokens: int = 1024,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    batch_size: int = 16,
+    dtype: str = "auto",
+    device: str = "auto",
+    limit: int | None = None,
+    seed: int = 0,
+    shard_size: int = 1000,
+    overwrite: bool = False,
+) -> dict:
+    """Have the base model answer every prompt of `prompts_source`; write the dataset to `out_dir`.
+
+    Args:
+        model_name_or_path: the frozen base (local folder or hub name); its tokenizer is used.
+        prompts_source, split, subset: passed to `data.datasets.load_raw_dataset`.
+        prompt_field / messages_field: records hold a text prompt, or a chat list whose turns
+            before the first assistant turn are the prompt (set messages_field=None to ignore it).
+            Records with neither are skipped (counted in the manifest).
+        chat_template: render prompts with the tokenizer's chat template (generation prompt
+            added) and write chat records; False: raw text prompts, {"text": prompt + response}.
+        enable_thinking: passed to the chat template when it uses it (Qwen3); None: its default.
+        temperature: 0 is greedy; > 0 samples with top_p / top_k (top_k=0: off).
+        limit: only the first `limit` records. seed: the sampling seed (per shard: seed + shard).
+        shard_size: records per JSONL shard (the unit of resumption).
+        overwrite: regenerate even if `out_dir` holds a complete run.
+    Returns the manifest.
+    """
+    out = Path(out_dir)
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError("shard_size and batch_size must be >= 1")
+    params = {
+        "model": str(model_name_or_path), "source": str(prompts_source), "split": split, "subset": subset,
+        "prompt_field": prompt_field, "messages_field": messages_field, "chat_template": chat_template,
+        "enable_thinking": enable_thinking, "max_new_tokens": max_new_tokens, "temperature": temperature,
+        "top_p": top_p, "top_k": top_k, "limit": limit, "seed": seed, "shard_size": shard_size,
+    }
+    if (out / MANIFEST).is_file() and not overwrite:
+        return json.loads((out / MANIFEST).read_text())
+    if out.exists() and (overwrite or not (out / PARAMS).is_file()):
+        if any(out.iterdir()) and not overwrite:
+            raise FileExistsError(f"{out} exists and is not a self-distillation folder; pick another out_dir")
+        shutil.rmtree(out)
+    if (out / PARAMS).is_file():
+        previous = json.loads((out / PARAMS).read_text())
+        if previous != params:
+            changed = sorted(k for k in params if previous.get(k) != params[k])
+            raise ValueError(f"{out} holds a partial run with different parameters {changed}; pass overwrite=True")
+
+    model, tokenizer = load_base(model_name_or_path, dtype=dtype, device=device)
+    template_kwargs = {}
+    if chat_template:
+        if tokenizer.chat_template is None:
+            raise ValueError(f"tokenizer of {model_name_or_path!r} has no chat template; set chat_template=False")
+        if enable_thinking is not None and "enable_thinking" in str(tokenizer.chat_template):
+            template_kwargs["enable_thinking"] = enable_thinking
+    eos_ids = eos_token_ids(model, tokenizer)
+
+    raw = load_raw_dataset(prompts_source, split=split, subset=subset)
+    if limit is not None:
+        raw = raw.select(range(min(limit, len(raw))))
+    prompts = [_prompt_of(r, prompt_field, messages_field) for r in raw]
+    kept = [p for p in prompts if p is not None]
+    if not kept:
+        raise ValueError(f"no prompts in {prompts_source!r}: records need a {prompt_field!r} or {messages_field!r} field")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / PARAMS, json.dumps(params, indent=2) + "\n")
+
+    shards = [kept[i:i + shard_size] for i in range(0, len(kept), shard_size)]
+    stats_file = out / ".shard_stats.json"
+    stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+    bar = tqdm(total=len(kept), desc="self-distill", unit="prompt")
+    for index, shard in enumerate(shards):
+        path = out / SHARD.format(index)
+        if path.is_file() and str(index) in stats:  # done by an earlier, interrupted run
+            bar.update(len(shard))
+            continue
+        torch.manual_seed(seed + index)
+        texts = [_render(p, tokenizer, chat_template, template_kwargs) for p in shard]
+        lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # similar lengths share a batch
+        responses: list[list[int] | None] = [None] * len(texts)
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            ids = generate_batch(model, tokenizer, [texts[i] for i in batch], max_new_tokens=max_new_tokens,
+                                 temperature=temperature, top_p=top_p, top_k=top_k, eos_ids=eos_ids)
+            for i, row in zip(batch, ids):
+                responses[i] = row
+            bar.update(len(batch))
+        with atomic_open(path) as f:
+            for prompt, row in zip(shard, responses):
+                text = tokenizer.decode(row, skip_special_tokens=True)
+                f.write(json.dumps(_record(prompt, text, chat_template), ensure_ascii=False) + "\n")
+        stats[str(index)] = {
+            "records": len(shard), "prompt_tokens": sum(lengths),
+            "generated_tokens": sum(len(r) for r in responses),
+            "stopped_at_eos": sum(bool(r) and r[-1] in eos_ids for r in responses),
+        }
+        atomic_write_text(stats_file, json.dumps(stats) + "\n")
+    bar.close()
+
+    totals = {key: sum(s[key] for s in stats.values()) for key in next(iter(stats.values()))}
+    manifest = {
+        **params,
+        "sampling": {"greedy": temperature == 0, "temperature": temperature, "top_p": top_p, "top_k": top_k,
+                     "max_new_tokens": max_new_tokens, "seed": seed},
+        "format": "messages" if chat_template else "text",
+        "records_read": len(prompts), "skipped_without_prompt": len(prompts) - len(kept),
+        "records": totals["records"], "prompt_tokens": totals["prompt_tokens"],
+        "tokens_generated": totals["generated_tokens"], "stopped_at_eos": totals["stopped_at_eos"],
+        "truncated_at_max_new_tokens": totals["records"] - totals["stopped_at_eos"],
+        "shards": [SHARD.format(i) for i in range(len(shards))],
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "device": str(model.device),
+    }
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest

@@ -1,0 +1,140 @@
+"""Self-distillation data: batched left-padded generation equals unbatched greedy, output trains."""
+
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+from data.corpus import build_corpus
+from data.datasets import load_tokenized_dataset
+from data.packing import PackedDataset
+from data.self_distill import MANIFEST, eos_token_ids, generate_responses
+from data.tokenizer import train_tokenizer
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+PROMPTS = ["def add(a, b):", "import os", "Write a loop", "x", "class Point:\n    def __init__(self, x, y):"]
+MAX_NEW = 8
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("self_distill")
+    build_corpus(root / "corpus", max_bytes=60_000)
+    tokenizer = train_tokenizer(root / "corpus", root / "base", vocab_size=300, min_frequency=1)
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         tie_word_embeddings=True)
+    model = Qwen3ForCausalLM(config)
+    with torch.no_grad():  # sharper logits: greedy choices far from ties
+        model.model.embed_tokens.weight.normal_(0, 1.0)
+    model.save_pretrained(root / "base")
+    return root / "base"
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return path
+
+
+def reference(base_dir, text: str) -> str:
+    """The model's unbatched greedy response to one rendered prompt."""
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    eos = eos_token_ids(model, tokenizer)
+    out = model.generate(ids, max_new_tokens=MAX_NEW, do_sample=False, eos_token_id=eos,
+                         pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
+    return tokenizer.decode(out, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_batched_greedy_equals_unbatched(base_dir, prompts_file, tmp_path, chat):
+    out = tmp_path / "sd"
+    manifest = generate_responses(base_dir, prompts_file, out, chat_template=chat, max_new_tokens=MAX_NEW,
+                                  temperature=0.0, batch_size=2, shard_size=3, device="cpu")
+    records = [json.loads(line) for f in sorted(out.glob("train-*.jsonl")) for line in f.read_text().splitlines()]
+    assert len(records) == 5 and manifest["records"] == 5 and len(manifest["shards"]) == 2
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    for prompt, record in zip(PROMPTS, records):
+        if chat:
+            user, assistant = record["messages"]
+            assert user == {"role": "user", "content": prompt} and assistant["role"] == "assistant"
+            rendered = tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
+            assert assistant["content"] == reference(base_dir, rendered)
+        else:
+            assert record["text"] == prompt + reference(base_dir, prompt)
+    on_disk = json.loads((out / MANIFEST).read_text())
+    assert on_disk["tokens_generated"] == manifest["tokens_generated"] > 0
+    assert on_disk["sampling"]["greedy"] and on_disk["model"] == str(base_dir) and on_disk["seed"] == 0
+
+    docs = load_tokenized_dataset(out, base_dir)  # the training side reads the folder
+    assert len(docs) == 5 and all(row[-1] == tokenizer.eos_token_id for row in docs["input_ids"])
+    rows = PackedDataset(docs["input_ids"], seq_len=32, infinite=False)
+    assert next(iter(rows))["input_ids"].shape == (32,)
+
+
+def test_rerun_is_noop_unless_overwrite(base_dir, prompts_file, tmp_path):
+    out = tmp_path / "sd"
+    kwargs = dict(max_new_tokens=2, batch_size=4, limit=3, device="cpu")
+    first = generate_responses(base_dir, prompts_file, out, **kwargs)
+    stamp = (out / "train-00000.jsonl").stat().st_mtime_ns
+    assert generate_responses(base_dir, prompts_file, out, **kwargs) == first
+    assert (out / "train-00000.jsonl").stat().st_mtime_ns == stamp
+    again = generate_responses(base_dir, prompts_file, out, **kwargs, overwrite=True)
+    assert again["records"] == 3 and (out / "train-00000.jsonl").stat().st_mtime_ns != stamp
+
+
+def test_messages_prompts_and_sampling(base_dir, tmp_path):
+    source = tmp_path / "chat.jsonl"
+    chats = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+              {"role": "assistant", "content": "old answer"}], [{"role": "assistant", "content": "no prompt"}]]
+    source.write_text("".join(json.dumps({"messages": m}) + "\n" for m in chats))
+    manifest = generate_responses(base_dir, source, tmp_path / "sd", max_new_tokens=4, temperature=0.8, top_k=20,
+                                  device="cpu")
+    assert manifest["records"] == 1 and manifest["skipped_without_prompt"] == 1
+    (record,) = [json.loads(line) for line in (tmp_path / "sd" / "train-00000.jsonl").read_text().splitlines()]
+    assert [m["role"] for m in record["messages"]] == ["system", "user", "assistant"]
+    assert record["messages"][-1]["content"] != "old answer"
+
+
+def test_missing_model_path_errors_clearly(prompts_file, tmp_path):
+    with pytest.raises(FileNotFoundError, match="base model folder .* does not exist"):
+        generate_responses(tmp_path / "no_such_model", prompts_file, tmp_path / "sd")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        generate_responses("./no_such_model", prompts_file, tmp_path / "sd")
+
+
+def test_configs_match_signatures():
+    data = OmegaConf.load(CONF / "data" / "self_distill.yaml")
+    functions = {"load_tokenized_dataset": load_tokenized_dataset, "packed_dataset": PackedDataset}
+    assert set(data) == set(functions)
+    for section, values in data.items():
+        parameters = set(inspect.signature(functions[section]).parameters) - {"self", "documents", "rank", "world_size"}
+        assert set(values) == parameters, section
+    script = OmegaConf.load(CONF / "self_distill.yaml")
+    assert set(script) == set(inspect.signature(generate_responses).parameters)
+
+
+def test_train_composes_with_self_distill_data():
+    import train.config  # noqa: F401  (registers the resolvers the presets use)
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["+exp=qwen3_8b", "data=self_distill",
+                                           "data.load_tokenized_dataset.source=/tmp/sd"])
+        script = compose("self_distill", overrides=["model_name_or_path=Qwen/Qwen3-8B",
+                                                    "prompts_source=HuggingFaceH4/ultrachat_200k", "out_dir=/tmp/sd"])
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    assert data["load_tokenized_dataset"]["source"] == "/tmp/sd"
+    assert data["load_tokenized_dataset"]["tokenizer"] == cfg.model.base == "Qwen/Qwen3-8B"
+    assert data["load_tokenized_dataset"]["messages_field"] == "messages"
+    assert data["packed_dataset"]["seq_len"] == 4096
+    assert set(script) == set(inspect.signature(generate_responses).parameters)
