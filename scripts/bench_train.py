@@ -331,7 +331,7 @@ def run_setting(shape: Shape, seq_len: int, checkpointing: bool, attention: str,
                     batch = next(data)
                     blocks = sample_blocks(
                         batch, blocks_per_row=blocks_per_row, block_size=K, mask_token_id=model.config.mask_token_id,
-                        num_denoise_steps=obj_cfg.num_denoise_steps, seed=block_seed(shape.seed, step, micro, dist.rank),
+                        num_denoise_steps=obj_cfg.num_denoise_steps, seed=block_seed(shape.seed, step, micro * dist.world_size + dist.rank),
                     )
                     if timed:
                         for k, v in micro_batch_flops_breakdown(model.config, batch["doc_ids"], blocks, trainable).items():

@@ -20,12 +20,9 @@ the one-process run feeds as micro-batch j N + r. The loss of a micro-batch is n
 its own targets and both backends average gradients over micro-batches and ranks, so the
 updates agree up to float rounding. Two things the trainer does not give by itself:
 
-  * block sampling: `train.loop.block_seed(seed, step, micro, rank)` seeds the anchors of each
-    micro-batch by (micro, rank), so the same row would get different blocks under another world
-    size. The workers here seed by the micro-batch's global position instead,
-    block_seed(seed, step, micro * N + rank, 0), which for world size 1 is exactly train.py's
-    seed (so the reference run is an unmodified train.py run) and for N ranks is an equally
-    random, resumable draw;
+  * block sampling follows by construction: `train.loop.block_seed` seeds each micro-batch's
+    anchors by its position in the global batch (micro * N + rank), so the same row gets the same
+    blocks under any world size;
   * m > 1: a micro-batch of the N-rank run holds rows N apart (j m + i) N + r, the one-process
     run's holds consecutive rows, so per-micro-batch normalisation and block draws differ;
     the global batch still holds the same rows, but the curves agree only statistically.
@@ -71,8 +68,8 @@ def row_sha(row) -> str:
     return hashlib.sha1(row.numpy().astype("int64").tobytes()).hexdigest()[:16]
 
 
-def worker(run_dir: Path, overrides: list[str], save: bool, trainer_seeds: bool = False) -> None:
-    """One rank of one run: the real trainer, with global-position block seeds and a trace."""
+def worker(run_dir: Path, overrides: list[str], save: bool) -> None:
+    """One rank of one run: the real trainer, with a trace of the rows and block seeds it used."""
     import torch.distributed as dist
 
     import train.loop as loop
@@ -87,15 +84,12 @@ def worker(run_dir: Path, overrides: list[str], save: bool, trainer_seeds: bool 
             trace.append({"rows": [row_sha(r) for r in batch["input_ids"]]})
             yield batch
 
-    def global_block_seed(seed, step, micro, rank):
-        world = dist.get_world_size() if dist.is_initialized() else 1
-        position = micro * world + rank  # the micro-batch's position in the global batch (m = 1)
-        trace[-1].update(step=step, micro=micro, rank=rank, position=position)
-        value = orig_seed(seed, step, micro, rank) if trainer_seeds else orig_seed(seed, step, position, 0)
-        trace[-1]["block_seed"] = value
+    def traced_block_seed(seed, step, position):
+        value = orig_seed(seed, step, position)
+        trace[-1].update(step=step, position=position, block_seed=value)
         return value
 
-    loop.batches, loop.block_seed = traced_batches, global_block_seed
+    loop.batches, loop.block_seed = traced_batches, traced_block_seed
     if not save:
         loop.save_checkpoint = lambda *a, **k: None
         loop.save_diffusion_view = lambda *a, **k: None
@@ -185,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = []
     if "--" in argv:
         argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
-    if argv and argv[0] == "--worker":  # launched by `launch`: --worker RUN_DIR [--save] [--trainer-seeds] -- overrides
-        worker(Path(argv[1]), extra, save="--save" in argv[2:], trainer_seeds="--trainer-seeds" in argv[2:])
+    if argv and argv[0] == "--worker":  # launched by `launch`: --worker RUN_DIR [--save] -- overrides
+        worker(Path(argv[1]), extra, save="--save" in argv[2:])
         return 0
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -205,9 +199,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-dir", type=Path, default=None, help="run folders (default OUT_DIR/runs)")
     ap.add_argument("--commit", default=None, help="default: $ORTHRUS_COMMIT, else git rev-parse HEAD")
     ap.add_argument("--save", action="store_true", help="let the runs write checkpoints (skipped by default)")
-    ap.add_argument("--trainer-seeds", action="store_true",
-                    help="keep train.py's per-(micro, rank) block seeds: the N-rank run then draws other blocks "
-                         "(a control: the curves then agree only statistically)")
     args = ap.parse_args(argv)
 
     import torch
@@ -261,12 +252,12 @@ def main(argv: list[str] | None = None) -> int:
         "command": command, **environment(args.commit), "world_size": N, "shape": args.shape, "seq_len": args.seq_len,
         "blocks_per_row": blocks_per_row, "steps": args.steps, "global_batch": B, "micro_batch_size": m,
         "grad_accum": {"world_1": accum_ref, f"world_{N}": accum_dp}, "precision": precision,
-        "exact_setup": m == 1 and not args.trainer_seeds, "block_seeds": "trainer" if args.trainer_seeds else "global position",
+        "exact_setup": m == 1,
         "overrides": common, "backends": {},
     }
     from data._io import atomic_write_text
 
-    flags = [*(["--save"] if args.save else []), *(["--trainer-seeds"] if args.trainer_seeds else [])]
+    flags = ["--save"] if args.save else []
     with log_path.open("w") as log:
         for backend in backends:
             runs = {1: work / backend / "world_1", N: work / backend / f"world_{N}"}

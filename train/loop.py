@@ -60,10 +60,14 @@ class TrainConfig:
                 raise ValueError(f"train.{key}={getattr(self, key)} must be >= 1")
 
 
-def block_seed(seed: int, step: int, micro: int, rank: int) -> int:
-    """The block-sampling seed of one micro-batch: independent of any RNG state, so resuming
-    at any step draws the same blocks."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{step}:{micro}:{rank}".encode()).digest()[:8], "big") >> 1
+def block_seed(seed: int, step: int, position: int) -> int:
+    """The block-sampling seed of one micro-batch, from its position in the global batch
+    (micro * world_size + rank). Independent of any RNG state, so resuming at any step draws
+    the same blocks; and since rank r's micro-batch j holds the row that a one-process run feeds
+    as micro-batch j * world_size + r, every world size draws the same blocks for the same rows
+    (scripts/dp_parity.py checks the curves match). The trailing ":0" keeps the seeds of
+    one-process runs (e.g. the shipped orthrus-small view) what they were before this rule."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{step}:{position}:0".encode()).digest()[:8], "big") >> 1
 
 
 def resolve_mask_token_id(model_cfg: ModelConfig, data_cfg: DictConfig) -> int | None:
@@ -152,7 +156,7 @@ class Trainer:
                 blocks = sample_blocks(
                     batch, blocks_per_row=obj.blocks_per_row, block_size=self.block_size,
                     mask_token_id=self.model.config.mask_token_id, num_denoise_steps=obj.num_denoise_steps,
-                    seed=block_seed(t.seed, step, micro, self.dist.rank),
+                    seed=block_seed(t.seed, step, micro * self.dist.world_size + self.dist.rank),
                 )
                 flops = micro_batch_flops(self.model.config, batch["doc_ids"], blocks, self.trainable_params)
                 tokens = batch["input_ids"].numel()
