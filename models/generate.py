@@ -16,9 +16,11 @@ engine (static cache, CUDA graphs, Triton kernels) lives beside it and must matc
 for token.
 """
 
+import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
 
 from models.orthrus import OrthrusForCausalLM, prefix_attend
@@ -69,14 +71,18 @@ def generate(
     eos_token_id: int | list[int] | None = None,
     generator: torch.Generator | None = None,
     streamer=None,
+    denoise_steps: int = 1,
 ) -> GenerationResult:
     """Decode up to `max_new_tokens` tokens after `input_ids` (shape (1, L)).
 
     block_size: K, defaults to the config's; 1 runs the plain AR baseline on the same loop.
     eos_token_id: defaults to the model's generation config; decoding stops after emitting it.
     streamer: anything with `put(tensor)` / `end()` (e.g. transformers' TextStreamer).
+    denoise_steps: S diffusion passes per draft (see `_draft`); 1 is the paper's single step.
     """
     K = check_request(input_ids, max_new_tokens, block_size or model.config.block_size)
+    if denoise_steps < 1:
+        raise ValueError(f"denoise_steps={denoise_steps} must be >= 1")
     eos = _eos_ids(model, eos_token_id)
     mask_id = model.config.mask_token_id
     device = input_ids.device
@@ -113,7 +119,11 @@ def generate(
         block = torch.full((1, k), mask_id, dtype=torch.long, device=device)
         block[0, 0] = last
 
-        if k > 1:
+        if k > 1 and denoise_steps > 1:
+            draft, q, passes = _draft(model, block, positions, cache, start, sampling, generator, denoise_steps)
+            result.diffusion_forwards += passes
+            block[0, 1:] = draft
+        elif k > 1:
             d_logits = model.diffusion_forward(block, positions, prefix_attend(cache, start, scale))[0, :-1]
             result.diffusion_forwards += 1
             if sampling.greedy:
@@ -145,6 +155,45 @@ def generate(
         streamer.end()
     result.sequences = torch.cat(out)[None]
     return result
+
+
+def _draft(model, block, positions, cache, start, sampling, generator, steps):
+    """Multi-step drafting: up to `steps` diffusion passes over the same block. Pass s predicts
+    every still-masked slot and fixes the ceil(remaining / (steps - s)) most confident ones
+    (greedy: max softmax prob; sampling: the sampled token's prob); the rest stay MASK. A block
+    with fewer slots than steps is filled in fewer passes. Returns (draft, q or None, passes).
+
+    Sampling: q is the one-hot of the draft, not the distribution of the pass that fixed it.
+    That pass's q is not what the token is distributed as once the confidence selection, and
+    slots to its left fixed later and conditioned on it, are taken into account, so using it in
+    rejection sampling would bias the output. With a one-hot q the rule keeps draft i with
+    probability p(draft i) and otherwise samples p with draft i removed: exactly p, whatever
+    the drafts are, so the output stays the base sampler's (at a lower acceptance rate).
+    """
+    mask_id = model.config.mask_token_id
+    attend = prefix_attend(cache, start, model.model.layers[0].self_attn.scaling)
+    block = block.clone()
+    masked = block[0, 1:] == mask_id
+    passes = 0
+    for s in range(steps):
+        todo = masked.nonzero()[:, 0]
+        if todo.numel() == 0:
+            break
+        logits = model.diffusion_forward(block, positions, attend)[0, :-1]
+        passes += 1
+        if sampling.greedy:
+            probs = logits.float().softmax(-1)
+            conf, pred = probs.max(-1)
+        else:
+            probs = logits_to_probs(logits, sampling)
+            pred = sample(probs, generator)
+            conf = probs.gather(-1, pred[:, None])[:, 0]
+        fix = todo[conf[todo].topk(math.ceil(todo.numel() / (steps - s))).indices]
+        block[0, 1 + fix] = pred[fix]
+        masked[fix] = False
+    draft = block[0, 1:]
+    q = None if sampling.greedy else F.one_hot(draft, probs.shape[-1]).float()
+    return draft, q, passes
 
 
 def check_request(input_ids: torch.LongTensor, max_new_tokens: int, block_size: int) -> int:
