@@ -16,12 +16,13 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from eval.paper_tables import PaperNumbers, largest_k_rows  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path, dpi: int = 120) -> Path:
+    """Write `fig` to `path` as PNG atomically and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
         os.replace(tmp, path)
     finally:
         plt.close(fig)
@@ -53,7 +54,7 @@ def tpf_by_benchmark(reports: list[dict], paper: PaperNumbers, path: Path) -> Pa
     ax.set_ylabel("tokens per iteration (TPF)")
     ax.set_title("TPF per benchmark and model (★ paper)")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def acceptance_histograms(reports: list[dict], path: Path) -> Path | None:
@@ -73,7 +74,7 @@ def acceptance_histograms(reports: list[dict], path: Path) -> Path | None:
         ax.set_ylabel("fraction of iterations")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def throughput_vs_context(reports: list[dict], path: Path) -> Path | None:
@@ -94,4 +95,4 @@ def throughput_vs_context(reports: list[dict], path: Path) -> Path | None:
     ax.set_ylim(bottom=0)
     ax.set_title("Throughput vs context length")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -11,8 +11,6 @@ interrupted save never leaves a half-written checkpoint under the final name.
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
 from transformers.utils import logging as hf_logging
 
+from data._io import atomic_directory
 from models.config import OrthrusConfig
 from models.orthrus import OrthrusForCausalLM, is_diffusion_param
 
@@ -161,23 +160,10 @@ def save_merged(model: OrthrusForCausalLM, folder: str | os.PathLike, tokenizer=
 
 
 def atomic_folder(folder: str | os.PathLike, write) -> Path:
-    """Call write(tmp_dir), then move tmp_dir to `folder` (replacing it) in one rename."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    """Call write(tmp_dir) on a temporary folder that then replaces `folder` (data._io.atomic_directory)."""
+    with atomic_directory(folder) as tmp:
         write(tmp)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    return Path(folder)
 
 
 def parameter_report(config: OrthrusConfig) -> dict:

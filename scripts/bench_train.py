@@ -149,12 +149,6 @@ def environment(commit: str | None) -> dict:
     }
 
 
-def atomic_write_png(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
-
-
 # --------------------------------------------------------------------------- one setting
 
 
@@ -470,10 +464,9 @@ def _gib(x) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from eval.figures import save_figure  # selects the Agg backend
 
     ok = [r for r in report["results"] if r["status"] == "ok"]
     shapes = list(dict.fromkeys(r["shape"] for r in report["results"])) or ["(none)"]
@@ -500,8 +493,7 @@ def plot(report: dict, path: Path) -> None:
                 ax.legend(fontsize=7)
     fig.suptitle(f"{report['environment']['device']}, {report['settings']['deepspeed']}; red x: out of memory", fontsize=9)
     fig.tight_layout()
-    atomic_write_png(fig, path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 # --------------------------------------------------------------------------- driver

@@ -148,10 +148,9 @@ def compare(ref: list[dict], dp: list[dict], tol_rel: float) -> dict:
 
 
 def plot(results: dict, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from eval.figures import save_figure  # selects the Agg backend
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
     for backend, res in results.items():
@@ -167,10 +166,7 @@ def plot(results: dict, path: Path, title: str) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,12 +15,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from data._io import atomic_write_text  # noqa: E402
+from eval.figures import save_figure  # noqa: E402  (also selects the Agg backend)
 
 
 def summarize(records: list[dict], skip_steps: int) -> dict:
@@ -72,9 +70,7 @@ def main():
     b.plot(steps, [r["tokens_per_s_per_gpu"] for r in records])
     b.set(xlabel="step", ylabel="tokens/s/GPU", title=f"throughput (MFU {summary['mfu']:.2f})")
     fig.tight_layout()
-    tmp = args.out_dir / ".curves.tmp.png"
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(args.out_dir / "curves.png")
+    save_figure(fig, args.out_dir / "curves.png", dpi=110)
     print(json.dumps(summary, indent=2))
 
 

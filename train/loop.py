@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from data._io import atomic_write_text
 from data.tokenizer import load_tokenizer
 from models.checkpoint import save_diffusion_view
 from train.backend import DeepSpeedBackend, DeepSpeedConfig, TorchBackend
@@ -213,9 +214,7 @@ class Trainer:
 
 def _write_config(path: Path, cfg: DictConfig) -> None:
     """The resolved config of this run, next to its outputs (atomic)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    tmp.replace(path)
+    atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict | None:

@@ -10,13 +10,13 @@ reads like one uninterrupted run.
 """
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from data._io import atomic_write_text
 from train.distributed import all_reduce_sum
 
 METRICS_FILE = "metrics.jsonl"
@@ -59,9 +59,7 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
             continue
         if record.get("step", 0) <= last_step:
             kept.append(line)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    tmp.replace(path)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 class Tracker:
