@@ -179,9 +179,11 @@ def _verify_attention_kernel(
     GROUP: tl.constexpr, BLOCK_LEN: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     LEN_ON_DEVICE: tl.constexpr, WRITE_FINAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    LEN_PER_BATCH: tl.constexpr,
 ):
     """Grid (B * Hkv, row blocks, num_splits). Cache tiles [0, start + K) are dealt to the splits;
-    block query i attends to keys [0, start + i]."""
+    block query i attends to keys [0, start + i]. With LEN_PER_BATCH, batch element b starts at
+    start + b (the per-position layout of `verify_attention`)."""
     batch, kv_head, offs_m, offs_d, row_mask, head, pos, q = _load_query_rows(
         q_ptr, stride_qb, stride_qh, stride_qt, num_kv_heads, GROUP, BLOCK_LEN, HEAD_DIM, BLOCK_M)
     m_i = tl.full([BLOCK_M], _M_INIT, dtype=tl.float32)
@@ -189,6 +191,8 @@ def _verify_attention_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
     n_start = _read_length(start, LEN_ON_DEVICE)
+    if LEN_PER_BATCH:
+        n_start += batch
     kv_len = n_start + BLOCK_LEN
     last_key = n_start + pos  # causal: the query at position start + i sees keys up to itself
     n_tiles, tiles_per_split, used_splits = _split_layout(kv_len, num_splits, BLOCK_N)
@@ -218,12 +222,13 @@ def _combine_splits_kernel(
     num_kv_heads, num_splits,
     GROUP: tl.constexpr, BLOCK_LEN: tl.constexpr, HEAD_DIM: tl.constexpr, ROWS_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
-    LEN_ON_DEVICE: tl.constexpr, BLOCK_IN_CACHE: tl.constexpr,
+    LEN_ON_DEVICE: tl.constexpr, BLOCK_IN_CACHE: tl.constexpr, LEN_PER_BATCH: tl.constexpr,
 ):
     """Grid (B * Hkv, row blocks of BLOCK_R): merge the per-split partials of BLOCK_R query rows.
 
     `length` is the attention kernel's ctx_len / start; BLOCK_IN_CACHE says whether the split keys
-    are length + K (verify) or length (diffusion), so the splits in use are found the same way.
+    are length + K (verify) or length (diffusion), so the splits in use are found the same way;
+    LEN_PER_BATCH adds the batch index to the length, as the attention kernel did.
     The global max and sum come from all used splits' (max, sum) at once; the outputs are then
     accumulated split by split. A used split that saw no key for a row has max = _M_INIT and sum = 0,
     so its weight is 0; every row saw some key, so the global max is finite. BLOCK_R divides
@@ -232,6 +237,8 @@ def _combine_splits_kernel(
     batch = tl.program_id(0) // num_kv_heads
     kv_head = tl.program_id(0) % num_kv_heads
     kv_len = _read_length(length, LEN_ON_DEVICE)
+    if LEN_PER_BATCH:
+        kv_len += batch
     if BLOCK_IN_CACHE:
         kv_len += BLOCK_LEN
     _, _, used_splits = _split_layout(kv_len, num_splits, BLOCK_N)
@@ -354,21 +361,24 @@ def _outputs(q, kv_heads: int, launch: _Launch):
 
 
 def _combine(out, o_part, m_part, l_part, length, on_device: bool, block_in_cache: bool,
-             kv_heads: int, launch: _Launch):
-    """Merge the split partials into `out` (nothing to do with one split: `out` is already written)."""
+             kv_heads: int, launch: _Launch, per_batch: bool = False):
+    """Merge the split partials into `out` (nothing to do with one split: `out` is already written).
+    per_batch: batch element b has length + b, and the rows per program are chosen as for one batch
+    element (so each element is combined exactly as it would be alone)."""
     if launch.num_splits == 1:
         return out
     batch, _, block_len, head_dim = out.shape
     # As many rows per program as still give one program per SM (a power of two <= 16, so it
     # divides rows_pad).
     block_r = 16
-    while block_r > 1 and batch * kv_heads * triton.cdiv(launch.rows, block_r) < _sm_count(out.device):
+    tiling_batch = 1 if per_batch else batch
+    while block_r > 1 and tiling_batch * kv_heads * triton.cdiv(launch.rows, block_r) < _sm_count(out.device):
         block_r //= 2
     _combine_splits_kernel[(batch * kv_heads, triton.cdiv(launch.rows, block_r))](
         o_part, m_part, l_part, out, length, *out.stride()[:3], kv_heads, launch.num_splits,
         GROUP=launch.group, BLOCK_LEN=block_len, HEAD_DIM=head_dim, ROWS_PAD=launch.rows_pad,
         BLOCK_N=launch.block_n, BLOCK_R=block_r, BLOCK_S=triton.next_power_of_2(launch.num_splits),
-        LEN_ON_DEVICE=on_device, BLOCK_IN_CACHE=block_in_cache,
+        LEN_ON_DEVICE=on_device, BLOCK_IN_CACHE=block_in_cache, LEN_PER_BATCH=per_batch,
     )
     return out
 
@@ -409,7 +419,8 @@ def diffusion_attention(q, k_cache, v_cache, ctx_len, k_blk, v_blk, scale: float
     return _combine(out, o_part, m_part, l_part, length, on_device, False, kv_heads, launch)
 
 
-def verify_attention(q, k_cache, v_cache, start, scale: float, num_splits: int | None = None):
+def verify_attention(q, k_cache, v_cache, start, scale: float, num_splits: int | None = None,
+                     per_position: bool = False):
     """Verify-pass (AR) attention over a block already written to the cache at [start, start + K):
     block query i sees cache keys [0, start + i] (nothing beyond start + K is read).
 
@@ -417,12 +428,29 @@ def verify_attention(q, k_cache, v_cache, start, scale: float, num_splits: int |
     start: Python int, or a one-element int32/int64 tensor on q's device (CUDA-graph friendly; the
     value is then not range-checked, and the default num_splits is sized for S_max).
     num_splits: key-sequence splits per (batch, KV head, row block); by default about one program per SM.
+    per_position (batch 1): compute each block position as its own one-query call at start + i would
+    (same row blocks, key tiles, splits and combine), so its result is bitwise the same as that call's
+    whatever K is, given the same num_splits (the default one is when start is a device tensor: it is
+    sized for S_max): the batch-invariant mode of the engine. The K positions become K batch elements of
+    one launch over the same cache; it does K times the programs of a one-query call.
     Returns (B, H, K, D) in q's dtype.
     """
+    if per_position:
+        if q.shape[0] != 1:
+            raise ValueError("per_position needs batch 1")
+        positions = q.shape[2]
+        out = _verify_attention(q.permute(2, 1, 0, 3), k_cache.expand(positions, -1, -1, -1),
+                                v_cache.expand(positions, -1, -1, -1), start, scale, num_splits, per_batch=True)
+        return out.permute(2, 1, 0, 3)
+    return _verify_attention(q, k_cache, v_cache, start, scale, num_splits)
+
+
+def _verify_attention(q, k_cache, v_cache, start, scale, num_splits, per_batch=False):
+    """`verify_attention`; per_batch: batch element b starts at start + b and is tiled as if alone."""
     batch, heads, block_len, head_dim, kv_heads, max_len = _check_qkv(
         q, k_cache, v_cache, {"k_cache": k_cache, "v_cache": v_cache})
-    length, on_device = _check_length("start", start, q.device, max_len - block_len)
-    launch = _plan(q, kv_heads, max_len if on_device else length + block_len, num_splits)
+    length, on_device = _check_length("start", start, q.device, max_len - block_len - (batch - 1) * per_batch)
+    launch = _plan(q[:1] if per_batch else q, kv_heads, max_len if on_device else length + block_len, num_splits)
     out, o_part, m_part, l_part = _outputs(q, kv_heads, launch)
     _verify_attention_kernel[(batch * kv_heads, launch.rows_pad // launch.block_m, launch.num_splits)](
         q, k_cache, v_cache, length, out, o_part, m_part, l_part,
@@ -431,6 +459,6 @@ def verify_attention(q, k_cache, v_cache, start, scale: float, num_splits: int |
         GROUP=launch.group, BLOCK_LEN=block_len, HEAD_DIM=head_dim,
         BLOCK_M=launch.block_m, BLOCK_N=launch.block_n,
         LEN_ON_DEVICE=on_device, WRITE_FINAL=launch.num_splits == 1, DOT_PRECISION=_dot_precision(q.dtype),
-        num_warps=launch.num_warps,
+        LEN_PER_BATCH=per_batch, num_warps=launch.num_warps,
     )
-    return _combine(out, o_part, m_part, l_part, length, on_device, True, kv_heads, launch)
+    return _combine(out, o_part, m_part, l_part, length, on_device, True, kv_heads, launch, per_batch)

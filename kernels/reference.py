@@ -50,3 +50,11 @@ def greedy_accept_ref(draft, ar):
     accept_len = matches.cumprod(dim=1).sum(dim=1)
     bonus = ar.gather(1, accept_len[:, None]).squeeze(1)
     return accept_len, bonus
+
+
+def matmul_ref(x, w, w2=None):
+    """x @ w^T in float64; with w2 (gate/up): silu(x @ w^T) * (x @ w2^T)."""
+    y = x.double() @ w.double().T
+    if w2 is None:
+        return y
+    return torch.nn.functional.silu(y) * (x.double() @ w2.double().T)

@@ -16,11 +16,18 @@ that one iteration costs about two reads of the weights:
   the device, so an iteration reads back one small tensor: the accepted length and the K AR
   tokens (`_Steps.packed`).
 
+* Matrix products go through `kernels.matmul.Matmul`: on CUDA, per weight shape and row tile, the
+  faster of cuBLAS and a skinny Triton kernel built to stream weights at decode shapes; gate and up
+  are one kernel with SiLU * up in its epilogue.
+
 K = 1 is plain AR decoding on the same code (verify + accept, no draft): the baseline that
 speedups compare against. Output is token-for-token the base model's greedy output in fp32
 (tests/test_engine.py). In bf16 the verify pass runs matrix products over K rows where AR decoding
-runs them over one, and different kernels round differently; scripts/bench_decode.py measures how
-often that changes the greedy output.
+runs them over one, and different kernels round differently, which can flip a near-tie argmax.
+`batch_invariant=True` removes that: every op computes a token's row the same way whatever the
+number of rows (matrix products with one config per weight shape, verify attention per position),
+so bf16 Orthrus greedy output equals the engine's own bf16 AR output bit for bit
+(tests/test_engine_triton.py; scripts/bench_decode.py measures both modes and the cost).
 
 Sampling reuses `models/sampling.py` (same transforms, speculative rejection sampling) on the
 logits of the graphed passes; that path reads back several values per iteration, as the reference
@@ -30,6 +37,7 @@ loop does.
 import torch
 import torch.nn.functional as F
 
+from kernels.matmul import Matmul
 from models.engine_ops import TorchOps, TritonOps
 from models.generate import GenerationResult, _eos_ids, check_request
 from models.orthrus import OrthrusForCausalLM
@@ -94,10 +102,17 @@ class OrthrusEngine:
     cuda_graphs: capture each step as a CUDA graph (default: on CUDA).
     fuse_qkv: one [q; k; v] weight matrix per view and layer, a one-time copy of
       `fused_weight_bytes` (one matrix product instead of three small ones).
+    matmul: how matrix products run (`kernels.matmul.Matmul` modes): "auto" (default with the
+      Triton backend on CUDA: per shape the faster of cuBLAS and the skinny Triton kernel, timed on
+      first use), "triton", or "torch" (cuBLAS / F.linear; the default elsewhere).
+    batch_invariant: every op computes a token's row independently of how many rows the pass has
+      (Triton backend only; matrix products in the "invariant" mode, verify attention per position),
+      so greedy Orthrus output equals the engine's K = 1 output bit for bit in any dtype.
     """
 
     def __init__(self, model: OrthrusForCausalLM, max_seq_len: int, *, backend: str | None = None,
-                 cuda_graphs: bool | None = None, fuse_qkv: bool = False):
+                 cuda_graphs: bool | None = None, fuse_qkv: bool = False, matmul: str | None = None,
+                 batch_invariant: bool = False):
         config = model.config
         _check_supported(model)
         self.model, self.config = model, config
@@ -108,6 +123,13 @@ class OrthrusEngine:
             raise ValueError(f"backend={backend!r}: choose 'triton' or 'torch'")
         self.backend = backend
         self.ops = TritonOps if backend == "triton" else TorchOps
+        if batch_invariant and (backend != "triton" or matmul not in (None, "invariant")):
+            raise ValueError("batch_invariant=True needs backend='triton' and its own matmul mode ('invariant')")
+        self.batch_invariant = batch_invariant
+        if matmul is None:
+            matmul = "invariant" if batch_invariant else "auto" if backend == "triton" and self.device.type == "cuda" \
+                else "torch"
+        self.mm = Matmul(matmul, self.ops.silu_mul)
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if self.cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs=True needs the model on a CUDA device")
@@ -160,19 +182,20 @@ class OrthrusEngine:
             if draft:
                 o = ops.diffusion_attention(q, cache.keys(i), cache.values(i), self.start, k_dst, v_dst, self.scale)
             else:
-                o = ops.verify_attention(q, cache.keys(i), cache.values(i), self.start, self.scale)
-            x = F.linear(o.transpose(1, 2).reshape(T, -1), w.o)
+                o = ops.verify_attention(q, cache.keys(i), cache.values(i), self.start, self.scale,
+                                         per_position=self.batch_invariant)
+            x = self.mm.linear(o.transpose(1, 2).reshape(T, -1), w.o)
             h, residual = ops.add_rms_norm(x, residual, lw.post_norm, self.eps)
-            x = F.linear(ops.silu_mul(F.linear(h, lw.gate), F.linear(h, lw.up)), lw.down)
+            x = self.mm.linear(self.mm.gate_up(h, lw.gate, lw.up), lw.down)
         if rows is None:
             return None
         h, _ = ops.add_rms_norm(x[rows], residual[rows], self.final_norm, self.eps)
-        return F.linear(h, self.lm_head)
+        return self.mm.linear(h, self.lm_head)
 
     def _qkv(self, h, w: _AttnWeights):
         if len(w.qkv) == 3:
-            return tuple(F.linear(h, m) for m in w.qkv)
-        qkv = F.linear(h, w.qkv[0])
+            return tuple(self.mm.linear(h, m) for m in w.qkv)
+        qkv = self.mm.linear(h, w.qkv[0])
         nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         return qkv[:, :nq], qkv[:, nq:nq + nkv], qkv[:, nq + nkv:]
 

@@ -65,8 +65,10 @@ class TorchOps:
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)
 
     @staticmethod
-    def verify_attention(q, k_cache, v_cache, start, scale):
-        """Block query t sees cache rows [0, start + t] (the block is already in the cache)."""
+    def verify_attention(q, k_cache, v_cache, start, scale, per_position=False):
+        """Block query t sees cache rows [0, start + t] (the block is already in the cache).
+        per_position is the Triton kernel's batch-invariance switch; PyTorch picks its own kernels, so
+        the engine refuses batch_invariant with this backend and the flag is always False here."""
         S, T = k_cache.shape[2], q.shape[2]
         key_pos = torch.arange(S, device=q.device)
         query_pos = start + torch.arange(T, device=q.device)

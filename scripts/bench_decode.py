@@ -4,16 +4,21 @@ For each shape and context length: time per AR step (transformers with DynamicCa
 at K = 1), per draft pass, per verify pass and per iteration (K in --ks); the roofline of each
 (weight bytes + KV bytes read, over the bandwidth of a large device copy); projected tokens/s at the
 paper's tokens per iteration and at the measured one; GPU memory of the diffusion view and its
-activations. Also: a bf16 cross-check of the Triton path against the PyTorch path, the matrix-product
-efficiency at decode shapes, a kernel-time profile of one verify pass, and how often bf16 Orthrus
-greedy output diverges from bf16 AR greedy output.
+activations. Each engine variant in --variants is timed the same way: "auto" (the default engine:
+per shape the faster of cuBLAS and the skinny Triton products), "invariant" (batch_invariant=True),
+"torch" (cuBLAS only, the engine before kernels/matmul.py) and "triton" (skinny products only).
+Also: how often bf16 Orthrus greedy output diverges from the same engine's bf16 AR output, per
+variant in --divergence-variants (batch-invariant: should be never); the matrix products at decode
+shapes (cuBLAS vs the tuned skinny kernel vs its invariant config, L2-proof graph timing) and what
+the tuning chose; a kernel-time profile of one verify pass per variant; a bf16 cross-check of the
+Triton path against the PyTorch path.
 
 The cache is filled with random keys/values instead of prefilling long prompts (timing does not
 depend on the values). Writes bench.json / bench.md / bench.png under --out as it goes, so a run
 cut short by --budget-s (or killed) still leaves its results.
 
     PYTHONUNBUFFERED=1 python scripts/bench_decode.py --out results/engine --commit $(git rev-parse HEAD)
-    python scripts/bench_decode.py --shapes tiny --ctx 64,128 --out /tmp/bench   # CPU smoke run
+    TRITON_INTERPRET=1 python scripts/bench_decode.py --shapes tiny --ctx 64,128 --out /tmp/bench   # CPU smoke run
 """
 
 import argparse
@@ -33,9 +38,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernels.attention import diffusion_attention, verify_attention  # noqa: E402
+from kernels.matmul import Matmul  # noqa: E402
 from kernels.reference import diffusion_attention_ref, verify_attention_ref  # noqa: E402
 from models.config import OrthrusConfig  # noqa: E402
 from models.engine import OrthrusEngine  # noqa: E402
+from models.engine_ops import TritonOps  # noqa: E402
 from models.orthrus import OrthrusForCausalLM, is_diffusion_param  # noqa: E402
 from models.shapes import QWEN3_SHAPES, shape_config  # noqa: E402
 
@@ -43,6 +50,9 @@ from models.shapes import QWEN3_SHAPES, shape_config  # noqa: E402
 # denoising ablation; 7.8 = best TPF, Qwen3-8B on MATH-500. Both at K = 32.
 PAPER_TPF = {"ablation_single_step": 6.35, "qwen3_8b_math500": 7.8}
 TARGETS_8B = {"ar_step_ms": 7.1, "iteration_ms": 12.5, "context": 256, "block_size": 32}
+# Engine variants (OrthrusEngine keyword arguments; all on the Triton backend with fused q/k/v on CUDA).
+VARIANTS = {"auto": dict(matmul="auto"), "invariant": dict(batch_invariant=True), "torch": dict(matmul="torch"),
+            "triton": dict(matmul="triton")}
 TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=32, mask_token_id=511, bos_token_id=None, eos_token_id=None)
 
@@ -62,6 +72,11 @@ def parse_args():
     p.add_argument("--small-prompts", type=int, default=24)
     p.add_argument("--small-hf-prompts", type=int, default=8, help="bf16 prompts also decoded by transformers (half in fp32)")
     p.add_argument("--small-new-tokens", type=int, default=256)
+    p.add_argument("--variants", default="auto,invariant,torch,triton", help=f"engine variants to time, from {sorted(VARIANTS)}; "
+                   "the first is the main table")
+    p.add_argument("--divergence-variants", default="auto,invariant", help="variants whose bf16 divergence is measured")
+    p.add_argument("--skip", default="", help="phases to leave out: hf_step_ms, hf_generate, gemm_probe, profile, "
+                   "backend_cross_check, unfused_qkv")
     p.add_argument("--budget-s", type=float, default=420, help="stop starting new work after this many seconds")
     p.add_argument("--commit", default="unknown")
     p.add_argument("--out", required=True)
@@ -76,6 +91,8 @@ def rerender(path, out: Path) -> None:
         for key in ("engine", "roofline_ms", "hf_step_ms"):
             if key in res:
                 res[key] = {int(c): v for c, v in res[key].items()}
+        for variant, rows in res.get("engine_variants", {}).items():
+            res["engine_variants"][variant] = {int(c): v for c, v in rows.items()}
         res["memory"]["draft_block_kv_MiB"] = {int(k): v for k, v in res["memory"]["draft_block_kv_MiB"].items()}
     ks = sorted({int(k.rsplit("K", 1)[1]) for res in results["shapes"] for row in res["engine"].values()
                  for k in row if k.startswith("draft_ms_K")})
@@ -263,24 +280,31 @@ def graph_time_us(fns, rounds=4, reps=10) -> float:
 
 @torch.inference_mode()
 def gemm_probe(model) -> list[dict]:
-    """Achieved weight-read bandwidth of the decode-shaped matrix products, timed inside CUDA graphs
-    (kernel time, no launch overhead), as F.linear (x W^T, what the engine runs) and as W x^T. Each
-    graph cycles through enough copies of the weight to exceed the L2 cache, so every product reads
-    its weight from device memory as in a real pass (one 32 MB matrix read 20 times would stay in L2)."""
+    """Achieved weight-read bandwidth of the decode-shaped matrix products at 1 and 32 rows, timed inside
+    CUDA graphs (kernel time, no launch overhead): cuBLAS (F.linear; gate/up as two products plus
+    SiLU * up), the skinny Triton kernel with its tuned config ("triton") and with the batch-invariant
+    config (BLOCK_M = 32 for every row count). Each graph cycles through enough copies of the weight
+    to exceed the L2 cache, so every product reads its weight from device memory as in a real pass."""
     attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
     qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
-    weights = {"q": attn.q_proj.weight, "k": attn.k_proj.weight, "qkv_fused": qkv, "o": attn.o_proj.weight,
-               "gate": mlp.gate_proj.weight, "down": mlp.down_proj.weight, "lm_head": model.lm_head.weight}
+    weights = {"qkv_fused": (qkv,), "o": (attn.o_proj.weight,), "gate_up": (mlp.gate_proj.weight, mlp.up_proj.weight),
+               "down": (mlp.down_proj.weight,), "lm_head": (model.lm_head.weight,)}
+    impls = {"cublas": Matmul("torch", TritonOps.silu_mul), "triton": Matmul("triton", TritonOps.silu_mul),
+             "invariant": Matmul("invariant", TritonOps.silu_mul)}
     l2 = torch.cuda.get_device_properties(qkv.device).L2_cache_size
     rows = []
-    for name, w in weights.items():
-        copies = [w] + [w.clone() for _ in range(math.ceil(2 * l2 / nbytes([w])) - 1)]
+    for name, ws in weights.items():
+        size = nbytes(ws)
+        copies = [ws] + [tuple(w.clone() for w in ws) for _ in range(math.ceil(2 * l2 / size) - 1)]
         for m in (1, 32):
-            x = torch.randn(m, w.shape[1], device=w.device, dtype=w.dtype)
-            for form, fn in (("x@W^T", lambda c: F.linear(x, c)), ("W@x^T", lambda c: torch.mm(c, x.t()))):
+            x = torch.randn(m, ws[0].shape[1], device=qkv.device, dtype=qkv.dtype)
+            for impl, mm in impls.items():
+                fn = (lambda c, mm=mm: mm.linear(x, c[0])) if len(ws) == 1 else (lambda c, mm=mm: mm.gate_up(x, *c))
                 us = graph_time_us([lambda c=c: fn(c) for c in copies])
-                rows.append({"matrix": name, "out_features": w.shape[0], "in_features": w.shape[1], "rows": m,
-                             "form": form, "us": us, "weight_TBps": nbytes([w]) / (us / 1e6) / 1e12})
+                rows.append({"matrix": name, "out_features": ws[0].shape[0], "in_features": ws[0].shape[1], "rows": m,
+                             "impl": impl, "config": str(next(iter(mm.chosen.values()), "cublas")), "us": us,
+                             "weight_TBps": size / (us / 1e6) / 1e12})
+                mm.chosen.clear()
         del copies
     return rows
 
@@ -378,8 +402,8 @@ def host_loop_ms(fn, reps, reset) -> float:
 
 
 @torch.inference_mode()
-def divergence(model, engine, n_prompts, new_tokens, K, with_hf, device, log) -> dict:
-    """bf16 greedy: Orthrus (K) vs AR (K = 1) on the same engine, and AR vs transformers' generate.
+def divergence(model, engine, n_prompts, new_tokens, ks, with_hf, device, log) -> dict:
+    """bf16 greedy: Orthrus (each K in ks) vs AR (K = 1) on the same engine, and AR vs transformers' generate.
     First divergence = index of the first differing new token. Also the top-1/top-2 logit gap along the
     AR output (small gaps are where rounding differences flip the argmax)."""
     from transformers import Qwen3ForCausalLM
@@ -388,9 +412,11 @@ def divergence(model, engine, n_prompts, new_tokens, K, with_hf, device, log) ->
     for i in range(n_prompts):
         ids = random_ids(model, 256, device, seed=100 + i)
         ar = engine.generate(ids, new_tokens, block_size=1, eos_token_id=[])
-        orth = engine.generate(ids, new_tokens, block_size=K, eos_token_id=[])
+        rec = {}
+        for K in ks:
+            orth = engine.generate(ids, new_tokens, block_size=K, eos_token_id=[])
+            rec[f"orthrus_K{K}_vs_ar"] = first_diff(orth.new_tokens, ar.new_tokens)
         tpf.append(orth.tokens_per_iteration)
-        rec = {"orthrus_vs_ar": first_diff(orth.new_tokens, ar.new_tokens)}
         if with_hf:
             hf = Qwen3ForCausalLM.generate(model, ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                                            min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
@@ -401,7 +427,7 @@ def divergence(model, engine, n_prompts, new_tokens, K, with_hf, device, log) ->
         records.append(rec)
         log(f"  prompt {i}: {rec}  TPF {orth.tokens_per_iteration:.2f}")
     gaps = torch.cat(gaps)
-    summary = {"prompts": n_prompts, "new_tokens": new_tokens, "block_size": K, "per_prompt": records,
+    summary = {"prompts": n_prompts, "new_tokens": new_tokens, "block_size": max(ks), "per_prompt": records,
                "measured_tpf_mean": statistics.mean(tpf),
                "top1_top2_logit_gap": {"median": float(gaps.median()), "p10": float(gaps.quantile(0.1)),
                                        "fraction_below_0.0625": float((gaps < 0.0625).float().mean())}}
@@ -518,7 +544,6 @@ def run_shape(name, args, device, clock, budget, bw, log) -> dict:
     """Everything for one shape. Each measurement is a phase: a phase that fails is logged with its
     traceback under res["errors"] and the rest still run (one GPU call must return what it can)."""
     ks = [int(k) for k in args.ks.split(",")]
-    ctxs = [int(c) for c in args.ctx.split(",")]
     cuda = device.type == "cuda"
     t0 = time.time()
     model = build_model(name, device)
@@ -537,26 +562,23 @@ def run_shape(name, args, device, clock, budget, bw, log) -> dict:
             res.setdefault("errors", {})[key] = traceback.format_exc()
             log(f"[{name}] {key} FAILED:\n{res['errors'][key]}")
 
-    if cuda:
-        dtypes = (torch.float32, torch.bfloat16) if name == "qwen3_1.7b" else (torch.bfloat16,)
-        phase("backend_cross_check", lambda: cross_check_backends(model, device, dtypes, log))
-        torch.cuda.empty_cache()
-        mem0 = torch.cuda.memory_allocated()
-    engine = OrthrusEngine(model, max(max(ctxs), 256 + args.new_tokens) + max(ks) + 64, fuse_qkv=cuda)
-    res["memory"] = memory_report(model, engine, device, ks)
-    t0 = time.time()
-    reserved0 = torch.cuda.memory_reserved() if cuda else 0
-    for K in [1, *ks]:
-        engine.steps(K)
-    if cuda:
-        res["memory"]["graph_pools_reserved_MB"] = (torch.cuda.memory_reserved() - reserved0) / 1e6
-        res["memory"]["engine_allocated_GB"] = (torch.cuda.memory_allocated() - mem0) / 1e9
-    log(f"[{name}] steps built/captured in {time.time() - t0:.1f}s; memory {json.dumps(res['memory'])}")
-    engine.cache.kv.normal_()
-
-    res["bytes"] = {"ar_pass_weights": pass_weight_bytes(engine, "ar"),
-                    "draft_pass_weights": pass_weight_bytes(engine, "diff"), "kv_row": kv_row_bytes(engine)}
-    res["engine"] = time_engine(engine, ks, ctxs, clock, args.reps, budget, log)
+    skip = set(args.skip.split(","))
+    engine_len = max(max(int(c) for c in args.ctx.split(",")), 256 + args.new_tokens) + max(ks) + 64
+    res["engine_variants"], res["matmul_choices"] = {}, {}
+    for variant in args.variants.split(","):
+        if not budget.left():
+            log(f"[{name}] budget spent: skipping variant {variant}")
+            continue
+        try:
+            run_variant(variant, model, res, args, device, clock, budget, engine_len, log, phase, skip)
+        except Exception:  # noqa: BLE001  keep the other variants
+            res.setdefault("errors", {})[variant] = traceback.format_exc()
+            log(f"[{name}] variant {variant} FAILED:\n{res['errors'][variant]}")
+        if cuda:
+            torch.cuda.empty_cache()
+    if not res["engine_variants"]:
+        res["engine"] = {}
+        return res
     res["roofline_ms"] = {}
     for ctx in res["engine"]:
         b = res["bytes"]
@@ -566,28 +588,67 @@ def run_shape(name, args, device, clock, budget, bw, log) -> dict:
             v = (b["ar_pass_weights"] + (ctx + K) * b["kv_row"]) / bw * 1e3
             row.update({f"draft_K{K}": d, f"verify_K{K}": v, f"iteration_K{K}": d + v})
         res["roofline_ms"][ctx] = row
-
-    def hf_steps():
-        out = {}
-        for ctx in res["engine"]:
-            out[ctx] = time_hf(model, engine, ctx, clock, args.hf_reps)
-            log(f"[{name}] transformers step at ctx {ctx}: {out[ctx]:.2f} ms")
-        return out
-
-    phase("hf_step_ms", hf_steps)
-    phase("hf_generate_ms_per_token_ctx256", lambda: time_hf_generate(model, device, clock))
     if cuda:
-        phase("gemm_probe", lambda: gemm_probe(model))
-        phase(f"verify_profile_K{max(ks)}_ctx256", lambda: profile_verify(engine, max(ks), 256, device, log))
-        phase("unfused_qkv", lambda: unfused_qkv_variant(model, ks, clock, args.reps, log))
-    if args.prompts > 0:
-        engine.cache.kv.zero_()
-        phase("divergence_bf16", lambda: divergence(model, engine, args.prompts, args.new_tokens, max(ks),
-                                                    with_hf=name in ("qwen3_1.7b", "tiny"), device=device, log=log))
-    del engine, model
+        if "gemm_probe" not in skip:
+            phase("gemm_probe", lambda: gemm_probe(model))
+        res["matmul_tuning"] = Matmul.report()
+        if "backend_cross_check" not in skip:
+            dtypes = (torch.float32, torch.bfloat16) if name == "qwen3_1.7b" else (torch.bfloat16,)
+            phase("backend_cross_check", lambda: cross_check_backends(model, device, dtypes, log))
+        if "unfused_qkv" not in skip:
+            phase("unfused_qkv", lambda: unfused_qkv_variant(model, ks, clock, args.reps, log))
+    del model
     if cuda:
         torch.cuda.empty_cache()
     return res
+
+
+def run_variant(variant, model, res, args, device, clock, budget, engine_len, log, phase, skip) -> None:
+    """Build one engine variant (compiling and tuning its kernels, capturing its graphs), time it at every
+    context, and measure its bf16 divergence and verify-pass profile. The first variant also gives the
+    memory report, the byte counts and the transformers timings (which read its cache)."""
+    ks = [int(k) for k in args.ks.split(",")]
+    ctxs = [int(c) for c in args.ctx.split(",")]
+    name, cuda, first = res["shape"], device.type == "cuda", not res["engine_variants"]
+    mem0 = torch.cuda.memory_allocated() if cuda else 0
+    engine = OrthrusEngine(model, engine_len, backend="triton", fuse_qkv=cuda, **VARIANTS[variant])
+    t0 = time.time()
+    reserved0 = torch.cuda.memory_reserved() if cuda else 0
+    for K in [1, *ks]:
+        engine.steps(K)
+    log(f"[{name}/{variant}] steps built (kernels compiled, products tuned, graphs captured) in {time.time() - t0:.1f}s")
+    if first:
+        res["memory"] = memory_report(model, engine, device, ks)
+        if cuda:
+            res["memory"]["graph_pools_reserved_MB"] = (torch.cuda.memory_reserved() - reserved0) / 1e6
+            res["memory"]["engine_allocated_GB"] = (torch.cuda.memory_allocated() - mem0) / 1e9
+        log(f"[{name}] memory {json.dumps(res['memory'])}")
+        res["bytes"] = {"ar_pass_weights": pass_weight_bytes(engine, "ar"),
+                        "draft_pass_weights": pass_weight_bytes(engine, "diff"), "kv_row": kv_row_bytes(engine)}
+    engine.cache.kv.normal_()
+    log(f"[{name}/{variant}]")
+    timing = time_engine(engine, ks, ctxs, clock, args.reps, budget, log)
+    res["engine_variants"][variant] = timing
+    res["matmul_choices"][variant] = {str(k): str(c) for k, c in engine.mm.chosen.items()}
+    if first:
+        res["engine"] = timing
+        if "hf_step_ms" not in skip:
+            def hf_steps():
+                out = {}
+                for ctx in timing:
+                    out[ctx] = time_hf(model, engine, ctx, clock, args.hf_reps)
+                    log(f"[{name}] transformers step at ctx {ctx}: {out[ctx]:.2f} ms")
+                return out
+
+            phase("hf_step_ms", hf_steps)
+        if "hf_generate" not in skip:
+            phase("hf_generate_ms_per_token_ctx256", lambda: time_hf_generate(model, device, clock))
+    if cuda and "profile" not in skip and variant in ("auto", "invariant", "torch"):
+        phase(f"verify_profile_{variant}_K{max(ks)}_ctx256", lambda: profile_verify(engine, max(ks), 256, device, log))
+    if args.prompts > 0 and variant in args.divergence_variants.split(","):
+        engine.cache.kv.zero_()
+        phase(f"divergence_bf16_{variant}", lambda: divergence(
+            model, engine, args.prompts, args.new_tokens, ks, with_hf=name in ("qwen3_1.7b", "tiny"), device=device, log=log))
 
 
 @torch.inference_mode()
@@ -614,8 +675,9 @@ def project(results, ks) -> None:
         K = max(ks)
         res["projection"] = {}
         tpfs = dict(PAPER_TPF)
-        if "divergence_bf16" in res:
-            tpfs["measured_random_weights"] = res["divergence_bf16"]["measured_tpf_mean"]
+        div = [res[k] for k in res if k.startswith("divergence_bf16")]
+        if div:
+            tpfs["measured_random_weights"] = div[0]["measured_tpf_mean"]
         for ctx, row in res["engine"].items():
             it = row[f"iteration_ms_K{K}"]
             p = {"ar_tokens_per_s": 1e3 / row["ar_step_ms"]}
@@ -671,12 +733,14 @@ def write_markdown(results, ks, path) -> None:
         if "backend_cross_check" in res:
             lines.append(f"Triton vs PyTorch path on the same inputs (logits: relative error, argmax agreement): "
                          f"{res['backend_cross_check']}.")
-        if "divergence_bf16" in res:
-            d = res["divergence_bf16"]
-            lines.append(f"bf16 divergence over {d['prompts']} random prompts x {d['new_tokens']} tokens (K={d['block_size']}): "
+        for key in (k for k in res if k.startswith("divergence_bf16")):
+            d = res[key]
+            lines.append(f"bf16 divergence ({key.removeprefix('divergence_bf16').strip('_') or 'engine'}) over "
+                         f"{d['prompts']} random prompts x {d['new_tokens']} tokens: "
                          + "; ".join(f"{k}: {100 * d[k]['fraction_diverged']:.0f}% of prompts, first at {d[k]['first_divergence']}"
                                      for k in d if isinstance(d[k], dict) and "fraction_diverged" in d[k])
                          + f"; top-1/top-2 logit gap {d['top1_top2_logit_gap']}; measured TPF {d['measured_tpf_mean']:.2f}.")
+        lines += variants_table(res, ks) + gemm_table(res)
         lines.append("")
     small = results.get("small_model_divergence")
     if small:
@@ -698,6 +762,33 @@ def write_markdown(results, ks, path) -> None:
     Path(path).write_text("\n".join(lines))
 
 
+def variants_table(res, ks) -> list[str]:
+    """Engine variants side by side (ms): AR step, and draft / verify / iteration at each K."""
+    variants = res.get("engine_variants", {})
+    if len(variants) < 2:
+        return []
+    head = ["variant", "ctx", "AR step"] + [f"{s} K={k}" for k in ks for s in ("draft", "verify", "iteration")]
+    lines = ["", "Engine variants (auto: the default engine; invariant: batch_invariant=True; torch: cuBLAS only; "
+             "triton: skinny Triton products only):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for variant, rows in variants.items():
+        for ctx, row in rows.items():
+            lines.append("| " + " | ".join([variant, str(ctx), f"{row['ar_step_ms']:.2f}"] + [
+                f"{row[f'{s}_ms_K{k}']:.2f}" for k in ks for s in ("draft", "verify", "iteration")]) + " |")
+    return lines
+
+
+def gemm_table(res) -> list[str]:
+    """The matrix-product probe: time and weight bandwidth per implementation."""
+    if not res.get("gemm_probe"):
+        return []
+    lines = ["", "Matrix products at decode shapes (kernel time in CUDA graphs, weights read from device memory):", "",
+             "| matrix | N x K | rows | impl | us | weight TB/s | config |", "|---|---|---|---|---|---|---|"]
+    for r in res["gemm_probe"]:
+        lines.append(f"| {r['matrix']} | {r['out_features']} x {r['in_features']} | {r['rows']} | {r['impl']} | "
+                     f"{r['us']:.1f} | {r['weight_TBps']:.2f} | {r['config']} |")
+    return lines
+
+
 def plot(results, ks, path) -> None:
     import matplotlib
 
@@ -716,6 +807,8 @@ def plot(results, ks, path) -> None:
                   f"draft K={K}": [res["engine"][c][f"draft_ms_K{K}"] for c in ctxs],
                   f"verify K={K}": [res["engine"][c][f"verify_ms_K{K}"] for c in ctxs],
                   f"iteration K={K}": [res["engine"][c][f"iteration_ms_K{K}"] for c in ctxs]}
+        for variant, rows in list(res.get("engine_variants", {}).items())[1:]:
+            series[f"iteration K={K} ({variant})"] = [rows.get(c, {}).get(f"iteration_ms_K{K}", float("nan")) for c in ctxs]
         for label, ys in series.items():
             ax.plot(ctxs, ys, marker="o", label=label)
         ax.plot(ctxs, [res["roofline_ms"][c]["ar_step"] for c in ctxs], "k--", label="AR roofline")

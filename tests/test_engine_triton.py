@@ -113,3 +113,71 @@ def test_cuda_bf16_backends_agree(make_model):
         logits[backend] = draft, steps.verify().float()
     for got, ref in zip(logits["triton"], logits["torch"]):
         assert (got - ref).norm() / ref.norm() < 1e-2
+
+
+@pytest.mark.parametrize("matmul", ["triton", "invariant"])
+def test_skinny_matmul_greedy_matches_base(make_model, matmul):
+    """The engine on the Triton matrix products (kernels/matmul.py) decodes like the base model."""
+    model = make_model(seed=22).to(DEVICE)
+    ids = prompt(7, seed=22).to(DEVICE)
+    engine = OrthrusEngine(model, 64, backend="triton", cuda_graphs=CUDA, matmul=matmul)
+    for K in (1, 4):
+        out = engine.generate(ids, 9, block_size=K)
+        assert torch.equal(out.sequences, base_greedy(model, ids, 9))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@torch.no_grad()
+def test_batch_invariant_verify_equals_ar_steps(make_model, dtype):
+    """batch_invariant: the verify pass's logits for a block of K tokens are bitwise the logits of K
+    one-token AR steps over the same tokens (and the cache rows they write are the same)."""
+    model = make_model(seed=23).to(DEVICE, dtype)
+    ids = prompt(11, seed=23).to(DEVICE)[0]
+    tokens = prompt(6, seed=24).to(DEVICE)[0]
+    block = OrthrusEngine(model, 64, backend="triton", cuda_graphs=CUDA, batch_invariant=True)
+    block.prefill(ids)
+    block.last.fill_(int(tokens[0]))
+    steps = block.steps(6)
+    steps.block[1:].copy_(tokens[1:])
+    logits = steps.verify().clone()
+    single = OrthrusEngine(model, 64, backend="triton", cuda_graphs=CUDA, batch_invariant=True)
+    single.prefill(ids)
+    for i in range(6):
+        single.last.fill_(int(tokens[i]))
+        assert torch.equal(single.steps(1).verify()[0], logits[i])
+        single.start.add_(1)
+    n = 11 + 6
+    assert torch.equal(single.cache.kv[:, :, :, :, :n], block.cache.kv[:, :, :, :, :n])
+
+
+@pytest.mark.parametrize("prompt_len,block_size", [(5, 1), (5, 3), (33, 8)])
+def test_batch_invariant_greedy(make_model, prompt_len, block_size):
+    """batch_invariant decoding: the base model's greedy output, and Orthrus equals the engine's own K = 1."""
+    model = make_model(seed=prompt_len + block_size).to(DEVICE)
+    ids = prompt(prompt_len, seed=block_size).to(DEVICE)
+    engine = OrthrusEngine(model, 96, backend="triton", cuda_graphs=CUDA, batch_invariant=True)
+    out = engine.generate(ids, 17, block_size=block_size)
+    assert torch.equal(out.sequences, base_greedy(model, ids, 17))
+    assert torch.equal(out.sequences, engine.generate(ids, 17, block_size=1).sequences)
+
+
+@cuda_only
+@torch.no_grad()
+def test_batch_invariant_bf16_orthrus_equals_ar(make_model):
+    """bf16 on the GPU, with CUDA graphs: Orthrus output is the engine's own AR output bit for bit."""
+    model = make_model(seed=31, hidden_size=512, intermediate_size=1024, num_attention_heads=8,
+                       num_key_value_heads=2, head_dim=64, num_hidden_layers=3, vocab_size=1000,
+                       mask_token_id=999, initializer_range=0.02).to("cuda", torch.bfloat16)
+    engine = OrthrusEngine(model, 512, batch_invariant=True)
+    for seed in range(3):
+        ids = prompt(100, seed=seed).cuda()
+        ar = engine.generate(ids, 64, block_size=1)
+        for K in (8, 32):
+            assert torch.equal(engine.generate(ids, 64, block_size=K).sequences, ar.sequences)
+
+
+def test_batch_invariant_needs_triton(make_model):
+    with pytest.raises(ValueError, match="batch_invariant"):
+        OrthrusEngine(make_model(), 32, backend="torch", batch_invariant=True)
+    with pytest.raises(ValueError, match="batch_invariant"):
+        OrthrusEngine(make_model(), 32, backend="triton", batch_invariant=True, matmul="torch")

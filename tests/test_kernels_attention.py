@@ -189,3 +189,19 @@ def test_clear_errors(change, message):
         diffusion_attention(q, cache, cache, length, blk, blk, 1.0)
     with pytest.raises(ValueError, match=message):
         verify_attention(q, cache, cache, length, 1.0)
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize("block_len", [1, 5, 8])
+def test_verify_per_position_is_batch_invariant(block_len, num_splits):
+    """per_position: query i of a K block is bitwise the one-query call at start + i (same splits),
+    and still the exact attention. Start and lengths are not multiples of the 64-key tile."""
+    case = (1, 2, 4, block_len, 32, 150, num_splits, True, True)
+    q, k_cache, v_cache, _, _ = _inputs(case, DTYPES[-1])
+    start = torch.tensor([150], device=DEVICE)
+    out = verify_attention(q, k_cache, v_cache, start, 0.2, num_splits=num_splits, per_position=True)
+    _assert_close(out, verify_attention_ref(q, k_cache, v_cache, 150, 0.2), DTYPES[-1])
+    for i in range(block_len):
+        one = verify_attention(q[:, :, i:i + 1], k_cache, v_cache, start + i, 0.2, num_splits=num_splits,
+                               per_position=True)
+        assert torch.equal(one[:, :, 0], out[:, :, i])

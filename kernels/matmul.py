@@ -1,0 +1,235 @@
+"""Skinny matrix products for decoding: x (M, K) @ w (N, K)^T with M <= 32 rows, bf16/fp32, fp32 sums.
+
+At batch 1 a decode pass multiplies 1 to 32 token rows by every weight matrix once, so each product
+is a stream of the weight through the SMs and its speed is the bandwidth it reaches. cuBLAS reads
+the Qwen3-8B weights at 2.2-2.8 TB/s at these shapes (results/engine/bench.md); this kernel is built
+to stream them instead:
+
+* One program owns BLOCK_N output columns for BLOCK_M rows and walks the K dimension in BLOCK_K
+  tiles, software-pipelined over `num_stages` tiles. Too few column tiles to fill the GPU are split
+  along K (`split_k` programs per column tile): each writes an fp32 partial and a second kernel adds
+  the partials in split order, so the result is deterministic (no atomics).
+* `gate_up` reads the gate and up matrices in the same program (no fused weight copy) and applies
+  SiLU(gate) * up in the epilogue, rounding where `F.silu(F.linear(..)) * F.linear(..)` rounds: one
+  kernel (plus the split reduction) instead of two products and an elementwise kernel.
+* The tile sizes and split count are a `MatmulConfig`, chosen per weight shape by timing a short
+  candidate list on the GPU (`Matmul`), where cuBLAS is one of the candidates unless the mode asks
+  for batch invariance.
+
+Batch invariance: for a fixed config, row m of the result depends only on row m of x and on the
+weights. The rows are padded to BLOCK_M and every row goes through the same tiles, the same
+`tl.dot`s in the same order and the same split reduction, so with a config chosen from the weight
+shape alone (mode "invariant": BLOCK_M = 32 for every M, never cuBLAS) a token's output is bitwise
+the same whether it is multiplied alone (an AR step) or with 31 others (a verify pass).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+MAX_SKINNY_ROWS = 32  # above this (prefill chunks) the default modes hand the product to cuBLAS
+
+
+@dataclass(frozen=True)
+class MatmulConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+@triton.jit
+def _finish(acc, acc2, dtype: tl.constexpr, GATE_UP: tl.constexpr):
+    """Round the fp32 sums to the output dtype; for gate/up, silu(gate) * up rounded like PyTorch:
+    each product rounded, silu rounded, the product rounded."""
+    if GATE_UP:
+        g = acc.to(dtype).to(tl.float32)
+        u = acc2.to(dtype).to(tl.float32)
+        s = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
+        return (s * u).to(dtype)
+    return acc.to(dtype)
+
+
+@triton.jit(do_not_specialize=["M"])
+def _skinny_matmul_kernel(
+    x_ptr, w_ptr, w2_ptr, out_ptr, part_ptr, M, N, K, stride_xm, stride_wn, stride_w2n, stride_om,
+    k_tiles_per_split,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GATE_UP: tl.constexpr, PARTIAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Grid (column tiles, splits, row tiles). Split s sums K tiles [s * k_tiles_per_split, ...) and,
+    with PARTIAL, stores fp32 sums at part[(s * M + m) * N + n] (gate/up: the up sums after all of
+    gate's, at + splits * M * N); otherwise it finishes and stores the output. M is not specialised
+    on, so M = 1 runs the same compiled code as M = 32."""
+    pid_n, pid_s, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_mask, n_mask = offs_m < M, offs_n < N
+    k_lo = pid_s * k_tiles_per_split * BLOCK_K
+    k_hi = tl.minimum(k_lo + k_tiles_per_split * BLOCK_K, K)
+    x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
+    w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
+    w2_ptrs = w2_ptr + offs_n[:, None].to(tl.int64) * stride_w2n + offs_k[None, :]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k in range(k_lo, k_hi, BLOCK_K):
+        k_mask = (k + offs_k) < K
+        x = tl.load(x_ptrs + k, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        w = tl.load(w_ptrs + k, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+        if GATE_UP:
+            w2 = tl.load(w2_ptrs + k, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+            acc2 = tl.dot(x, tl.trans(w2), acc2, input_precision=DOT_PRECISION)
+    out_mask = m_mask[:, None] & n_mask[None, :]
+    if PARTIAL:
+        part = (pid_s * M + offs_m[:, None]).to(tl.int64) * N + offs_n[None, :]
+        tl.store(part_ptr + part, acc, mask=out_mask)
+        if GATE_UP:
+            tl.store(part_ptr + tl.num_programs(1) * M * N + part, acc2, mask=out_mask)
+    else:
+        out = _finish(acc, acc2, out_ptr.dtype.element_ty, GATE_UP)
+        tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], out, mask=out_mask)
+
+
+@triton.jit(do_not_specialize=["M"])
+def _split_sum_kernel(part_ptr, out_ptr, M, N, splits, stride_om, GATE_UP: tl.constexpr, BLOCK: tl.constexpr):
+    """Add the splits' partials in split order (deterministic) and finish like the one-split kernel."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < M * N
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in range(splits):
+        acc += tl.load(part_ptr + s * M * N + offs, mask=mask, other=0.0)
+        if GATE_UP:
+            acc2 += tl.load(part_ptr + (splits + s) * M * N + offs, mask=mask, other=0.0)
+    out = _finish(acc, acc2, out_ptr.dtype.element_ty, GATE_UP)
+    tl.store(out_ptr + (offs // N) * stride_om + offs % N, out, mask=mask)
+
+
+def skinny_matmul(x: torch.Tensor, w: torch.Tensor, config: MatmulConfig, w2: torch.Tensor | None = None):
+    """x (M, K) @ w (N, K)^T, or with w2: silu(x @ w^T) * (x @ w2^T). Rows of x and w contiguous in K."""
+    M, K = x.shape
+    N = w.shape[0]
+    for name, t in (("x", x), ("w", w), ("w2", w2)):
+        if t is not None and (t.dim() != 2 or t.shape[1] != K or t.stride(1) != 1 or t.dtype != x.dtype):
+            raise ValueError(f"{name}: expected (rows, {K}) contiguous in the last dim, dtype {x.dtype}; "
+                             f"got {tuple(t.shape)} {t.dtype} strides {t.stride()}")
+    if w2 is not None and w2.shape != w.shape:
+        raise ValueError(f"gate {tuple(w.shape)} and up {tuple(w2.shape)} differ")
+    c = config
+    k_tiles = triton.cdiv(K, c.block_k)
+    per_split = triton.cdiv(k_tiles, c.split_k)
+    splits = triton.cdiv(k_tiles, per_split)  # no empty splits
+    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    part = torch.empty((2 if w2 is not None else 1) * splits * M * N, dtype=torch.float32, device=x.device) \
+        if splits > 1 else out
+    gate_up = w2 is not None
+    w2 = w if w2 is None else w2
+    _skinny_matmul_kernel[(triton.cdiv(N, c.block_n), splits, triton.cdiv(M, c.block_m))](
+        x, w, w2, out, part, M, N, K, x.stride(0), w.stride(0), w2.stride(0), out.stride(0), per_split,
+        BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, GATE_UP=gate_up, PARTIAL=splits > 1,
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=c.num_warps, num_stages=c.num_stages,
+    )
+    if splits > 1:
+        block = 1024
+        _split_sum_kernel[(triton.cdiv(M * N, block),)](part, out, M, N, splits, out.stride(0), GATE_UP=gate_up,
+                                                         BLOCK=block)
+    return out
+
+
+def candidate_configs(block_m: int, N: int, K: int, sm_count: int, gate_up: bool = False) -> list[MatmulConfig]:
+    """A short list to time: column tiles of 32/64/128 by K tiles of 128/256, each with the split counts
+    (powers of two) that give between half a wave and two waves of programs with >= 2 K tiles per
+    split, pipelined as deep as shared memory allows (<= 160 KB, 2 to 4 stages; tiles that do not fit
+    two stages are left out). gate_up streams two weight tiles per step."""
+    out = []
+    for block_n in (32, 64, 128):
+        for block_k in (128, 256):
+            stages = min(4, 160 * 1024 // ((block_m + (2 if gate_up else 1) * block_n) * block_k * 2))
+            if stages < 2:
+                continue
+            k_tiles, tiles_n = triton.cdiv(K, block_k), triton.cdiv(N, block_n)
+            splits = [s for s in (1, 2, 4, 8, 16) if s == 1 or k_tiles // s >= 2]
+            splits = [s for s in splits if sm_count // 2 <= tiles_n * s <= 2 * sm_count] or splits[:1]
+            out += [MatmulConfig(block_m, block_n, block_k, s, 4, stages) for s in splits]
+    return out
+
+
+def _time_ms(fn) -> float:
+    """Median kernel time with the L2 cache flushed before each call (a decode pass reads each weight
+    once, from device memory)."""
+    return triton.testing.do_bench(fn, warmup=5, rep=15, return_mode="median")
+
+
+class Matmul:
+    """The engine's matrix products: x @ w^T (`linear`) and silu(x @ gate^T) * (x @ up^T) (`gate_up`).
+
+    mode "torch": cuBLAS (`F.linear`) and `silu_mul`. "auto": per (row tile, weight shape), the
+    fastest of cuBLAS and the skinny kernel's candidate configs, timed on first use (on CUDA; elsewhere
+    the skinny kernel with the first candidate); cuBLAS above MAX_SKINNY_ROWS rows. "triton": the same
+    without cuBLAS for <= MAX_SKINNY_ROWS rows. "invariant": the skinny kernel for every row count with
+    BLOCK_M = 32 and one config per weight shape, so each row's result does not depend on M.
+    Timings are shared by all instances (`_timed`), so engines of one model tune once.
+    """
+
+    MODES = ("torch", "auto", "triton", "invariant")
+    _timed: dict = {}
+
+    def __init__(self, mode: str, silu_mul):
+        if mode not in self.MODES:
+            raise ValueError(f"matmul={mode!r}: choose one of {self.MODES}")
+        self.mode, self.silu_mul = mode, silu_mul
+        self.chosen: dict = {}  # (rows tile, N, K, gate_up) -> MatmulConfig or "cublas", for reports
+
+    def linear(self, x, w):
+        config = self._config(x, w, None)
+        return F.linear(x, w) if config is None else skinny_matmul(x, w, config)
+
+    def gate_up(self, x, gate, up):
+        config = self._config(x, gate, up)
+        if config is None:
+            return self.silu_mul(F.linear(x, gate), F.linear(x, up))
+        return skinny_matmul(x, gate, config, up)
+
+    def _config(self, x, w, w2) -> MatmulConfig | None:
+        M = x.shape[0]
+        if self.mode == "torch" or (self.mode != "invariant" and M > MAX_SKINNY_ROWS):
+            return None
+        block_m = MAX_SKINNY_ROWS if self.mode == "invariant" else max(16, triton.next_power_of_2(M))
+        key = (block_m, *w.shape, w2 is not None, x.dtype, x.device.type)
+        if key not in self._timed:
+            self._timed[key] = self._tune(block_m, x, w, w2)
+        ranked = self._timed[key]  # [(ms, config or None = cuBLAS)], fastest first
+        config = next(c for _, c in ranked if c is not None or self.mode == "auto")
+        self.chosen[key[:4]] = config or "cublas"
+        return config
+
+    def _tune(self, block_m, x, w, w2):
+        N, K = w.shape
+        if x.device.type != "cuda":
+            return [(0.0, candidate_configs(block_m, N, K, 1, w2 is not None)[0])]
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+        xs = torch.randn(block_m, K, device=x.device, dtype=x.dtype)
+        ranked = []
+        for config in candidate_configs(block_m, N, K, sms, w2 is not None):
+            try:
+                ranked.append((_time_ms(lambda c=config: skinny_matmul(xs, w, c, w2)), config))
+            except triton.runtime.errors.OutOfResources:
+                continue
+        if w2 is None:
+            ranked.append((_time_ms(lambda: F.linear(xs, w)), None))
+        else:
+            ranked.append((_time_ms(lambda: self.silu_mul(F.linear(xs, w), F.linear(xs, w2))), None))
+        return sorted(ranked, key=lambda r: r[0])
+
+    @classmethod
+    def report(cls) -> dict:
+        """The four fastest candidates of every tuned (row tile, N, K, gate_up) and their times (ms)."""
+        return {str(k[:4]): [(round(ms, 4), str(c) if c else "cublas") for ms, c in v[:4]]
+                for k, v in cls._timed.items()}
