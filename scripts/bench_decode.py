@@ -540,9 +540,10 @@ def memory_report(model, engine, device, ks) -> dict:
     return rep
 
 
-def run_shape(name, args, device, clock, budget, bw, log) -> dict:
+def run_shape(name, args, device, clock, budget, bw, log, checkpoint) -> dict:
     """Everything for one shape. Each measurement is a phase: a phase that fails is logged with its
-    traceback under res["errors"] and the rest still run (one GPU call must return what it can)."""
+    traceback under res["errors"] and the rest still run (one GPU call must return what it can);
+    `checkpoint(res)` saves the shape's results so far after each phase and variant."""
     ks = [int(k) for k in args.ks.split(",")]
     cuda = device.type == "cuda"
     t0 = time.time()
@@ -561,6 +562,7 @@ def run_shape(name, args, device, clock, budget, bw, log) -> dict:
         except Exception:  # noqa: BLE001  report and go on
             res.setdefault("errors", {})[key] = traceback.format_exc()
             log(f"[{name}] {key} FAILED:\n{res['errors'][key]}")
+        checkpoint(res)
 
     skip = set(args.skip.split(","))
     engine_len = max(max(int(c) for c in args.ctx.split(",")), 256 + args.new_tokens) + max(ks) + 64
@@ -574,6 +576,7 @@ def run_shape(name, args, device, clock, budget, bw, log) -> dict:
         except Exception:  # noqa: BLE001  keep the other variants
             res.setdefault("errors", {})[variant] = traceback.format_exc()
             log(f"[{name}] variant {variant} FAILED:\n{res['errors'][variant]}")
+        checkpoint(res)
         if cuda:
             torch.cuda.empty_cache()
     if not res["engine_variants"]:
@@ -860,6 +863,10 @@ def main():
             results.setdefault("errors", {})["kernel_check_bf16"] = traceback.format_exc()
             log(results["errors"]["kernel_check_bf16"])
 
+    def checkpoint(res):
+        """The results so far, with the unfinished shape, as JSON only (a run killed mid-shape keeps them)."""
+        (out / "bench.json").write_text(json.dumps({**results, "unfinished_shape": res}, indent=1, default=str))
+
     def save():
         project(results, ks)
         (out / "bench.json").write_text(json.dumps(results, indent=1, default=str))
@@ -876,7 +883,8 @@ def main():
                 results["small_model_divergence"] = small_model_divergence(args.small, args, device, log)
                 save()
                 continue
-            results["shapes"].append(run_shape(name, args, device, clock, budget, results["bandwidth_TBps"] * 1e12, log))
+            results["shapes"].append(run_shape(name, args, device, clock, budget, results["bandwidth_TBps"] * 1e12, log,
+                                               checkpoint))
         except Exception:  # noqa: BLE001  keep the other shapes' results
             results.setdefault("errors", {})[name] = traceback.format_exc()
             log(f"[{name}] FAILED:\n{results['errors'][name]}")
