@@ -12,6 +12,8 @@ Stages (`--stages`, in this order; each one skips nothing and overwrites its out
              artifacts folder;
   prompts    builds the corpus when missing (same settings, so the same package split) and
              writes heldout_prompts.jsonl: heads of files from packages never trained on;
+  install    (instead of diffusion) installs the view of a train.py run folder made elsewhere,
+             --from-run DIR (e.g. the self-distillation candidate of scripts/run_small_ablations.py);
   diffusion  train.py +exp=small: trains the diffusion view of the installed base (under a
              wall-clock guard: if the call's time runs short, the latest checkpoint is used and
              the card says so), installs diffusion/ (bf16 safetensors + its json + metrics);
@@ -55,7 +57,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a file: make the repo root importable
     sys.path.insert(0, str(REPO_ROOT))
 
-STAGES = ("pretrain", "prompts", "diffusion", "eval", "card", "pack")
+STAGES = ("pretrain", "prompts", "diffusion", "install", "eval", "card", "pack")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 BASE_FILES = ("config.json", "generation_config.json", "model.safetensors", "README.md", "pretrain_summary.json",
               "train_log.jsonl")
@@ -173,21 +175,26 @@ def copy_files(src: Path, dst: Path, names: tuple[str, ...], required: tuple[str
     atomic_folder(dst, write)
 
 
-def write_heldout_prompts(corpus_dir: Path, out_file: Path, count: int, num_lines: int, seed: int = 0) -> int:
-    """Prompts from the held-out packages: the first `num_lines` lines of files drawn round-robin
-    over packages (so one large package cannot fill the set), seeded. Files whose head is too
-    short to say anything (under 200 characters) are passed over."""
+def write_heldout_prompts(corpus_dir: Path, out_file: Path, count: int, num_lines: int, seed: int = 0,
+                          split: str | None = None, anchor: str | None = None) -> int:
+    """Prompts from the held-out packages (or `split`): `num_lines` lines of files drawn
+    round-robin over packages (so one large package cannot fill the set), seeded. The window
+    starts at the file's head, or with `anchor` at a random line starting with it (e.g. "def ",
+    for HumanEval-like prompts from the train split). Windows under 200 characters are passed over."""
     from data._io import atomic_write_text
     from data.corpus import HELDOUT, read_corpus
 
+    rng = random.Random(seed)
     by_package: dict[str, list[dict]] = {}
-    for record in read_corpus(corpus_dir, HELDOUT):
-        head = "".join(record["text"].splitlines(keepends=True)[:num_lines])
+    for record in read_corpus(corpus_dir, split or HELDOUT):
+        lines = record["text"].splitlines(keepends=True)
+        starts = [i for i, line in enumerate(lines) if anchor and line.lstrip().startswith(anchor)] or [0]
+        start = rng.choice(starts) if anchor else 0
+        head = "".join(lines[start:start + num_lines])
         if len(head) >= 200:
             by_package.setdefault(record["package"], []).append({"path": record["path"], "prompt": head})
     if not by_package:
-        raise ValueError(f"no usable held-out files in {corpus_dir}; rebuild the corpus with more held-out data")
-    rng = random.Random(seed)
+        raise ValueError(f"no usable files in split {split or HELDOUT!r} of {corpus_dir}; rebuild the corpus with more data")
     for files in by_package.values():
         rng.shuffle(files)
     chosen, packages = [], sorted(by_package)
@@ -261,25 +268,47 @@ def stage_prompts(p: Preset, log: list[dict]) -> None:
 
 def stage_diffusion(p: Preset, log: list[dict]) -> None:
     """train.py +exp=small, then install its diffusion view (bf16) next to the base."""
-    from safetensors.torch import load_file, save_file
-
-    from models.checkpoint import DIFFUSION_FILE, DIFFUSION_META, atomic_folder
-
     run_dir = REPO_ROOT / p.work / "diffusion_run"
     shutil.rmtree(run_dir, ignore_errors=True)  # a stale checkpoint must not pass for this run's
     argv = [sys.executable, "train.py", *p.diffusion, f"hydra.run.dir={run_dir.relative_to(REPO_ROOT)}"]
     try:
         run_stage("diffusion", argv, log, timeout=p.diffusion_seconds)
-        view, stopped_by = run_dir / "diffusion_view", "train.steps"
+        install_view(p, run_dir, "train.steps", log[-1]["command"], log[-1]["seconds"])
     except subprocess.TimeoutExpired:
-        checkpoints = sorted((run_dir / "checkpoints").glob("step_*/diffusion_view"))
+        install_view(p, run_dir, f"wall-clock guard ({p.diffusion_seconds} s): latest checkpoint", log[-1]["command"],
+                     log[-1]["seconds"])
+
+
+def stage_install(p: Preset, log: list[dict], run_dir: Path) -> None:
+    """Install the view of a train.py run made elsewhere (e.g. scripts/run_small_ablations.py's
+    candidate): its command is the one its own config records."""
+    import yaml
+
+    run_dir = REPO_ROOT / run_dir
+    overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+    command = shlex.join(["python", "train.py", *overrides])
+    stopped_by = "train.steps" if (run_dir / "diffusion_view").is_dir() else "wall-clock guard: latest checkpoint"
+    install_view(p, run_dir, stopped_by, command, None)
+    log.append({"stage": "install", "command": f"(in-process) install_view {run_dir.relative_to(REPO_ROOT)}",
+                "seconds": 0.0, "returncode": 0})
+
+
+def install_view(p: Preset, run_dir: Path, stopped_by: str, command: str, seconds: float | None) -> None:
+    """The run's final view (else its latest checkpoint), as bf16 safetensors, into the artifacts."""
+    from safetensors.torch import load_file, save_file
+
+    from models.checkpoint import DIFFUSION_FILE, DIFFUSION_META, atomic_folder
+
+    view = run_dir / "diffusion_view"
+    if not view.is_dir():
+        checkpoints = sorted((run_dir / "checkpoints").glob("step_*/diffusion_view"), key=lambda c: int(c.parent.name[5:]))
         if not checkpoints:
-            raise SystemExit(f"train.py ran out of its {p.diffusion_seconds} s before its first checkpoint") from None
-        view, stopped_by = checkpoints[-1], f"wall-clock guard ({p.diffusion_seconds} s): latest checkpoint"
-        print(f"train.py stopped by the guard; using {view}", flush=True)
+            raise SystemExit(f"{run_dir} has neither a final diffusion_view nor a checkpoint")
+        view = checkpoints[-1]
+        print(f"train.py did not finish; using {view}", flush=True)
     meta = json.loads((view / DIFFUSION_META).read_text())
-    meta.update({"stopped_by": stopped_by, "command": log[-1]["command"], "commit": commit(), "device": pipeline_device(),
-                 "train_seconds": log[-1]["seconds"], "weights_dtype": "bfloat16"})
+    meta.update({"stopped_by": stopped_by, "command": command, "commit": commit(), "device": pipeline_device(),
+                 "train_seconds": seconds, "weights_dtype": "bfloat16"})
     state = {k: v.to(torch_bf16()) for k, v in load_file(str(view / DIFFUSION_FILE)).items()}
 
     def write(tmp: Path):
@@ -665,6 +694,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stages", default=",".join(STAGES),
                         help=f"comma-separated stages of {STAGES}, run in the order given (repeats allowed)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the tarball (the GPU machine's $OUT)")
+    parser.add_argument("--from-run", type=Path, default=None, help="install: the train.py run folder whose view to ship")
     args = parser.parse_args(argv)
     stages = [s for s in args.stages.split(",") if s]
     unknown = set(stages) - set(STAGES)
@@ -684,6 +714,10 @@ def main(argv: list[str] | None = None) -> None:
                 stage_pack(preset, log, args.out)
             elif stage == "eval":
                 stage_eval(preset, log, args.out)
+            elif stage == "install":
+                if args.from_run is None:
+                    parser.error("--stages install needs --from-run RUN_DIR (a train.py run folder)")
+                stage_install(preset, log, args.from_run)
             else:
                 {"pretrain": stage_pretrain, "prompts": stage_prompts, "diffusion": stage_diffusion,
                  "eval": stage_eval, "card": stage_card}[stage](preset, log)

