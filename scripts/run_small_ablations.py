@@ -144,7 +144,7 @@ def stage_prep(s: Setup, sweeps: list[str]) -> None:
     device = "cuda" if _cuda() else "cpu"
     generate_responses(model_name_or_path=str(REPO_ROOT / cfg.model.base), prompts_source=str(prompts), out_dir=str(out),
                        chat_template=False, max_new_tokens=s.distill_new_tokens, temperature=0.0,
-                       batch_size=512 if device == "cuda" else 8, dtype="float32", device=device, overwrite=True)
+                       batch_size=128 if device == "cuda" else 8, dtype="float32", device=device)
 
 
 def _cuda() -> bool:
