@@ -138,7 +138,7 @@ def stage_prep(s: Setup, sweeps: list[str]) -> None:
     work.mkdir(parents=True, exist_ok=True)
     prompts = work / "distill_prompts.jsonl"
     n = write_heldout_prompts(REPO_ROOT / cfg.data.build_corpus.out_dir, prompts, s.distill_prompts, num_lines=12,
-                              split="train", anchor="def ")
+                              split="train", anchor="def ", max_chars=1500)
     print(f"{n} train-split prompts -> {prompts}", flush=True)
     out = work / "self_distill"
     device = "cuda" if _cuda() else "cpu"

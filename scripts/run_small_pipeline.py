@@ -176,11 +176,12 @@ def copy_files(src: Path, dst: Path, names: tuple[str, ...], required: tuple[str
 
 
 def write_heldout_prompts(corpus_dir: Path, out_file: Path, count: int, num_lines: int, seed: int = 0,
-                          split: str | None = None, anchor: str | None = None) -> int:
+                          split: str | None = None, anchor: str | None = None, max_chars: int | None = None) -> int:
     """Prompts from the held-out packages (or `split`): `num_lines` lines of files drawn
     round-robin over packages (so one large package cannot fill the set), seeded. The window
     starts at the file's head, or with `anchor` at a random line starting with it (e.g. "def ",
-    for HumanEval-like prompts from the train split). Windows under 200 characters are passed over."""
+    for HumanEval-like prompts from the train split). Windows under 200 characters (or over
+    `max_chars`: minified or data files, whose one line can be thousands of tokens) are passed over."""
     from data._io import atomic_write_text
     from data.corpus import HELDOUT, read_corpus
 
@@ -191,7 +192,7 @@ def write_heldout_prompts(corpus_dir: Path, out_file: Path, count: int, num_line
         starts = [i for i, line in enumerate(lines) if anchor and line.lstrip().startswith(anchor)] or [0]
         start = rng.choice(starts) if anchor else 0
         head = "".join(lines[start:start + num_lines])
-        if len(head) >= 200:
+        if 200 <= len(head) <= (max_chars or len(head)):
             by_package.setdefault(record["package"], []).append({"path": record["path"], "prompt": head})
     if not by_package:
         raise ValueError(f"no usable files in split {split or HELDOUT!r} of {corpus_dir}; rebuild the corpus with more data")
