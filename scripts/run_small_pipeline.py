@@ -696,12 +696,15 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"comma-separated stages of {STAGES}, run in the order given (repeats allowed)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the tarball (the GPU machine's $OUT)")
     parser.add_argument("--from-run", type=Path, default=None, help="install: the train.py run folder whose view to ship")
+    parser.add_argument("--block-sizes", default=None, help="eval: comma-separated K (default: the preset's)")
     args = parser.parse_args(argv)
     stages = [s for s in args.stages.split(",") if s]
     unknown = set(stages) - set(STAGES)
     if unknown:
         parser.error(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
     preset = PRESETS[args.preset]
+    if args.block_sizes:
+        preset.block_sizes = tuple(int(k) for k in args.block_sizes.split(","))
     results = REPO_ROOT / preset.results
     results.mkdir(parents=True, exist_ok=True)
     log_path = results / "pipeline.json"
