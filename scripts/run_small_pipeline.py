@@ -624,7 +624,12 @@ def write_card(p: Preset) -> None:
             f"| device | {dmeta.get('device', '?')} |",
             f"| objective | {obj.get('loss')} distillation from the frozen base, K={dmeta['block_size']}, {obj.get('blocks_per_row')} blocks per row, {obj.get('num_denoise_steps')} denoising step(s); trained: {', '.join(dmeta.get('trainable', []))} |",
             f"| steps / tokens | {dmeta.get('step')} steps, {dmeta.get('tokens', 0):,} packed tokens; stopped by {dmeta.get('stopped_by')} |",
-            f"| time | {dmeta.get('train_seconds', 0):.0f} s (train.py wall clock, data loading and compilation included) |",
+            *([f"| data | the base model's own greedy continuations (self-distillation, fp32) of 256 tokens to train-split "
+               f"prompts: `python scripts/run_small_ablations.py --stages prep --sweeps data --distill-prompts 2000` "
+               f"(12-line windows from a `def ` line, <= 1,500 characters) |"] if "data=self_distill" in dmeta.get("command", "") else []),
+            f"| time | {dmeta['train_seconds']:.0f} s (train.py wall clock, data loading and compilation included) |"
+            if dmeta.get("train_seconds") is not None else
+            f"| time | {sum(json.loads(r).get('elapsed_s', 0) for r in train_metrics.read_text().splitlines() if r.strip()):.0f} s of logged training steps |",
             f"| final draft accuracy | {last.get('acc_mean', float('nan')):.3f} mean over block positions (student argmax == teacher argmax), loss {last.get('loss', float('nan')):.3f} |",
             "",
         ]
