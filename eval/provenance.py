@@ -4,6 +4,7 @@ Every results file carries this so a number can be traced to the exact code and 
 produced it (a dirty tree is flagged: the commit alone would not reproduce it).
 """
 
+import os
 import platform
 import shlex
 import subprocess
@@ -18,7 +19,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def git_state() -> dict:
-    """HEAD commit and whether tracked files differ from it (None outside a git checkout)."""
+    """HEAD commit and whether tracked files differ from it (None outside a git checkout).
+    $ORTHRUS_COMMIT wins: trees copied to a GPU machine may carry a stale .git or none."""
+    if os.environ.get("ORTHRUS_COMMIT"):
+        return {"commit": os.environ["ORTHRUS_COMMIT"], "dirty": None}
 
     def git(*args):
         return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
