@@ -286,12 +286,20 @@ def stage_unpack(s: Setup, pack_dir: Path) -> None:
     tars = sorted(pack_dir.glob("ablation_runs_*.tar"))
     if not tars:
         raise SystemExit(f"no ablation_runs_*.tar under {pack_dir}: pass the folder the pack stage wrote (--pack-dir)")
+    merged = ("commands.json", "train_provenance.json")  # one entry per training job: merged, not replaced
     for path in tars:
         with tarfile.open(path) as tar:
-            for member in tar.getmembers():
+            members = tar.getmembers()
+            for member in members:
                 if not (REPO_ROOT / member.name).resolve().is_relative_to(work):
                     raise SystemExit(f"{path}: member {member.name} lies outside {s.work}; refusing to unpack it")
-            tar.extractall(REPO_ROOT, filter="data")
+            for member in members:
+                dst = REPO_ROOT / member.name
+                if dst.name in merged and dst.parent.resolve() == work and dst.is_file():
+                    new = json.loads(tar.extractfile(member).read())
+                    atomic_write_text(dst, json.dumps({**json.loads(dst.read_text()), **new}, indent=2))
+                else:
+                    tar.extract(member, REPO_ROOT, filter="data")
         print(f"unpacked {path}", flush=True)
 
 
