@@ -10,14 +10,21 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import launch_options
+
 
 @triton.jit
 def _greedy_accept_kernel(
     draft_ptr, ar_ptr, accept_len_ptr, bonus_ptr,
     stride_db, stride_dt, stride_ab, stride_at,
-    BLOCK_LEN: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK_LEN: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """One program per sequence: the first mismatch among the K - 1 drafted positions (K - 1 if none)."""
+    if USE_PDL:
+        # A tiny kernel: let the next one launch at once (it still waits for this one to complete).
+        # Both token rows come from earlier kernels.
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     batch = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     in_draft = offs < BLOCK_LEN - 1
@@ -29,7 +36,7 @@ def _greedy_accept_kernel(
     tl.store(bonus_ptr + batch, tl.load(ar_ptr + batch * stride_ab + accept_len * stride_at))
 
 
-def greedy_accept(draft: torch.Tensor, ar: torch.Tensor):
+def greedy_accept(draft: torch.Tensor, ar: torch.Tensor, pdl: bool = False):
     """Greedy verification of a block of K tokens.
 
     draft: (B, K - 1) drafted tokens; ar: (B, K) the AR model's argmax tokens, where ar[:, i] is the
@@ -37,6 +44,7 @@ def greedy_accept(draft: torch.Tensor, ar: torch.Tensor):
     Returns (accept_len, bonus), both (B,) on the inputs' device without a host sync:
     accept_len (int64) is the longest i with draft[:, :i] == ar[:, :i], in [0, K - 1];
     bonus (ar's dtype) is ar[:, accept_len].
+    pdl: launch with Programmatic Dependent Launch (kernels/pdl.py; CUDA sm_90+); same results.
     """
     if draft.dim() != 2 or ar.dim() != 2 or draft.shape != (ar.shape[0], ar.shape[1] - 1):
         raise ValueError(f"expected draft (B, K - 1) and ar (B, K), got {tuple(draft.shape)}, {tuple(ar.shape)}")
@@ -49,6 +57,6 @@ def greedy_accept(draft: torch.Tensor, ar: torch.Tensor):
     bonus = torch.empty(batch, device=ar.device, dtype=ar.dtype)
     _greedy_accept_kernel[(batch,)](
         draft, ar, accept_len, bonus, *draft.stride(), *ar.stride(),
-        BLOCK_LEN=block_len, BLOCK=triton.next_power_of_2(block_len),
+        BLOCK_LEN=block_len, BLOCK=triton.next_power_of_2(block_len), **launch_options(pdl, ar.device),
     )
     return accept_len, bonus

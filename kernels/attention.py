@@ -19,6 +19,11 @@ flash-decoding:
   without tiles at short lengths write nothing and the combine kernel skips them.
 
 Scores are computed in base 2 (`exp2` with `scale * log2(e)`), as in FlashAttention.
+
+With `pdl=True` (Programmatic Dependent Launch, CUDA sm_90+, `kernels/pdl.py`) every kernel waits for
+the previous kernel at its start (all it reads comes from earlier kernels), and the attention kernels
+let the next kernel launch once their key loop is done, so its launch and weight loads overlap their
+stores and the combine pass.
 """
 
 import math
@@ -27,6 +32,8 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+
+from kernels.pdl import launch_options
 
 LOG2E = math.log2(math.e)
 # Masked-out scores are -inf; the running max starts at a finite value instead so that a row that
@@ -128,10 +135,12 @@ def _diffusion_attention_kernel(
     num_kv_heads, num_splits, qk_scale,
     GROUP: tl.constexpr, BLOCK_LEN: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
-    LEN_ON_DEVICE: tl.constexpr, WRITE_FINAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    LEN_ON_DEVICE: tl.constexpr, WRITE_FINAL: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """Grid (B * Hkv, row blocks, num_splits). Cache tiles [0, ctx_len) are dealt to the splits;
     split 0 also takes the K block keys. No mask between block queries and block keys."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()  # q, the caches and the length all come from earlier kernels
     batch, kv_head, offs_m, offs_d, row_mask, head, pos, q = _load_query_rows(
         q_ptr, stride_qb, stride_qh, stride_qt, num_kv_heads, GROUP, BLOCK_LEN, HEAD_DIM, BLOCK_M)
     m_i = tl.full([BLOCK_M], _M_INIT, dtype=tl.float32)
@@ -160,6 +169,8 @@ def _diffusion_attention_kernel(
         v = tl.load(vb_base + offs_b[:, None] * stride_vbt + offs_d[None, :], mask=blk_mask[:, None], other=0.0)
         m_i, l_i, acc = _online_softmax_step(q, k_t, v, blk_mask[None, :], m_i, l_i, acc, qk_scale, DOT_PRECISION)
 
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()  # only stores left: let the next kernel start loading weights
     _store_result(
         out_ptr, o_part_ptr, m_part_ptr, l_part_ptr, acc, m_i, l_i,
         batch, head, pos, offs_m, row_mask, offs_d, num_splits, used_splits,
@@ -179,11 +190,13 @@ def _verify_attention_kernel(
     GROUP: tl.constexpr, BLOCK_LEN: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     LEN_ON_DEVICE: tl.constexpr, WRITE_FINAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    LEN_PER_BATCH: tl.constexpr,
+    LEN_PER_BATCH: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """Grid (B * Hkv, row blocks, num_splits). Cache tiles [0, start + K) are dealt to the splits;
     block query i attends to keys [0, start + i]. With LEN_PER_BATCH, batch element b starts at
     start + b (the per-position layout of `verify_attention`)."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()  # q, the cache (this block's keys/values too) and start come from earlier kernels
     batch, kv_head, offs_m, offs_d, row_mask, head, pos, q = _load_query_rows(
         q_ptr, stride_qb, stride_qh, stride_qt, num_kv_heads, GROUP, BLOCK_LEN, HEAD_DIM, BLOCK_M)
     m_i = tl.full([BLOCK_M], _M_INIT, dtype=tl.float32)
@@ -208,6 +221,8 @@ def _verify_attention_kernel(
         causal = offs_n[None, :] <= last_key[:, None]
         m_i, l_i, acc = _online_softmax_step(q, k_t, v, causal, m_i, l_i, acc, qk_scale, DOT_PRECISION)
 
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()  # only stores left: let the next kernel start loading weights
     _store_result(
         out_ptr, o_part_ptr, m_part_ptr, l_part_ptr, acc, m_i, l_i,
         batch, head, pos, offs_m, row_mask, offs_d, num_splits, used_splits,
@@ -222,7 +237,7 @@ def _combine_splits_kernel(
     num_kv_heads, num_splits,
     GROUP: tl.constexpr, BLOCK_LEN: tl.constexpr, HEAD_DIM: tl.constexpr, ROWS_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
-    LEN_ON_DEVICE: tl.constexpr, BLOCK_IN_CACHE: tl.constexpr, LEN_PER_BATCH: tl.constexpr,
+    LEN_ON_DEVICE: tl.constexpr, BLOCK_IN_CACHE: tl.constexpr, LEN_PER_BATCH: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """Grid (B * Hkv, row blocks of BLOCK_R): merge the per-split partials of BLOCK_R query rows.
 
@@ -234,6 +249,11 @@ def _combine_splits_kernel(
     so its weight is 0; every row saw some key, so the global max is finite. BLOCK_R divides
     ROWS_PAD, so only the final store needs a row mask.
     """
+    if USE_PDL:
+        # A short kernel: let the next one (the o product) launch at once and load its weights meanwhile
+        # (it still waits for this kernel to complete). The partials come from the attention kernel.
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     batch = tl.program_id(0) // num_kv_heads
     kv_head = tl.program_id(0) % num_kv_heads
     kv_len = _read_length(length, LEN_ON_DEVICE)
@@ -361,7 +381,7 @@ def _outputs(q, kv_heads: int, launch: _Launch):
 
 
 def _combine(out, o_part, m_part, l_part, length, on_device: bool, block_in_cache: bool,
-             kv_heads: int, launch: _Launch, per_batch: bool = False):
+             kv_heads: int, launch: _Launch, per_batch: bool = False, pdl: bool = False):
     """Merge the split partials into `out` (nothing to do with one split: `out` is already written).
     per_batch: batch element b has length + b, and the rows per program are chosen as for one batch
     element (so each element is combined exactly as it would be alone)."""
@@ -379,6 +399,7 @@ def _combine(out, o_part, m_part, l_part, length, on_device: bool, block_in_cach
         GROUP=launch.group, BLOCK_LEN=block_len, HEAD_DIM=head_dim, ROWS_PAD=launch.rows_pad,
         BLOCK_N=launch.block_n, BLOCK_R=block_r, BLOCK_S=triton.next_power_of_2(launch.num_splits),
         LEN_ON_DEVICE=on_device, BLOCK_IN_CACHE=block_in_cache, LEN_PER_BATCH=per_batch,
+        **launch_options(pdl, out.device),
     )
     return out
 
@@ -388,7 +409,8 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def diffusion_attention(q, k_cache, v_cache, ctx_len, k_blk, v_blk, scale: float, num_splits: int | None = None):
+def diffusion_attention(q, k_cache, v_cache, ctx_len, k_blk, v_blk, scale: float, num_splits: int | None = None,
+                        pdl: bool = False):
     """Draft-pass attention: each of the K block queries sees cache keys [0, ctx_len) and all K block keys.
 
     q: (B, H, K, D); k_cache, v_cache: (B, Hkv, S_max, D), of which the first ctx_len entries are valid
@@ -396,6 +418,7 @@ def diffusion_attention(q, k_cache, v_cache, ctx_len, k_blk, v_blk, scale: float
     ctx_len: Python int, or a one-element int32/int64 tensor on q's device (CUDA-graph friendly; the
     value is then not range-checked, and the default num_splits is sized for S_max).
     num_splits: key-sequence splits per (batch, KV head, row block); by default about one program per SM.
+    pdl: launch with Programmatic Dependent Launch (kernels/pdl.py; CUDA sm_90+); same results.
     Returns (B, H, K, D) in q's dtype.
     """
     batch, heads, block_len, head_dim, kv_heads, max_len = _check_qkv(
@@ -414,13 +437,13 @@ def diffusion_attention(q, k_cache, v_cache, ctx_len, k_blk, v_blk, scale: float
         GROUP=launch.group, BLOCK_LEN=block_len, HEAD_DIM=head_dim,
         BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, BLOCK_B=max(16, triton.next_power_of_2(block_len)),
         LEN_ON_DEVICE=on_device, WRITE_FINAL=launch.num_splits == 1, DOT_PRECISION=_dot_precision(q.dtype),
-        num_warps=launch.num_warps,
+        num_warps=launch.num_warps, **launch_options(pdl, q.device),
     )
-    return _combine(out, o_part, m_part, l_part, length, on_device, False, kv_heads, launch)
+    return _combine(out, o_part, m_part, l_part, length, on_device, False, kv_heads, launch, pdl=pdl)
 
 
 def verify_attention(q, k_cache, v_cache, start, scale: float, num_splits: int | None = None,
-                     per_position: bool = False):
+                     per_position: bool = False, pdl: bool = False):
     """Verify-pass (AR) attention over a block already written to the cache at [start, start + K):
     block query i sees cache keys [0, start + i] (nothing beyond start + K is read).
 
@@ -433,6 +456,7 @@ def verify_attention(q, k_cache, v_cache, start, scale: float, num_splits: int |
     whatever K is, given the same num_splits (the default one is when start is a device tensor: it is
     sized for S_max): the batch-invariant mode of the engine. The K positions become K batch elements of
     one launch over the same cache; it does K times the programs of a one-query call.
+    pdl: launch with Programmatic Dependent Launch (kernels/pdl.py; CUDA sm_90+); same results.
     Returns (B, H, K, D) in q's dtype.
     """
     if per_position:
@@ -440,12 +464,13 @@ def verify_attention(q, k_cache, v_cache, start, scale: float, num_splits: int |
             raise ValueError("per_position needs batch 1")
         positions = q.shape[2]
         out = _verify_attention(q.permute(2, 1, 0, 3), k_cache.expand(positions, -1, -1, -1),
-                                v_cache.expand(positions, -1, -1, -1), start, scale, num_splits, per_batch=True)
+                                v_cache.expand(positions, -1, -1, -1), start, scale, num_splits, per_batch=True,
+                                pdl=pdl)
         return out.permute(2, 1, 0, 3)
-    return _verify_attention(q, k_cache, v_cache, start, scale, num_splits)
+    return _verify_attention(q, k_cache, v_cache, start, scale, num_splits, pdl=pdl)
 
 
-def _verify_attention(q, k_cache, v_cache, start, scale, num_splits, per_batch=False):
+def _verify_attention(q, k_cache, v_cache, start, scale, num_splits, per_batch=False, pdl=False):
     """`verify_attention`; per_batch: batch element b starts at start + b and is tiled as if alone."""
     batch, heads, block_len, head_dim, kv_heads, max_len = _check_qkv(
         q, k_cache, v_cache, {"k_cache": k_cache, "v_cache": v_cache})
@@ -459,6 +484,6 @@ def _verify_attention(q, k_cache, v_cache, start, scale, num_splits, per_batch=F
         GROUP=launch.group, BLOCK_LEN=block_len, HEAD_DIM=head_dim,
         BLOCK_M=launch.block_m, BLOCK_N=launch.block_n,
         LEN_ON_DEVICE=on_device, WRITE_FINAL=launch.num_splits == 1, DOT_PRECISION=_dot_precision(q.dtype),
-        LEN_PER_BATCH=per_batch, num_warps=launch.num_warps,
+        LEN_PER_BATCH=per_batch, num_warps=launch.num_warps, **launch_options(pdl, q.device),
     )
-    return _combine(out, o_part, m_part, l_part, length, on_device, True, kv_heads, launch, per_batch)
+    return _combine(out, o_part, m_part, l_part, length, on_device, True, kv_heads, launch, per_batch, pdl)

@@ -15,6 +15,9 @@ to stream them instead:
 * The tile sizes and split count are a `MatmulConfig`, chosen per weight shape by timing a short
   candidate list on the GPU (`Matmul`), where cuBLAS is one of the candidates unless the mode asks
   for batch invariance.
+* With `pdl=True` (Programmatic Dependent Launch, sm_90+, `kernels/pdl.py`) the kernel may start while
+  the previous kernel finishes: it loads its first weight tile(s) before waiting for the activations,
+  so a product's ramp-up overlaps the kernel before it. Same sums, bit for bit, as without PDL.
 
 Batch invariance: for a fixed config, row m of the result depends only on row m of x and on the
 weights. The rows are padded to BLOCK_M and every row goes through the same tiles, the same
@@ -29,6 +32,8 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from kernels.pdl import launch_options
 
 MAX_SKINNY_ROWS = 32  # above this (prefill chunks) the default modes hand the product to cuBLAS
 
@@ -60,12 +65,17 @@ def _skinny_matmul_kernel(
     x_ptr, w_ptr, w2_ptr, out_ptr, part_ptr, M, N, K, stride_xm, stride_wn, stride_w2n, stride_om,
     k_tiles_per_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GATE_UP: tl.constexpr, PARTIAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    GATE_UP: tl.constexpr, PARTIAL: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """Grid (column tiles, splits, row tiles). Split s sums K tiles [s * k_tiles_per_split, ...) and,
     with PARTIAL, stores fp32 sums at part[(s * M + m) * N + n] (gate/up: the up sums after all of
     gate's, at + splits * M * N); otherwise it finishes and stores the output. M is not specialised
-    on, so M = 1 runs the same compiled code as M = 32."""
+    on, so M = 1 runs the same compiled code as M = 32. Every split has at least one K tile.
+
+    With USE_PDL (kernels/pdl.py) the first K tile is peeled off the loop so that its weight tiles are
+    loaded before gdc_wait(): the weights never depend on an earlier kernel, so they stream in while
+    the previous kernel finishes, and only x waits. Without it the kernel is the plain loop. The sums
+    are the same `tl.dot`s in the same order either way (tile 0 into zeros, then tiles 1, 2, ...)."""
     pid_n, pid_s, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -78,7 +88,22 @@ def _skinny_matmul_kernel(
     w2_ptrs = w2_ptr + offs_n[:, None].to(tl.int64) * stride_w2n + offs_k[None, :]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k in range(k_lo, k_hi, BLOCK_K):
+
+    k_start = k_lo
+    if USE_PDL:
+        # Peel the first K tile (only with PDL, so the kernel without it is the plain loop): its
+        # weight tiles are read before the wait, then the same dots as the loop's first step.
+        k_mask = (k_lo + offs_k) < K
+        w = tl.load(w_ptrs + k_lo, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+        if GATE_UP:
+            w2 = tl.load(w2_ptrs + k_lo, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+        tl.extra.cuda.gdc_wait()  # x comes from an earlier kernel, which may also still read out/part
+        x = tl.load(x_ptrs + k_lo, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+        if GATE_UP:
+            acc2 = tl.dot(x, tl.trans(w2), acc2, input_precision=DOT_PRECISION)
+        k_start += BLOCK_K
+    for k in range(k_start, k_hi, BLOCK_K):
         k_mask = (k + offs_k) < K
         x = tl.load(x_ptrs + k, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         w = tl.load(w_ptrs + k, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
@@ -86,6 +111,11 @@ def _skinny_matmul_kernel(
         if GATE_UP:
             w2 = tl.load(w2_ptrs + k, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
             acc2 = tl.dot(x, tl.trans(w2), acc2, input_precision=DOT_PRECISION)
+    if USE_PDL:
+        # The weight stream is done: let the next kernel launch and start loading its own weights
+        # while this one stores (it still waits for this kernel to complete before reading them).
+        tl.extra.cuda.gdc_launch_dependents()
+
     out_mask = m_mask[:, None] & n_mask[None, :]
     if PARTIAL:
         part = (pid_s * M + offs_m[:, None]).to(tl.int64) * N + offs_n[None, :]
@@ -98,8 +128,14 @@ def _skinny_matmul_kernel(
 
 
 @triton.jit(do_not_specialize=["M"])
-def _split_sum_kernel(part_ptr, out_ptr, M, N, splits, stride_om, GATE_UP: tl.constexpr, BLOCK: tl.constexpr):
+def _split_sum_kernel(part_ptr, out_ptr, M, N, splits, stride_om, GATE_UP: tl.constexpr, BLOCK: tl.constexpr,
+                      USE_PDL: tl.constexpr):
     """Add the splits' partials in split order (deterministic) and finish like the one-split kernel."""
+    if USE_PDL:
+        # A short kernel: let the next one launch at once and load its weights meanwhile (it still
+        # waits for this kernel to complete). Everything this one reads comes from the product kernel.
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < M * N
     acc = tl.zeros([BLOCK], dtype=tl.float32)
@@ -112,8 +148,11 @@ def _split_sum_kernel(part_ptr, out_ptr, M, N, splits, stride_om, GATE_UP: tl.co
     tl.store(out_ptr + (offs // N) * stride_om + offs % N, out, mask=mask)
 
 
-def skinny_matmul(x: torch.Tensor, w: torch.Tensor, config: MatmulConfig, w2: torch.Tensor | None = None):
-    """x (M, K) @ w (N, K)^T, or with w2: silu(x @ w^T) * (x @ w2^T). Rows of x and w contiguous in K."""
+def skinny_matmul(x: torch.Tensor, w: torch.Tensor, config: MatmulConfig, w2: torch.Tensor | None = None,
+                  pdl: bool = False):
+    """x (M, K) @ w (N, K)^T, or with w2: silu(x @ w^T) * (x @ w2^T). Rows of x and w contiguous in K.
+    pdl: launch both kernels with Programmatic Dependent Launch (CUDA sm_90+ only, kernels/pdl.py);
+    the result is bitwise the same either way."""
     M, K = x.shape
     N = w.shape[0]
     for name, t in (("x", x), ("w", w), ("w2", w2)):
@@ -131,15 +170,17 @@ def skinny_matmul(x: torch.Tensor, w: torch.Tensor, config: MatmulConfig, w2: to
         if splits > 1 else out
     gate_up = w2 is not None
     w2 = w if w2 is None else w2
+    pdl_options = launch_options(pdl, x.device)
     _skinny_matmul_kernel[(triton.cdiv(N, c.block_n), splits, triton.cdiv(M, c.block_m))](
         x, w, w2, out, part, M, N, K, x.stride(0), w.stride(0), w2.stride(0), out.stride(0), per_split,
         BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, GATE_UP=gate_up, PARTIAL=splits > 1,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=c.num_warps, num_stages=c.num_stages,
+        **pdl_options,
     )
     if splits > 1:
         block = 1024
         _split_sum_kernel[(triton.cdiv(M * N, block),)](part, out, M, N, splits, out.stride(0), GATE_UP=gate_up,
-                                                         BLOCK=block)
+                                                         BLOCK=block, **pdl_options)
     return out
 
 
@@ -176,33 +217,36 @@ class Matmul:
     without cuBLAS for <= MAX_SKINNY_ROWS rows. "invariant": the skinny kernel for every row count with
     BLOCK_M = 32 and one config per weight shape, so each row's result does not depend on M.
     Timings are shared by all instances (`_timed`), so engines of one model tune once.
+    pdl: launch the skinny kernels with Programmatic Dependent Launch (kernels/pdl.py; CUDA sm_90+).
+    `silu_mul` should launch the same way (the engine passes it with the same setting). Candidates are
+    timed with the same setting as they will run, and timings are kept per setting.
     """
 
     MODES = ("torch", "auto", "triton", "invariant")
     _timed: dict = {}
 
-    def __init__(self, mode: str, silu_mul):
+    def __init__(self, mode: str, silu_mul, pdl: bool = False):
         if mode not in self.MODES:
             raise ValueError(f"matmul={mode!r}: choose one of {self.MODES}")
-        self.mode, self.silu_mul = mode, silu_mul
+        self.mode, self.silu_mul, self.pdl = mode, silu_mul, pdl
         self.chosen: dict = {}  # (rows tile, N, K, gate_up) -> MatmulConfig or "cublas", for reports
 
     def linear(self, x, w):
         config = self._config(x, w, None)
-        return F.linear(x, w) if config is None else skinny_matmul(x, w, config)
+        return F.linear(x, w) if config is None else skinny_matmul(x, w, config, pdl=self.pdl)
 
     def gate_up(self, x, gate, up):
         config = self._config(x, gate, up)
         if config is None:
             return self.silu_mul(F.linear(x, gate), F.linear(x, up))
-        return skinny_matmul(x, gate, config, up)
+        return skinny_matmul(x, gate, config, up, pdl=self.pdl)
 
     def _config(self, x, w, w2) -> MatmulConfig | None:
         M = x.shape[0]
         if self.mode == "torch" or (self.mode != "invariant" and M > MAX_SKINNY_ROWS):
             return None
         block_m = MAX_SKINNY_ROWS if self.mode == "invariant" else max(16, triton.next_power_of_2(M))
-        key = (block_m, *w.shape, w2 is not None, x.dtype, x.device.type)
+        key = (block_m, *w.shape, w2 is not None, x.dtype, x.device.type, self.pdl)
         if key not in self._timed:
             self._timed[key] = self._tune(block_m, x, w, w2)
         ranked = self._timed[key]  # [(ms, config or None = cuBLAS)], fastest first
@@ -219,7 +263,7 @@ class Matmul:
         ranked = []
         for config in candidate_configs(block_m, N, K, sms, w2 is not None):
             try:
-                ranked.append((_time_ms(lambda c=config: skinny_matmul(xs, w, c, w2)), config))
+                ranked.append((_time_ms(lambda c=config: skinny_matmul(xs, w, c, w2, pdl=self.pdl)), config))
             except triton.runtime.errors.OutOfResources:
                 continue
         if w2 is None:
@@ -230,6 +274,7 @@ class Matmul:
 
     @classmethod
     def report(cls) -> dict:
-        """The four fastest candidates of every tuned (row tile, N, K, gate_up) and their times (ms)."""
-        return {str(k[:4]): [(round(ms, 4), str(c) if c else "cublas") for ms, c in v[:4]]
+        """The four fastest candidates of every tuned (row tile, N, K, gate_up) and their times (ms);
+        timings taken with PDL on are listed under the same key plus " pdl"."""
+        return {str(k[:4]) + (" pdl" if k[-1] else ""): [(round(ms, 4), str(c) if c else "cublas") for ms, c in v[:4]]
                 for k, v in cls._timed.items()}

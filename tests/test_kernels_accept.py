@@ -62,3 +62,11 @@ def test_greedy_accept_shape_errors(draft_shape, ar_shape, message):
 def test_greedy_accept_rejects_float_tokens():
     with pytest.raises(ValueError, match="integers"):
         greedy_accept(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_greedy_accept_pdl_path(interpreted_pdl):
+    """The kernel's PDL variant (gdc_* as no-ops in the interpreter) gives the same results."""
+    ar = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 8], [1, 2, 3, 4]], device=DEVICE)
+    draft = torch.tensor([[5, 6, 7], [5, 9, 7], [1, 2, 3]], device=DEVICE)
+    accept_len, bonus = greedy_accept(draft, ar, pdl=True)
+    assert accept_len.tolist() == [3, 1, 3] and bonus.tolist() == [8, 6, 4]

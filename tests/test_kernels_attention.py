@@ -205,3 +205,45 @@ def test_verify_per_position_is_batch_invariant(block_len, num_splits):
         one = verify_attention(q[:, :, i:i + 1], k_cache, v_cache, start + i, 0.2, num_splits=num_splits,
                                per_position=True)
         assert torch.equal(one[:, :, 0], out[:, :, i])
+
+
+# Programmatic Dependent Launch (kernels/pdl.py): the kernels' PDL variants give the same bits.
+SM90 = CUDA and torch.cuda.get_device_capability()[0] >= 9
+PDL_CASES = [(1, 2, 4, 5, 32, 150, 3, True, True), (2, 1, 1, 8, 64, 37, 1, False, False),
+             (1, 2, 2, 7, 32, 130, 4, True, False)]
+
+
+def _check_pdl_same_bits(case, dtype):
+    q, k_cache, v_cache, k_blk, v_blk = _inputs(case, dtype)
+    length, num_splits, on_device = case[5:8]
+    ctx = _length_arg(length, on_device)
+    outs = [diffusion_attention(q, k_cache, v_cache, ctx, k_blk, v_blk, 0.2, num_splits=num_splits, pdl=pdl)
+            for pdl in (False, True)]
+    assert torch.equal(*outs)
+    for per_position in (False, True):
+        if per_position and q.shape[0] != 1:
+            continue
+        outs = [verify_attention(q, k_cache, v_cache, ctx, 0.2, num_splits=num_splits, per_position=per_position,
+                                 pdl=pdl) for pdl in (False, True)]
+        assert torch.equal(*outs)
+
+
+@pytest.mark.parametrize("case", PDL_CASES, ids=_case_id)
+def test_pdl_path_matches(interpreted_pdl, case):
+    """In the interpreter (gdc_* as no-ops): split, combined and single-split launches, per position too."""
+    _check_pdl_same_bits(case, torch.float32)
+
+
+@pytest.mark.skipif(not SM90, reason="PDL needs a CUDA GPU of compute capability >= 9.0")
+@pytest.mark.parametrize("case", CUDA_CASES[:3], ids=_case_id)
+def test_pdl_same_bits_cuda(case):
+    _check_pdl_same_bits(case, torch.bfloat16)
+
+
+@pytest.mark.skipif(SM90, reason="PDL is supported on this GPU")
+def test_pdl_unsupported_is_a_clear_error():
+    q, k_cache, v_cache, k_blk, v_blk = _inputs(PDL_CASES[0], torch.float32)
+    with pytest.raises(ValueError, match="pdl=True"):
+        verify_attention(q, k_cache, v_cache, 150, 0.2, pdl=True)
+    with pytest.raises(ValueError, match="pdl=True"):
+        diffusion_attention(q, k_cache, v_cache, 150, k_blk, v_blk, 0.2, pdl=True)

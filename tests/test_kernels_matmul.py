@@ -88,3 +88,77 @@ def test_decode_shape_bf16_cuda():
     full = mm.gate_up(x, w, w2)
     torch.testing.assert_close(full.double(), matmul_ref(x, w, w2), rtol=2e-2, atol=2e-2)
     assert torch.equal(mm.gate_up(x[5:6], w, w2)[0], full[5])
+
+
+# Programmatic Dependent Launch (kernels/pdl.py). The PDL path loads each split's first K tile of the
+# weights before waiting for x, so that tile is peeled off the loop: cases with one K tile per split
+# (K = 300 in tiles of 64: 5 tiles, 5 splits, the loop after the peel is empty), a single partial tile
+# (K = 20 < BLOCK_K) and K not a multiple of BLOCK_K with several tiles per split.
+SM90 = CUDA and torch.cuda.get_device_capability()[0] >= 9
+PDL_CASES = [(300, MatmulConfig(16, 32, 64, 5)), (20, MatmulConfig(16, 32, 32, 1)), (20, MatmulConfig(32, 16, 64, 1)),
+             (300, MatmulConfig(16, 32, 32, 1)), (300, MatmulConfig(32, 16, 32, 3))]
+
+
+@pytest.mark.parametrize("gate_up", [False, True])
+@pytest.mark.parametrize("K,config", PDL_CASES, ids=str)
+def test_pdl_path_matches(interpreted_pdl, K, config, gate_up):
+    """The kernel's PDL variant (gdc_* calls as no-ops in the interpreter) gives the non-PDL result bit
+    for bit, and the exact product."""
+    for M in (1, 17):
+        x, w, w2 = _rand(M, K, dtype=torch.float32, seed=M), _rand(70, K, dtype=torch.float32, seed=14), \
+            _rand(70, K, dtype=torch.float32, seed=15)
+        w2 = w2 if gate_up else None
+        out = skinny_matmul(x, w, config, w2, pdl=True)
+        assert torch.equal(out, skinny_matmul(x, w, config, w2, pdl=False))
+        torch.testing.assert_close(out.double(), matmul_ref(x, w, w2), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(SM90, reason="PDL is supported on this GPU")
+def test_pdl_unsupported_is_a_clear_error():
+    x, w = _rand(3, 64, dtype=torch.float32, seed=16), _rand(40, 64, dtype=torch.float32, seed=17)
+    with pytest.raises(ValueError, match="pdl=True: .*pass pdl=False"):
+        skinny_matmul(x, w, CONFIGS[0], pdl=True)
+    with pytest.raises(ValueError, match="pdl=True"):
+        Matmul("triton", lambda g, u: F.silu(g) * u, pdl=True).linear(x, w)
+
+
+@pytest.mark.skipif(not SM90, reason="PDL needs a CUDA GPU of compute capability >= 9.0")
+@pytest.mark.parametrize("gate_up", [False, True])
+def test_pdl_bitwise_cuda(gate_up):
+    """bf16 at a decode shape, every tuning candidate: with PDL the same bits as without."""
+    N, K = (12288, 4096) if gate_up else (6144, 4096)
+    w, w2 = _rand(N, K, dtype=torch.bfloat16, seed=18), _rand(N, K, dtype=torch.bfloat16, seed=19) if gate_up else None
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for M in (1, 32):
+        x = _rand(M, K, dtype=torch.bfloat16, seed=20 + M)
+        for config in candidate_configs(32, N, K, sms, gate_up):
+            assert torch.equal(skinny_matmul(x, w, config, w2, pdl=True), skinny_matmul(x, w, config, w2)), config
+
+
+@pytest.mark.skipif(not SM90, reason="PDL needs a CUDA GPU of compute capability >= 9.0")
+def test_pdl_chain_in_cuda_graph():
+    """A chain of dependent products (each one's x is the previous one's output, split-K sums between
+    them) captured in a CUDA graph with PDL: each kernel must wait for its input, so the replay gives
+    the eager non-PDL result bit for bit, also after the input changes."""
+    K = 4096
+    ws = [_rand(K, K, dtype=torch.bfloat16, seed=30 + i) for i in range(4)]
+    configs = [MatmulConfig(32, 64, 128, 4, 4, 4), MatmulConfig(32, 64, 256, 1, 4, 3)] * 2
+
+    def chain(x, pdl):
+        for w, c in zip(ws, configs):
+            x = skinny_matmul(x, w, c, pdl=pdl)
+        return x
+
+    x = _rand(32, K, dtype=torch.bfloat16, seed=40)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        chain(x, True)  # compile outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = chain(x, True)
+    for seed in (40, 41):
+        x.copy_(_rand(32, K, dtype=torch.bfloat16, seed=seed))
+        graph.replay()
+        assert torch.equal(out, chain(x, False))
