@@ -19,6 +19,9 @@ that one iteration costs about two reads of the weights:
 * Matrix products go through `kernels.matmul.Matmul`: on CUDA, per weight shape and row tile, the
   faster of cuBLAS and a skinny Triton kernel built to stream weights at decode shapes; gate and up
   are one kernel with SiLU * up in its epilogue.
+* On Hopper and newer, every Triton kernel is launched with Programmatic Dependent Launch
+  (`kernels/pdl.py`): a pass is ~290 short kernels, and PDL lets each one launch and start reading
+  its weights while the kernel before it finishes, instead of idling between them.
 
 K = 1 is plain AR decoding on the same code (verify + accept, no draft): the baseline that
 speedups compare against. Output is token-for-token the base model's greedy output in fp32
@@ -37,6 +40,7 @@ loop does.
 import torch
 import torch.nn.functional as F
 
+import kernels.pdl
 from kernels.matmul import Matmul
 from models.engine_ops import TorchOps, TritonOps
 from models.generate import GenerationResult, _eos_ids, check_request
@@ -108,11 +112,15 @@ class OrthrusEngine:
     batch_invariant: every op computes a token's row independently of how many rows the pass has
       (Triton backend only; matrix products in the "invariant" mode, verify attention per position),
       so greedy Orthrus output equals the engine's K = 1 output bit for bit in any dtype.
+    pdl: launch every Triton kernel with Programmatic Dependent Launch (`kernels/pdl.py`), so each
+      kernel's launch and weight loads overlap the end of the previous one. Same results either way.
+      Default (None): on with the Triton backend on a CUDA GPU of compute capability >= 9.0 (not in
+      Triton's interpreter); True where that does not hold is a ValueError.
     """
 
     def __init__(self, model: OrthrusForCausalLM, max_seq_len: int, *, backend: str | None = None,
                  cuda_graphs: bool | None = None, fuse_qkv: bool = False, matmul: str | None = None,
-                 batch_invariant: bool = False):
+                 batch_invariant: bool = False, pdl: bool | None = None):
         config = model.config
         _check_supported(model)
         self.model, self.config = model, config
@@ -126,10 +134,11 @@ class OrthrusEngine:
         if batch_invariant and (backend != "triton" or matmul not in (None, "invariant")):
             raise ValueError("batch_invariant=True needs backend='triton' and its own matmul mode ('invariant')")
         self.batch_invariant = batch_invariant
+        self.pdl = _resolve_pdl(pdl, backend, self.device)
         if matmul is None:
             matmul = "invariant" if batch_invariant else "auto" if backend == "triton" and self.device.type == "cuda" \
                 else "torch"
-        self.mm = Matmul(matmul, self.ops.silu_mul)
+        self.mm = Matmul(matmul, lambda gate, up: self.ops.silu_mul(gate, up, pdl=self.pdl), pdl=self.pdl)
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if self.cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs=True needs the model on a CUDA device")
@@ -166,10 +175,11 @@ class OrthrusEngine:
         """
         T, ops, cache = ids.shape[0], self.ops, self.cache
         draft = mode == "draft"
+        pdl = self.pdl
         x = F.embedding(ids, self.embed)
         residual = None
         for i, lw in enumerate(self.layers):
-            h, residual = ops.add_rms_norm(x, residual, lw.in_norm, self.eps)
+            h, residual = ops.add_rms_norm(x, residual, lw.in_norm, self.eps, pdl=pdl)
             w = lw.diff if draft else lw.ar
             q, k, v = self._qkv(h, w)
             if draft:
@@ -178,18 +188,19 @@ class OrthrusEngine:
             else:
                 k_dst, v_dst = cache.keys(i), cache.values(i)
             q = ops.qkv_norm_rope(q, k, v, w.q_norm, w.k_norm, self.cos, self.sin, self.start, k_dst, v_dst,
-                                  not draft, self.eps)
+                                  not draft, self.eps, pdl=pdl)
             if draft:
-                o = ops.diffusion_attention(q, cache.keys(i), cache.values(i), self.start, k_dst, v_dst, self.scale)
+                o = ops.diffusion_attention(q, cache.keys(i), cache.values(i), self.start, k_dst, v_dst, self.scale,
+                                            pdl=pdl)
             else:
                 o = ops.verify_attention(q, cache.keys(i), cache.values(i), self.start, self.scale,
-                                         per_position=self.batch_invariant)
+                                         per_position=self.batch_invariant, pdl=pdl)
             x = self.mm.linear(o.transpose(1, 2).reshape(T, -1), w.o)
-            h, residual = ops.add_rms_norm(x, residual, lw.post_norm, self.eps)
+            h, residual = ops.add_rms_norm(x, residual, lw.post_norm, self.eps, pdl=pdl)
             x = self.mm.linear(self.mm.gate_up(h, lw.gate, lw.up), lw.down)
         if rows is None:
             return None
-        h, _ = ops.add_rms_norm(x[rows], residual[rows], self.final_norm, self.eps)
+        h, _ = ops.add_rms_norm(x[rows], residual[rows], self.final_norm, self.eps, pdl=pdl)
         return self.mm.linear(h, self.lm_head)
 
     def _qkv(self, h, w: _AttnWeights):
@@ -369,7 +380,7 @@ class _Steps:
     def _accept(self):
         e = self.engine
         ar = self._outputs["verify"].argmax(-1)
-        n_acc = e.ops.greedy_accept(self.block[None, 1:], ar[None])
+        n_acc = e.ops.greedy_accept(self.block[None, 1:], ar[None], pdl=e.pdl)
         self.packed[:1].copy_(n_acc)
         self.packed[1:].copy_(ar)
         e.start.add_(n_acc + 1)
@@ -410,6 +421,20 @@ class _Steps:
 
     def accept(self) -> torch.Tensor:
         return self._run("accept")
+
+
+def _resolve_pdl(pdl: bool | None, backend: str, device: torch.device) -> bool:
+    """The engine's `pdl` option: None -> on wherever it can run; True where it cannot -> ValueError."""
+    if backend != "triton":
+        reason = "backend='torch' launches no Triton kernels"
+    else:
+        reason = kernels.pdl.pdl_unsupported(device)
+    if pdl is None:
+        return reason is None
+    if pdl and reason is not None:
+        raise ValueError(f"pdl=True needs the Triton backend on a CUDA GPU of compute capability >= 9.0, but {reason}. "
+                         "Pass pdl=False, or leave pdl=None to use it only where it is supported.")
+    return bool(pdl)
 
 
 def _check_supported(model: OrthrusForCausalLM) -> None:

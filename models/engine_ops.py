@@ -12,7 +12,10 @@ they give the same values as the PyTorch path up to the order of the fp32 reduct
 
 Both backends take the same arguments; every length or position is a one-element int64 tensor on
 the device, so nothing here reads back to the host and every call can be captured in a CUDA graph.
-Tensors: rows are tokens (T, ...); caches are one layer's (1, Hkv, S_max, D) views.
+Tensors: rows are tokens (T, ...); caches are one layer's (1, Hkv, S_max, D) views. Every op takes
+`pdl`: launch the Triton kernels with Programmatic Dependent Launch (`kernels/pdl.py`; CUDA sm_90+),
+so each one's launch overlaps the end of the kernel before it; `TorchOps` ignores it (PyTorch
+launches its own kernels).
 """
 
 import torch
@@ -24,20 +27,22 @@ from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
 from kernels.accept import greedy_accept as _greedy_accept_kernel
 from kernels.attention import diffusion_attention as _diffusion_attention_kernel
 from kernels.attention import verify_attention as _verify_attention_kernel
+from kernels.pdl import launch_options
 
 
 class TorchOps:
     """Reference backend: `transformers`' Qwen3 math, with masks instead of host-side slicing."""
 
     @staticmethod
-    def add_rms_norm(x, residual, weight, eps):
+    def add_rms_norm(x, residual, weight, eps, pdl=False):
         """(rms_norm(x + residual), x + residual); residual None means x is the residual stream."""
         if residual is not None:
             x = residual + x
         return _rms_norm(x, weight, eps), x
 
     @staticmethod
-    def qkv_norm_rope(q, k, v, q_weight, k_weight, cos_table, sin_table, start, k_dst, v_dst, dst_at_start, eps):
+    def qkv_norm_rope(q, k, v, q_weight, k_weight, cos_table, sin_table, start, k_dst, v_dst, dst_at_start, eps,
+                      pdl=False):
         """Per-head RMSNorm of q and k, RoPE at positions start + t, and k/v stored into k_dst/v_dst
         at rows start + t (the cache) or t (a block buffer). q: (T, H*D), k, v: (T, Hkv*D), any row
         stride. Returns q as (1, H, T, D)."""
@@ -52,11 +57,11 @@ class TorchOps:
         return qh
 
     @staticmethod
-    def silu_mul(gate, up):
+    def silu_mul(gate, up, pdl=False):
         return F.silu(gate) * up
 
     @staticmethod
-    def diffusion_attention(q, k_cache, v_cache, ctx_len, k_blk, v_blk, scale):
+    def diffusion_attention(q, k_cache, v_cache, ctx_len, k_blk, v_blk, scale, pdl=False):
         """Block queries see cache rows [0, ctx_len) and every block key (no mask inside the block)."""
         S, K = k_cache.shape[2], k_blk.shape[2]
         keys = torch.cat([k_cache, k_blk], dim=2)
@@ -65,7 +70,7 @@ class TorchOps:
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)
 
     @staticmethod
-    def verify_attention(q, k_cache, v_cache, start, scale, per_position=False):
+    def verify_attention(q, k_cache, v_cache, start, scale, per_position=False, pdl=False):
         """Block query t sees cache rows [0, start + t] (the block is already in the cache).
         per_position is the Triton kernel's batch-invariance switch; PyTorch picks its own kernels, so
         the engine refuses batch_invariant with this backend and the flag is always False here."""
@@ -76,7 +81,7 @@ class TorchOps:
         return F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, scale=scale, enable_gqa=True)
 
     @staticmethod
-    def greedy_accept(draft, ar):
+    def greedy_accept(draft, ar, pdl=False):
         """draft (1, K-1), ar (1, K) -> (1,) longest agreeing prefix length (int64)."""
         n = draft.shape[1]
         return (draft == ar[:, :n]).long().cumprod(1).sum(1)
@@ -93,7 +98,7 @@ class TritonOps:
     """Fast backend: fused Triton elementwise kernels and the `kernels/` decode attention."""
 
     @staticmethod
-    def add_rms_norm(x, residual, weight, eps):
+    def add_rms_norm(x, residual, weight, eps, pdl=False):
         _check_rows(x, weight)
         T, N = x.shape
         out = torch.empty_like(x)
@@ -101,11 +106,13 @@ class TritonOps:
         _add_rms_norm_kernel[(T,)](
             x, x if residual is None else residual, weight, out, res_out, N, eps,
             HAS_RESIDUAL=residual is not None, BLOCK=triton.next_power_of_2(N), num_warps=_warps(N),
+            **launch_options(pdl, x.device),
         )
         return out, res_out
 
     @staticmethod
-    def qkv_norm_rope(q, k, v, q_weight, k_weight, cos_table, sin_table, start, k_dst, v_dst, dst_at_start, eps):
+    def qkv_norm_rope(q, k, v, q_weight, k_weight, cos_table, sin_table, start, k_dst, v_dst, dst_at_start, eps,
+                      pdl=False):
         T, D = q.shape[0], cos_table.shape[-1]
         H, Hkv = q.shape[1] // D, k.shape[1] // D
         for name, t in (("q", q), ("k", k), ("v", v), ("k_dst", k_dst), ("v_dst", v_dst)):
@@ -117,24 +124,25 @@ class TritonOps:
             q_out, k_dst, v_dst, k_dst.stride(1), k_dst.stride(2), v_dst.stride(1), v_dst.stride(2),
             eps, H, Hkv, DST_AT_START=dst_at_start, HEAD_DIM=D,
             BLOCK_H=triton.next_power_of_2(H), BLOCK_KV=triton.next_power_of_2(Hkv), num_warps=4,
+            **launch_options(pdl, q.device),
         )
         return q_out[None].transpose(1, 2)
 
     @staticmethod
-    def silu_mul(gate, up):
+    def silu_mul(gate, up, pdl=False):
         if not (gate.is_contiguous() and up.is_contiguous()) or gate.shape != up.shape:
             raise ValueError("gate and up must be contiguous and of one shape")
         out = torch.empty_like(gate)
         n, block = gate.numel(), 1024
-        _silu_mul_kernel[(triton.cdiv(n, block),)](gate, up, out, n, BLOCK=block)
+        _silu_mul_kernel[(triton.cdiv(n, block),)](gate, up, out, n, BLOCK=block, **launch_options(pdl, gate.device))
         return out
 
     diffusion_attention = staticmethod(_diffusion_attention_kernel)
     verify_attention = staticmethod(_verify_attention_kernel)
 
     @staticmethod
-    def greedy_accept(draft, ar):
-        return _greedy_accept_kernel(draft, ar)[0]
+    def greedy_accept(draft, ar, pdl=False):
+        return _greedy_accept_kernel(draft, ar, pdl=pdl)[0]
 
 
 def _check_rows(x, weight):
@@ -148,13 +156,20 @@ def _warps(n: int) -> int:
 
 @triton.jit
 def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
-                         HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+                         HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
     """One row per program: residual add (rounded to the model dtype, as torch's add), RMSNorm in fp32,
     cast, then the weight product rounded again (as `weight * h.to(dtype)`)."""
+    if USE_PDL:
+        # A small kernel: let the next one (a matrix product) launch at once and start on its weights;
+        # it still waits for this kernel to complete before reading what it writes.
+        tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64) * n_cols
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
     dtype = x_ptr.dtype.element_ty
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)  # the norm weight: read-only
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()  # x and the residual come from earlier kernels
     x = tl.load(x_ptr + row + cols, mask=mask, other=0.0)
     if HAS_RESIDUAL:
         r = tl.load(res_ptr + row + cols, mask=mask, other=0.0)
@@ -162,7 +177,6 @@ def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, ep
         tl.store(res_out_ptr + row + cols, x, mask=mask)
     xf = x.to(tl.float32)
     rstd = tl.math.rsqrt(tl.sum(xf * xf, axis=0) / n_cols + eps)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     y = (w * (xf * rstd).to(dtype).to(tl.float32)).to(dtype)
     tl.store(out_ptr + row + cols, y, mask=mask)
 
@@ -194,10 +208,16 @@ def _qkv_norm_rope_kernel(
     q_out_ptr, k_dst_ptr, v_dst_ptr, stride_kd_h, stride_kd_t, stride_vd_h, stride_vd_t,
     eps, num_heads, num_kv_heads,
     DST_AT_START: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """One token per program. Query heads are normed, rotated and written to q_out (T, H, D); key heads
     are normed, rotated and stored at row (start + t if DST_AT_START else t) of k_dst; value heads are
     copied to the same row of v_dst."""
+    if USE_PDL:
+        # A small kernel: let the next one (attention) launch at once; it still waits for this one.
+        # Wait before everything: q/k/v and start come from earlier kernels (and the RoPE rows depend on start).
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     t = tl.program_id(0)
     start = tl.load(start_ptr).to(tl.int32)
     d = tl.arange(0, HEAD_DIM)[None, :]
@@ -216,8 +236,11 @@ def _qkv_norm_rope_kernel(
 
 
 @triton.jit
-def _silu_mul_kernel(g_ptr, u_ptr, out_ptr, n, BLOCK: tl.constexpr):
+def _silu_mul_kernel(g_ptr, u_ptr, out_ptr, n, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
     """silu(gate) rounded to the model dtype (as F.silu), times up, rounded again."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()  # small: let the next kernel launch (it still waits for this one)
+        tl.extra.cuda.gdc_wait()  # gate and up come from earlier kernels
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     dtype = g_ptr.dtype.element_ty

@@ -114,7 +114,7 @@ def test_broken_acceptance_rule_is_caught(make_model, monkeypatch):
     ids = prompt(5, seed=7)
     orig = TorchOps.greedy_accept
     monkeypatch.setattr(TorchOps, "greedy_accept",
-                        staticmethod(lambda draft, ar: (orig(draft, ar) + 1).clamp(max=draft.shape[1])))
+                        staticmethod(lambda draft, ar, pdl=False: (orig(draft, ar) + 1).clamp(max=draft.shape[1])))
     out = OrthrusEngine(model, 64).generate(ids, 30, block_size=4)
     assert not torch.equal(out.sequences, base_greedy(model, ids, 30))
 

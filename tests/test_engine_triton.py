@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+from kernels.matmul import Matmul
 from models.engine import OrthrusEngine
 from models.engine_ops import TorchOps, TritonOps
 from tests.test_greedy import base_greedy, prompt
@@ -181,3 +182,89 @@ def test_batch_invariant_needs_triton(make_model):
         OrthrusEngine(make_model(), 32, backend="torch", batch_invariant=True)
     with pytest.raises(ValueError, match="batch_invariant"):
         OrthrusEngine(make_model(), 32, backend="triton", batch_invariant=True, matmul="torch")
+
+
+# Programmatic Dependent Launch (kernels/pdl.py): on by default on sm_90+, off elsewhere.
+SM90 = CUDA and torch.cuda.get_device_capability()[0] >= 9
+
+
+def test_pdl_option(make_model):
+    model = make_model(seed=24).to(DEVICE)
+    assert OrthrusEngine(model, 32, backend="triton").pdl == SM90  # default: on exactly where supported
+    assert not OrthrusEngine(model, 32, backend="torch").pdl
+    assert not OrthrusEngine(model, 32, backend="triton", pdl=False).pdl
+    with pytest.raises(ValueError, match="pdl=True needs .*Pass pdl=False"):
+        OrthrusEngine(model, 32, backend="torch", pdl=True)
+    if not SM90:
+        with pytest.raises(ValueError, match="pdl=True needs .*Pass pdl=False"):
+            OrthrusEngine(model, 32, backend="triton", pdl=True)
+
+
+@pytest.mark.parametrize("matmul", ["torch", "triton"])
+@torch.no_grad()
+def test_pdl_path_matches(interpreted_pdl, make_model, matmul):
+    """Every kernel's PDL variant, in the interpreter (gdc_* as no-ops): the same draft and verify
+    logits bit for bit, and the same greedy output. matmul="torch" runs the SiLU * up kernel,
+    "triton" the skinny products."""
+    model = make_model(seed=25)
+    ids = prompt(9, seed=25)
+    engines = [OrthrusEngine(model, 64, backend="triton", matmul=matmul, pdl=pdl) for pdl in (False, True)]
+    assert engines[1].pdl and not engines[0].pdl
+    logits = []
+    for engine in engines:
+        engine.prefill(ids[0])
+        engine.last.fill_(5)
+        steps = engine.steps(4)
+        logits.append((steps.draft().clone(), steps.verify().clone(), steps.accept().clone()))
+    for a, b in zip(*logits):
+        assert torch.equal(a, b)
+    assert torch.equal(engines[1].generate(ids, 6, block_size=4).sequences,
+                       engines[0].generate(ids, 6, block_size=4).sequences)
+
+
+@pytest.mark.skipif(not SM90, reason="PDL needs a CUDA GPU of compute capability >= 9.0")
+@pytest.mark.parametrize("matmul", ["auto", "invariant"])
+def test_pdl_cuda_graphs_fp32(make_model, matmul):
+    """fp32 with CUDA graphs: PDL on and off both give the base model's greedy output."""
+    model = make_model(seed=26).cuda()
+    ids = prompt(13, seed=26).cuda()
+    ref = base_greedy(model, ids, 30)
+    for pdl in (True, False):
+        engine = OrthrusEngine(model, 128, pdl=pdl, batch_invariant=matmul == "invariant")
+        assert engine.cuda_graphs and engine.pdl == pdl
+        for K in (1, 4, 8):
+            assert torch.equal(engine.generate(ids, 30, block_size=K).sequences, ref), (pdl, K)
+
+
+@pytest.mark.skipif(not SM90, reason="PDL needs a CUDA GPU of compute capability >= 9.0")
+@pytest.mark.parametrize("batch_invariant", [False, True])
+@torch.no_grad()
+def test_pdl_cuda_graphs_same_bits_bf16(make_model, monkeypatch, batch_invariant):
+    """bf16 with CUDA graphs: with the same matrix-product configs, PDL on gives the draft and verify
+    logits of PDL off bit for bit (a kernel reading its input before the previous kernel finished
+    would show here), and token-for-token the same greedy output. The products are tuned per PDL
+    setting, so the PDL-off engine is given the PDL-on engine's choices."""
+    monkeypatch.setattr(Matmul, "_timed", {})
+    model = make_model(seed=32, hidden_size=512, intermediate_size=1024, num_attention_heads=8,
+                       num_key_value_heads=2, head_dim=64, num_hidden_layers=3, vocab_size=1000,
+                       mask_token_id=999, initializer_range=0.02).to("cuda", torch.bfloat16)
+    ids = prompt(100, seed=32).cuda()
+    engines, logits = [], []
+    for pdl in (True, False):
+        engine = OrthrusEngine(model, 512, pdl=pdl, batch_invariant=batch_invariant)
+        engine.prefill(ids[0])
+        for K in (1, 8, 32):
+            engine.steps(K)  # captures the graphs, tuning every product shape the decoding below uses
+        engine.last.fill_(5)
+        logits.append((engine.steps(32).draft().clone(), engine.steps(32).verify().clone()))
+        engines.append(engine)
+        Matmul._timed.update({key[:-1] + (False,): ranked for key, ranked in Matmul._timed.items() if key[-1]})
+    assert engines[0].cuda_graphs and engines[0].pdl and not engines[1].pdl
+    assert engines[0].mm.chosen == engines[1].mm.chosen
+    for a, b in zip(*logits):
+        assert torch.equal(a, b)
+    for seed in range(2):
+        ids = prompt(100, seed=seed).cuda()
+        for K in (1, 8, 32):
+            on, off = (e.generate(ids, 64, block_size=K).sequences for e in engines)
+            assert torch.equal(on, off), (seed, K)
