@@ -5,11 +5,14 @@ at K = 1), per draft pass, per verify pass and per iteration (K in --ks); the ro
 (weight bytes + KV bytes read, over the bandwidth of a large device copy); projected tokens/s at the
 paper's tokens per iteration and at the measured one; GPU memory of the diffusion view and its
 activations. Each engine variant in --variants is timed the same way: "auto" (the default engine:
-per shape the faster of cuBLAS and the skinny Triton products), "invariant" (batch_invariant=True),
-"torch" (cuBLAS only, the engine before kernels/matmul.py) and "triton" (skinny products only).
+per shape the faster of cuBLAS and the skinny Triton products; Programmatic Dependent Launch on
+sm_90+), "invariant" (batch_invariant=True), "torch" (cuBLAS only, the engine before
+kernels/matmul.py), "triton" (skinny products only) and "nopdl" (the default engine with pdl=False:
+compare with "auto" for what PDL buys; same kernels, launched without PDL).
 Also: how often bf16 Orthrus greedy output diverges from the same engine's bf16 AR output, per
 variant in --divergence-variants (batch-invariant: should be never); the matrix products at decode
-shapes (cuBLAS vs the tuned skinny kernel vs its invariant config, L2-proof graph timing) and what
+shapes (cuBLAS vs the tuned skinny kernel, with PDL where supported, vs its invariant config, L2-proof
+graph timing) and what
 the tuning chose; a kernel-time profile of one verify pass per variant; a bf16 cross-check of the
 Triton path against the PyTorch path.
 
@@ -39,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernels.attention import diffusion_attention, verify_attention  # noqa: E402
 from kernels.matmul import Matmul  # noqa: E402
+from kernels.pdl import pdl_unsupported  # noqa: E402
 from kernels.reference import diffusion_attention_ref, verify_attention_ref  # noqa: E402
 from models.config import OrthrusConfig  # noqa: E402
 from models.engine import OrthrusEngine  # noqa: E402
@@ -52,7 +56,7 @@ PAPER_TPF = {"ablation_single_step": 6.35, "qwen3_8b_math500": 7.8}
 TARGETS_8B = {"ar_step_ms": 7.1, "iteration_ms": 12.5, "context": 256, "block_size": 32}
 # Engine variants (OrthrusEngine keyword arguments; all on the Triton backend with fused q/k/v on CUDA).
 VARIANTS = {"auto": dict(matmul="auto"), "invariant": dict(batch_invariant=True), "torch": dict(matmul="torch"),
-            "triton": dict(matmul="triton")}
+            "triton": dict(matmul="triton"), "nopdl": dict(matmul="auto", pdl=False)}
 TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=32, mask_token_id=511, bos_token_id=None, eos_token_id=None)
 
@@ -72,8 +76,8 @@ def parse_args():
     p.add_argument("--small-prompts", type=int, default=24)
     p.add_argument("--small-hf-prompts", type=int, default=8, help="bf16 prompts also decoded by transformers (half in fp32)")
     p.add_argument("--small-new-tokens", type=int, default=256)
-    p.add_argument("--variants", default="auto,invariant,torch,triton", help=f"engine variants to time, from {sorted(VARIANTS)}; "
-                   "the first is the main table")
+    p.add_argument("--variants", default="auto,nopdl,invariant,torch,triton", help=f"engine variants to time, from {sorted(VARIANTS)}; "
+                   "the first is the main table; nopdl next to auto shows what PDL buys")
     p.add_argument("--divergence-variants", default="auto,invariant", help="variants whose bf16 divergence is measured")
     p.add_argument("--skip", default="", help="phases to leave out: hf_step_ms, hf_generate, gemm_probe, profile, "
                    "backend_cross_check, unfused_qkv")
@@ -282,15 +286,19 @@ def graph_time_us(fns, rounds=4, reps=10) -> float:
 def gemm_probe(model) -> list[dict]:
     """Achieved weight-read bandwidth of the decode-shaped matrix products at 1 and 32 rows, timed inside
     CUDA graphs (kernel time, no launch overhead): cuBLAS (F.linear; gate/up as two products plus
-    SiLU * up), the skinny Triton kernel with its tuned config ("triton") and with the batch-invariant
-    config (BLOCK_M = 32 for every row count). Each graph cycles through enough copies of the weight
-    to exceed the L2 cache, so every product reads its weight from device memory as in a real pass."""
+    SiLU * up), the skinny Triton kernel with its tuned config ("triton"; "triton_pdl": the same launched
+    with Programmatic Dependent Launch, on sm_90+, so each product overlaps the end of the one before)
+    and with the batch-invariant config (BLOCK_M = 32 for every row count). Each graph cycles through
+    enough copies of the weight to exceed the L2 cache, so every product reads its weight from device
+    memory as in a real pass."""
     attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
     qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
     weights = {"qkv_fused": (qkv,), "o": (attn.o_proj.weight,), "gate_up": (mlp.gate_proj.weight, mlp.up_proj.weight),
                "down": (mlp.down_proj.weight,), "lm_head": (model.lm_head.weight,)}
     impls = {"cublas": Matmul("torch", TritonOps.silu_mul), "triton": Matmul("triton", TritonOps.silu_mul),
              "invariant": Matmul("invariant", TritonOps.silu_mul)}
+    if pdl_unsupported(qkv.device) is None:
+        impls["triton_pdl"] = Matmul("triton", TritonOps.silu_mul, pdl=True)
     l2 = torch.cuda.get_device_properties(qkv.device).L2_cache_size
     rows = []
     for name, ws in weights.items():
@@ -633,6 +641,7 @@ def run_variant(variant, model, res, args, device, clock, budget, engine_len, lo
     timing = time_engine(engine, ks, ctxs, clock, args.reps, budget, log)
     res["engine_variants"][variant] = timing
     res["matmul_choices"][variant] = {str(k): str(c) for k, c in engine.mm.chosen.items()}
+    res.setdefault("variant_pdl", {})[variant] = engine.pdl
     if first:
         res["engine"] = timing
         if "hf_step_ms" not in skip:
@@ -646,7 +655,7 @@ def run_variant(variant, model, res, args, device, clock, budget, engine_len, lo
             phase("hf_step_ms", hf_steps)
         if "hf_generate" not in skip:
             phase("hf_generate_ms_per_token_ctx256", lambda: time_hf_generate(model, device, clock))
-    if cuda and "profile" not in skip and variant in ("auto", "invariant", "torch"):
+    if cuda and "profile" not in skip and variant in ("auto", "invariant", "torch", "nopdl"):
         phase(f"verify_profile_{variant}_K{max(ks)}_ctx256", lambda: profile_verify(engine, max(ks), 256, device, log))
     if args.prompts > 0 and variant in args.divergence_variants.split(","):
         engine.cache.kv.zero_()
@@ -771,8 +780,10 @@ def variants_table(res, ks) -> list[str]:
     if len(variants) < 2:
         return []
     head = ["variant", "ctx", "AR step"] + [f"{s} K={k}" for k in ks for s in ("draft", "verify", "iteration")]
+    pdl = res.get("variant_pdl", {})
     lines = ["", "Engine variants (auto: the default engine; invariant: batch_invariant=True; torch: cuBLAS only; "
-             "triton: skinny Triton products only):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             "triton: skinny Triton products only; nopdl: the default engine without Programmatic Dependent Launch; "
+             f"PDL on in: {', '.join(v for v in variants if pdl.get(v)) or 'none'}):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for variant, rows in variants.items():
         for ctx, row in rows.items():
             lines.append("| " + " | ".join([variant, str(ctx), f"{row['ar_step_ms']:.2f}"] + [
