@@ -33,8 +33,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.pdl import launch_options
+from kernels.pdl import launch_options, prefetch_l2
 
+PREFETCH_TILES = tl.constexpr(4)  # weight tiles a program asks L2 for before it waits (PDL only)
 MAX_SKINNY_ROWS = 32  # above this (prefill chunks) the default modes hand the product to cuBLAS
 
 
@@ -72,10 +73,11 @@ def _skinny_matmul_kernel(
     gate's, at + splits * M * N); otherwise it finishes and stores the output. M is not specialised
     on, so M = 1 runs the same compiled code as M = 32. Every split has at least one K tile.
 
-    With USE_PDL (kernels/pdl.py) the first K tile is peeled off the loop so that its weight tiles are
-    loaded before gdc_wait(): the weights never depend on an earlier kernel, so they stream in while
-    the previous kernel finishes, and only x waits. Without it the kernel is the plain loop. The sums
-    are the same `tl.dot`s in the same order either way (tile 0 into zeros, then tiles 1, 2, ...)."""
+    With USE_PDL (kernels/pdl.py) the program first prefetches its leading weight tiles into L2, then
+    waits for the previous kernel (gdc_wait) and runs the same loop: the sums are bitwise those of
+    the kernel without PDL. (Loading the first tile into registers before the wait instead, a peeled
+    loop iteration, compiled to up to twice the registers and issued the pipeline's later loads only
+    after that tile's dot.)"""
     pid_n, pid_s, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -89,21 +91,18 @@ def _skinny_matmul_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
 
-    k_start = k_lo
     if USE_PDL:
-        # Peel the first K tile (only with PDL, so the kernel without it is the plain loop): its
-        # weight tiles are read before the wait, then the same dots as the loop's first step.
-        k_mask = (k_lo + offs_k) < K
-        w = tl.load(w_ptrs + k_lo, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+        # Before waiting for x, ask L2 for this program's first PREFETCH_TILES weight tiles: the
+        # weights never depend on an earlier kernel, so they stream in while the previous kernel
+        # finishes, and the loop below (unchanged: same loads, same dots) finds them in L2. A hint
+        # only: no registers are held across the wait and the result does not change.
+        pf_k = tl.minimum(k_lo + tl.arange(0, PREFETCH_TILES * BLOCK_K // 64) * 64, k_hi - 1)  # one per 128 B of bf16
+        pf_n = tl.minimum(offs_n, N - 1)[:, None].to(tl.int64)
+        prefetch_l2(w_ptr + pf_n * stride_wn + pf_k[None, :])
         if GATE_UP:
-            w2 = tl.load(w2_ptrs + k_lo, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+            prefetch_l2(w2_ptr + pf_n * stride_w2n + pf_k[None, :])
         tl.extra.cuda.gdc_wait()  # x comes from an earlier kernel, which may also still read out/part
-        x = tl.load(x_ptrs + k_lo, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
-        if GATE_UP:
-            acc2 = tl.dot(x, tl.trans(w2), acc2, input_precision=DOT_PRECISION)
-        k_start += BLOCK_K
-    for k in range(k_start, k_hi, BLOCK_K):
+    for k in range(k_lo, k_hi, BLOCK_K):
         k_mask = (k + offs_k) < K
         x = tl.load(x_ptrs + k, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         w = tl.load(w_ptrs + k, mask=n_mask[:, None] & k_mask[None, :], other=0.0)

@@ -34,6 +34,7 @@ import os
 
 import torch
 import triton
+import triton.language as tl
 
 
 def _interpreting() -> bool:
@@ -71,3 +72,11 @@ def launch_options(pdl: bool, device: torch.device) -> dict:
     if reason is not None:
         raise ValueError(f"pdl=True: {reason}; pass pdl=False")
     return {"USE_PDL": True, "launch_pdl": True}
+
+
+@triton.jit
+def prefetch_l2(ptrs):
+    """Ask L2 for the lines at `ptrs` (PTX prefetch.global.L2): no registers, no result, no fault on
+    the memory model; used before gdc_wait() on weights, which no earlier kernel writes."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                              is_pure=False, pack=1)

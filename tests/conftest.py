@@ -64,12 +64,14 @@ def one_thread():
 def interpreted_pdl(monkeypatch):
     """Run the kernels' PDL variants (USE_PDL=True) in Triton's interpreter, where the gdc_* calls become
     no-ops: they only order kernels on a GPU, and the interpreter runs one kernel at a time anyway. What
-    this checks is everything else the PDL path changes (the matrix product's peeled first K tile, the
-    order of the other kernels' loads). Only off the GPU: on CUDA the real PDL tests run instead."""
+    this checks is everything else the PDL path changes (the matrix product's prefetch addressing, the
+    order of the other kernels' loads; the L2 prefetch itself is inline PTX and becomes a no-op too). Only off the GPU: on CUDA the real PDL tests run instead."""
     if torch.cuda.is_available():
         pytest.skip("interpreter-only check; on CUDA the PDL tests run on the GPU")
+    import kernels.matmul
     import kernels.pdl
 
     monkeypatch.setattr(tl.extra.cuda, "gdc_wait", lambda: None)
     monkeypatch.setattr(tl.extra.cuda, "gdc_launch_dependents", lambda: None)
     monkeypatch.setattr(kernels.pdl, "pdl_unsupported", lambda device: None)
+    monkeypatch.setattr(kernels.matmul, "prefetch_l2", lambda ptrs: None)  # inline PTX: GPU only

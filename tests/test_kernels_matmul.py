@@ -90,10 +90,10 @@ def test_decode_shape_bf16_cuda():
     assert torch.equal(mm.gate_up(x[5:6], w, w2)[0], full[5])
 
 
-# Programmatic Dependent Launch (kernels/pdl.py). The PDL path loads each split's first K tile of the
-# weights before waiting for x, so that tile is peeled off the loop: cases with one K tile per split
-# (K = 300 in tiles of 64: 5 tiles, 5 splits, the loop after the peel is empty), a single partial tile
-# (K = 20 < BLOCK_K) and K not a multiple of BLOCK_K with several tiles per split.
+# Programmatic Dependent Launch (kernels/pdl.py). The PDL path prefetches each split's first weight
+# tiles into L2 (addresses clamped to the split and the rows) before waiting for x: cases with one K
+# tile per split (K = 300 in tiles of 64: 5 tiles, 5 splits), a single partial tile (K = 20 < BLOCK_K)
+# and K not a multiple of BLOCK_K with several tiles per split.
 SM90 = CUDA and torch.cuda.get_device_capability()[0] >= 9
 PDL_CASES = [(300, MatmulConfig(16, 32, 64, 5)), (20, MatmulConfig(16, 32, 32, 1)), (20, MatmulConfig(32, 16, 64, 1)),
              (300, MatmulConfig(16, 32, 32, 1)), (300, MatmulConfig(32, 16, 32, 3))]
