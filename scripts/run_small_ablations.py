@@ -405,12 +405,14 @@ def stage_eval(s: Setup, sweeps: list[str], workers: int) -> None:
 
 
 def view_key(view: str) -> str:
-    """Names the evaluation of a view by its path and its weights' size and time, so a view trained
-    again in the same folder is evaluated again."""
+    """Names the evaluation of a view by its folder (relative to the repository) and its weights' bytes,
+    so a view trained again in the same folder is evaluated again, and an evaluation made on another
+    machine (where the folder was carried) is found here."""
     import hashlib
 
-    st = next(Path(view).glob("*.safetensors")).stat()
-    return hashlib.sha1(f"{view}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    weights = next(Path(view).glob("*.safetensors")).read_bytes()
+    rel = str(Path(view).resolve().relative_to(REPO_ROOT))
+    return hashlib.sha1(rel.encode() + hashlib.sha1(weights).digest()).hexdigest()[:16]
 
 
 def train_summary(run_dir: Path) -> dict:
