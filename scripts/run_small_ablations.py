@@ -358,7 +358,11 @@ def eval_view(s: Setup, view: str | None, out: Path) -> None:
     results = {name: [engine.generate(torch.tensor([ids], device=device), s.max_new_tokens, block_size=k) for ids in prompts]
                for name, prompts in sets.items()}
     meta = json.loads((path / DIFFUSION_META).read_text())
-    row = {"block_size_decoded": k, "seconds": round(time.time() - start, 1), "steps_trained": meta.get("step"),
+    from eval.provenance import provenance
+
+    prov = provenance(device)
+    row = {"decoded_on": f"{prov['device']}, commit {prov['git']['commit'][:7]}, torch {prov['torch']}",
+           "block_size_decoded": k, "seconds": round(time.time() - start, 1), "steps_trained": meta.get("step"),
            "tokens_trained": meta.get("tokens"), "new_tokens": {n: [r.new_tokens.tolist() for r in res] for n, res in results.items()}}
     for name, res in results.items():
         row.update({f"{name}_tpf": tokens_per_iteration(res), f"{name}_acceptance_histogram": acceptance_histogram(res),
@@ -463,7 +467,9 @@ def stage_report(s: Setup, sweeps: list[str]) -> None:
               f"Paper: {sw.paper}.\n\n"
               + "".join(f"Trained ({job}): commit `{t['git']['commit']}`, {t['device']}, torch {t['torch']}, {t['timestamp']}.  \n"
                         for job, t in train_prov.items() if t)
-              + f"Evaluated: commit `{prov['git']['commit']}`, {prov['device']}, torch {prov['torch']}, {prov['timestamp']}.\n\n"
+              + "".join(f"Decoded: {d}.  \n" for d in sorted({r.get("decoded_on", "not recorded (evaluated before "
+                                                                   "eval_view recorded it)") for r in ok}))
+              + f"Table assembled: commit `{prov['git']['commit']}`, {prov['device']}, {prov['timestamp']}.\n\n"
               f"![{name}](plot.png)\n")
         atomic_write_text(out / "README.md", md)
         fig, ax = plt.subplots(figsize=(6.5, 3.6))
@@ -476,6 +482,29 @@ def stage_report(s: Setup, sweeps: list[str]) -> None:
         ax.legend(fontsize=7)
         save_figure(fig, out / "plot.png")
         print(md, flush=True)
+    write_summary(s)
+
+
+def write_summary(s: Setup) -> None:
+    """<results>/README.md: one table of every sweep reported so far (read back from their results.json)."""
+    from eval.report import markdown_table
+
+    root = REPO_ROOT / s.results
+    rows = []
+    for path in sorted(root.glob("*/results.json")):
+        report = json.loads(path.read_text())
+        if "rows" not in report or "sweep" not in report:
+            continue  # another ablation's folder (e.g. the decode-time denoise_steps one)
+        for r in report["rows"]:
+            if r.get("status") == "ok":
+                rows.append([f"[{report['sweep']}]({report['sweep']}/README.md)", r["arm"], r.get("steps_trained"),
+                             r["block_size_decoded"], r["humaneval_tpf"], r["heldout_tpf"],
+                             min(r["humaneval_exact_match"], r["heldout_exact_match"])])
+    table = markdown_table(["sweep", "arm", "steps", "K decoded", "HumanEval TPF", "held-out TPF", "exact match"], rows)
+    atomic_write_text(root / "README.md", "# orthrus-small training-side ablations\n\nWritten by "
+                      "`scripts/run_small_ablations.py --stages report` from each sweep's `results.json` (commands, "
+                      "commits and devices are in each sweep's README). Greedy, fp32, fast engine, 128 new tokens; "
+                      "TPF = tokens per draft + verify iteration.\n\n" + table + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
