@@ -10,23 +10,20 @@ flash-decoding:
   cut into row blocks of 128 (registers), which then read the same tiles.
 * The key sequence is dealt in whole tiles to `num_splits` programs so that even a batch-1 call fills
   the GPU. Each split runs an fp32 online softmax over its tiles and writes an unnormalised partial
-  output plus its running max and sum. The last split program to finish for a (batch, KV head, row
-  block) merges all splits' partials and writes the output, in the same launch (the "last block
-  reduces" pattern: a per-tile int32 counter, see `_finish`). With one split the attention kernel
-  normalises and writes the output itself.
+  output plus its running max and sum; `_combine_splits_kernel` merges the partials. With one split
+  the attention kernel normalises and writes the output itself.
 * The valid length (`ctx_len` / `start`) may be a Python int or a one-element integer tensor on the
   device. With a tensor nothing is read back to the host, the grid depends only on shapes and the
   cache capacity, and which tiles each split takes is worked out inside the kernels from the length,
   so the call can be captured in a CUDA graph and replayed while the length changes. Splits left
-  without tiles at short lengths write nothing (but still count themselves done) and the combine
-  skips them.
+  without tiles at short lengths write nothing and the combine kernel skips them.
 
 Scores are computed in base 2 (`exp2` with `scale * log2(e)`), as in FlashAttention.
 
 With `pdl=True` (Programmatic Dependent Launch, CUDA sm_90+, `kernels/pdl.py`) every kernel waits for
 the previous kernel at its start (all it reads comes from earlier kernels), and the attention kernels
 let the next kernel launch once their key loop is done, so its launch and weight loads overlap their
-stores and the combine.
+stores and the combine pass.
 """
 
 import math
@@ -100,84 +97,35 @@ def _load_query_rows(q_ptr, stride_qb, stride_qh, stride_qt, num_kv_heads,
 
 
 @triton.jit
-def _combine_splits(o_part_ptr, m_part_ptr, l_part_ptr, split_base, rows_pad, offs_m, offs_d, used_splits,
-                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr):
-    """Merge the partials of splits split_base + [0, used_splits) for rows offs_m; returns the
-    normalised (rows, D) fp32 output.
-
-    The global max and sum come from all used splits' (max, sum) at once; the outputs are then
-    accumulated split by split, in split order (deterministic). A used split that saw no key for a
-    row has max = _M_INIT and sum = 0, so its weight is 0; every row saw some key, so the global max
-    is finite. The loads bypass L1 (.cg): the partials were written by other programs of this launch.
-    """
-    offs_s = tl.arange(0, BLOCK_S)
-    all_parts = (split_base + offs_s[:, None]) * rows_pad + offs_m[None, :]
-    split_mask = offs_s[:, None] < used_splits
-    m = tl.load(m_part_ptr + all_parts, mask=split_mask, other=float("-inf"), cache_modifier=".cg")
-    l = tl.load(l_part_ptr + all_parts, mask=split_mask, other=0.0, cache_modifier=".cg")
-    m_max = tl.max(m, 0)
-    l_sum = tl.sum(l * tl.exp2(m - m_max[None, :]), 0)
-
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    for split in range(used_splits):
-        part = (split_base + split) * rows_pad + offs_m
-        w = tl.exp2(tl.load(m_part_ptr + part, cache_modifier=".cg") - m_max)
-        acc += tl.load(o_part_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], cache_modifier=".cg") * w[:, None]
-    return acc / l_sum[:, None]
-
-
-@triton.jit
-def _store_output(out_ptr, o, batch, head, pos, row_mask, offs_d, stride_ob, stride_oh, stride_ot):
-    """Store the normalised (rows, D) output of this program's query rows in out's dtype."""
-    ptrs = out_ptr + batch * stride_ob + head[:, None] * stride_oh + pos[:, None] * stride_ot + offs_d[None, :]
-    tl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=row_mask[:, None])
-
-
-@triton.jit
-def _finish(
-    out_ptr, o_part_ptr, m_part_ptr, l_part_ptr, counter_ptr, acc, m_i, l_i,
+def _store_result(
+    out_ptr, o_part_ptr, m_part_ptr, l_part_ptr, acc, m_i, l_i,
     batch, head, pos, offs_m, row_mask, offs_d, num_splits, used_splits,
     stride_ob, stride_oh, stride_ot,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, WRITE_FINAL: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK_LEN: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    WRITE_FINAL: tl.constexpr,
 ):
-    """Write the normalised output (single split), or this split's partial and, in the last split
-    program to finish for this (batch * Hkv, row block) tile, the combined output.
+    """Write the normalised output (single split) or this split's partial for the combine kernel.
 
     Partials are laid out as (B * Hkv, num_splits, rows_pad[, D]) in fp32, rows_pad = G * K rounded
     up to whole row blocks. Padding rows are stored too (their q is zero, so they are finite), which
-    lets the combine read whole blocks without masks. Unused splits store nothing.
-
-    Every split program, used or not, then adds 1 to the tile's counter (acq_rel, GPU scope, after a
-    CTA barrier so all of this program's partial stores come before the release); the one that gets
-    num_splits - 1 back has seen every other split's release, combines the splits in split order and
-    sets the counter back to 0 for the next launch (or CUDA-graph replay), all before this kernel
-    completes.
+    lets the combine kernel read whole blocks without masks. Unused splits store nothing.
     """
     if WRITE_FINAL:
-        _store_output(out_ptr, acc / l_i[:, None], batch, head, pos, row_mask, offs_d, stride_ob, stride_oh, stride_ot)
-    else:
-        split_base = tl.program_id(0) * num_splits
+        o = acc / l_i[:, None]
+        ptrs = out_ptr + batch * stride_ob + head[:, None] * stride_oh + pos[:, None] * stride_ot + offs_d[None, :]
+        tl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=row_mask[:, None])
+    elif tl.program_id(2) < used_splits:
         rows_pad = tl.num_programs(1) * BLOCK_M
-        if tl.program_id(2) < used_splits:
-            part = (split_base + tl.program_id(2)) * rows_pad + offs_m
-            tl.store(o_part_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc)
-            tl.store(m_part_ptr + part, m_i)
-            tl.store(l_part_ptr + part, l_i)
-        tl.debug_barrier()
-        tile = counter_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
-        done = tl.atomic_add(tile, 1, sem="acq_rel")
-        tl.debug_barrier()
-        if done == num_splits - 1:
-            tl.store(tile, 0)
-            o = _combine_splits(o_part_ptr, m_part_ptr, l_part_ptr, split_base, rows_pad, offs_m, offs_d,
-                                used_splits, HEAD_DIM, BLOCK_M, BLOCK_S)
-            _store_output(out_ptr, o, batch, head, pos, row_mask, offs_d, stride_ob, stride_oh, stride_ot)
+        part = (tl.program_id(0) * num_splits + tl.program_id(2)) * rows_pad + offs_m
+        tl.store(o_part_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc)
+        tl.store(m_part_ptr + part, m_i)
+        tl.store(l_part_ptr + part, l_i)
 
 
 @triton.jit(do_not_specialize=["ctx_len"])
 def _diffusion_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, k_blk_ptr, v_blk_ptr, ctx_len,
-    out_ptr, o_part_ptr, m_part_ptr, l_part_ptr, counter_ptr,
+    out_ptr, o_part_ptr, m_part_ptr, l_part_ptr,
     stride_qb, stride_qh, stride_qt,
     stride_kcb, stride_kch, stride_kct,
     stride_vcb, stride_vch, stride_vct,
@@ -186,7 +134,7 @@ def _diffusion_attention_kernel(
     stride_ob, stride_oh, stride_ot,
     num_kv_heads, num_splits, qk_scale,
     GROUP: tl.constexpr, BLOCK_LEN: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
     LEN_ON_DEVICE: tl.constexpr, WRITE_FINAL: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """Grid (B * Hkv, row blocks, num_splits). Cache tiles [0, ctx_len) are dealt to the splits;
@@ -222,25 +170,25 @@ def _diffusion_attention_kernel(
         m_i, l_i, acc = _online_softmax_step(q, k_t, v, blk_mask[None, :], m_i, l_i, acc, qk_scale, DOT_PRECISION)
 
     if USE_PDL:
-        tl.extra.cuda.gdc_launch_dependents()  # only stores (and the combine) left: let the next kernel load weights
-    _finish(
-        out_ptr, o_part_ptr, m_part_ptr, l_part_ptr, counter_ptr, acc, m_i, l_i,
+        tl.extra.cuda.gdc_launch_dependents()  # only stores left: let the next kernel start loading weights
+    _store_result(
+        out_ptr, o_part_ptr, m_part_ptr, l_part_ptr, acc, m_i, l_i,
         batch, head, pos, offs_m, row_mask, offs_d, num_splits, used_splits,
-        stride_ob, stride_oh, stride_ot, HEAD_DIM, BLOCK_M, BLOCK_S, WRITE_FINAL,
+        stride_ob, stride_oh, stride_ot, GROUP, BLOCK_LEN, HEAD_DIM, BLOCK_M, WRITE_FINAL,
     )
 
 
 @triton.jit(do_not_specialize=["start"])
 def _verify_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, start,
-    out_ptr, o_part_ptr, m_part_ptr, l_part_ptr, counter_ptr,
+    out_ptr, o_part_ptr, m_part_ptr, l_part_ptr,
     stride_qb, stride_qh, stride_qt,
     stride_kcb, stride_kch, stride_kct,
     stride_vcb, stride_vch, stride_vct,
     stride_ob, stride_oh, stride_ot,
     num_kv_heads, num_splits, qk_scale,
     GROUP: tl.constexpr, BLOCK_LEN: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     LEN_ON_DEVICE: tl.constexpr, WRITE_FINAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
     LEN_PER_BATCH: tl.constexpr, USE_PDL: tl.constexpr,
 ):
@@ -274,12 +222,69 @@ def _verify_attention_kernel(
         m_i, l_i, acc = _online_softmax_step(q, k_t, v, causal, m_i, l_i, acc, qk_scale, DOT_PRECISION)
 
     if USE_PDL:
-        tl.extra.cuda.gdc_launch_dependents()  # only stores (and the combine) left: let the next kernel load weights
-    _finish(
-        out_ptr, o_part_ptr, m_part_ptr, l_part_ptr, counter_ptr, acc, m_i, l_i,
+        tl.extra.cuda.gdc_launch_dependents()  # only stores left: let the next kernel start loading weights
+    _store_result(
+        out_ptr, o_part_ptr, m_part_ptr, l_part_ptr, acc, m_i, l_i,
         batch, head, pos, offs_m, row_mask, offs_d, num_splits, used_splits,
-        stride_ob, stride_oh, stride_ot, HEAD_DIM, BLOCK_M, BLOCK_S, WRITE_FINAL,
+        stride_ob, stride_oh, stride_ot, GROUP, BLOCK_LEN, HEAD_DIM, BLOCK_M, WRITE_FINAL,
     )
+
+
+@triton.jit(do_not_specialize=["length"])
+def _combine_splits_kernel(
+    o_part_ptr, m_part_ptr, l_part_ptr, out_ptr, length,
+    stride_ob, stride_oh, stride_ot,
+    num_kv_heads, num_splits,
+    GROUP: tl.constexpr, BLOCK_LEN: tl.constexpr, HEAD_DIM: tl.constexpr, ROWS_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
+    LEN_ON_DEVICE: tl.constexpr, BLOCK_IN_CACHE: tl.constexpr, LEN_PER_BATCH: tl.constexpr, USE_PDL: tl.constexpr,
+):
+    """Grid (B * Hkv, row blocks of BLOCK_R): merge the per-split partials of BLOCK_R query rows.
+
+    `length` is the attention kernel's ctx_len / start; BLOCK_IN_CACHE says whether the split keys
+    are length + K (verify) or length (diffusion), so the splits in use are found the same way;
+    LEN_PER_BATCH adds the batch index to the length, as the attention kernel did.
+    The global max and sum come from all used splits' (max, sum) at once; the outputs are then
+    accumulated split by split. A used split that saw no key for a row has max = _M_INIT and sum = 0,
+    so its weight is 0; every row saw some key, so the global max is finite. BLOCK_R divides
+    ROWS_PAD, so only the final store needs a row mask.
+    """
+    if USE_PDL:
+        # A short kernel: let the next one (the o product) launch at once and load its weights meanwhile
+        # (it still waits for this kernel to complete). The partials come from the attention kernel.
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
+    batch = tl.program_id(0) // num_kv_heads
+    kv_head = tl.program_id(0) % num_kv_heads
+    kv_len = _read_length(length, LEN_ON_DEVICE)
+    if LEN_PER_BATCH:
+        kv_len += batch
+    if BLOCK_IN_CACHE:
+        kv_len += BLOCK_LEN
+    _, _, used_splits = _split_layout(kv_len, num_splits, BLOCK_N)
+
+    offs_r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, HEAD_DIM)
+    split_base = tl.program_id(0) * num_splits
+    all_parts = (split_base + offs_s[:, None]) * ROWS_PAD + offs_r[None, :]
+    split_mask = offs_s[:, None] < used_splits
+    m = tl.load(m_part_ptr + all_parts, mask=split_mask, other=float("-inf"))
+    l = tl.load(l_part_ptr + all_parts, mask=split_mask, other=0.0)
+    m_max = tl.max(m, 0)
+    l_sum = tl.sum(l * tl.exp2(m - m_max[None, :]), 0)
+
+    acc = tl.zeros([BLOCK_R, HEAD_DIM], dtype=tl.float32)
+    for split in range(used_splits):
+        part = (split_base + split) * ROWS_PAD + offs_r
+        w = tl.exp2(tl.load(m_part_ptr + part) - m_max)
+        acc += tl.load(o_part_ptr + part[:, None] * HEAD_DIM + offs_d[None, :]) * w[:, None]
+
+    head = kv_head * GROUP + offs_r // BLOCK_LEN
+    pos = offs_r % BLOCK_LEN
+    out_ptrs = out_ptr + batch * stride_ob + head[:, None] * stride_oh + pos[:, None] * stride_ot + offs_d[None, :]
+    row_mask = offs_r < GROUP * BLOCK_LEN
+    tl.store(out_ptrs, (acc / l_sum[:, None]).to(out_ptr.dtype.element_ty), mask=row_mask[:, None])
 
 
 def _sm_count(device: torch.device) -> int:
@@ -361,36 +366,42 @@ def _plan(q, kv_heads: int, kv_len_bound: int, num_splits: int | None) -> _Launc
     return _Launch(group, rows, block_m, rows_pad, block_n, num_splits, num_warps)
 
 
-# Split-combine counters, one int32 per (batch * Hkv, row block) tile, by (device, number of tiles).
-# Zeroed once when made and kept: every launch leaves them at zero again (the combining program
-# resets its tile), so CUDA-graph replays need no memset. One stream at a time may use them.
-_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
-
-
-def _split_counters(device: torch.device, tiles: int) -> torch.Tensor:
-    key = (device, tiles)
-    counters = _COUNTERS.get(key)
-    if counters is None:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("split-KV attention needs its combine counters made outside CUDA-graph capture: "
-                               "run the same call once (a warm-up) before capturing it")
-        counters = _COUNTERS[key] = torch.zeros(tiles, device=device, dtype=torch.int32)
-    return counters
-
-
 def _outputs(q, kv_heads: int, launch: _Launch):
-    """The output, plus fp32 partial buffers (B * Hkv, splits, rows_pad[, D]) and the tiles' combine
-    counters when the keys are split. With one split the attention kernel writes the output directly
-    and never touches the partial pointers or counters, so the output stands in for them."""
+    """The output, plus fp32 partial buffers (B * Hkv, splits, rows_pad[, D]) when the keys are split.
+    With one split the attention kernel writes the output directly and never touches the partial
+    pointers, so the output stands in for them."""
     out = torch.empty_like(q)
     if launch.num_splits == 1:
-        return out, out, out, out, out
+        return out, out, out, out
     shape = (q.shape[0] * kv_heads, launch.num_splits, launch.rows_pad)
     o_part = torch.empty(*shape, q.shape[3], device=q.device, dtype=torch.float32)
     m_part = torch.empty(shape, device=q.device, dtype=torch.float32)
     l_part = torch.empty(shape, device=q.device, dtype=torch.float32)
-    counters = _split_counters(q.device, q.shape[0] * kv_heads * (launch.rows_pad // launch.block_m))
-    return out, o_part, m_part, l_part, counters
+    return out, o_part, m_part, l_part
+
+
+def _combine(out, o_part, m_part, l_part, length, on_device: bool, block_in_cache: bool,
+             kv_heads: int, launch: _Launch, per_batch: bool = False, pdl: bool = False):
+    """Merge the split partials into `out` (nothing to do with one split: `out` is already written).
+    per_batch: batch element b has length + b, and the rows per program are chosen as for one batch
+    element (so each element is combined exactly as it would be alone)."""
+    if launch.num_splits == 1:
+        return out
+    batch, _, block_len, head_dim = out.shape
+    # As many rows per program as still give one program per SM (a power of two <= 16, so it
+    # divides rows_pad).
+    block_r = 16
+    tiling_batch = 1 if per_batch else batch
+    while block_r > 1 and tiling_batch * kv_heads * triton.cdiv(launch.rows, block_r) < _sm_count(out.device):
+        block_r //= 2
+    _combine_splits_kernel[(batch * kv_heads, triton.cdiv(launch.rows, block_r))](
+        o_part, m_part, l_part, out, length, *out.stride()[:3], kv_heads, launch.num_splits,
+        GROUP=launch.group, BLOCK_LEN=block_len, HEAD_DIM=head_dim, ROWS_PAD=launch.rows_pad,
+        BLOCK_N=launch.block_n, BLOCK_R=block_r, BLOCK_S=triton.next_power_of_2(launch.num_splits),
+        LEN_ON_DEVICE=on_device, BLOCK_IN_CACHE=block_in_cache, LEN_PER_BATCH=per_batch,
+        **launch_options(pdl, out.device),
+    )
+    return out
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -417,19 +428,18 @@ def diffusion_attention(q, k_cache, v_cache, ctx_len, k_blk, v_blk, scale: float
                          f"got {tuple(k_blk.shape)}, {tuple(v_blk.shape)}")
     length, on_device = _check_length("ctx_len", ctx_len, q.device, max_len)
     launch = _plan(q, kv_heads, max_len if on_device else length, num_splits)
-    out, o_part, m_part, l_part, counters = _outputs(q, kv_heads, launch)
+    out, o_part, m_part, l_part = _outputs(q, kv_heads, launch)
     _diffusion_attention_kernel[(batch * kv_heads, launch.rows_pad // launch.block_m, launch.num_splits)](
-        q, k_cache, v_cache, k_blk, v_blk, length, out, o_part, m_part, l_part, counters,
+        q, k_cache, v_cache, k_blk, v_blk, length, out, o_part, m_part, l_part,
         *q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3],
         *k_blk.stride()[:3], *v_blk.stride()[:3], *out.stride()[:3],
         kv_heads, launch.num_splits, scale * LOG2E,
         GROUP=launch.group, BLOCK_LEN=block_len, HEAD_DIM=head_dim,
         BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, BLOCK_B=max(16, triton.next_power_of_2(block_len)),
-        BLOCK_S=triton.next_power_of_2(launch.num_splits),
         LEN_ON_DEVICE=on_device, WRITE_FINAL=launch.num_splits == 1, DOT_PRECISION=_dot_precision(q.dtype),
         num_warps=launch.num_warps, **launch_options(pdl, q.device),
     )
-    return out
+    return _combine(out, o_part, m_part, l_part, length, on_device, False, kv_heads, launch, pdl=pdl)
 
 
 def verify_attention(q, k_cache, v_cache, start, scale: float, num_splits: int | None = None,
@@ -442,7 +452,7 @@ def verify_attention(q, k_cache, v_cache, start, scale: float, num_splits: int |
     value is then not range-checked, and the default num_splits is sized for S_max).
     num_splits: key-sequence splits per (batch, KV head, row block); by default about one program per SM.
     per_position (batch 1): compute each block position as its own one-query call at start + i would
-    (same row blocks, key tiles, splits and combine tiling), so its result is bitwise the same as that call's
+    (same row blocks, key tiles, splits and combine), so its result is bitwise the same as that call's
     whatever K is, given the same num_splits (the default one is when start is a device tensor: it is
     sized for S_max): the batch-invariant mode of the engine. The K positions become K batch elements of
     one launch over the same cache; it does K times the programs of a one-query call.
@@ -466,14 +476,14 @@ def _verify_attention(q, k_cache, v_cache, start, scale, num_splits, per_batch=F
         q, k_cache, v_cache, {"k_cache": k_cache, "v_cache": v_cache})
     length, on_device = _check_length("start", start, q.device, max_len - block_len - (batch - 1) * per_batch)
     launch = _plan(q[:1] if per_batch else q, kv_heads, max_len if on_device else length + block_len, num_splits)
-    out, o_part, m_part, l_part, counters = _outputs(q, kv_heads, launch)
+    out, o_part, m_part, l_part = _outputs(q, kv_heads, launch)
     _verify_attention_kernel[(batch * kv_heads, launch.rows_pad // launch.block_m, launch.num_splits)](
-        q, k_cache, v_cache, length, out, o_part, m_part, l_part, counters,
+        q, k_cache, v_cache, length, out, o_part, m_part, l_part,
         *q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3], *out.stride()[:3],
         kv_heads, launch.num_splits, scale * LOG2E,
         GROUP=launch.group, BLOCK_LEN=block_len, HEAD_DIM=head_dim,
-        BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, BLOCK_S=triton.next_power_of_2(launch.num_splits),
+        BLOCK_M=launch.block_m, BLOCK_N=launch.block_n,
         LEN_ON_DEVICE=on_device, WRITE_FINAL=launch.num_splits == 1, DOT_PRECISION=_dot_precision(q.dtype),
         LEN_PER_BATCH=per_batch, num_warps=launch.num_warps, **launch_options(pdl, q.device),
     )
-    return out
+    return _combine(out, o_part, m_part, l_part, length, on_device, True, kv_heads, launch, per_batch, pdl)

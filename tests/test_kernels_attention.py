@@ -12,7 +12,6 @@ import zlib
 import pytest
 import torch
 
-from kernels import attention
 from kernels.attention import diffusion_attention, verify_attention
 from kernels.reference import diffusion_attention_ref, verify_attention_ref
 
@@ -27,8 +26,7 @@ cuda_only = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 # (batch, kv_heads, group, block_len, head_dim, length, num_splits, length_on_device, q_transposed).
 # Every (length, K, G) combination, with the other fields drawn from a fixed-seed RNG. Lengths are not
 # multiples of the 64-key tile; num_splits=None is the default heuristic (one split off the GPU), 1
-# writes the output directly, 3 and 4 combine the splits in the attention launch (short lengths leave
-# splits empty).
+# writes the output directly, 3 and 4 go through the combine kernel (short lengths leave splits empty).
 _rng = random.Random(0)
 SMALL_CASES = [
     (_rng.choice([1, 2]), _rng.choice([1, 2]), group, block_len, _rng.choice([32, 64]), length,
@@ -168,73 +166,6 @@ def test_cuda_graph_replay_with_device_length(kind):
         else:
             ref = verify_attention_ref(q, k_cache, v_cache, n, scale)
         _assert_close(out, ref, dtype)
-
-
-def _counters_all_zero():
-    return all(int(c.count_nonzero()) == 0 for c in attention._COUNTERS.values())
-
-
-@pytest.mark.parametrize("kind", ["diffusion", "verify", "per_position"])
-def test_fused_combine_repeats_and_resets_counters(kind):
-    """The last split program of a tile combines it and resets the tile's counter: calls in a row on
-    the same counters give the same bits, also after a call with another length (other splits in
-    use), and the counters end at zero. Lengths are not multiples of the 64-key tile and 5 splits
-    leave some empty (70 keys: 2 tiles), the 136 rows make two row blocks."""
-    case = (1, 2, 4, 34, 32, 70, 5, True, True)
-    q, k_cache, v_cache, k_blk, v_blk = _inputs(case, DTYPES[-1])
-    if kind == "per_position":
-        q = q[:, :, :5]
-
-    def call(n):
-        length = _length_arg(n, True)
-        if kind == "diffusion":
-            return diffusion_attention(q, k_cache, v_cache, length, k_blk, v_blk, 0.2, num_splits=5)
-        return verify_attention(q, k_cache, v_cache, length, 0.2, num_splits=5, per_position=kind == "per_position")
-
-    def ref(n):
-        if kind == "diffusion":
-            return diffusion_attention_ref(q, k_cache, v_cache, n, k_blk, v_blk, 0.2)
-        return verify_attention_ref(q, k_cache, v_cache, n, 0.2)
-
-    first = call(70)
-    assert _counters_all_zero()
-    _assert_close(first, ref(70), DTYPES[-1])
-    assert torch.equal(call(70), first)
-    _assert_close(call(3), ref(3), DTYPES[-1])  # one key tile: one split in use, four empty
-    assert torch.equal(call(70), first)
-    assert _counters_all_zero()
-
-
-@cuda_only
-@pytest.mark.parametrize("kind", ["diffusion", "verify", "per_position"])
-def test_cuda_graph_fused_combine_replays_same_bits(kind):
-    """Captured with split combine: each replay leaves the counters at zero, so replays at one length
-    give the eager call's bits again and again."""
-    case = (1, 8, 4, 32, 128, 3000, None, True, True)
-    q, k_cache, v_cache, k_blk, v_blk = _inputs(case, torch.bfloat16)
-    if kind == "per_position":
-        q = q[:, :, :8]
-    length = torch.tensor(2900, dtype=torch.int32, device="cuda")
-
-    def call():
-        if kind == "diffusion":
-            return diffusion_attention(q, k_cache, v_cache, length, k_blk, v_blk, 0.1)
-        return verify_attention(q, k_cache, v_cache, length, 0.1, per_position=kind == "per_position")
-
-    eager = call()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        call()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = call()
-    for _ in range(5):
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(out, eager)
-        assert _counters_all_zero()
 
 
 @pytest.mark.parametrize(
