@@ -353,8 +353,10 @@ def _plan(q, kv_heads: int, kv_len_bound: int, num_splits: int | None) -> _Launc
     batch, heads, block_len, head_dim = q.shape
     group = heads // kv_heads
     rows = group * block_len
-    # All G * K rows of a KV head in one program, capped at 128 rows to bound registers; tl.dot needs >= 16.
-    block_m = max(16, min(128, triton.next_power_of_2(rows)))
+    # All G * K rows of a KV head in one program, capped to bound registers (128 rows of 2-byte values,
+    # 64 of fp32: 128 fp32 rows spilled, ~350 us per call at K = 32 on an H100 against ~6 for bf16);
+    # tl.dot needs >= 16.
+    block_m = max(16, min(128 if q.element_size() <= 2 else 64, triton.next_power_of_2(rows)))
     rows_pad = triton.cdiv(rows, block_m) * block_m
     block_n = 64
     if num_splits is None:
