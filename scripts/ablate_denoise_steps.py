@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from data.tokenizer import load_tokenizer  # noqa: E402
-from eval.figures import _save  # noqa: E402
+from eval.figures import save_figure  # noqa: E402
 from eval.prompts import PromptSpec, encode_prompt, load_prompts  # noqa: E402
 from eval.provenance import REPO_ROOT, provenance  # noqa: E402
 from eval.report import markdown_table, write_json  # noqa: E402
@@ -127,7 +127,7 @@ def main(argv=None):
     ax.set_ylabel("tokens")
     ax.set_title(f"orthrus-small, greedy, K={args.block_size}, n={2 * args.n} (CPU)")
     ax.legend(fontsize=7)
-    _save(fig, out_dir / "tpf_by_steps.png")
+    save_figure(fig, out_dir / "tpf_by_steps.png")
     print(table)
 
 
