@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data._io import atomic_write_text  # noqa: E402
 from kernels.attention import diffusion_attention, verify_attention  # noqa: E402
 from kernels.matmul import Matmul  # noqa: E402
 from kernels.pdl import pdl_unsupported  # noqa: E402
@@ -771,7 +772,7 @@ def write_markdown(results, ks, path) -> None:
                 lines.append(f"\n{dtype}: tokens per iteration {small[dtype]['tpf_mean']}; top-1/top-2 logit gap along the AR "
                              f"output {small[dtype]['top1_top2_logit_gap']}.")
         lines.append("")
-    Path(path).write_text("\n".join(lines))
+    atomic_write_text(Path(path), "\n".join(lines))
 
 
 def variants_table(res, ks) -> list[str]:
@@ -804,10 +805,9 @@ def gemm_table(res) -> list[str]:
 
 
 def plot(results, ks, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from eval.figures import save_figure  # selects the Agg backend
 
     K = max(ks)
     shapes = [res for res in results["shapes"] if res["engine"]]
@@ -836,7 +836,7 @@ def plot(results, ks, path) -> None:
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"Orthrus engine, bf16, batch 1 ({results['device']})")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, Path(path))
 
 
 def main():
@@ -876,11 +876,11 @@ def main():
 
     def checkpoint(res):
         """The results so far, with the unfinished shape, as JSON only (a run killed mid-shape keeps them)."""
-        (out / "bench.json").write_text(json.dumps({**results, "unfinished_shape": res}, indent=1, default=str))
+        atomic_write_text(out / "bench.json", json.dumps({**results, "unfinished_shape": res}, indent=1, default=str))
 
     def save():
         project(results, ks)
-        (out / "bench.json").write_text(json.dumps(results, indent=1, default=str))
+        atomic_write_text(out / "bench.json", json.dumps(results, indent=1, default=str))
         write_markdown(results, ks, out / "bench.md")
         plot(results, ks, out / "bench.png")
 

@@ -52,6 +52,7 @@ if __package__ in (None, ""):  # run as a file: make the repo root importable
 
 from data._io import atomic_write_text  # noqa: E402
 from scripts.run_small_pipeline import PRESETS, compose, write_heldout_prompts  # noqa: E402
+from train.checkpoint import trained_view  # noqa: E402
 
 STAGES = ("prep", "train", "pack", "unpack", "eval", "report")
 TRAINABLE_ALL = "[q_proj_diff,k_proj_diff,v_proj_diff,o_proj_diff,q_norm_diff,k_norm_diff]"
@@ -168,7 +169,7 @@ def stage_prep(s: Setup, sweeps: list[str]) -> None:
         n = write_heldout_prompts(REPO_ROOT / cfg.data.build_corpus.out_dir, prompts, s.distill_prompts, num_lines=12,
                                   split="train", anchor="def ", max_chars=1500)
         print(f"{n} train-split prompts -> {prompts}", flush=True)
-    device = "cuda" if _cuda() else "cpu"
+    device = _device()
     generate_responses(model_name_or_path=str(REPO_ROOT / cfg.model.base), prompts_source=str(prompts), out_dir=str(out),
                        chat_template=False, max_new_tokens=s.distill_new_tokens, temperature=0.0,
                        batch_size=128 if device == "cuda" else 8, dtype="float32", device=device)
@@ -176,10 +177,16 @@ def stage_prep(s: Setup, sweeps: list[str]) -> None:
     load_tokenized_dataset(**distilled.data.load_tokenized_dataset)  # fills the datasets cache
 
 
-def _cuda() -> bool:
-    import torch
+def _device() -> str:
+    from data.self_distill import _resolve_device
 
-    return torch.cuda.is_available()
+    return _resolve_device("auto").type
+
+
+def _merge_json(path: Path, entries: dict) -> None:
+    """Add `entries` to the JSON object at `path` (one key per training job, kept across calls)."""
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    atomic_write_text(path, json.dumps({**known, **entries}, indent=2))
 
 
 def multirun_command(name: str, s: Setup) -> list[str]:
@@ -201,8 +208,7 @@ def stage_train(s: Setup, sweeps: list[str], timeout: float, parallel: int, base
     work.mkdir(parents=True, exist_ok=True)
     jobs = {**({"baseline": baseline_command(s)} if baseline else {}),
             **{Path(sweep_dir(name, s)).name: multirun_command(name, s) for name in sweeps}}  # e.g. "loss", "block_size-16"
-    known = json.loads((work / "commands.json").read_text()) if (work / "commands.json").is_file() else {}
-    atomic_write_text(work / "commands.json", json.dumps({**known, **{k: " ".join(v) for k, v in jobs.items()}}, indent=2))
+    _merge_json(work / "commands.json", {k: " ".join(v) for k, v in jobs.items()})
     deadline, pending, running = time.time() + timeout, list(jobs.items()), []
     while pending or running:
         while pending and len(running) < parallel and time.time() < deadline:
@@ -224,9 +230,8 @@ def stage_train(s: Setup, sweeps: list[str], timeout: float, parallel: int, base
             print(f"[{job[0]}] exit {job[1].returncode}", flush=True)
     from eval.provenance import provenance
 
-    known = json.loads((work / "train_provenance.json").read_text()) if (work / "train_provenance.json").is_file() else {}
-    prov = provenance("cuda" if _cuda() else "cpu")  # the report names where the arms were trained
-    atomic_write_text(work / "train_provenance.json", json.dumps({**known, **{name: prov for name in jobs}}, indent=2))
+    prov = provenance(_device())  # the report names where the arms were trained
+    _merge_json(work / "train_provenance.json", {name: prov for name in jobs})
 
 
 PACK_LIMIT = 15 * 2**20  # the GPU tool brings back files of <= 16 MiB
@@ -250,8 +255,7 @@ def stage_pack(s: Setup, pack_dir: Path) -> None:
         for p in (run / "metrics.jsonl", run / ".hydra" / "overrides.yaml", run / ".hydra" / "config.yaml"):
             if p.is_file():
                 members.append((p, p.read_bytes()))
-        views = sorted((run / "checkpoints").glob("step_*/diffusion_view"), key=lambda v: int(v.parent.name[5:]))
-        view = run / "diffusion_view" if (run / "diffusion_view").is_dir() else (views[-1] if views else None)
+        view = trained_view(run)
         for f in sorted(view.iterdir()) if view else []:
             if f.suffix == ".safetensors":
                 state = {k: v.to(torch.bfloat16) for k, v in load_file(str(f)).items()}
@@ -296,8 +300,7 @@ def stage_unpack(s: Setup, pack_dir: Path) -> None:
             for member in members:
                 dst = REPO_ROOT / member.name
                 if dst.name in merged and dst.parent.resolve() == work and dst.is_file():
-                    new = json.loads(tar.extractfile(member).read())
-                    atomic_write_text(dst, json.dumps({**json.loads(dst.read_text()), **new}, indent=2))
+                    _merge_json(dst, json.loads(tar.extractfile(member).read()))
                 else:
                     tar.extract(member, REPO_ROOT, filter="data")
         print(f"unpacked {path}", flush=True)
@@ -315,9 +318,7 @@ def arm_runs(s: Setup, name: str) -> list[dict]:
         value = next(o.split("=", 1)[1] for o in overrides if o.startswith(SWEEPS[name].key + "="))
         runs.append({"arm": value, "dir": job, "baseline": False})
     for run in runs:
-        final = run["dir"] / "diffusion_view"
-        checkpoints = sorted((run["dir"] / "checkpoints").glob("step_*/diffusion_view"))
-        run["view"] = final if final.is_dir() else (checkpoints[-1] if checkpoints else None)
+        run["view"] = trained_view(run["dir"])
     return runs
 
 
@@ -342,7 +343,7 @@ def eval_view(s: Setup, view: str | None, out: Path) -> None:
     from models.checkpoint import DIFFUSION_META, load_orthrus
     from models.engine import OrthrusEngine
 
-    device = "cuda" if _cuda() else "cpu"
+    device = _device()
     base = str(REPO_ROOT / compose("config", s.base_overrides).model.base)
     sets = prompt_sets(s.artifacts, s.limit)
     # K = 1 never drafts: any view gives the plain AR decode (the baseline's also sets the mask token)
@@ -405,7 +406,7 @@ def stage_eval(s: Setup, sweeps: list[str], workers: int) -> None:
             print(f"[{name}] {run['arm']}: " + ", ".join(f"{n} TPF {row[n + '_tpf']:.2f}" for n in row["new_tokens"]), flush=True)
         (REPO_ROOT / s.work / f"{name}_eval.json").write_text(json.dumps(
             {"sweep": name, "rows": rows, "prompts": {n: len(v) for n, v in reference.items()},
-             "max_new_tokens": s.max_new_tokens, "eval_k": s.eval_k, "device": "cuda" if _cuda() else "cpu"}, indent=2))
+             "max_new_tokens": s.max_new_tokens, "eval_k": s.eval_k, "device": _device()}, indent=2))
 
 
 def view_key(view: str) -> str:

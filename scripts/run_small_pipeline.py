@@ -299,13 +299,12 @@ def install_view(p: Preset, run_dir: Path, stopped_by: str, command: str, second
     from safetensors.torch import load_file, save_file
 
     from models.checkpoint import DIFFUSION_FILE, DIFFUSION_META, atomic_folder
+    from train.checkpoint import DIFFUSION_DIR, trained_view
 
-    view = run_dir / "diffusion_view"
-    if not view.is_dir():
-        checkpoints = sorted((run_dir / "checkpoints").glob("step_*/diffusion_view"), key=lambda c: int(c.parent.name[5:]))
-        if not checkpoints:
-            raise SystemExit(f"{run_dir} has neither a final diffusion_view nor a checkpoint")
-        view = checkpoints[-1]
+    view = trained_view(run_dir)
+    if view is None:
+        raise SystemExit(f"{run_dir} has neither a final diffusion_view nor a checkpoint")
+    if view != run_dir / DIFFUSION_DIR:
         print(f"train.py did not finish; using {view}", flush=True)
     meta = json.loads((view / DIFFUSION_META).read_text())
     meta.update({"stopped_by": stopped_by, "command": command, "commit": commit(), "device": pipeline_device(),

@@ -15,7 +15,7 @@ import train.config  # noqa: F401  (registers data=synthetic)
 from models.orthrus import is_diffusion_param
 from train.backend import TorchBackend
 from train.blocks import sample_blocks
-from train.checkpoint import CHECKPOINTS, list_checkpoints
+from train.checkpoint import CHECKPOINTS, DIFFUSION_DIR, list_checkpoints, trained_view
 from train.data import batches
 from train.loop import Trainer, run
 from train.tracking import METRICS_FILE
@@ -127,6 +127,16 @@ def test_checkpoints_are_pruned_and_complete(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004", "step_00000006"]
     assert sorted(p.name for p in (tmp_path / CHECKPOINTS).iterdir()) == ["step_00000004", "step_00000006"]  # no temp folders
     assert (tmp_path / "config.yaml").is_file()
+    assert trained_view(tmp_path) == tmp_path / DIFFUSION_DIR  # the final view
+
+
+def test_trained_view_falls_back_to_the_latest_checkpoint(tmp_path):
+    """Without a final view, the view of the highest step (by number, not name), even with no trainer state."""
+    assert trained_view(tmp_path) is None
+    for step in (300, 1000):
+        (tmp_path / CHECKPOINTS / f"step_{step}" / DIFFUSION_DIR).mkdir(parents=True)
+    (tmp_path / CHECKPOINTS / "step_2000").mkdir()  # no view in it
+    assert trained_view(tmp_path) == tmp_path / CHECKPOINTS / "step_1000" / DIFFUSION_DIR
 
 
 def test_resume_without_checkpoint_says_so(tmp_path):

@@ -53,6 +53,18 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return found[-1]
 
 
+def trained_view(run_dir: Path) -> Path | None:
+    """The diffusion view a run left: its final one, else that of its latest checkpoint (whose
+    trainer state may have been left behind, e.g. when only the view was copied); None if neither."""
+    run_dir = Path(run_dir)
+    if (run_dir / DIFFUSION_DIR).is_dir():
+        return run_dir / DIFFUSION_DIR
+    folder = run_dir / CHECKPOINTS
+    steps = [p for p in folder.iterdir() if _STEP_DIR.match(p.name) and (p / DIFFUSION_DIR).is_dir()] \
+        if folder.is_dir() else []
+    return max(steps, key=lambda p: int(_STEP_DIR.match(p.name).group(1))) / DIFFUSION_DIR if steps else None
+
+
 def distributed_atomic_folder(folder: Path, write, rank: int) -> None:
     """atomic_folder for all ranks: rank 0 makes the temporary folder and renames it once
     every rank's write(tmp) has returned."""
