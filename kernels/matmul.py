@@ -35,7 +35,8 @@ import triton.language as tl
 
 from kernels.pdl import launch_options, prefetch_l2
 
-PREFETCH_TILES = tl.constexpr(4)  # weight tiles a program asks L2 for before it waits (PDL only)
+EARLY_DEPENDENTS = False
+PREFETCH_BYTES = 4 << 20  # weight bytes a product asks L2 for before it waits (PDL only), over its first-wave programs
 MAX_SKINNY_ROWS = 32  # above this (prefill chunks) the default modes hand the product to cuBLAS
 
 
@@ -67,6 +68,7 @@ def _skinny_matmul_kernel(
     k_tiles_per_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GATE_UP: tl.constexpr, PARTIAL: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
+    PREFETCH_TILES: tl.constexpr = 4, EARLY_DEPENDENTS: tl.constexpr = False,
 ):
     """Grid (column tiles, splits, row tiles). Split s sums K tiles [s * k_tiles_per_split, ...) and,
     with PARTIAL, stores fp32 sums at part[(s * M + m) * N + n] (gate/up: the up sums after all of
@@ -96,12 +98,17 @@ def _skinny_matmul_kernel(
         # weights never depend on an earlier kernel, so they stream in while the previous kernel
         # finishes, and the loop below (unchanged: same loads, same dots) finds them in L2. A hint
         # only: no registers are held across the wait and the result does not change.
-        pf_k = tl.minimum(k_lo + tl.arange(0, PREFETCH_TILES * BLOCK_K // 64) * 64, k_hi - 1)  # one per 128 B of bf16
         pf_n = tl.minimum(offs_n, N - 1)[:, None].to(tl.int64)
-        prefetch_l2(w_ptr + pf_n * stride_wn + pf_k[None, :])
-        if GATE_UP:
-            prefetch_l2(w2_ptr + pf_n * stride_w2n + pf_k[None, :])
+        _PF_STEP: tl.constexpr = 64 if BLOCK_K >= 64 else BLOCK_K  # one prefetch per 128 B line of bf16
+        _PF_COUNT: tl.constexpr = BLOCK_K // _PF_STEP
+        for t in tl.static_range(PREFETCH_TILES):
+            pf_k = tl.minimum(k_lo + t * BLOCK_K + tl.arange(0, _PF_COUNT) * _PF_STEP, k_hi - 1)
+            prefetch_l2(w_ptr + pf_n * stride_wn + pf_k[None, :])
+            if GATE_UP:
+                prefetch_l2(w2_ptr + pf_n * stride_w2n + pf_k[None, :])
         tl.extra.cuda.gdc_wait()  # x comes from an earlier kernel, which may also still read out/part
+        if EARLY_DEPENDENTS:
+            tl.extra.cuda.gdc_launch_dependents()
     for k in range(k_lo, k_hi, BLOCK_K):
         k_mask = (k + offs_k) < K
         x = tl.load(x_ptrs + k, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
@@ -110,7 +117,7 @@ def _skinny_matmul_kernel(
         if GATE_UP:
             w2 = tl.load(w2_ptrs + k, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
             acc2 = tl.dot(x, tl.trans(w2), acc2, input_precision=DOT_PRECISION)
-    if USE_PDL:
+    if USE_PDL and not EARLY_DEPENDENTS:
         # The weight stream is done: let the next kernel launch and start loading its own weights
         # while this one stores (it still waits for this kernel to complete before reading them).
         tl.extra.cuda.gdc_launch_dependents()
@@ -170,7 +177,12 @@ def skinny_matmul(x: torch.Tensor, w: torch.Tensor, config: MatmulConfig, w2: to
     gate_up = w2 is not None
     w2 = w if w2 is None else w2
     pdl_options = launch_options(pdl, x.device)
-    _skinny_matmul_kernel[(triton.cdiv(N, c.block_n), splits, triton.cdiv(M, c.block_m))](
+    grid = (triton.cdiv(N, c.block_n), splits, triton.cdiv(M, c.block_m))
+    if pdl:
+        pdl_options["PREFETCH_TILES"] = prefetch_tiles(grid, c, per_split, (2 if gate_up else 1) * w.element_size(),
+                                                       x.device)
+        pdl_options["EARLY_DEPENDENTS"] = EARLY_DEPENDENTS
+    _skinny_matmul_kernel[grid](
         x, w, w2, out, part, M, N, K, x.stride(0), w.stride(0), w2.stride(0), out.stride(0), per_split,
         BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, GATE_UP=gate_up, PARTIAL=splits > 1,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=c.num_warps, num_stages=c.num_stages,
@@ -181,6 +193,16 @@ def skinny_matmul(x: torch.Tensor, w: torch.Tensor, config: MatmulConfig, w2: to
         _split_sum_kernel[(triton.cdiv(M * N, block),)](part, out, M, N, splits, out.stride(0), GATE_UP=gate_up,
                                                          BLOCK=block, **pdl_options)
     return out
+
+
+def prefetch_tiles(grid, config: MatmulConfig, per_split: int, bytes_per_element: int, device) -> int:
+    """Weight tiles each program prefetches into L2 before its gdc_wait: PREFETCH_BYTES spread over the
+    programs of the first wave (about one per SM; later ones start when the weights are streaming
+    anyway), at least one tile and at most the program's own."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    first_wave = min(grid[0] * grid[1] * grid[2], sms)
+    tile_bytes = config.block_n * config.block_k * bytes_per_element
+    return max(1, min(per_split, PREFETCH_BYTES // (first_wave * tile_bytes)))
 
 
 def candidate_configs(block_m: int, N: int, K: int, sm_count: int, gate_up: bool = False) -> list[MatmulConfig]:
