@@ -178,15 +178,16 @@ def skinny_matmul(x: torch.Tensor, w: torch.Tensor, config: MatmulConfig, w2: to
     w2 = w if w2 is None else w2
     pdl_options = launch_options(pdl, x.device)
     grid = (triton.cdiv(N, c.block_n), splits, triton.cdiv(M, c.block_m))
+    product_options = dict(pdl_options)
     if pdl:
-        pdl_options["PREFETCH_TILES"] = prefetch_tiles(grid, c, per_split, (2 if gate_up else 1) * w.element_size(),
-                                                       x.device)
-        pdl_options["EARLY_DEPENDENTS"] = EARLY_DEPENDENTS
+        product_options["PREFETCH_TILES"] = prefetch_tiles(grid, c, per_split, (2 if gate_up else 1) * w.element_size(),
+                                                           x.device)
+        product_options["EARLY_DEPENDENTS"] = EARLY_DEPENDENTS
     _skinny_matmul_kernel[grid](
         x, w, w2, out, part, M, N, K, x.stride(0), w.stride(0), w2.stride(0), out.stride(0), per_split,
         BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, GATE_UP=gate_up, PARTIAL=splits > 1,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=c.num_warps, num_stages=c.num_stages,
-        **pdl_options,
+        **product_options,
     )
     if splits > 1:
         block = 1024
