@@ -36,6 +36,7 @@ import triton.language as tl
 from kernels.pdl import launch_options, prefetch_l2
 
 EARLY_DEPENDENTS = False
+SWAP_AB = False
 PREFETCH_BYTES = 4 << 20  # weight bytes a product asks L2 for before it waits (PDL only), over its first-wave programs
 MAX_SKINNY_ROWS = 32  # above this (prefill chunks) the default modes hand the product to cuBLAS
 
@@ -68,7 +69,7 @@ def _skinny_matmul_kernel(
     k_tiles_per_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GATE_UP: tl.constexpr, PARTIAL: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
-    PREFETCH_TILES: tl.constexpr = 4, EARLY_DEPENDENTS: tl.constexpr = False,
+    PREFETCH_TILES: tl.constexpr = 4, EARLY_DEPENDENTS: tl.constexpr = False, SWAP_AB: tl.constexpr = False,
 ):
     """Grid (column tiles, splits, row tiles). Split s sums K tiles [s * k_tiles_per_split, ...) and,
     with PARTIAL, stores fp32 sums at part[(s * M + m) * N + n] (gate/up: the up sums after all of
@@ -90,8 +91,12 @@ def _skinny_matmul_kernel(
     x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
     w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
     w2_ptrs = w2_ptr + offs_n[:, None].to(tl.int64) * stride_w2n + offs_k[None, :]
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if SWAP_AB:
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
 
     if USE_PDL:
         # Before waiting for x, ask L2 for this program's first PREFETCH_TILES weight tiles: the
@@ -113,15 +118,23 @@ def _skinny_matmul_kernel(
         k_mask = (k + offs_k) < K
         x = tl.load(x_ptrs + k, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         w = tl.load(w_ptrs + k, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
-        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+        if SWAP_AB:
+            acc = tl.dot(w, tl.trans(x), acc, input_precision=DOT_PRECISION)
+        else:
+            acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
         if GATE_UP:
             w2 = tl.load(w2_ptrs + k, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
-            acc2 = tl.dot(x, tl.trans(w2), acc2, input_precision=DOT_PRECISION)
+            if SWAP_AB:
+                acc2 = tl.dot(w2, tl.trans(x), acc2, input_precision=DOT_PRECISION)
+            else:
+                acc2 = tl.dot(x, tl.trans(w2), acc2, input_precision=DOT_PRECISION)
     if USE_PDL and not EARLY_DEPENDENTS:
         # The weight stream is done: let the next kernel launch and start loading its own weights
         # while this one stores (it still waits for this kernel to complete before reading them).
         tl.extra.cuda.gdc_launch_dependents()
 
+    if SWAP_AB:
+        acc, acc2 = tl.trans(acc), tl.trans(acc2)
     out_mask = m_mask[:, None] & n_mask[None, :]
     if PARTIAL:
         part = (pid_s * M + offs_m[:, None]).to(tl.int64) * N + offs_n[None, :]
@@ -183,6 +196,8 @@ def skinny_matmul(x: torch.Tensor, w: torch.Tensor, config: MatmulConfig, w2: to
         product_options["PREFETCH_TILES"] = prefetch_tiles(grid, c, per_split, (2 if gate_up else 1) * w.element_size(),
                                                            x.device)
         product_options["EARLY_DEPENDENTS"] = EARLY_DEPENDENTS
+    if SWAP_AB:
+        product_options["SWAP_AB"] = True
     _skinny_matmul_kernel[grid](
         x, w, w2, out, part, M, N, K, x.stride(0), w.stride(0), w2.stride(0), out.stride(0), per_split,
         BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, GATE_UP=gate_up, PARTIAL=splits > 1,
