@@ -15,8 +15,10 @@ CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 DTYPES = [torch.float32, torch.bfloat16] if CUDA else [torch.float32]
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
-# (block_m, block_n, block_k, split_k): one split, and three splits (K = 300 has 10 tiles of 32: 4 + 4 + 2)
-CONFIGS = [MatmulConfig(16, 32, 32, 1), MatmulConfig(32, 16, 32, 3), MatmulConfig(16, 32, 64, 2)]
+# (block_m, block_n, block_k, split_k): one split, and three splits (K = 300 has 10 tiles of 32: 4 + 4 + 2);
+# swap_ab (w @ x^T) with one and three splits
+CONFIGS = [MatmulConfig(16, 32, 32, 1), MatmulConfig(32, 16, 32, 3), MatmulConfig(16, 32, 64, 2),
+           MatmulConfig(16, 64, 32, 1, swap_ab=True), MatmulConfig(32, 64, 32, 3, swap_ab=True)]
 
 
 def _rand(*shape, dtype, seed):
@@ -36,7 +38,8 @@ def test_matches_float64(M, gate_up, config, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("config", [MatmulConfig(32, 32, 32, 1), MatmulConfig(32, 16, 32, 3)], ids=str)
+@pytest.mark.parametrize("config", [MatmulConfig(32, 32, 32, 1), MatmulConfig(32, 16, 32, 3),
+                                    MatmulConfig(32, 64, 32, 3, swap_ab=True)], ids=str)
 @pytest.mark.parametrize("gate_up", [False, True])
 def test_rows_do_not_depend_on_batch(gate_up, config, dtype):
     """Each row of a 32-row product equals that row multiplied alone, bit for bit (same config)."""
@@ -58,8 +61,10 @@ def test_strided_rows():
 def test_candidates_fill_the_gpu():
     for N, K, gate_up in ((4096, 4096, False), (12288, 4096, True), (4096, 12288, False), (151936, 4096, False)):
         configs = candidate_configs(32, N, K, 132, gate_up)
-        assert configs and len(configs) <= 12
+        assert configs and len(configs) <= 24
+        assert {c.swap_ab for c in configs} == {False, True}
         for c in configs:
+            assert c.block_n >= 64 or not c.swap_ab  # wgmma needs >= 64 rows in the weight operand
             assert 66 <= -(-N // c.block_n) * c.split_k <= 2 * 132 or c.split_k == 1
             assert c.num_stages * (32 + (1 + gate_up) * c.block_n) * c.block_k * 2 <= 160 * 1024
 
@@ -96,7 +101,8 @@ def test_decode_shape_bf16_cuda():
 # and K not a multiple of BLOCK_K with several tiles per split.
 SM90 = CUDA and torch.cuda.get_device_capability()[0] >= 9
 PDL_CASES = [(300, MatmulConfig(16, 32, 64, 5)), (20, MatmulConfig(16, 32, 32, 1)), (20, MatmulConfig(32, 16, 64, 1)),
-             (300, MatmulConfig(16, 32, 32, 1)), (300, MatmulConfig(32, 16, 32, 3))]
+             (300, MatmulConfig(16, 32, 32, 1)), (300, MatmulConfig(32, 16, 32, 3)),
+             (300, MatmulConfig(16, 64, 64, 5, swap_ab=True)), (300, MatmulConfig(32, 64, 32, 3, swap_ab=True))]
 
 
 @pytest.mark.parametrize("gate_up", [False, True])
