@@ -17,10 +17,12 @@ to stream them instead:
   than cuBLAS (results/engine/); which form runs is part of the tuned config.
 * The tile sizes and split count are a `MatmulConfig`, chosen per weight shape by timing a short
   candidate list on the GPU (`Matmul`), where cuBLAS is one of the candidates unless the mode asks
-  for batch invariance.
+  for batch invariance. Candidates are timed back to back in a CUDA graph, as a pass runs them, so
+  what PDL overlaps between consecutive launches counts.
 * With `pdl=True` (Programmatic Dependent Launch, sm_90+, `kernels/pdl.py`) the kernel may start while
-  the previous kernel finishes: it loads its first weight tile(s) before waiting for the activations,
-  so a product's ramp-up overlaps the kernel before it. Same sums, bit for bit, as without PDL.
+  the previous kernel finishes: it asks L2 for its first weight tiles (PREFETCH_BYTES in all) before
+  waiting for the activations, so a product's ramp-up overlaps the kernel before it. Same sums, bit
+  for bit, as without PDL.
 
 Batch invariance: for a fixed config, row m of the result depends only on row m of x and on the
 weights. The rows are padded to BLOCK_M and every row goes through the same tiles, the same
@@ -29,6 +31,7 @@ shape alone (mode "invariant": BLOCK_M = 32 for every M, never cuBLAS) a token's
 the same whether it is multiplied alone (an AR step) or with 31 others (a verify pass).
 """
 
+import statistics
 from dataclasses import dataclass
 
 import torch
@@ -38,8 +41,11 @@ import triton.language as tl
 
 from kernels.pdl import launch_options, prefetch_l2
 
-EARLY_DEPENDENTS = False
-PREFETCH_BYTES = 4 << 20  # weight bytes a product asks L2 for before it waits (PDL only), over its first-wave programs
+# Weight bytes a product asks L2 for before it waits (PDL only), spread over its first-wave programs.
+# Measured at Qwen3-8B on an H100 (results/engine/h100_diag_overlap): 2-4 MB best; 8-16 MB slower
+# (the prefetch then competes with the previous product's stream and is evicted before use); none
+# at all ~0.03 ms per iteration slower.
+PREFETCH_BYTES = 4 << 20
 MAX_SKINNY_ROWS = 32  # above this (prefill chunks) the default modes hand the product to cuBLAS
 
 
@@ -72,7 +78,7 @@ def _skinny_matmul_kernel(
     k_tiles_per_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GATE_UP: tl.constexpr, PARTIAL: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
-    PREFETCH_TILES: tl.constexpr = 4, EARLY_DEPENDENTS: tl.constexpr = False, SWAP_AB: tl.constexpr = False,
+    SWAP_AB: tl.constexpr, PREFETCH_TILES: tl.constexpr,
 ):
     """Grid (column tiles, splits, row tiles). Split s sums K tiles [s * k_tiles_per_split, ...) and,
     with PARTIAL, stores fp32 sums at part[(s * M + m) * N + n] (gate/up: the up sums after all of
@@ -115,8 +121,6 @@ def _skinny_matmul_kernel(
             if GATE_UP:
                 prefetch_l2(w2_ptr + pf_n * stride_w2n + pf_k[None, :])
         tl.extra.cuda.gdc_wait()  # x comes from an earlier kernel, which may also still read out/part
-        if EARLY_DEPENDENTS:
-            tl.extra.cuda.gdc_launch_dependents()
     for k in range(k_lo, k_hi, BLOCK_K):
         k_mask = (k + offs_k) < K
         x = tl.load(x_ptrs + k, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
@@ -131,7 +135,7 @@ def _skinny_matmul_kernel(
                 acc2 = tl.dot(w2, tl.trans(x), acc2, input_precision=DOT_PRECISION)
             else:
                 acc2 = tl.dot(x, tl.trans(w2), acc2, input_precision=DOT_PRECISION)
-    if USE_PDL and not EARLY_DEPENDENTS:
+    if USE_PDL:
         # The weight stream is done: let the next kernel launch and start loading its own weights
         # while this one stores (it still waits for this kernel to complete before reading them).
         tl.extra.cuda.gdc_launch_dependents()
@@ -194,16 +198,12 @@ def skinny_matmul(x: torch.Tensor, w: torch.Tensor, config: MatmulConfig, w2: to
     w2 = w if w2 is None else w2
     pdl_options = launch_options(pdl, x.device)
     grid = (triton.cdiv(N, c.block_n), splits, triton.cdiv(M, c.block_m))
-    product_options = dict(pdl_options)
-    if pdl:
-        product_options["PREFETCH_TILES"] = prefetch_tiles(grid, c, per_split, (2 if gate_up else 1) * w.element_size(),
-                                                           x.device)
-        product_options["EARLY_DEPENDENTS"] = EARLY_DEPENDENTS
+    prefetch = prefetch_tiles(grid, c, per_split, (2 if gate_up else 1) * w.element_size(), x.device) if pdl else 0
     _skinny_matmul_kernel[grid](
         x, w, w2, out, part, M, N, K, x.stride(0), w.stride(0), w2.stride(0), out.stride(0), per_split,
         BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, GATE_UP=gate_up, PARTIAL=splits > 1, SWAP_AB=c.swap_ab,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=c.num_warps, num_stages=c.num_stages,
-        **product_options,
+        PREFETCH_TILES=prefetch, **pdl_options,
     )
     if splits > 1:
         block = 1024
@@ -215,7 +215,7 @@ def skinny_matmul(x: torch.Tensor, w: torch.Tensor, config: MatmulConfig, w2: to
 def prefetch_tiles(grid, config: MatmulConfig, per_split: int, bytes_per_element: int, device) -> int:
     """Weight tiles each program prefetches into L2 before its gdc_wait: PREFETCH_BYTES spread over the
     programs of the first wave (about one per SM; later ones start when the weights are streaming
-    anyway), at least one tile and at most the program's own."""
+    anyway), at most the program's own; none where one tile is already over the budget."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
     first_wave = min(grid[0] * grid[1] * grid[2], sms)
     tile_bytes = config.block_n * config.block_k * bytes_per_element
@@ -243,17 +243,37 @@ def candidate_configs(block_m: int, N: int, K: int, sm_count: int, gate_up: bool
     return out
 
 
-def _time_ms(fn) -> float:
-    """Median kernel time with the L2 cache flushed before each call (a decode pass reads each weight
-    once, from device memory)."""
-    return triton.testing.do_bench(fn, warmup=5, rep=15, return_mode="median")
+CHAIN_CALLS = 16  # calls per timed CUDA graph when tuning
+
+
+def _chain_ms(call, copies: int) -> float:
+    """Median time per call of call(0), call(1), ..., CHAIN_CALLS of them replayed back to back from
+    one CUDA graph, the way a decoding pass runs its products: with PDL a skinny kernel's launch and
+    weight prefetch overlap the end of the call before it (a cuBLAS launch does not), which timing
+    calls one at a time, L2 flushed in between, cannot show. call(i) reads weight copy i % copies,
+    with enough copies that the chain streams them from device memory, not from L2."""
+    for i in range(copies):  # compile, and warm up
+        call(i)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(CHAIN_CALLS):
+            call(i % copies)
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / CHAIN_CALLS)
+    return statistics.median(times[2:])
 
 
 class Matmul:
     """The engine's matrix products: x @ w^T (`linear`) and silu(x @ gate^T) * (x @ up^T) (`gate_up`).
 
     mode "torch": cuBLAS (`F.linear`) and `silu_mul`. "auto": per (row tile, weight shape), the
-    fastest of cuBLAS and the skinny kernel's candidate configs, timed on first use (on CUDA; elsewhere
+    fastest of cuBLAS and the skinny kernel's candidate configs, timed on first use (on CUDA, in a CUDA-graph chain: `_chain_ms`; elsewhere
     the skinny kernel with the first candidate); cuBLAS above MAX_SKINNY_ROWS rows. "triton": the same
     without cuBLAS for <= MAX_SKINNY_ROWS rows. "invariant": the skinny kernel for every row count with
     BLOCK_M = 32 and one config per weight shape, so each row's result does not depend on M.
@@ -299,18 +319,23 @@ class Matmul:
         N, K = w.shape
         if x.device.type != "cuda":
             return [(0.0, candidate_configs(block_m, N, K, 1, w2 is not None)[0])]
-        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+        props = torch.cuda.get_device_properties(x.device)
         xs = torch.randn(block_m, K, device=x.device, dtype=x.dtype)
+        pairs = [(w, w2)]
+        while len(pairs) * sum(t.numel() * t.element_size() for t in pairs[0] if t is not None) < 2 * props.L2_cache_size:
+            pairs.append(tuple(None if t is None else t.clone() for t in pairs[0]))
         ranked = []
-        for config in candidate_configs(block_m, N, K, sms, w2 is not None):
+        for config in candidate_configs(block_m, N, K, props.multi_processor_count, w2 is not None):
             try:
-                ranked.append((_time_ms(lambda c=config: skinny_matmul(xs, w, c, w2, pdl=self.pdl)), config))
+                ranked.append((_chain_ms(lambda i, c=config: skinny_matmul(xs, pairs[i][0], c, pairs[i][1], pdl=self.pdl),
+                                         len(pairs)), config))
             except triton.runtime.errors.OutOfResources:
                 continue
         if w2 is None:
-            ranked.append((_time_ms(lambda: F.linear(xs, w)), None))
+            ranked.append((_chain_ms(lambda i: F.linear(xs, pairs[i][0]), len(pairs)), None))
         else:
-            ranked.append((_time_ms(lambda: self.silu_mul(F.linear(xs, w), F.linear(xs, w2))), None))
+            ranked.append((_chain_ms(lambda i: self.silu_mul(F.linear(xs, pairs[i][0]), F.linear(xs, pairs[i][1])),
+                                     len(pairs)), None))
         return sorted(ranked, key=lambda r: r[0])
 
     @classmethod

@@ -21,10 +21,13 @@ Rules the kernels in `kernels/` and `models/engine_ops.py` follow (their comment
 * No program returns before its gdc_wait(). A kernel then completes only after its predecessor has,
   so waiting on the previous kernel transitively waits on every earlier one. After a PyTorch or
   cuBLAS kernel (launched without PDL) a PDL kernel likewise just waits for it.
-* gdc_launch_dependents() goes where the rest of the kernel is short: after the main loop of the
-  matrix products and attention (before their stores), at the very start of the small elementwise
-  and reduction kernels (even before their own wait: the next kernel still waits for them to
-  complete, and until then it only reads weights).
+* gdc_launch_dependents() goes where the rest of the kernel is short, or where the next kernel's
+  weight reads would not compete with this kernel's memory traffic: after the main loop of the matrix
+  products (before their stores; calling it before the loop made the next product's prefetch compete
+  with this one's stream and was measured slower), at the very start of attention (latency-bound:
+  the o product behind its combine kernel then streams weights into L2 meanwhile) and of the small
+  elementwise and reduction kernels (even before their own wait: the next kernel still waits for
+  them to complete, and until then it only reads weights).
 * The gdc_* calls sit behind a `USE_PDL: tl.constexpr` flag, so the kernels compile without them
   when PDL is off: in Triton's interpreter (which has no gdc_* implementation) and below sm_90.
 """
