@@ -251,7 +251,7 @@ def _chain_ms(call, copies: int) -> float:
     one CUDA graph, the way a decoding pass runs its products: with PDL a skinny kernel's launch and
     weight prefetch overlap the end of the call before it (a cuBLAS launch does not), which timing
     calls one at a time, L2 flushed in between, cannot show. call(i) reads weight copy i % copies,
-    with enough copies that the chain streams them from device memory, not from L2."""
+    with enough copies (up to CHAIN_CALLS) that the chain streams them from device memory, not L2."""
     for i in range(copies):  # compile, and warm up
         call(i)
     graph = torch.cuda.CUDAGraph()
@@ -322,7 +322,8 @@ class Matmul:
         props = torch.cuda.get_device_properties(x.device)
         xs = torch.randn(block_m, K, device=x.device, dtype=x.dtype)
         pairs = [(w, w2)]
-        while len(pairs) * sum(t.numel() * t.element_size() for t in pairs[0] if t is not None) < 2 * props.L2_cache_size:
+        pair_bytes = sum(t.numel() * t.element_size() for t in pairs[0] if t is not None)
+        while len(pairs) < CHAIN_CALLS and len(pairs) * pair_bytes < 2 * props.L2_cache_size:
             pairs.append(tuple(None if t is None else t.clone() for t in pairs[0]))
         ranked = []
         for config in candidate_configs(block_m, N, K, props.multi_processor_count, w2 is not None):
