@@ -63,6 +63,7 @@ def test_candidates_fill_the_gpu():
         configs = candidate_configs(32, N, K, 132, gate_up)
         assert configs and len(configs) <= 24
         assert {c.swap_ab for c in configs} == {False, True}
+        assert not any(c.swap_ab for c in candidate_configs(32, N, K, 132, gate_up, swap=False))
         for c in configs:
             assert c.block_n >= 64 or not c.swap_ab  # wgmma needs >= 64 rows in the weight operand
             assert 66 <= -(-N // c.block_n) * c.split_k <= 2 * 132 or c.split_k == 1
