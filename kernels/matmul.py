@@ -72,13 +72,13 @@ def _finish(acc, acc2, dtype: tl.constexpr, GATE_UP: tl.constexpr):
     return acc.to(dtype)
 
 
-@triton.jit(do_not_specialize=["M"])
+@triton.jit(do_not_specialize=["M", "pf_tiles"])
 def _skinny_matmul_kernel(
     x_ptr, w_ptr, w2_ptr, out_ptr, part_ptr, M, N, K, stride_xm, stride_wn, stride_w2n, stride_om,
-    k_tiles_per_split,
+    k_tiles_per_split, pf_tiles,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GATE_UP: tl.constexpr, PARTIAL: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
-    SWAP_AB: tl.constexpr, PREFETCH_TILES: tl.constexpr,
+    SWAP_AB: tl.constexpr,
 ):
     """Grid (column tiles, splits, row tiles). Split s sums K tiles [s * k_tiles_per_split, ...) and,
     with PARTIAL, stores fp32 sums at part[(s * M + m) * N + n] (gate/up: the up sums after all of
@@ -108,14 +108,14 @@ def _skinny_matmul_kernel(
         acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
 
     if USE_PDL:
-        # Before waiting for x, ask L2 for this program's first PREFETCH_TILES weight tiles: the
+        # Before waiting for x, ask L2 for this program's first `pf_tiles` weight tiles: the
         # weights never depend on an earlier kernel, so they stream in while the previous kernel
         # finishes, and the loop below (unchanged: same loads, same dots) finds them in L2. A hint
         # only: no registers are held across the wait and the result does not change.
         pf_n = tl.minimum(offs_n, N - 1)[:, None].to(tl.int64)
         _PF_STEP: tl.constexpr = 64 if BLOCK_K >= 64 else BLOCK_K  # one prefetch per 128 B line of bf16
         _PF_COUNT: tl.constexpr = BLOCK_K // _PF_STEP
-        for t in tl.static_range(PREFETCH_TILES):
+        for t in range(pf_tiles):  # a runtime count: one compiled kernel serves every weight shape
             pf_k = tl.minimum(k_lo + t * BLOCK_K + tl.arange(0, _PF_COUNT) * _PF_STEP, k_hi - 1)
             prefetch_l2(w_ptr + pf_n * stride_wn + pf_k[None, :])
             if GATE_UP:
@@ -200,10 +200,10 @@ def skinny_matmul(x: torch.Tensor, w: torch.Tensor, config: MatmulConfig, w2: to
     grid = (triton.cdiv(N, c.block_n), splits, triton.cdiv(M, c.block_m))
     prefetch = prefetch_tiles(grid, c, per_split, (2 if gate_up else 1) * w.element_size(), x.device) if pdl else 0
     _skinny_matmul_kernel[grid](
-        x, w, w2, out, part, M, N, K, x.stride(0), w.stride(0), w2.stride(0), out.stride(0), per_split,
+        x, w, w2, out, part, M, N, K, x.stride(0), w.stride(0), w2.stride(0), out.stride(0), per_split, prefetch,
         BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, GATE_UP=gate_up, PARTIAL=splits > 1, SWAP_AB=c.swap_ab,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=c.num_warps, num_stages=c.num_stages,
-        PREFETCH_TILES=prefetch, **pdl_options,
+        **pdl_options,
     )
     if splits > 1:
         block = 1024
@@ -223,18 +223,18 @@ def prefetch_tiles(grid, config: MatmulConfig, per_split: int, bytes_per_element
 
 
 def candidate_configs(block_m: int, N: int, K: int, sm_count: int, gate_up: bool = False,
-                      swap: bool = True) -> list[MatmulConfig]:
+                      swap: bool = True, elem_bytes: int = 2) -> list[MatmulConfig]:
     """A short list to time: column tiles of 32/64/128 by K tiles of 128/256, each with the split counts
     (powers of two) that give between half a wave and two waves of programs with >= 2 K tiles per
-    split, pipelined as deep as shared memory allows (<= 160 KB, 2 to 4 stages; tiles that do not fit
-    two stages are left out). gate_up streams two weight tiles per step. Tiles of >= 64 columns come
+    split, pipelined as deep as shared memory allows (<= 160 KB of `elem_bytes` values, 2 to 4 stages;
+    tiles that do not fit two stages are left out: they would fail only after a long compilation). gate_up streams two weight tiles per step. Tiles of >= 64 columns come
     both ways round: x @ w^T, and with `swap` also swap_ab (w @ x^T, the weight tile as the MMA's first
     operand: Hopper's wgmma needs >= 64 rows there, so at 16-32 token rows only the swapped form gets
     it; pointless for fp32, whose exact products run on the FMA units)."""
     out = []
     for block_n in (32, 64, 128):
         for block_k in (128, 256):
-            stages = min(4, 160 * 1024 // ((block_m + (2 if gate_up else 1) * block_n) * block_k * 2))
+            stages = min(4, 160 * 1024 // ((block_m + (2 if gate_up else 1) * block_n) * block_k * elem_bytes))
             if stages < 2:
                 continue
             k_tiles, tiles_n = triton.cdiv(K, block_k), triton.cdiv(N, block_n)
@@ -329,7 +329,7 @@ class Matmul:
             pairs.append(tuple(None if t is None else t.clone() for t in pairs[0]))
         ranked = []
         for config in candidate_configs(block_m, N, K, props.multi_processor_count, w2 is not None,
-                                        swap=x.element_size() == 2):
+                                        swap=x.element_size() == 2, elem_bytes=x.element_size()):
             try:
                 ranked.append((_chain_ms(lambda i, c=config: skinny_matmul(xs, pairs[i][0], c, pairs[i][1], pdl=self.pdl),
                                          len(pairs)), config))
