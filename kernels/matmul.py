@@ -14,7 +14,7 @@ to stream them instead:
   kernel (plus the split reduction) instead of two products and an elementwise kernel.
 * `swap_ab` computes the tile as w @ x^T and transposes the sums: the same products, with the weight
   tile in the MMA's wide operand. Measured at 32 rows on an H100 it made the q/k/v product faster
-  than cuBLAS (results/engine/); which form runs is part of the tuned config.
+  than cuBLAS (results/engine/h100_diag_overlap/); which form runs is part of the tuned config.
 * The tile sizes and split count are a `MatmulConfig`, chosen per weight shape by timing a short
   candidate list on the GPU (`Matmul`), where cuBLAS is one of the candidates unless the mode asks
   for batch invariance. Candidates are timed back to back in a CUDA graph, as a pass runs them, so
