@@ -227,10 +227,11 @@ def candidate_configs(block_m: int, N: int, K: int, sm_count: int, gate_up: bool
     """A short list to time: column tiles of 32/64/128 by K tiles of 128/256, each with the split counts
     (powers of two) that give between half a wave and two waves of programs with >= 2 K tiles per
     split, pipelined as deep as shared memory allows (<= 160 KB of `elem_bytes` values, 2 to 4 stages;
-    tiles that do not fit two stages are left out: they would fail only after a long compilation). gate_up streams two weight tiles per step. Tiles of >= 64 columns come
-    both ways round: x @ w^T, and with `swap` also swap_ab (w @ x^T, the weight tile as the MMA's first
-    operand: Hopper's wgmma needs >= 64 rows there, so at 16-32 token rows only the swapped form gets
-    it; pointless for fp32, whose exact products run on the FMA units)."""
+    tiles that do not fit two stages are left out: they would fail only after a long compilation).
+    gate_up streams two weight tiles per step. Tiles of >= 64 columns come both ways round: x @ w^T,
+    and with `swap` also swap_ab (w @ x^T, the weight tile as the MMA's first operand: Hopper's wgmma
+    needs >= 64 rows there, so at 16-32 token rows only the swapped form gets it; pointless for fp32,
+    whose exact products run on the FMA units)."""
     out = []
     for block_n in (32, 64, 128):
         for block_k in (128, 256):
@@ -275,10 +276,11 @@ class Matmul:
     """The engine's matrix products: x @ w^T (`linear`) and silu(x @ gate^T) * (x @ up^T) (`gate_up`).
 
     mode "torch": cuBLAS (`F.linear`) and `silu_mul`. "auto": per (row tile, weight shape), the
-    fastest of cuBLAS and the skinny kernel's candidate configs, timed on first use (on CUDA, in a CUDA-graph chain: `_chain_ms`; elsewhere
-    the skinny kernel with the first candidate); cuBLAS above MAX_SKINNY_ROWS rows. "triton": the same
-    without cuBLAS for <= MAX_SKINNY_ROWS rows. "invariant": the skinny kernel for every row count with
-    BLOCK_M = 32 and one config per weight shape, so each row's result does not depend on M.
+    fastest of cuBLAS and the skinny kernel's candidate configs, timed on first use (on CUDA, in a
+    CUDA-graph chain: `_chain_ms`; elsewhere the skinny kernel with the first candidate); cuBLAS above
+    MAX_SKINNY_ROWS rows. "triton": the same without cuBLAS for <= MAX_SKINNY_ROWS rows. "invariant":
+    the skinny kernel for every row count with BLOCK_M = 32 and one config per weight shape, so each
+    row's result does not depend on M.
     Timings are shared by all instances (`_timed`), so engines of one model tune once.
     pdl: launch the skinny kernels with Programmatic Dependent Launch (kernels/pdl.py; CUDA sm_90+).
     `silu_mul` should launch the same way (the engine passes it with the same setting). Candidates are
@@ -331,8 +333,10 @@ class Matmul:
         for config in candidate_configs(block_m, N, K, props.multi_processor_count, w2 is not None,
                                         swap=x.element_size() == 2, elem_bytes=x.element_size()):
             try:
-                ranked.append((_chain_ms(lambda i, c=config: skinny_matmul(xs, pairs[i][0], c, pairs[i][1], pdl=self.pdl),
-                                         len(pairs)), config))
+                def call(i, c=config):
+                    return skinny_matmul(xs, pairs[i][0], c, pairs[i][1], pdl=self.pdl)
+
+                ranked.append((_chain_ms(call, len(pairs)), config))
             except triton.runtime.errors.OutOfResources:
                 continue
         if w2 is None:
