@@ -288,7 +288,7 @@ def _combine_splits_kernel(
     tl.store(out_ptrs, (acc / l_sum[:, None]).to(out_ptr.dtype.element_ty), mask=row_mask[:, None])
 
 
-def _sm_count(device: torch.device) -> int:
+def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors to fill; 1 off-GPU, where the interpreter runs programs one by one."""
     if device.type != "cuda":
         return 1
@@ -362,7 +362,7 @@ def _plan(q, kv_heads: int, kv_len_bound: int, num_splits: int | None) -> _Launc
     block_n = 64
     if num_splits is None:
         programs_per_split = batch * kv_heads * (rows_pad // block_m)
-        num_splits = max(1, min(_sm_count(q.device) // programs_per_split, kv_len_bound // (2 * block_n)))
+        num_splits = max(1, min(sm_count(q.device) // programs_per_split, kv_len_bound // (2 * block_n)))
     if num_splits < 1:
         raise ValueError(f"num_splits must be >= 1, got {num_splits}")
     num_warps = 4 if block_m * head_dim <= 64 * 128 else 8
@@ -395,7 +395,7 @@ def _combine(out, o_part, m_part, l_part, length, on_device: bool, block_in_cach
     # divides rows_pad).
     block_r = 16
     tiling_batch = 1 if per_batch else batch
-    while block_r > 1 and tiling_batch * kv_heads * triton.cdiv(launch.rows, block_r) < _sm_count(out.device):
+    while block_r > 1 and tiling_batch * kv_heads * triton.cdiv(launch.rows, block_r) < sm_count(out.device):
         block_r //= 2
     _combine_splits_kernel[(batch * kv_heads, triton.cdiv(launch.rows, block_r))](
         o_part, m_part, l_part, out, length, *out.stride()[:3], kv_heads, launch.num_splits,

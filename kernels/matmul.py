@@ -39,6 +39,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kernels.attention import sm_count
 from kernels.pdl import launch_options, prefetch_l2
 
 # Weight bytes a product asks L2 for before it waits (PDL only), spread over its first-wave programs.
@@ -216,8 +217,7 @@ def prefetch_tiles(grid, config: MatmulConfig, per_split: int, bytes_per_element
     """Weight tiles each program prefetches into L2 before its gdc_wait: PREFETCH_BYTES spread over the
     programs of the first wave (about one per SM; later ones start when the weights are streaming
     anyway), at most the program's own; none where one tile is already over the budget."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    first_wave = min(grid[0] * grid[1] * grid[2], sms)
+    first_wave = min(grid[0] * grid[1] * grid[2], sm_count(device))
     tile_bytes = config.block_n * config.block_k * bytes_per_element
     return min(per_split, PREFETCH_BYTES // (first_wave * tile_bytes))
 
