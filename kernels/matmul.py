@@ -223,13 +223,13 @@ def prefetch_tiles(grid, config: MatmulConfig, per_split: int, bytes_per_element
 
 
 def candidate_configs(block_m: int, N: int, K: int, sm_count: int, gate_up: bool = False,
-                      swap: bool = True, elem_bytes: int = 2) -> list[MatmulConfig]:
+                      elem_bytes: int = 2) -> list[MatmulConfig]:
     """A short list to time: column tiles of 32/64/128 by K tiles of 128/256, each with the split counts
     (powers of two) that give between half a wave and two waves of programs with >= 2 K tiles per
     split, pipelined as deep as shared memory allows (<= 160 KB of `elem_bytes` values, 2 to 4 stages;
     tiles that do not fit two stages are left out: they would fail only after a long compilation).
-    gate_up streams two weight tiles per step. Tiles of >= 64 columns come both ways round: x @ w^T,
-    and with `swap` also swap_ab (w @ x^T, the weight tile as the MMA's first operand: Hopper's wgmma
+    gate_up streams two weight tiles per step. For 2-byte types, tiles of >= 64 columns come both ways
+    round: x @ w^T, and swap_ab (w @ x^T, the weight tile as the MMA's first operand: Hopper's wgmma
     needs >= 64 rows there, so at 16-32 token rows only the swapped form gets it; pointless for fp32,
     whose exact products run on the FMA units)."""
     out = []
@@ -242,7 +242,7 @@ def candidate_configs(block_m: int, N: int, K: int, sm_count: int, gate_up: bool
             splits = [s for s in (1, 2, 4, 8, 16) if s == 1 or k_tiles // s >= 2]
             splits = [s for s in splits if sm_count // 2 <= tiles_n * s <= 2 * sm_count] or splits[:1]
             out += [MatmulConfig(block_m, block_n, block_k, s, 4, stages, swap_ab) for s in splits
-                    for swap_ab in ((False, True) if swap and block_n >= 64 else (False,))]
+                    for swap_ab in ((False, True) if elem_bytes == 2 and block_n >= 64 else (False,))]
     return out
 
 
@@ -331,7 +331,7 @@ class Matmul:
             pairs.append(tuple(None if t is None else t.clone() for t in pairs[0]))
         ranked = []
         for config in candidate_configs(block_m, N, K, props.multi_processor_count, w2 is not None,
-                                        swap=x.element_size() == 2, elem_bytes=x.element_size()):
+                                        elem_bytes=x.element_size()):
             try:
                 def call(i, c=config):
                     return skinny_matmul(xs, pairs[i][0], c, pairs[i][1], pdl=self.pdl)

@@ -63,13 +63,13 @@ def test_candidates_fill_the_gpu():
         configs = candidate_configs(32, N, K, 132, gate_up)
         assert configs and len(configs) <= 24
         assert {c.swap_ab for c in configs} == {False, True}
-        assert not any(c.swap_ab for c in candidate_configs(32, N, K, 132, gate_up, swap=False))
         for c in configs:
             assert c.block_n >= 64 or not c.swap_ab  # wgmma needs >= 64 rows in the weight operand
             assert 66 <= -(-N // c.block_n) * c.split_k <= 2 * 132 or c.split_k == 1
             assert c.num_stages * (32 + (1 + gate_up) * c.block_n) * c.block_k * 2 <= 160 * 1024
-        fp32 = candidate_configs(32, N, K, 132, gate_up, swap=False, elem_bytes=4)  # shared memory sized for 4 bytes
+        fp32 = candidate_configs(32, N, K, 132, gate_up, elem_bytes=4)  # smem sized for 4 bytes, no swapped tiles
         assert fp32 and all(c.num_stages * (32 + (1 + gate_up) * c.block_n) * c.block_k * 4 <= 160 * 1024 for c in fp32)
+        assert not any(c.swap_ab for c in fp32)
 
 
 def test_matmul_modes():
