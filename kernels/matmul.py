@@ -33,6 +33,7 @@ the same whether it is multiplied alone (an AR step) or with 31 others (a verify
 
 import statistics
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -249,18 +250,34 @@ def candidate_configs(block_m: int, N: int, K: int, sm_count: int, gate_up: bool
 CHAIN_CALLS = 16  # calls per timed CUDA graph when tuning
 
 
-def _chain_ms(call, copies: int) -> float:
-    """Median time per call of call(0), call(1), ..., CHAIN_CALLS of them replayed back to back from
-    one CUDA graph, the way a decoding pass runs its products: with PDL a skinny kernel's launch and
-    weight prefetch overlap the end of the call before it (a cuBLAS launch does not), which timing
-    calls one at a time, L2 flushed in between, cannot show. call(i) reads weight copy i % copies,
-    with enough copies (up to CHAIN_CALLS) that the chain streams them from device memory, not L2."""
-    for i in range(copies):  # compile, and warm up
-        call(i)
+def weight_copies(weights: tuple, limit: int = CHAIN_CALLS) -> list[tuple]:
+    """`weights` followed by clones of it, enough that all of them together exceed twice the L2 cache
+    (at most `limit`): products cycling through them read their weights from device memory, as in a
+    decoding pass, not from L2."""
+    size = sum(t.numel() * t.element_size() for t in weights)
+    l2 = torch.cuda.get_device_properties(weights[0].device).L2_cache_size
+    copies = [weights]
+    while len(copies) < limit and len(copies) * size < 2 * l2:
+        copies.append(tuple(t.clone() for t in weights))
+    return copies
+
+
+def chain_ms(calls, n_calls: int = CHAIN_CALLS) -> float:
+    """Median time per call of `calls` cycled through n_calls times and replayed back to back from one
+    CUDA graph, the way a decoding pass runs its products: with PDL a skinny kernel's launch and weight
+    prefetch overlap the end of the call before it (a cuBLAS launch does not), which timing calls one
+    at a time, L2 flushed in between, cannot show. Each call is run once first (compilation, library
+    handles), on a side stream as graph capture requires."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for call in calls:
+            call()
+    torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for i in range(CHAIN_CALLS):
-            call(i % copies)
+        for i in range(n_calls):
+            calls[i % len(calls)]()
     times = []
     for _ in range(10):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -268,7 +285,7 @@ def _chain_ms(call, copies: int) -> float:
         graph.replay()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) / CHAIN_CALLS)
+        times.append(start.elapsed_time(end) / n_calls)
     return statistics.median(times[2:])
 
 
@@ -277,7 +294,7 @@ class Matmul:
 
     mode "torch": cuBLAS (`F.linear`) and `silu_mul`. "auto": per (row tile, weight shape), the
     fastest of cuBLAS and the skinny kernel's candidate configs, timed on first use (on CUDA, in a
-    CUDA-graph chain: `_chain_ms`; elsewhere the skinny kernel with the first candidate); cuBLAS above
+    CUDA-graph chain: `chain_ms`; elsewhere the skinny kernel with the first candidate); cuBLAS above
     MAX_SKINNY_ROWS rows. "triton": the same without cuBLAS for <= MAX_SKINNY_ROWS rows. "invariant":
     the skinny kernel for every row count with BLOCK_M = 32 and one config per weight shape, so each
     row's result does not depend on M.
@@ -323,27 +340,21 @@ class Matmul:
         N, K = w.shape
         if x.device.type != "cuda":
             return [(0.0, candidate_configs(block_m, N, K, 1, w2 is not None)[0])]
-        props = torch.cuda.get_device_properties(x.device)
         xs = torch.randn(block_m, K, device=x.device, dtype=x.dtype)
-        pairs = [(w, w2)]
-        pair_bytes = sum(t.numel() * t.element_size() for t in pairs[0] if t is not None)
-        while len(pairs) < CHAIN_CALLS and len(pairs) * pair_bytes < 2 * props.L2_cache_size:
-            pairs.append(tuple(None if t is None else t.clone() for t in pairs[0]))
+        copies = weight_copies((w,) if w2 is None else (w, w2))
         ranked = []
-        for config in candidate_configs(block_m, N, K, props.multi_processor_count, w2 is not None,
-                                        elem_bytes=x.element_size()):
+        sms, gate_up = sm_count(x.device), w2 is not None
+        for config in candidate_configs(block_m, N, K, sms, gate_up, elem_bytes=x.element_size()):
             try:
-                def call(i, c=config):
-                    return skinny_matmul(xs, pairs[i][0], c, pairs[i][1], pdl=self.pdl)
-
-                ranked.append((_chain_ms(call, len(pairs)), config))
+                calls = [partial(skinny_matmul, xs, c[0], config, *c[1:], pdl=self.pdl) for c in copies]
+                ranked.append((chain_ms(calls), config))
             except triton.runtime.errors.OutOfResources:
                 continue
-        if w2 is None:
-            ranked.append((_chain_ms(lambda i: F.linear(xs, pairs[i][0]), len(pairs)), None))
+        if gate_up:
+            calls = [lambda g=g, u=u: self.silu_mul(F.linear(xs, g), F.linear(xs, u)) for g, u in copies]
         else:
-            ranked.append((_chain_ms(lambda i: self.silu_mul(F.linear(xs, pairs[i][0]), F.linear(xs, pairs[i][1])),
-                                     len(pairs)), None))
+            calls = [partial(F.linear, xs, c[0]) for c in copies]
+        ranked.append((chain_ms(calls), None))
         return sorted(ranked, key=lambda r: r[0])
 
     @classmethod

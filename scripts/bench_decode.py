@@ -26,7 +26,6 @@ cut short by --budget-s (or killed) still leaves its results.
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -42,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data._io import atomic_write_text  # noqa: E402
 from kernels.attention import diffusion_attention, verify_attention  # noqa: E402
-from kernels.matmul import Matmul  # noqa: E402
+from kernels.matmul import Matmul, chain_ms, weight_copies  # noqa: E402
 from kernels.pdl import pdl_unsupported  # noqa: E402
 from kernels.reference import diffusion_attention_ref, verify_attention_ref  # noqa: E402
 from models.config import OrthrusConfig  # noqa: E402
@@ -258,31 +257,6 @@ def cross_check_backends(model, device, dtypes, log) -> dict:
     return out
 
 
-def graph_time_us(fns, rounds=4, reps=10) -> float:
-    """Kernel time per call of the callables `fns`, without launch overhead: `rounds` passes over all of
-    them captured in one CUDA graph; median replay time / calls."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for fn in fns:
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(rounds):
-            for fn in fns:
-                fn()
-    times = []
-    for _ in range(reps + 2):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / (rounds * len(fns)))
-    return statistics.median(times[2:])
-
-
 @torch.inference_mode()
 def gemm_probe(model) -> list[dict]:
     """Achieved weight-read bandwidth of the decode-shaped matrix products at 1 and 32 rows, timed inside
@@ -300,16 +274,15 @@ def gemm_probe(model) -> list[dict]:
              "invariant": Matmul("invariant", TritonOps.silu_mul)}
     if pdl_unsupported(qkv.device) is None:
         impls["triton_pdl"] = Matmul("triton", TritonOps.silu_mul, pdl=True)
-    l2 = torch.cuda.get_device_properties(qkv.device).L2_cache_size
     rows = []
     for name, ws in weights.items():
         size = nbytes(ws)
-        copies = [ws] + [tuple(w.clone() for w in ws) for _ in range(math.ceil(2 * l2 / size) - 1)]
+        copies = weight_copies(ws)
         for m in (1, 32):
             x = torch.randn(m, ws[0].shape[1], device=qkv.device, dtype=qkv.dtype)
             for impl, mm in impls.items():
                 fn = (lambda c, mm=mm: mm.linear(x, c[0])) if len(ws) == 1 else (lambda c, mm=mm: mm.gate_up(x, *c))
-                us = graph_time_us([lambda c=c: fn(c) for c in copies])
+                us = 1e3 * chain_ms([lambda c=c: fn(c) for c in copies], n_calls=4 * len(copies))
                 rows.append({"matrix": name, "out_features": ws[0].shape[0], "in_features": ws[0].shape[1], "rows": m,
                              "impl": impl, "config": str(next(iter(mm.chosen.values()), "cublas")), "us": us,
                              "weight_TBps": size / (us / 1e6) / 1e12})
