@@ -507,6 +507,14 @@ def small_model_divergence(folder, args, device, log) -> dict:
     return out
 
 
+def graph_pool_bytes() -> int:
+    """Bytes the CUDA caching allocator holds in private (CUDA-graph) pools: the captured steps'
+    activations. Counted by pool rather than as a change of `memory_reserved()`, which also moves with
+    the tuner's temporaries and with cached blocks the allocator releases (it went negative when a
+    smaller shape followed a larger one)."""
+    return sum(s["total_size"] for s in torch.cuda.memory_snapshot() if tuple(s["segment_pool_id"]) != (0, 0))
+
+
 def memory_report(model, engine, device, ks) -> dict:
     diff = [p for n, p in model.named_parameters() if is_diffusion_param(n)]
     rep = {
@@ -598,14 +606,14 @@ def run_variant(variant, model, res, args, device, clock, budget, engine_len, lo
     mem0 = torch.cuda.memory_allocated() if cuda else 0
     engine = OrthrusEngine(model, engine_len, backend="triton", fuse_qkv=cuda, **VARIANTS[variant])
     t0 = time.time()
-    reserved0 = torch.cuda.memory_reserved() if cuda else 0
+    pools0 = graph_pool_bytes() if cuda else 0
     for K in [1, *ks]:
         engine.steps(K)
     log(f"[{name}/{variant}] steps built (kernels compiled, products tuned, graphs captured) in {time.time() - t0:.1f}s")
     if first:
         res["memory"] = memory_report(model, engine, device, ks)
         if cuda:
-            res["memory"]["graph_pools_reserved_MB"] = (torch.cuda.memory_reserved() - reserved0) / 1e6
+            res["memory"]["graph_pools_reserved_MB"] = (graph_pool_bytes() - pools0) / 1e6
             res["memory"]["engine_allocated_GB"] = (torch.cuda.memory_allocated() - mem0) / 1e9
         log(f"[{name}] memory {json.dumps(res['memory'])}")
         res["bytes"] = {"ar_pass_weights": pass_weight_bytes(engine, "ar"),
