@@ -25,6 +25,7 @@ cut short by --budget-s (or killed) still leaves its results.
 """
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -507,6 +508,14 @@ def small_model_divergence(folder, args, device, log) -> dict:
     return out
 
 
+def free_cuda_memory() -> None:
+    """Return what a finished engine or model held to the device before the next one is built. The
+    engine's captured graphs sit in reference cycles, so they (and their private pools) go only at a
+    garbage collection, which would otherwise come at an arbitrary point of the next measurement."""
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 def graph_pool_bytes() -> int:
     """Bytes the CUDA caching allocator holds in private (CUDA-graph) pools: the captured steps'
     activations. Counted by pool rather than as a change of `memory_reserved()`, which also moves with
@@ -568,7 +577,7 @@ def run_shape(name, args, device, clock, budget, bw, log, checkpoint) -> dict:
             log(f"[{name}] variant {variant} FAILED:\n{res['errors'][variant]}")
         checkpoint(res)
         if cuda:
-            torch.cuda.empty_cache()
+            free_cuda_memory()
     if not res["engine_variants"]:
         res["engine"] = {}
         return res
@@ -592,7 +601,7 @@ def run_shape(name, args, device, clock, budget, bw, log, checkpoint) -> dict:
             phase("unfused_qkv", lambda: unfused_qkv_variant(model, ks, clock, args.reps, log))
     del model
     if cuda:
-        torch.cuda.empty_cache()
+        free_cuda_memory()
     return res
 
 
@@ -659,7 +668,7 @@ def unfused_qkv_variant(model, ks, clock, reps, log) -> dict:
            f"iteration_ms_K{K}": clock(lambda: (s.draft(), s.verify(), s.accept()), reps, after=reset)}
     log(f"unfused qkv at ctx 256: {json.dumps({k: round(v, 3) for k, v in row.items()})}")
     del engine, s1, s
-    torch.cuda.empty_cache()
+    free_cuda_memory()
     return row
 
 
@@ -881,7 +890,7 @@ def main():
             results.setdefault("errors", {})[name] = traceback.format_exc()
             log(f"[{name}] FAILED:\n{results['errors'][name]}")
             if device.type == "cuda":
-                torch.cuda.empty_cache()
+                free_cuda_memory()
         results["elapsed_s"] = budget.elapsed()
         save()
         log(f"[{name}] done at {budget.elapsed():.0f}s")
