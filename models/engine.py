@@ -347,7 +347,8 @@ class _Steps:
     accept(): greedy acceptance on the device: n = longest prefix of drafts equal to the AR argmax;
               packed = [n, AR argmax tokens]; start += n + 1; last = AR token n (the bonus).
     On CUDA with graphs each step is captured once (after a warm-up that compiles the Triton
-    kernels) and replayed; the engine's start/last are saved around the warm-ups.
+    kernels) and replayed; the engine's start/last and the cache rows the warm-ups write are saved
+    around them, so steps can be built at any point of a decode.
     """
 
     def __init__(self, engine: OrthrusEngine, K: int):
@@ -389,8 +390,11 @@ class _Steps:
 
     def _capture(self, fns):
         e = self.engine
-        saved = e.start.clone(), e.last.clone()
-        e.start.zero_()  # the warm-ups write cache rows start..start+K-1: keep them inside the cache
+        # The warm-ups and the capture run the steps for real: they write cache rows start..start+K-1
+        # and move start/last. Run them at start 0 (inside the cache) and put back what they overwrite,
+        # so steps may be built after a prefill without corrupting the prompt's rows.
+        saved = e.start.clone(), e.last.clone(), e.cache.kv[..., :self.K, :].clone()
+        e.start.zero_()
         pool = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream()
         for name, fn in fns.items():
@@ -405,6 +409,7 @@ class _Steps:
             self._graphs[name] = graph
         e.start.copy_(saved[0])
         e.last.copy_(saved[1])
+        e.cache.kv[..., :self.K, :].copy_(saved[2])
 
     def _run(self, name: str) -> torch.Tensor:
         if name in self._graphs:
