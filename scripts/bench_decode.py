@@ -698,7 +698,8 @@ def write_markdown(results, ks, path) -> None:
              f"`{results['command']}`  ", f"commit {results['commit']}, torch {results['torch']}, "
              f"transformers {results['transformers']}, triton {results['triton']}; measured copy bandwidth "
              f"{results['bandwidth_TBps']:.2f} TB/s (read + write). Random weights, bf16, batch 1; the engine "
-             "uses fused q/k/v weights (a copy, size below; the unfused numbers follow each table). Times are medians "
+             "uses fused q/k/v weights (a copy, size below" + ("; the unfused numbers follow each table" if any(
+                 "unfused_qkv" in r for r in results["shapes"]) else "") + "). Times are medians "
              "of CUDA-event timings of graph replays (ms). Roofline = (weights + KV bytes read) / copy bandwidth.", ""]
     for res in results["shapes"]:
         lines += [f"## {res['shape']}", ""]
