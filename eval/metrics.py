@@ -12,6 +12,7 @@ Every function pools over all results (total tokens / total iterations), so a lo
 counts in proportion to its length; this is how throughput-style numbers add up.
 """
 
+import gc
 import resource
 import sys
 from dataclasses import dataclass
@@ -94,6 +95,16 @@ def tokens_per_second(results: list[GenerationResult], timings: list[Timing]) ->
 def speedup(tokens_per_s: float, baseline_tokens_per_s: float) -> float:
     """Wall-clock speedup over the AR baseline (block_size=1 on the same decode function)."""
     return tokens_per_s / baseline_tokens_per_s
+
+
+def free_memory() -> None:
+    """Give back what finished models, engines or training steps held before the next is measured.
+    Garbage is collected first: tensors kept by reference cycles (an engine's captured CUDA graphs, a
+    caught exception's traceback) would otherwise go at an arbitrary later point, in the middle of
+    the next measurement."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def reset_peak_memory(device: torch.device) -> None:

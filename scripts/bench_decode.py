@@ -25,7 +25,6 @@ cut short by --budget-s (or killed) still leaves its results.
 """
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data._io import atomic_write_text  # noqa: E402
+from eval.metrics import free_memory  # noqa: E402
 from kernels.attention import diffusion_attention, verify_attention  # noqa: E402
 from kernels.matmul import Matmul, chain_ms, weight_copies  # noqa: E402
 from kernels.pdl import pdl_unsupported  # noqa: E402
@@ -508,14 +508,6 @@ def small_model_divergence(folder, args, device, log) -> dict:
     return out
 
 
-def free_cuda_memory() -> None:
-    """Return what a finished engine or model held to the device before the next one is built. The
-    engine's captured graphs sit in reference cycles, so they (and their private pools) go only at a
-    garbage collection, which would otherwise come at an arbitrary point of the next measurement."""
-    gc.collect()
-    torch.cuda.empty_cache()
-
-
 def graph_pool_bytes() -> int:
     """Bytes the CUDA caching allocator holds in private (CUDA-graph) pools: the captured steps'
     activations. Counted by pool rather than as a change of `memory_reserved()`, which also moves with
@@ -577,7 +569,7 @@ def run_shape(name, args, device, clock, budget, bw, log, checkpoint) -> dict:
             log(f"[{name}] variant {variant} FAILED:\n{res['errors'][variant]}")
         checkpoint(res)
         if cuda:
-            free_cuda_memory()
+            free_memory()
     if not res["engine_variants"]:
         res["engine"] = {}
         return res
@@ -601,7 +593,7 @@ def run_shape(name, args, device, clock, budget, bw, log, checkpoint) -> dict:
             phase("unfused_qkv", lambda: unfused_qkv_variant(model, ks, clock, args.reps, log))
     del model
     if cuda:
-        free_cuda_memory()
+        free_memory()
     return res
 
 
@@ -668,7 +660,7 @@ def unfused_qkv_variant(model, ks, clock, reps, log) -> dict:
            f"iteration_ms_K{K}": clock(lambda: (s.draft(), s.verify(), s.accept()), reps, after=reset)}
     log(f"unfused qkv at ctx 256: {json.dumps({k: round(v, 3) for k, v in row.items()})}")
     del engine, s1, s
-    free_cuda_memory()
+    free_memory()
     return row
 
 
@@ -891,7 +883,7 @@ def main():
             results.setdefault("errors", {})[name] = traceback.format_exc()
             log(f"[{name}] FAILED:\n{results['errors'][name]}")
             if device.type == "cuda":
-                free_cuda_memory()
+                free_memory()
         results["elapsed_s"] = budget.elapsed()
         save()
         log(f"[{name}] done at {budget.elapsed():.0f}s")

@@ -42,7 +42,6 @@ The GPU copy of the repo has no .git: pass --commit or ORTHRUS_COMMIT. Commands:
 
 import argparse
 import contextlib
-import gc
 import json
 import os
 import shlex
@@ -197,14 +196,6 @@ def release_zero3_globals() -> None:
             f.cache_clear()
 
 
-def free_memory() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 class Shape:
     """One model shape: config sections composed from conf/, the model built once."""
 
@@ -235,6 +226,7 @@ class Shape:
     def build(self):
         import torch
 
+        from eval.metrics import free_memory
         from train.model import build_model
 
         free_memory()
@@ -251,6 +243,8 @@ class Shape:
         return self.model
 
     def drop_model(self):
+        from eval.metrics import free_memory
+
         self.model = None
         free_memory()
 
@@ -266,6 +260,7 @@ def run_setting(shape: Shape, seq_len: int, checkpointing: bool, attention: str,
     import torch
     from omegaconf import OmegaConf
 
+    from eval.metrics import free_memory
     from train.backend import DeepSpeedBackend, TorchBackend
     from train.blocks import sample_blocks
     from train.data import batches, build_dataset
@@ -570,6 +565,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     start = time.perf_counter()
     import torch
 
+    from eval.metrics import free_memory
     from train.distributed import broadcast_object
     from train.tracking import LoggingConfig
 
