@@ -26,7 +26,6 @@ cut short by --budget-s (or killed) still leaves its results.
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -35,7 +34,6 @@ import traceback
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
