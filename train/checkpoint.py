@@ -34,13 +34,19 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"step_{step:08d}"
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+def _step_dirs(run_dir: Path, keep) -> list[Path]:
+    """A run's checkpoint folders for which `keep(folder)` holds, by step (as a number, not a name),
+    oldest first."""
     folder = Path(run_dir) / CHECKPOINTS
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if _STEP_DIR.match(p.name) and (p / STATE_FILE).is_file()]
+    found = [p for p in folder.iterdir() if _STEP_DIR.match(p.name) and keep(p)]
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    return _step_dirs(run_dir, lambda p: (p / STATE_FILE).is_file())
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
@@ -59,10 +65,8 @@ def trained_view(run_dir: Path) -> Path | None:
     run_dir = Path(run_dir)
     if (run_dir / DIFFUSION_DIR).is_dir():
         return run_dir / DIFFUSION_DIR
-    folder = run_dir / CHECKPOINTS
-    steps = [p for p in folder.iterdir() if _STEP_DIR.match(p.name) and (p / DIFFUSION_DIR).is_dir()] \
-        if folder.is_dir() else []
-    return max(steps, key=lambda p: int(_STEP_DIR.match(p.name).group(1))) / DIFFUSION_DIR if steps else None
+    steps = _step_dirs(run_dir, lambda p: (p / DIFFUSION_DIR).is_dir())
+    return steps[-1] / DIFFUSION_DIR if steps else None
 
 
 def distributed_atomic_folder(folder: Path, write, rank: int) -> None:
