@@ -345,7 +345,7 @@ def load_manifest(corpus_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(
             f"no corpus manifest at {path}; build the corpus first: "
-            f"python scripts/build_corpus.py --out-dir {corpus_dir}"
+            f"python -m scripts.build_corpus --out-dir {corpus_dir}"
         )
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") != FORMAT:

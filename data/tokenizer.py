@@ -119,6 +119,6 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
     path = Path(text).expanduser()
     if not path.exists() and (path.is_absolute() or text.startswith((".", "~"))):
         raise FileNotFoundError(
-            f"tokenizer folder {path} does not exist; train one with python scripts/train_tokenizer.py --out-dir {text}"
+            f"tokenizer folder {path} does not exist; train one with python -m scripts.train_tokenizer --out-dir {text}"
         )
     return AutoTokenizer.from_pretrained(str(path) if path.exists() else text)

@@ -142,7 +142,7 @@ def effective_distributions(model, result: GenerationResult, sampling: SamplingP
     The rejected drafts are not recorded; they are replaced by mask tokens, which changes no
     row the emitted tokens depend on (the verify pass is causal, and later rows are cropped).
     """
-    seq, L, K = result.sequences.to(model.device), result.prompt_len, result.block_size
+    seq, L = result.sequences.to(model.device), result.prompt_len
     mask_id, scale = model.config.mask_token_id, model.model.layers[0].self_attn.scaling
     cache = DynamicCache(config=model.config)
     logits = model(input_ids=seq[:, :L], past_key_values=cache, use_cache=True).logits[0, -1]

@@ -40,9 +40,18 @@ def device_name(device: str | torch.device = "cpu") -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def command_line() -> list[str]:
+    """This process's arguments as typed: `-m scripts.x ...` for a module run (whose sys.argv[0] is the
+    module's absolute file path), else sys.argv."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        return ["-m", spec.name.removesuffix(".__main__"), *sys.argv[1:]]
+    return sys.argv
+
+
 def provenance(device: str | torch.device = "cpu", command: list[str] | None = None) -> dict:
     return {
-        "command": shlex.join([Path(sys.executable).name, *(command if command is not None else sys.argv)]),
+        "command": shlex.join([Path(sys.executable).name, *(command if command is not None else command_line())]),
         "git": git_state(),
         "device": device_name(device),
         "torch": torch.__version__,

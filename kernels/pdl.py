@@ -11,7 +11,7 @@ blocks until the previous kernel has completed and its writes are visible.
 one has called it (or exited); it is only a scheduling hint, since the next kernel's gdc_wait still
 waits for this one to complete.
 
-Rules the kernels in `kernels/` and `models/engine_ops.py` follow (their comments say where):
+Rules the kernels in `kernels/` follow (their comments say where):
 
 * Every program of a PDL kernel calls gdc_wait() before it loads anything an earlier kernel wrote and
   before its first store (an earlier kernel may still be reading the buffer it overwrites). Only

@@ -1,10 +1,12 @@
 """Float64 PyTorch references for the decode kernels.
 
-Deliberately naive (explicit masks, explicit softmax, `repeat_interleave` for GQA) so they are easy to
+Deliberately naive (explicit masks from `models/masks.py`, explicit softmax, `repeat_interleave` for GQA) so they are easy to
 check by eye; the Triton kernels in `kernels/attention.py` and `kernels/accept.py` are tested against them.
 """
 
 import torch
+
+from models.masks import draft_mask, verify_mask
 
 
 def _as_int(length) -> int:
@@ -25,23 +27,16 @@ def _attention_f64(q, k, v, mask, scale):
 
 def diffusion_attention_ref(q, k_cache, v_cache, ctx_len, k_blk, v_blk, scale):
     """Draft pass: every block query sees the first `ctx_len` cache entries and all K block keys."""
-    n = _as_int(ctx_len)
-    k = torch.cat([k_cache[:, :, :n], k_blk], dim=2)
-    v = torch.cat([v_cache[:, :, :n], v_blk], dim=2)
-    mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device)
+    k = torch.cat([k_cache, k_blk], dim=2)
+    v = torch.cat([v_cache, v_blk], dim=2)
+    mask = draft_mask(_as_int(ctx_len), k_cache.shape[2], k_blk.shape[2], q.device)
     return _attention_f64(q, k, v, mask, scale)
 
 
 def verify_attention_ref(q, k_cache, v_cache, start, scale):
     """Verify pass: block query i sees cache entries [0, start + i] (the block is already in the cache)."""
-    start = _as_int(start)
-    block = q.shape[2]
-    k = k_cache[:, :, : start + block]
-    v = v_cache[:, :, : start + block]
-    query_pos = start + torch.arange(block, device=q.device)
-    key_pos = torch.arange(start + block, device=q.device)
-    mask = key_pos[None, :] <= query_pos[:, None]
-    return _attention_f64(q, k, v, mask, scale)
+    mask = verify_mask(_as_int(start), q.shape[2], k_cache.shape[2], q.device)
+    return _attention_f64(q, k_cache, v_cache, mask, scale)
 
 
 def greedy_accept_ref(draft, ar):

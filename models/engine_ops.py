@@ -1,14 +1,9 @@
 """The engine's per-layer operations, in two interchangeable backends.
 
 `TorchOps` is plain PyTorch written to match `transformers`' Qwen3 layer by layer (it is what the
-CPU tests run, and the cross-check for the fast path). `TritonOps` is the fast path on CUDA: the
-elementwise work of a layer is fused into three small Triton kernels (residual add + RMSNorm;
-q/k RMSNorm + RoPE + writing k/v into the cache; SiLU * up), and attention goes through the
-decode kernels of `kernels/`. Why fuse: at batch 1 a layer's matrix products are a few large
-weight reads, and in eager PyTorch the ~25 small elementwise kernels around them cost about as
-much again (each is a launch plus a trip through memory). The fused kernels round where
-PyTorch rounds (to the model dtype after each op `transformers` runs in that dtype), so in bf16
-they give the same values as the PyTorch path up to the order of the fp32 reductions.
+CPU tests run, and the cross-check for the fast path), its attention masked by the rules of
+`models/masks.py`. `TritonOps` is the fast path on CUDA: the fused elementwise kernels of
+`kernels/elementwise.py` and the decode attention and acceptance kernels of `kernels/`.
 
 Both backends take the same arguments; every length or position is a one-element int64 tensor on
 the device, so nothing here reads back to the host and every call can be captured in a CUDA graph.
@@ -20,14 +15,10 @@ launches its own kernels).
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
 
-from kernels.accept import greedy_accept as _greedy_accept_kernel
-from kernels.attention import diffusion_attention as _diffusion_attention_kernel
-from kernels.attention import verify_attention as _verify_attention_kernel
-from kernels.pdl import launch_options
+from kernels import accept, attention, elementwise
+from models.masks import draft_mask, verify_mask
 
 
 class TorchOps:
@@ -63,10 +54,9 @@ class TorchOps:
     @staticmethod
     def diffusion_attention(q, k_cache, v_cache, ctx_len, k_blk, v_blk, scale, pdl=False):
         """Block queries see cache rows [0, ctx_len) and every block key (no mask inside the block)."""
-        S, K = k_cache.shape[2], k_blk.shape[2]
         keys = torch.cat([k_cache, k_blk], dim=2)
         values = torch.cat([v_cache, v_blk], dim=2)
-        mask = torch.cat([torch.arange(S, device=q.device) < ctx_len, torch.ones(K, dtype=torch.bool, device=q.device)])[None]
+        mask = draft_mask(ctx_len, k_cache.shape[2], k_blk.shape[2], q.device)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)
 
     @staticmethod
@@ -74,10 +64,7 @@ class TorchOps:
         """Block query t sees cache rows [0, start + t] (the block is already in the cache).
         per_position is the Triton kernel's batch-invariance switch; PyTorch picks its own kernels, so
         the engine refuses batch_invariant with this backend and the flag is always False here."""
-        S, T = k_cache.shape[2], q.shape[2]
-        key_pos = torch.arange(S, device=q.device)
-        query_pos = start + torch.arange(T, device=q.device)
-        mask = key_pos[None, :] <= query_pos[:, None]
+        mask = verify_mask(start, q.shape[2], k_cache.shape[2], q.device)
         return F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, scale=scale, enable_gqa=True)
 
     @staticmethod
@@ -95,156 +82,15 @@ def _rms_norm(x, weight, eps):
 
 
 class TritonOps:
-    """Fast backend: fused Triton elementwise kernels and the `kernels/` decode attention."""
+    """Fast backend: the fused elementwise kernels of `kernels/elementwise.py` and the `kernels/` decode
+    attention and acceptance."""
 
-    @staticmethod
-    def add_rms_norm(x, residual, weight, eps, pdl=False):
-        _check_rows(x, weight)
-        T, N = x.shape
-        out = torch.empty_like(x)
-        res_out = x if residual is None else torch.empty_like(x)
-        _add_rms_norm_kernel[(T,)](
-            x, x if residual is None else residual, weight, out, res_out, N, eps,
-            HAS_RESIDUAL=residual is not None, BLOCK=triton.next_power_of_2(N), num_warps=_warps(N),
-            **launch_options(pdl, x.device),
-        )
-        return out, res_out
-
-    @staticmethod
-    def qkv_norm_rope(q, k, v, q_weight, k_weight, cos_table, sin_table, start, k_dst, v_dst, dst_at_start, eps,
-                      pdl=False):
-        T, D = q.shape[0], cos_table.shape[-1]
-        H, Hkv = q.shape[1] // D, k.shape[1] // D
-        for name, t in (("q", q), ("k", k), ("v", v), ("k_dst", k_dst), ("v_dst", v_dst)):
-            if t.stride(-1) != 1:
-                raise ValueError(f"{name} must be contiguous in its last dim")
-        q_out = torch.empty(T, H, D, dtype=q.dtype, device=q.device)
-        _qkv_norm_rope_kernel[(T,)](
-            q, k, v, q.stride(0), k.stride(0), v.stride(0), q_weight, k_weight, cos_table, sin_table, start,
-            q_out, k_dst, v_dst, k_dst.stride(1), k_dst.stride(2), v_dst.stride(1), v_dst.stride(2),
-            eps, H, Hkv, DST_AT_START=dst_at_start, HEAD_DIM=D,
-            BLOCK_H=triton.next_power_of_2(H), BLOCK_KV=triton.next_power_of_2(Hkv), num_warps=4,
-            **launch_options(pdl, q.device),
-        )
-        return q_out[None].transpose(1, 2)
-
-    @staticmethod
-    def silu_mul(gate, up, pdl=False):
-        if not (gate.is_contiguous() and up.is_contiguous()) or gate.shape != up.shape:
-            raise ValueError("gate and up must be contiguous and of one shape")
-        out = torch.empty_like(gate)
-        n, block = gate.numel(), 1024
-        _silu_mul_kernel[(triton.cdiv(n, block),)](gate, up, out, n, BLOCK=block, **launch_options(pdl, gate.device))
-        return out
-
-    diffusion_attention = staticmethod(_diffusion_attention_kernel)
-    verify_attention = staticmethod(_verify_attention_kernel)
+    add_rms_norm = staticmethod(elementwise.add_rms_norm)
+    qkv_norm_rope = staticmethod(elementwise.qkv_norm_rope)
+    silu_mul = staticmethod(elementwise.silu_mul)
+    diffusion_attention = staticmethod(attention.diffusion_attention)
+    verify_attention = staticmethod(attention.verify_attention)
 
     @staticmethod
     def greedy_accept(draft, ar, pdl=False):
-        return _greedy_accept_kernel(draft, ar, pdl=pdl)[0]
-
-
-def _check_rows(x, weight):
-    if x.dim() != 2 or not x.is_contiguous() or weight.shape != (x.shape[1],):
-        raise ValueError(f"expected contiguous rows (T, N) and a weight (N,), got {tuple(x.shape)}, {tuple(weight.shape)}")
-
-
-def _warps(n: int) -> int:
-    return 4 if n <= 2048 else 8
-
-
-@triton.jit
-def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
-                         HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
-    """One row per program: residual add (rounded to the model dtype, as torch's add), RMSNorm in fp32,
-    cast, then the weight product rounded again (as `weight * h.to(dtype)`)."""
-    if USE_PDL:
-        # A small kernel: let the next one (a matrix product) launch at once and start on its weights;
-        # it still waits for this kernel to complete before reading what it writes.
-        tl.extra.cuda.gdc_launch_dependents()
-    row = tl.program_id(0).to(tl.int64) * n_cols
-    cols = tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    dtype = x_ptr.dtype.element_ty
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)  # the norm weight: read-only
-    if USE_PDL:
-        tl.extra.cuda.gdc_wait()  # x and the residual come from earlier kernels
-    x = tl.load(x_ptr + row + cols, mask=mask, other=0.0)
-    if HAS_RESIDUAL:
-        r = tl.load(res_ptr + row + cols, mask=mask, other=0.0)
-        x = (r.to(tl.float32) + x.to(tl.float32)).to(dtype)
-        tl.store(res_out_ptr + row + cols, x, mask=mask)
-    xf = x.to(tl.float32)
-    rstd = tl.math.rsqrt(tl.sum(xf * xf, axis=0) / n_cols + eps)
-    y = (w * (xf * rstd).to(dtype).to(tl.float32)).to(dtype)
-    tl.store(out_ptr + row + cols, y, mask=mask)
-
-
-@triton.jit
-def _norm_rope_heads(src, w_ptr, cos, sin, n_heads, eps, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """RMSNorm of each head vector (rows of a (n_heads, D) tile), then RoPE (x * cos + rotate_half(x) * sin),
-    rounding like PyTorch in the model dtype. rotate_half is a gather at (d + D/2) mod D with the first half
-    negated; the norm scale is one scalar per head, so the rotated vector is normalised element by element
-    exactly like the original. Returns the tile and the offsets/mask it came from."""
-    dtype = src.dtype.element_ty
-    heads = tl.arange(0, BLOCK_H)[:, None]
-    d = tl.arange(0, HEAD_DIM)[None, :]
-    rot = (d + HEAD_DIM // 2) % HEAD_DIM
-    mask = heads < n_heads
-    x = tl.load(src + heads * HEAD_DIM + d, mask=mask, other=0.0).to(tl.float32)
-    xr = tl.load(src + heads * HEAD_DIM + rot, mask=mask, other=0.0).to(tl.float32)
-    rstd = tl.math.rsqrt(tl.sum(x * x, axis=1) / HEAD_DIM + eps)[:, None]
-    xn = (tl.load(w_ptr + d).to(tl.float32) * (x * rstd).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
-    xrn = (tl.load(w_ptr + rot).to(tl.float32) * (xr * rstd).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
-    xrn = tl.where(d < HEAD_DIM // 2, -xrn, xrn)
-    out = ((xn * cos).to(dtype).to(tl.float32) + (xrn * sin).to(dtype).to(tl.float32)).to(dtype)
-    return out, heads, d, mask
-
-
-@triton.jit
-def _qkv_norm_rope_kernel(
-    q_ptr, k_ptr, v_ptr, stride_q, stride_k, stride_v, qw_ptr, kw_ptr, cos_ptr, sin_ptr, start_ptr,
-    q_out_ptr, k_dst_ptr, v_dst_ptr, stride_kd_h, stride_kd_t, stride_vd_h, stride_vd_t,
-    eps, num_heads, num_kv_heads,
-    DST_AT_START: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr,
-    USE_PDL: tl.constexpr,
-):
-    """One token per program. Query heads are normed, rotated and written to q_out (T, H, D); key heads
-    are normed, rotated and stored at row (start + t if DST_AT_START else t) of k_dst; value heads are
-    copied to the same row of v_dst."""
-    if USE_PDL:
-        # A small kernel: let the next one (attention) launch at once; it still waits for this one.
-        # Wait before everything: q/k/v and start come from earlier kernels (and the RoPE rows depend on start).
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
-    t = tl.program_id(0)
-    start = tl.load(start_ptr).to(tl.int32)
-    d = tl.arange(0, HEAD_DIM)[None, :]
-    cos = tl.load(cos_ptr + (start + t) * HEAD_DIM + d).to(tl.float32)
-    sin = tl.load(sin_ptr + (start + t) * HEAD_DIM + d).to(tl.float32)
-    row = t
-    if DST_AT_START:
-        row += start
-
-    q, heads, d, mask = _norm_rope_heads(q_ptr + t * stride_q, qw_ptr, cos, sin, num_heads, eps, BLOCK_H, HEAD_DIM)
-    tl.store(q_out_ptr + (t * num_heads + heads) * HEAD_DIM + d, q, mask=mask)
-    k, heads, d, mask = _norm_rope_heads(k_ptr + t * stride_k, kw_ptr, cos, sin, num_kv_heads, eps, BLOCK_KV, HEAD_DIM)
-    tl.store(k_dst_ptr + heads * stride_kd_h + row * stride_kd_t + d, k, mask=mask)
-    v = tl.load(v_ptr + t * stride_v + heads * HEAD_DIM + d, mask=mask)
-    tl.store(v_dst_ptr + heads * stride_vd_h + row * stride_vd_t + d, v, mask=mask)
-
-
-@triton.jit
-def _silu_mul_kernel(g_ptr, u_ptr, out_ptr, n, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
-    """silu(gate) rounded to the model dtype (as F.silu), times up, rounded again."""
-    if USE_PDL:
-        tl.extra.cuda.gdc_launch_dependents()  # small: let the next kernel launch (it still waits for this one)
-        tl.extra.cuda.gdc_wait()  # gate and up come from earlier kernels
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    dtype = g_ptr.dtype.element_ty
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    s = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
-    tl.store(out_ptr + offs, (s * u).to(dtype), mask=mask)
+        return accept.greedy_accept(draft, ar, pdl=pdl)[0]

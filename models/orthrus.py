@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, Qwen3ForCausalLM
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm, apply_rotary_pos_emb
 
 from models.config import OrthrusConfig, validate_orthrus_config
+from models.masks import draft_mask
 
 DIFFUSION_MODULES = ("q_proj_diff", "k_proj_diff", "v_proj_diff", "o_proj_diff", "q_norm_diff", "k_norm_diff")
 
@@ -129,13 +130,16 @@ def is_diffusion_param(name: str) -> bool:
 
 def prefix_attend(cache, ctx_len: int, scale: float) -> AttendFn:
     """Decoding attention: the block's queries see the first `ctx_len` cached AR keys/values
-    and all of the block's own diffusion keys/values (bidirectional, no mask)."""
+    and all of the block's own diffusion keys/values (`models.masks.draft_mask`)."""
 
     def attend(idx: int, q, k, v):
         layer = cache.layers[idx]
-        k_all = torch.cat([layer.keys[:, :, :ctx_len], k], dim=2)
-        v_all = torch.cat([layer.values[:, :, :ctx_len], v], dim=2)
-        return F.scaled_dot_product_attention(q, k_all, v_all, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+        k_all = torch.cat([layer.keys, k], dim=2)
+        v_all = torch.cat([layer.values, v], dim=2)
+        mask = draft_mask(ctx_len, layer.keys.shape[2], k.shape[2], q.device)
+        return F.scaled_dot_product_attention(
+            q, k_all, v_all, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+        )
 
     return attend
 

@@ -5,32 +5,27 @@ against 3.53 for multi-step. Here the shipped small model drafts each block in S
 passes (`generate(..., denoise_steps=S)`, confidence-ordered unmasking) and is decoded greedily;
 greedy output is the base model's whatever S, so exact match vs S=1 must be 1.0.
 
-    python scripts/ablate_denoise_steps.py --n 12 --steps 1 2 4
+    python -m scripts.ablate_denoise_steps --n 12 --steps 1 2 4
 """
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
+import matplotlib
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import matplotlib  # noqa: E402
-
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from data.tokenizer import load_tokenizer  # noqa: E402
-from eval.figures import save_figure  # noqa: E402
-from eval.prompts import PromptSpec, encode_prompt, load_prompts  # noqa: E402
-from eval.provenance import REPO_ROOT, provenance  # noqa: E402
-from eval.report import markdown_table, write_json  # noqa: E402
-from data._io import atomic_write_text  # noqa: E402
-from models.checkpoint import load_orthrus  # noqa: E402
-from models.generate import generate  # noqa: E402
+from data._io import atomic_write_text
+from data.tokenizer import load_tokenizer
+from eval.figures import save_figure
+from eval.prompts import PromptSpec, encode_prompt, load_prompts
+from eval.provenance import REPO_ROOT, provenance
+from eval.report import markdown_table, write_json
+from models.checkpoint import load_orthrus
+from models.generate import generate
 
 
 def paper_tpf() -> dict[str, float]:

@@ -20,34 +20,33 @@ The cache is filled with random keys/values instead of prefilling long prompts (
 depend on the values). Writes bench.json / bench.md / bench.png under --out as it goes, so a run
 cut short by --budget-s (or killed) still leaves its results.
 
-    PYTHONUNBUFFERED=1 python scripts/bench_decode.py --out results/engine --commit $(git rev-parse HEAD)
-    TRITON_INTERPRET=1 python scripts/bench_decode.py --shapes tiny --ctx 64,128 --out /tmp/bench   # CPU smoke run
+    PYTHONUNBUFFERED=1 python -m scripts.bench_decode --out results/engine --commit $(git rev-parse HEAD)
+    TRITON_INTERPRET=1 python -m scripts.bench_decode --shapes tiny --ctx 64,128 --out /tmp/bench   # CPU smoke run
 """
 
 import argparse
 import json
 import platform
+import shlex
 import statistics
-import sys
 import time
 import traceback
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data._io import atomic_write_text  # noqa: E402
-from eval.metrics import free_memory  # noqa: E402
-from kernels.attention import diffusion_attention, verify_attention  # noqa: E402
-from kernels.matmul import Matmul, chain_ms, weight_copies  # noqa: E402
-from kernels.pdl import pdl_unsupported  # noqa: E402
-from kernels.reference import diffusion_attention_ref, verify_attention_ref  # noqa: E402
-from models.config import OrthrusConfig  # noqa: E402
-from models.engine import OrthrusEngine  # noqa: E402
-from models.engine_ops import TritonOps  # noqa: E402
-from models.orthrus import OrthrusForCausalLM, is_diffusion_param  # noqa: E402
-from models.shapes import QWEN3_SHAPES, shape_config  # noqa: E402
+from data._io import atomic_write_text
+from eval.metrics import free_memory
+from eval.provenance import command_line
+from kernels.attention import diffusion_attention, verify_attention
+from kernels.matmul import Matmul, chain_ms, weight_copies
+from kernels.pdl import pdl_unsupported
+from kernels.reference import diffusion_attention_ref, verify_attention_ref
+from models.config import OrthrusConfig
+from models.engine import OrthrusEngine
+from models.engine_ops import TritonOps
+from models.orthrus import OrthrusForCausalLM, is_diffusion_param
+from models.shapes import QWEN3_SHAPES, shape_config
 
 # Tokens per iteration published for Orthrus (../shared/paper-facts.md): 6.35 = single-step
 # denoising ablation; 7.8 = best TPF, Qwen3-8B on MATH-500. Both at K = 32.
@@ -841,7 +840,7 @@ def main():
     clock, budget = Clock(device), Budget(args.budget_s)
     ks = [int(k) for k in args.ks.split(",")]
     results = {
-        "command": "python " + " ".join(sys.argv), "commit": args.commit,
+        "command": shlex.join(["python", *command_line()]), "commit": args.commit,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "transformers": transformers.__version__, "triton": triton.__version__,
         "paper_tpf": PAPER_TPF, "targets_qwen3_8b": TARGETS_8B, "shapes": [],

@@ -1,11 +1,11 @@
 """Training throughput benchmark: tokens/s/GPU, MFU by FLOP part, and peak memory per GPU, over
 model shape x sequence length x gradient checkpointing x attention executor.
 
-    python scripts/bench_train.py OUT_DIR [--shapes qwen3_1.7b,qwen3_4b,qwen3_8b] [--seq-lens 2048,4096,8192]
+    python -m scripts.bench_train OUT_DIR [--shapes qwen3_1.7b,qwen3_4b,qwen3_8b] [--seq-lens 2048,4096,8192]
         [--checkpointing on,off] [--attention flex,flex_eager] [--deepspeed zero2] [--warmup 3] [--steps 5]
         [--budget-s 540] [--commit SHA] [--override KEY=VALUE ...]
-    torchrun --standalone --nproc_per_node=N scripts/bench_train.py OUT_DIR ...      (one process per GPU)
-    python scripts/bench_train.py OUT_DIR --shapes tiny --seq-lens 64,128            (CPU, seconds)
+    torchrun --standalone --nproc_per_node=N -m scripts.bench_train OUT_DIR ...      (one process per GPU)
+    python -m scripts.bench_train OUT_DIR --shapes tiny --seq-lens 64,128            (CPU, seconds)
 
 Every configuration is a short run of the real training step, built from the same pieces as
 `train.loop.Trainer` (conf/ composed by Hydra with the +exp=qwen3_* recipe: K=32, KL, chunked
@@ -53,9 +53,6 @@ import traceback
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 SHAPES = ("tiny", "qwen3_1.7b", "qwen3_4b", "qwen3_8b")
@@ -96,9 +93,10 @@ def synthetic_data_overrides(seq_len: int, rows: int, seed: int = 0) -> list[str
 
 def compose(overrides: list[str]):
     """conf/config.yaml composed with `overrides` (Hydra's compose API, as the tests use it)."""
-    import train.config  # noqa: F401  (registers data=synthetic)
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+
+    import train.config  # noqa: F401  (registers data=synthetic)
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose("config", overrides=overrides)
@@ -581,7 +579,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     peak_flops = args.peak_flops or LoggingConfig().peak_flops_per_gpu
     precision = args.precision if args.precision != "auto" else ("bf16" if dist.device.type == "cuda" else "fp32")
     report = {
-        "command": shlex.join(["python", "scripts/bench_train.py", *argv]),
+        "command": shlex.join(["python", "-m", "scripts.bench_train", *argv]),
         "world_size": dist.world_size,
         "environment": environment(args.commit),
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),

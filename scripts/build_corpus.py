@@ -1,17 +1,12 @@
 """Build the offline Python-source corpus (see data/corpus.py).
 
-    python scripts/build_corpus.py --out-dir corpora/python --heldout-fraction 0.05
-    python scripts/build_corpus.py --out-dir /tmp/tiny --max-bytes 1000000   # seconds
+    python -m scripts.build_corpus --out-dir corpora/python --heldout-fraction 0.05
+    python -m scripts.build_corpus --out-dir /tmp/tiny --max-bytes 1000000   # seconds
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: make the repo root importable for `data`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tqdm import tqdm
 

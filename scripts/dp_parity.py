@@ -1,7 +1,7 @@
 """Data-parallel parity: a world-size-N run follows the loss curve of a one-process run with the
 same global batch.
 
-    python scripts/dp_parity.py OUT_DIR --nproc 2 [--backends none,zero2,zero3] [--shape tiny|qwen3_8b]
+    python -m scripts.dp_parity OUT_DIR --nproc 2 [--backends none,zero2,zero3] [--shape tiny|qwen3_8b]
         [--seq-len 64] [--steps 8] [--global-batch 4] [--micro-batch-size 1] [--precision auto|fp32|bf16]
         [--work-dir DIR] [--commit SHA] [-- extra hydra overrides]
 
@@ -48,17 +48,18 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from scripts.bench_train import (
+    compose,
+    environment,
+    shape_overrides,
+    skip_deepspeed_cpu_comm_op,
+    synthetic_data_overrides,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = {"none": "deepspeed=none", "zero2": "deepspeed=zero2", "zero3": "deepspeed=zero3"}
 TRACE_FILE = "trace_rank{rank}.json"
 
-
-from scripts.bench_train import (  # noqa: E402
-    compose, environment, shape_overrides, skip_deepspeed_cpu_comm_op, synthetic_data_overrides,
-)
 
 
 # --------------------------------------------------------------------------- worker (one rank)
@@ -104,7 +105,7 @@ def worker(run_dir: Path, overrides: list[str], save: bool) -> None:
 
 def launch(nproc: int, run_dir: Path, overrides: list[str], flags: list[str], log) -> float:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(Path(__file__).resolve()), "--worker", str(run_dir), *flags, "--", *overrides]
+           "-m", "scripts.dp_parity", "--worker", str(run_dir), *flags, "--", *overrides]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("OMP_NUM_THREADS", "1")
     print("+", " ".join(cmd), file=log, flush=True)
@@ -171,7 +172,7 @@ def plot(results: dict, path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = shlex.join(["python", "scripts/dp_parity.py", *argv])
+    command = shlex.join(["python", "-m", "scripts.dp_parity", *argv])
     extra = []
     if "--" in argv:
         argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
@@ -225,10 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         *([f"optim.lr={args.lr}"] if args.lr is not None else []), *extra,
     ]
     # the rows the runs consume must lie in the first epoch of both world sizes
+    from models.shapes import QWEN3_SHAPES
     from train.data import build_dataset
     from train.distributed import Dist
-
-    from models.shapes import QWEN3_SHAPES
 
     cfg = compose(common)
     fields = {**QWEN3_SHAPES.get(cfg.model.shape, {}), **cfg.model.config}

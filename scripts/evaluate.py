@@ -1,19 +1,15 @@
 """Evaluate one Orthrus checkpoint over prompt sets and block sizes (Hydra: conf/eval.yaml).
 
-    python scripts/evaluate.py name=orthrus_qwen3_8b label=qwen3_8b model.base=chiennv/Orthrus-Qwen3-8B \\
+    python -m scripts.evaluate name=orthrus_qwen3_8b label=qwen3_8b model.base=chiennv/Orthrus-Qwen3-8B \\
         benchmarks=[humaneval,math500] limit=100
-    python scripts/evaluate.py name=tiny model.base=/path/to/ckpt model.device=cpu model.dtype=float32 \\
+    python -m scripts.evaluate name=tiny model.base=/path/to/ckpt model.device=cpu model.dtype=float32 \\
         decode.max_new_tokens=64 decode.temperature=0.6 decode.top_k=20 decode.top_p=0.95
 
 Writes ${out_dir}/${name}/metrics.json (every number, the resolved config, and provenance:
 command, commit + dirty flag, device, versions, time) and metrics.md (tables).
 """
 
-import sys
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hydra
 import torch

@@ -1,9 +1,9 @@
 """Run lm-eval tasks with the base model (`hf`) and with Orthrus (`orthrus`) and check that
 accuracy, and every generation, are identical (greedy decoding is lossless).
 
-    python scripts/lm_eval_compare.py --orthrus chiennv/Orthrus-Qwen3-8B --tasks gsm8k --limit 200 \\
+    python -m scripts.lm_eval_compare --orthrus chiennv/Orthrus-Qwen3-8B --tasks gsm8k --limit 200 \\
         --dtype bfloat16 --device cuda --out results/lm_eval/orthrus_qwen3_8b_gsm8k.json
-    python scripts/lm_eval_compare.py --orthrus ckpt/ --base Qwen/Qwen3-8B --tasks my_task --include-path eval/tasks
+    python -m scripts.lm_eval_compare --orthrus ckpt/ --base Qwen/Qwen3-8B --tasks my_task --include-path eval/tasks
 
 --base defaults to --orthrus: the `hf` model then loads the same checkpoint with plain
 transformers, whose forward is the frozen base model. Exit status 1 when anything differs.
@@ -12,10 +12,6 @@ transformers, whose forward is the frozen base model. Exit status 1 when anythin
 import argparse
 import json
 import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lm_eval import simple_evaluate
 from lm_eval.models.huggingface import HFLM

@@ -15,9 +15,9 @@ What it does (config: conf/pretrain.yaml; presets in conf/pretrain/):
   5. saves the checkpoint atomically: bf16 safetensors, tokenizer, generation config, the JSONL
      log and a README.md card (exact command, commit, device, tokens seen, time, losses).
 
-    python scripts/pretrain_base.py                                 # real run (one GPU)
-    python scripts/pretrain_base.py train.time_budget_s=200         # stop (and decay) by 200 s
-    python scripts/pretrain_base.py +pretrain=toy out_dir=/tmp/base # CPU smoke test, seconds
+    python -m scripts.pretrain_base                                 # real run (one GPU)
+    python -m scripts.pretrain_base train.time_budget_s=200         # stop (and decay) by 200 s
+    python -m scripts.pretrain_base +pretrain=toy out_dir=/tmp/base # CPU smoke test, seconds
 """
 
 from __future__ import annotations
@@ -28,13 +28,9 @@ import os
 import platform
 import shlex
 import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hydra
 import torch
@@ -48,6 +44,7 @@ from data.corpus import MANIFEST, build_corpus
 from data.datasets import load_tokenized_dataset
 from data.packing import PackedDataset, PackedRows
 from data.tokenizer import MASK_TOKEN, load_tokenizer, train_tokenizer
+from eval import provenance
 from models.checkpoint import atomic_folder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +78,7 @@ def device_name(device: torch.device) -> str:
 
 
 def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+    return shlex.join(["python", *provenance.command_line()])
 
 
 # --- data -------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """Evaluate a list of checkpoints, then write the paper-style tables and figures.
 
-    python scripts/reproduce_tables.py                         # the released 1.7B/4B/8B models (GPU, hub)
-    python scripts/reproduce_tables.py reproduce.run=[] \\
+    python -m scripts.reproduce_tables                         # the released 1.7B/4B/8B models (GPU, hub)
+    python -m scripts.reproduce_tables reproduce.run=[] \\
         'reproduce.metrics=[results/a/metrics.json,results/b/metrics.json]'   # tables from existing runs only
-    python scripts/reproduce_tables.py '+reproduce.checkpoints.mine={label: qwen3_8b, model: {base: ckpt/}}' \\
+    python -m scripts.reproduce_tables '+reproduce.checkpoints.mine={label: qwen3_8b, model: {base: ckpt/}}' \\
         reproduce.run=[mine,orthrus_qwen3_8b]
 
 The checkpoints named in `reproduce.run` are looked up in `reproduce.checkpoints` (name ->
@@ -13,11 +13,7 @@ paper_sources.csv, and PNG figures (TPF per benchmark and model, acceptance-leng
 histograms, throughput vs context length when a run measured it).
 """
 
-import sys
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hydra
 from omegaconf import DictConfig, OmegaConf

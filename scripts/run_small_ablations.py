@@ -27,12 +27,12 @@ Stages (`--stages`, in order):
   report   results/small/ablations/<sweep>/{results.json, README.md, plot.png}, next to the
            paper's trend for the same ablation (results/paper_numbers.json, where it states one).
 
-    python scripts/run_small_ablations.py --stages prep,train,eval,report          # one GPU
-    python scripts/run_small_ablations.py --preset toy --stages prep,train,eval,report  # CPU rehearsal
+    python -m scripts.run_small_ablations --stages prep,train,eval,report          # one GPU
+    python -m scripts.run_small_ablations --preset toy --stages prep,train,eval,report  # CPU rehearsal
     # split over machines: data on a CPU, training in GPU calls, evaluation back on a CPU
-    python scripts/run_small_ablations.py --stages prep --distill-prompts 2000
-    python scripts/run_small_ablations.py --stages train,pack --sweeps block_size,loss --pack-dir $OUT  # GPU
-    python scripts/run_small_ablations.py --stages unpack,eval,report --pack-dir <files> --sweeps block_size,loss
+    python -m scripts.run_small_ablations --stages prep --distill-prompts 2000
+    python -m scripts.run_small_ablations --stages train,pack --sweeps block_size,loss --pack-dir $OUT  # GPU
+    python -m scripts.run_small_ablations --stages unpack,eval,report --pack-dir <files> --sweeps block_size,loss
 """
 
 from __future__ import annotations
@@ -46,13 +46,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):  # run as a file: make the repo root importable
-    sys.path.insert(0, str(REPO_ROOT))
+from data._io import atomic_write_text
+from scripts.run_small_pipeline import PRESETS, compose, write_heldout_prompts
+from train.checkpoint import trained_view
 
-from data._io import atomic_write_text  # noqa: E402
-from scripts.run_small_pipeline import PRESETS, compose, write_heldout_prompts  # noqa: E402
-from train.checkpoint import trained_view  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 STAGES = ("prep", "train", "pack", "unpack", "eval", "report")
 TRAINABLE_ALL = "[q_proj_diff,k_proj_diff,v_proj_diff,o_proj_diff,q_norm_diff,k_norm_diff]"
@@ -383,7 +381,7 @@ def stage_eval(s: Setup, sweeps: list[str], workers: int) -> None:
     while pending or running:
         while pending and len(running) < workers:
             view, out = pending.pop(0)
-            cmd = [sys.executable, __file__, "--preset", s.preset, "--eval-view", view or "", "--eval-out", str(out),
+            cmd = [sys.executable, "-m", "scripts.run_small_ablations", "--preset", s.preset, "--eval-view", view or "", "--eval-out", str(out),
                    "--eval-k", str(s.eval_k), "--max-new-tokens", str(s.max_new_tokens)] + (["--limit", str(s.limit)] if s.limit else [])
             running.append((subprocess.Popen(cmd, cwd=REPO_ROOT), view))
         time.sleep(1)

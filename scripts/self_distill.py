@@ -2,7 +2,7 @@
 
 Config: conf/self_distill.yaml (keys = the arguments of data.self_distill.generate_responses).
 
-    python scripts/self_distill.py model_name_or_path=Qwen/Qwen3-8B \
+    python -m scripts.self_distill model_name_or_path=Qwen/Qwen3-8B \
         prompts_source=HuggingFaceH4/ultrachat_200k split=train_sft out_dir=data_out/self_distill/qwen3-8b
     python train.py +exp=qwen3_8b data=self_distill data.load_tokenized_dataset.source=data_out/self_distill/qwen3-8b
 """
@@ -10,11 +10,6 @@ Config: conf/self_distill.yaml (keys = the arguments of data.self_distill.genera
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hydra
 from omegaconf import DictConfig, OmegaConf

@@ -1,6 +1,6 @@
 """Turn a training run's metrics.jsonl into a results folder: summary JSON, markdown table, plot.
 
-    python scripts/summarize_train_run.py RUN_METRICS.jsonl OUT_DIR --device "NVIDIA H100 80GB HBM3" \
+    python -m scripts.summarize_train_run RUN_METRICS.jsonl OUT_DIR --device "NVIDIA H100 80GB HBM3" \
         --command "python train.py ..." --commit <sha> [--skip-steps 20]
 
 Throughput is averaged over the records after --skip-steps (the first steps hold compilation
@@ -9,16 +9,12 @@ and warm-up). Everything written comes from the log; nothing is typed in.
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import matplotlib.pyplot as plt
 
-import matplotlib.pyplot as plt  # noqa: E402
-
-from data._io import atomic_write_text  # noqa: E402
-from eval.figures import save_figure  # noqa: E402  (also selects the Agg backend)
+from data._io import atomic_write_text
+from eval.figures import save_figure  # also selects the Agg backend
 
 
 def summarize(records: list[dict], skip_steps: int) -> dict:

@@ -1,16 +1,11 @@
 """Train the byte-level BPE tokenizer on a corpus built by scripts/build_corpus.py (see data/tokenizer.py).
 
-    python scripts/train_tokenizer.py --corpus-dir corpora/python --out-dir tokenizers/python-8k --vocab-size 8192
+    python -m scripts.train_tokenizer --corpus-dir corpora/python --out-dir tokenizers/python-8k --vocab-size 8192
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: make the repo root importable for `data`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.tokenizer import train_tokenizer
 

@@ -6,7 +6,7 @@ import torch
 from models.generate import generate
 from models.sampling import SamplingParams
 from tests.test_greedy import base_greedy, prompt
-from tests.test_sampling import ALPHA, K, PROMPT, chi2_pvalue, exact_marginals, small_vocab_model
+from tests.test_sampling import ALPHA, PROMPT, K, chi2_pvalue, exact_marginals, small_vocab_model
 
 
 @pytest.mark.parametrize("steps", [2, 4])

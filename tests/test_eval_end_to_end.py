@@ -169,12 +169,12 @@ def test_evaluate_cli_end_to_end(checkpoint, tmp_path):
     overrides = tiny_run_overrides(checkpoint, tmp_path, "tiny") + [
         "context_sweep.lengths=[8,24]", "context_sweep.max_new_tokens=6", f"hydra.run.dir={tmp_path / 'hydra'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "scripts/evaluate.py", *overrides], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "scripts.evaluate", *overrides], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "results" / "tiny"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["provenance"]["command"].endswith(shlex.join(["scripts/evaluate.py", *overrides]))
+    assert metrics["provenance"]["command"].endswith(shlex.join(["-m", "scripts.evaluate", *overrides]))
     assert re.fullmatch(r"[0-9a-f]{40}", metrics["provenance"]["git"]["commit"])
     assert metrics["provenance"]["device"].startswith("cpu") and metrics["provenance"]["torch"] == torch.__version__
     assert [(r["benchmark"], r["block_size"]) for r in metrics["runs"]] == [("local_jsonl", 1), ("local_jsonl", 4)]
@@ -217,7 +217,7 @@ def fake_report(name: str, label: str, tpf: dict[str, float], context_sweep: boo
               "speedup": None} for n in (1024, 8192) for K in (1, 32)] if context_sweep else []
     return {
         "name": name, "label": label,
-        "provenance": {"command": "python scripts/evaluate.py", "git": {"commit": "0" * 40, "dirty": False},
+        "provenance": {"command": "python -m scripts.evaluate", "git": {"commit": "0" * 40, "dirty": False},
                        "device": "NVIDIA H100", "torch": "x", "transformers": "y", "timestamp": "t"},
         "model": {"base": name, "dtype": "bfloat16", "block_size": 32,
                   "kv_overhead": {"persistent_bytes": 0, "diffusion_block_bytes": 4.5 * 2**20, "kv_bytes_per_token": 147456}},

@@ -9,8 +9,8 @@ from eval.fidelity import (
     effective_distributions,
     exact_match,
     greedy_fidelity,
-    sampling_fidelity,
     sampling_divergences,
+    sampling_fidelity,
     two_sample_test,
 )
 from models.generate import generate

@@ -18,7 +18,6 @@ from eval.runner import decode_prompts, measure_block_sizes
 from models.generate import GenerationResult, generate
 from models.shapes import shape_config
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 

@@ -6,7 +6,6 @@ cases also run in bf16, plus larger decode shapes, default split counts and CUDA
 
 import itertools
 import random
-import sys
 import zlib
 
 import pytest
@@ -14,7 +13,6 @@ import torch
 
 from kernels.attention import diffusion_attention, verify_attention
 from kernels.reference import diffusion_attention_ref, verify_attention_ref
-
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"

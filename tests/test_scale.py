@@ -88,7 +88,7 @@ def test_bench_tiny_writes_json_markdown_and_plot(tmp_path):
     assert report["complete"] and report["world_size"] == 1
     env = report["environment"]
     assert env["commit"] == "test-commit" and env["device"] == "cpu" and env["torch"] == torch.__version__
-    assert report["command"].startswith("python scripts/bench_train.py ")
+    assert report["command"].startswith("python -m scripts.bench_train ")
     results = report["results"]
     assert [(r["seq_len"], r["gradient_checkpointing"], r["attention"]) for r in results] == [
         (s, c, a) for s in (64, 128) for c in (True, False) for a in ("sdpa", "flex")]
@@ -151,7 +151,7 @@ def test_bench_under_torchrun_with_zero2(tmp_path):
 
     pytest.importorskip("deepspeed")
     out = tmp_path / "bench"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "scripts/bench_train.py",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "scripts.bench_train",
            str(out), "--shapes", "tiny", "--seq-lens", "64", "--checkpointing", "on", "--attention", "sdpa",
            "--deepspeed", "zero2", "--warmup", "1", "--steps", "2", *(f"--override={o}" for o in TINY)]
     proc = subprocess.run(cmd, cwd=bench_train.REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)

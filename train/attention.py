@@ -4,10 +4,11 @@ Keys of the diffusion pass are [AR keys of the row (L) ; diffusion keys of all b
 Query q of block j = q // K may see
   * AR key kv < L   iff ctx_start[b, j] <= kv < ctx_end[b, j] (same document, before the anchor);
   * diffusion key   iff it belongs to block j (bidirectional inside the block).
-That is exactly `models.orthrus.prefix_attend(cache, ctx_len=a)` of decoding, for every block
-at once. Padding blocks have an empty AR range, so no query row is ever fully masked.
+That is `models.masks.draft_visible`, the rule of decoding's `models.orthrus.prefix_attend(cache,
+ctx_len=a)`, for every block at once. Padding blocks have an empty AR range, so no query row is
+ever fully masked. The AR pass is causal (`models.masks.verify_visible`) within each document.
 
-`block_mask_mod` is the single definition. On CUDA it drives flex attention (compiled, a
+`block_mask_mod` applies it to a batch of blocks. On CUDA it drives flex attention (compiled, a
 sparse BlockMask: most AR tiles of a block are either fully visible or skipped); on the CPU,
 where compiled flex attention is not worth its compile time, the same function is evaluated
 on index grids into a dense boolean mask for SDPA. Tests check both executors agree.
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
+from models.masks import draft_visible, verify_visible
 from models.orthrus import AttendFn
 from train.blocks import DiffusionBlocks
 
@@ -31,9 +33,7 @@ def block_mask_mod(ctx_start: torch.Tensor, ctx_end: torch.Tensor, ar_len: int, 
 
     def mask_mod(b, h, q, kv):
         block = q // block_size
-        ar = (kv < ar_len) & (kv >= ctx_start[b, block]) & (kv < ctx_end[b, block])
-        own = (kv >= ar_len) & ((kv - ar_len) // block_size == block)
-        return ar | own
+        return draft_visible(q, kv, ctx_start[b, block], ctx_end[b, block], ar_len, block_size)
 
     return mask_mod
 
@@ -52,8 +52,8 @@ def ar_attention_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     Passed explicitly to the AR pass: transformers only infers packed documents from
     position_ids when no cache is given, and this pass must fill a cache.
     """
-    L = doc_ids.shape[1]
-    causal = torch.ones(L, L, dtype=torch.bool, device=doc_ids.device).tril()
+    pos = torch.arange(doc_ids.shape[1], device=doc_ids.device)
+    causal = verify_visible(pos[:, None], pos[None, :])
     return (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]
 
 
