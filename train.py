@@ -22,7 +22,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-import train.config  # noqa: F401  (registers data=synthetic and ${floor_div:...})
+import train.config  # noqa: F401  (registers ${floor_div:...})
 
 
 def launcher_argv(argv: list[str], rank: int) -> list[str]:

@@ -15,7 +15,10 @@ def _as_int(length) -> int:
 
 
 def _attention_f64(q, k, v, mask, scale):
-    """softmax(q k^T * scale + mask) v in float64. q: (B, H, T, D); k, v: (B, Hkv, S, D); mask: (T, S) bool."""
+    """softmax(q k^T * scale + mask) v in float64. q: (B, H, T, D); k, v: (B, Hkv, S, D); mask: (T, S) bool.
+    Keys no query sees are dropped first: a cache's stale rows may hold anything, NaN included."""
+    seen = mask.any(0)
+    k, v, mask = k[:, :, seen], v[:, :, seen], mask[:, seen]
     group = q.shape[1] // k.shape[1]
     k = k.double().repeat_interleave(group, dim=1)
     v = v.double().repeat_interleave(group, dim=1)

@@ -34,6 +34,7 @@ import traceback
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from data._io import atomic_write_text
 from eval.metrics import free_memory
@@ -55,8 +56,7 @@ TARGETS_8B = {"ar_step_ms": 7.1, "iteration_ms": 12.5, "context": 256, "block_si
 # Engine variants (OrthrusEngine keyword arguments; all on the Triton backend with fused q/k/v on CUDA).
 VARIANTS = {"auto": dict(matmul="auto"), "invariant": dict(batch_invariant=True), "torch": dict(matmul="torch"),
             "triton": dict(matmul="triton"), "nopdl": dict(matmul="auto", pdl=False)}
-TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=32, mask_token_id=511, bos_token_id=None, eos_token_id=None)
+TINY = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / "tiny.yaml")  # model=tiny of train.py
 
 
 def parse_args():
@@ -148,7 +148,7 @@ class Budget:
 
 def build_model(name, device):
     """Random-weight Orthrus at a real shape, built directly in bf16 on the device (no fp32 copy)."""
-    config = OrthrusConfig(**TINY) if name == "tiny" else shape_config(name)
+    config = OrthrusConfig(**TINY.config, mask_token_id=TINY.mask_token_id) if name == "tiny" else shape_config(name)
     prev = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
@@ -530,7 +530,7 @@ def memory_report(model, engine, device, ks) -> dict:
 
 def run_shape(name, args, device, clock, budget, bw, log, checkpoint) -> dict:
     """Everything for one shape. Each measurement is a phase: a phase that fails is logged with its
-    traceback under res["errors"] and the rest still run (one GPU call must return what it can);
+    traceback under res["errors"] and the rest still run (a run returns what it can);
     `checkpoint(res)` saves the shape's results so far after each phase and variant."""
     ks = [int(k) for k in args.ks.split(",")]
     cuda = device.type == "cuda"

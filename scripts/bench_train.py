@@ -96,7 +96,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import train.config  # noqa: F401  (registers data=synthetic)
+    import train.config  # noqa: F401  (registers ${floor_div:...})
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose("config", overrides=overrides)

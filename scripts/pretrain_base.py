@@ -1,7 +1,7 @@
 """Pretrain a small Qwen3 (`Qwen3ForCausalLM`) from scratch on the offline Python corpus.
 
-Why this exists: no Qwen3 checkpoint can be downloaded in this workplace, yet Orthrus needs a
-frozen AR model to draft for. So the project trains its own small model with the *real* Qwen3
+Why this exists: Orthrus needs a frozen AR model to draft for, and the whole pipeline should run
+offline, without downloading a Qwen3 checkpoint. So the project trains its own small model with the *real* Qwen3
 architecture (same config class, same modeling code, GQA, QK-norm, RoPE, tied embeddings) and
 runs the whole pipeline on it: diffusion-view training, decoding, evaluation, CI.
 

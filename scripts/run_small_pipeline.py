@@ -218,7 +218,7 @@ def compose(config_name: str, overrides: list[str]):
     from hydra import initialize_config_dir
 
     if config_name == "config":
-        import train.config  # noqa: F401  (registers data=synthetic and ${floor_div:...})
+        import train.config  # noqa: F401  (registers ${floor_div:...})
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=overrides)
 
@@ -653,9 +653,9 @@ def write_card(p: Preset) -> None:
     lines += ["## Reproduce", "", "```bash",
               "python -m scripts.run_small_pipeline --out /tmp/out   # one H100: about 6 + 9 minutes",
               "```", "",
-              "The shipped files were made in two GPU calls (each call is limited to ten minutes): "
+              "The shipped files were made in two runs, "
               "`--stages pretrain,pack`, then `--stages prompts,diffusion,pack,eval,card,pack` "
-              f"(see `{p.results}/pipeline.json` for each call's commit, device and stage times).", ""]
+              f"(see `{p.results}/pipeline.json` for each run's commit, device and stage times).", ""]
     atomic_write_text(art / "README.md", "\n".join(lines))
 
 

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-import train.config  # noqa: F401  (registers data=synthetic and ${floor_div:...})
+import train.config  # noqa: F401  (registers ${floor_div:...})
 from data.packing import PackedDataset
 from train.backend import DeepSpeedConfig, deepspeed_config
 from train.data import synthetic_documents

@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-import train.config  # noqa: F401  (registers data=synthetic)
+import train.config  # noqa: F401  (registers ${floor_div:...})
 from models.orthrus import is_diffusion_param
 from train.backend import TorchBackend
 from train.blocks import sample_blocks

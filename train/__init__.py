@@ -8,5 +8,5 @@
     checkpoint.py  atomic, resumable checkpoints;  tracking.py  JSONL / wandb / tqdm
     flops.py       model FLOPs for MFU;  data.py  datasets;  model.py  model sources
     loop.py        the Trainer that ties them together
-    config.py      Hydra additions conf/ relies on (data=synthetic, ${floor_div:...})
+    config.py      the resolver conf/ relies on (${floor_div:...})
 """

@@ -7,7 +7,7 @@ the other ranks wait), then documents are loaded, tokenized and packed by
 
 `data=synthetic` (the CPU default, and GPU throughput runs on machines without data) gives
 random documents of random lengths instead: no corpus, no tokenizer, but the same packing,
-sharding and resumable position (config node: train/config.py).
+sharding and resumable position (conf/data/synthetic.yaml).
 """
 
 from collections.abc import Iterator
