@@ -10,12 +10,14 @@ left padding of lm-eval's batch removed), and stop sequences end decoding early.
     lm_eval.simple_evaluate(model="orthrus", model_args="pretrained=chiennv/Orthrus-Qwen3-8B,dtype=bfloat16",
                             tasks=["gsm8k"])
     OrthrusLM(pretrained=model_object, tokenizer=tokenizer, decode_fn=engine_decode)  # an engine, a built model
-scripts/lm_eval_compare.py runs a task with both models and checks they agree.
+`compare` runs tasks with both models and checks they agree (`python -m scripts.lm_eval_compare`).
 """
 
 import torch
+from lm_eval import simple_evaluate
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
 from transformers import GenerationConfig
 
 from eval.runner import DecodeFn
@@ -149,3 +151,29 @@ def sampling_params(generation_config: GenerationConfig, kwargs: dict) -> Sampli
     if temperature == 0.0:
         raise ValueError("do_sample=True needs a temperature > 0 (lm-eval defaults it to 0)")
     return SamplingParams(temperature=temperature, top_k=value("top_k"), top_p=value("top_p"))
+
+
+def run_tasks(lm, tasks: list[str], task_manager: TaskManager, **kwargs) -> dict:
+    """lm-eval results for one model, with per-sample responses kept."""
+    return simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, log_samples=True,
+                           bootstrap_iters=0, **kwargs)
+
+
+def compare(base_lm, orthrus_lm, tasks: list[str], task_manager: TaskManager, **kwargs) -> dict:
+    """Metrics of both models per task, and which samples' generations differ."""
+    out = {"identical": True, "tasks": {}}
+    base, ours = run_tasks(base_lm, tasks, task_manager, **kwargs), run_tasks(orthrus_lm, tasks, task_manager, **kwargs)
+    for task in base["results"]:
+        metrics = {"hf": _metrics(base["results"][task]), "orthrus": _metrics(ours["results"][task])}
+        base_resps = {s["doc_id"]: s["resps"] for s in base["samples"].get(task, [])}
+        our_resps = {s["doc_id"]: s["resps"] for s in ours["samples"].get(task, [])}
+        differ = sorted(d for d in base_resps if base_resps[d] != our_resps.get(d))
+        same = metrics["hf"] == metrics["orthrus"] and not differ and base_resps.keys() == our_resps.keys()
+        out["tasks"][task] = {**metrics, "num_samples": len(base_resps), "differing_doc_ids": differ, "identical": same}
+        out["identical"] &= same
+    out["orthrus_tokens_per_iteration"] = getattr(orthrus_lm, "tokens_per_iteration", None)
+    return out
+
+
+def _metrics(task_results: dict) -> dict:
+    return {k: float(v) for k, v in task_results.items() if "," in k and "_stderr" not in k}

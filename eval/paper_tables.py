@@ -3,7 +3,7 @@
 Rows are matched to results/paper_numbers.json by (metric, model label, benchmark); a
 published number whose model size is not stated (model null) is shown for every model and
 marked so. Each table is returned as headers + rows, written as markdown and CSV by
-scripts/reproduce_tables.py; sources of every paper number are listed under the tables.
+`eval.evaluate.write_tables` (entry point: `python -m scripts.reproduce_tables`); sources of every paper number are listed under the tables.
 """
 
 import csv

@@ -21,7 +21,7 @@ def write_json(path: str | os.PathLike, obj) -> Path:
 def read_json(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no results file at {path} (write one with scripts/evaluate.py)")
+        raise FileNotFoundError(f"no results file at {path} (write one with python -m scripts.evaluate)")
     return json.loads(path.read_text())
 
 

@@ -13,40 +13,13 @@ import argparse
 import json
 import sys
 
-from lm_eval import simple_evaluate
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
 import models.orthrus  # noqa: F401  (registers model_type "orthrus" with AutoModelForCausalLM)
 from data._io import atomic_write_text
-from eval.lm_eval_adapter import OrthrusLM
+from eval.lm_eval_adapter import OrthrusLM, compare
 from eval.provenance import provenance
-
-
-def run_tasks(lm, tasks: list[str], task_manager: TaskManager, **kwargs) -> dict:
-    """lm-eval results for one model, with per-sample responses kept."""
-    return simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, log_samples=True,
-                           bootstrap_iters=0, **kwargs)
-
-
-def compare(base_lm, orthrus_lm, tasks: list[str], task_manager: TaskManager, **kwargs) -> dict:
-    """Metrics of both models per task, and which samples' generations differ."""
-    out = {"identical": True, "tasks": {}}
-    base, ours = run_tasks(base_lm, tasks, task_manager, **kwargs), run_tasks(orthrus_lm, tasks, task_manager, **kwargs)
-    for task in base["results"]:
-        metrics = {"hf": _metrics(base["results"][task]), "orthrus": _metrics(ours["results"][task])}
-        base_resps = {s["doc_id"]: s["resps"] for s in base["samples"].get(task, [])}
-        our_resps = {s["doc_id"]: s["resps"] for s in ours["samples"].get(task, [])}
-        differ = sorted(d for d in base_resps if base_resps[d] != our_resps.get(d))
-        same = metrics["hf"] == metrics["orthrus"] and not differ and base_resps.keys() == our_resps.keys()
-        out["tasks"][task] = {**metrics, "num_samples": len(base_resps), "differing_doc_ids": differ, "identical": same}
-        out["identical"] &= same
-    out["orthrus_tokens_per_iteration"] = getattr(orthrus_lm, "tokens_per_iteration", None)
-    return out
-
-
-def _metrics(task_results: dict) -> dict:
-    return {k: float(v) for k, v in task_results.items() if "," in k and "_stderr" not in k}
 
 
 def main(argv: list[str] | None = None) -> int:

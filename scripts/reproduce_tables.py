@@ -16,70 +16,9 @@ histograms, throughput vs context length when a run measured it).
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from data._io import atomic_write_text
-from eval import figures
-from eval.paper_tables import PaperNumbers, fidelity_table, memory_table, sources_markdown, speed_table, to_csv
-from eval.report import markdown_table, read_json
-from eval.runner import DecodeFn
-from models.generate import generate
-from scripts.evaluate import run as evaluate
-
-
-def evaluate_checkpoints(cfg: DictConfig, decode_fn: DecodeFn = generate) -> list[Path]:
-    """metrics.json of every configured checkpoint, evaluating those not already done."""
-    paths = []
-    for name in cfg.reproduce.run:
-        if name not in cfg.reproduce.checkpoints:
-            raise KeyError(f"reproduce.run names {name!r}, which is not in reproduce.checkpoints "
-                           f"(known: {sorted(cfg.reproduce.checkpoints)})")
-        run_cfg = OmegaConf.merge(cfg, cfg.reproduce.checkpoints[name], {"name": name})
-        path = Path(run_cfg.out_dir) / name / "metrics.json"
-        if not (cfg.reproduce.skip_existing and path.is_file()):
-            path = evaluate(run_cfg, decode_fn=decode_fn)
-        paths.append(path)
-    return paths
-
-
-def write_tables(metrics_paths: list[Path], paper_numbers: Path, out_dir: Path) -> list[Path]:
-    """Tables (markdown + CSV) and figures from metrics files; returns the files written."""
-    if not metrics_paths:
-        raise ValueError("no metrics files: set reproduce.run and/or reproduce.metrics")
-    reports = [read_json(p) for p in metrics_paths]
-    paper = PaperNumbers(read_json(paper_numbers))
-    sources: list[dict] = []
-    tables = {
-        "speed": ("TPF, acceptance and speedup (largest K per model; speedup = wall-clock vs K=1 on the same decode function)",
-                  speed_table(reports, paper, sources)),
-        "fidelity": ("Fidelity (greedy exact match vs transformers.generate; sampling KL and two-sample test)",
-                     fidelity_table(reports)),
-        "memory": ("KV-cache overhead and peak memory", memory_table(reports, paper, sources)),
-    }
-    written = []
-    md = ["# Orthrus: reproduced tables\n", "Runs: " + ", ".join(
-        f"{r['name']} ({r['provenance']['git']['commit'] or 'no git'}{', dirty' if r['provenance']['git']['dirty'] else ''};"
-        f" {r['provenance']['device']})" for r in reports) + "\n"]
-    for key, (title, (headers, rows)) in tables.items():
-        md += [f"## {title}\n", markdown_table(headers, rows)]
-        path = out_dir / f"{key}.csv"
-        atomic_write_text(path, to_csv(headers, rows))
-        written.append(path)
-    if sources:
-        md.append(sources_markdown(sources))
-        rows = [[i, n["metric"], n["method"], n["model"], n["benchmark"], n["value"], n["qualifier"],
-                 n["source"]["original"], f"{n['source']['file']}, {n['source']['section']}"] for i, n in enumerate(sources, 1)]
-        path = out_dir / "paper_sources.csv"
-        atomic_write_text(path, to_csv(["ref", "metric", "method", "model", "benchmark", "value", "qualifier", "source", "via"], rows))
-        written.append(path)
-    for fig in (figures.tpf_by_benchmark(reports, paper, out_dir / "tpf_by_benchmark.png"),
-                figures.acceptance_histograms(reports, out_dir / "acceptance_histograms.png"),
-                figures.throughput_vs_context(reports, out_dir / "throughput_vs_context.png")):
-        if fig is not None:
-            md.append(f"![{fig.stem}]({fig.name})\n")
-            written.append(fig)
-    atomic_write_text(out_dir / "tables.md", "\n".join(md))
-    return [out_dir / "tables.md", *written]
+from eval.evaluate import evaluate_checkpoints, write_tables
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")

@@ -359,10 +359,10 @@ def eval_overrides(p: Preset) -> list[str]:
 
 
 def stage_eval(p: Preset, log: list[dict], out: Path | None = None) -> None:
-    """scripts/evaluate.py's run() twice, with the fast engine as the decode function: greedy
+    """eval.evaluate.run twice, with the fast engine as the decode function: greedy
     (TPF, acceptance, exact match vs transformers' generate, speedup over K=1) and sampling
     (analytic KL between the base's and Orthrus's per-token distributions)."""
-    from scripts import evaluate
+    from eval.evaluate import run as evaluate
 
     for name, extra in (("greedy", []), ("sampling", p.sampling_eval)):
         decode_fn = EngineDecode(max_seq_len=4096)
@@ -371,7 +371,7 @@ def stage_eval(p: Preset, log: list[dict], out: Path | None = None) -> None:
         cfg = compose("eval", overrides)
         command = ["-m", "scripts.evaluate", *overrides]
         print(f"\n=== eval {name}: python {shlex.join(command)}  (decode_fn: {decode_fn.__name__})", flush=True)
-        path = evaluate.run(cfg, decode_fn=decode_fn, command=command)
+        path = evaluate(cfg, decode_fn=decode_fn, command=command)
         seconds = time.time() - start
         log.append({"stage": f"eval-{name}", "command": shlex.join(["python", *command]), "decode_fn": decode_fn.__name__,
                     "seconds": round(seconds, 1), "returncode": 0})

@@ -1,5 +1,5 @@
-"""End to end, offline: the lm-eval adapter on a local task, scripts/evaluate.py on a tiny
-checkpoint saved to disk, and scripts/reproduce_tables.py on metrics files."""
+"""End to end, offline: the lm-eval adapter on a local task, the evaluation (eval/evaluate.py and its
+entry point `python -m scripts.evaluate`) on a tiny checkpoint saved to disk, and the tables from metrics files."""
 
 import json
 import os
@@ -19,14 +19,13 @@ from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForC
 
 from data.corpus import build_corpus
 from data.tokenizer import train_tokenizer
+from eval.evaluate import evaluate_checkpoints, run, write_tables
 from eval.fidelity import base_generate
-from eval.lm_eval_adapter import OrthrusLM, sampling_params
+from eval.lm_eval_adapter import OrthrusLM, compare, sampling_params
 from eval.prompts import encode_prompt
 from models.checkpoint import save_merged
 from models.orthrus import is_diffusion_param
 from models.sampling import SamplingParams
-from scripts.lm_eval_compare import compare
-from scripts.reproduce_tables import evaluate_checkpoints, write_tables
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["def add(a, b):", "class Point:", "    return a", "x = 1", "import os", "self.y = y"]
@@ -149,7 +148,7 @@ def test_chat_template_encoding(tokenizer):
         encode_prompt(tokenizer, "", chat_template=False)
 
 
-# --- scripts/evaluate.py and scripts/reproduce_tables.py --------------------------------------
+# --- eval/evaluate.py and its entry points --------------------------------------------------
 
 
 def eval_config(overrides: list[str]):
@@ -190,8 +189,6 @@ def test_evaluate_cli_end_to_end(checkpoint, tmp_path):
 
 
 def test_evaluate_sampling_fidelity(checkpoint, tmp_path):
-    from scripts.evaluate import run
-
     cfg = eval_config(tiny_run_overrides(checkpoint, tmp_path, "tiny_sampled") + [
         "decode.temperature=0.8", "decode.top_k=20", "decode.block_sizes=[null]", "fidelity.two_sample_samples=10",
         "fidelity.two_sample_tokens=3"])
@@ -204,7 +201,7 @@ def test_evaluate_sampling_fidelity(checkpoint, tmp_path):
 
 
 def fake_report(name: str, label: str, tpf: dict[str, float], context_sweep: bool) -> dict:
-    """A metrics.json as scripts/evaluate.py writes it, with made-up numbers."""
+    """A metrics.json as eval.evaluate.run writes it, with made-up numbers."""
     runs = []
     for bench, t in tpf.items():
         for K, tps, speedup in ((1, 30.0, 1.0), (32, 30.0 * t * 0.8, t * 0.8)):

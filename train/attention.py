@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
-from models.masks import draft_visible, verify_visible
+from models import masks
 from models.orthrus import AttendFn
 from train.blocks import DiffusionBlocks
 
@@ -33,7 +33,7 @@ def block_mask_mod(ctx_start: torch.Tensor, ctx_end: torch.Tensor, ar_len: int, 
 
     def mask_mod(b, h, q, kv):
         block = q // block_size
-        return draft_visible(q, kv, ctx_start[b, block], ctx_end[b, block], ar_len, block_size)
+        return masks.draft_visible(q, kv, ctx_start[b, block], ctx_end[b, block], ar_len, block_size)
 
     return mask_mod
 
@@ -53,7 +53,7 @@ def ar_attention_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     position_ids when no cache is given, and this pass must fill a cache.
     """
     pos = torch.arange(doc_ids.shape[1], device=doc_ids.device)
-    causal = verify_visible(pos[:, None], pos[None, :])
+    causal = masks.verify_visible(pos[:, None], pos[None, :])
     return (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]
 
 
