@@ -15,6 +15,7 @@ from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from models.config import OrthrusConfig  # noqa: E402
 from models.orthrus import OrthrusForCausalLM  # noqa: E402
+from tests.tiny import TINY_QWEN3  # noqa: E402
 
 if not torch.cuda.is_available() and not isinstance(tl.zeros, InterpretedFunction):
     raise RuntimeError("triton was imported before TRITON_INTERPRET=1 took effect, so its kernels cannot run "
@@ -22,13 +23,8 @@ if not torch.cuda.is_available() and not isinstance(tl.zeros, InterpretedFunctio
 
 
 def tiny_config(**overrides) -> OrthrusConfig:
-    """A few-thousand-parameter Qwen3 with GQA. initializer_range is raised from 0.02 so logits
-    are far from uniform: greedy ties and near-uniform sampling would hide mistakes."""
-    fields = dict(
-        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, initializer_range=0.15,
-        block_size=4, mask_token_id=95, eos_token_id=None, pad_token_id=0,
-    )
+    """The tests' Orthrus model (tests/tiny.py), K = 4, the last vocabulary row as the mask token."""
+    fields = dict(TINY_QWEN3, block_size=4, mask_token_id=95, eos_token_id=None, pad_token_id=0)
     return OrthrusConfig(**{**fields, **overrides})
 
 

@@ -12,9 +12,7 @@ from models.config import OrthrusConfig
 from models.generate import generate
 from models.orthrus import DIFFUSION_MODULES, OrthrusForCausalLM
 from models.shapes import QWEN3_SHAPES, shape_config
-
-TINY_QWEN3 = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, initializer_range=0.15)
+from tests.tiny import TINY_QWEN3
 
 
 @pytest.fixture

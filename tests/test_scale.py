@@ -11,14 +11,10 @@ from data.packing import PackedDataset
 from models.orthrus import OrthrusForCausalLM, is_diffusion_param
 from models.shapes import shape_config
 from scripts import bench_train, dp_parity
+from tests.tiny import TINY_OVERRIDES
 from train.blocks import sample_blocks
 from train.data import batches, synthetic_documents
 from train.flops import FLOP_PARTS, micro_batch_flops, micro_batch_flops_breakdown
-
-TINY = [  # a smaller tiny model, as tests/test_train_loop.py uses
-    "model.config.hidden_size=64", "model.config.intermediate_size=128", "model.config.num_hidden_layers=2",
-    "model.config.head_dim=16",
-]
 
 
 def packed_rows(seq_len, n_docs=256, min_len=256, seed=0, **kw):
@@ -76,7 +72,7 @@ def test_flex_eager_setting_drops_compilation_and_restores():
 
 def run_bench(tmp_path, *extra):
     argv = [str(tmp_path / "bench"), "--shapes", "tiny", "--seq-lens", "64,128", "--deepspeed", "none",
-            "--warmup", "1", "--steps", "2", "--commit", "test-commit", *(f"--override={o}" for o in TINY), *extra]
+            "--warmup", "1", "--steps", "2", "--commit", "test-commit", *(f"--override={o}" for o in TINY_OVERRIDES), *extra]
     report = bench_train.main(argv)
     on_disk = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
@@ -120,7 +116,7 @@ def test_bench_budget_records_skipped_settings(tmp_path):
 
 def run_parity(tmp_path, backend):
     argv = [str(tmp_path / "parity"), "--nproc", "2", "--backends", backend, "--steps", "5", "--global-batch", "4",
-            "--lr", "3e-3", "--commit", "test-commit", "--", *TINY, "optim.warmup_steps=2"]
+            "--lr", "3e-3", "--commit", "test-commit", "--", *TINY_OVERRIDES, "optim.warmup_steps=2"]
     assert dp_parity.main(argv) == 0, (tmp_path / "parity" / "runs" / "parity.log").read_text()[-3000:]
     report = json.loads((tmp_path / "parity" / "parity.json").read_text())
     assert report["pass"] and report["exact_setup"] and report["grad_accum"] == {"world_1": 4, "world_2": 2}
@@ -153,7 +149,7 @@ def test_bench_under_torchrun_with_zero2(tmp_path):
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "scripts.bench_train",
            str(out), "--shapes", "tiny", "--seq-lens", "64", "--checkpointing", "on", "--attention", "sdpa",
-           "--deepspeed", "zero2", "--warmup", "1", "--steps", "2", *(f"--override={o}" for o in TINY)]
+           "--deepspeed", "zero2", "--warmup", "1", "--steps", "2", *(f"--override={o}" for o in TINY_OVERRIDES)]
     proc = subprocess.run(cmd, cwd=bench_train.REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     report = json.loads((out / "bench.json").read_text())

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 import train.config  # noqa: F401  (registers ${floor_div:...})
 from models.orthrus import is_diffusion_param
+from tests.tiny import TINY_OVERRIDES
 from train.backend import TorchBackend
 from train.blocks import sample_blocks
 from train.checkpoint import CHECKPOINTS, DIFFUSION_DIR, list_checkpoints, trained_view
@@ -26,8 +27,7 @@ FAST = [
     "logging.wandb.mode=disabled", "logging.progress_bar=false", "logging.log_every=1",
     "data.packed_dataset.seq_len=64", "data.synthetic_documents.num_documents=256",
     "data.synthetic_documents.max_length=96", "train.micro_batch_size=2", "objective.blocks_per_row=6",
-    "model.config.hidden_size=64", "model.config.intermediate_size=128", "model.config.num_hidden_layers=2",
-    "model.config.head_dim=16", "optim.warmup_steps=3",
+    *TINY_OVERRIDES, "optim.warmup_steps=3",
 ]
 
 
