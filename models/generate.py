@@ -50,14 +50,27 @@ class GenerationResult:
         return self.sequences.shape[1] - self.prompt_len
 
     @property
-    def tokens_per_iteration(self) -> float:
-        """Tokens per draft+verify iteration (the paper's TPF); the prefill token not counted."""
-        return sum(self.emitted) / max(len(self.emitted), 1)
+    def forward_passes(self) -> int:
+        """Every model pass of either view: prefill + verify passes + draft passes."""
+        return self.ar_forwards + self.diffusion_forwards
 
     @property
-    def tokens_per_forward(self) -> float:
-        """New tokens per model forward pass of either view, prefill included."""
-        return self.num_new_tokens / max(self.ar_forwards + self.diffusion_forwards, 1)
+    def tpf(self) -> float:
+        """The paper's TPF (Table 1, Eq. 9): new tokens / all forward passes (draft + verify + prefill).
+        Plain AR decoding scores 1; one Orthrus iteration is two passes."""
+        return self.num_new_tokens / max(self.forward_passes, 1)
+
+    @property
+    def acceptance_length(self) -> float:
+        """Tokens per verify pass (the paper's Fig. 4, DFlash's tau): accepted drafts + the AR token,
+        before clipping at EOS or max_new_tokens. About 2 x TPF; compare peers' acceptance with this."""
+        return sum(a + 1 for a in self.accepted) / max(len(self.accepted), 1)
+
+    @property
+    def tokens_per_iteration(self) -> float:
+        """Diagnostic, not the paper's TPF: tokens emitted per draft+verify iteration (after clipping),
+        the prefill token not counted."""
+        return sum(self.emitted) / max(len(self.emitted), 1)
 
 
 @torch.inference_mode()

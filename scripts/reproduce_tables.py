@@ -9,7 +9,7 @@
 The checkpoints named in `reproduce.run` are looked up in `reproduce.checkpoints` (name ->
 overrides of the eval config, conf/eval.yaml); one whose ${out_dir}/<name>/metrics.json exists
 is not re-run unless reproduce.skip_existing=false. Writes to reproduce.out_dir: tables.md, one CSV per table,
-paper_sources.csv, and PNG figures (TPF per benchmark and model, acceptance-length
+table1.csv (the paper's Table 1 layout), paper_sources.csv, and PNG figures (TPF per benchmark and model, acceptance-length
 histograms, throughput vs context length when a run measured it).
 """
 
@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from data._io import atomic_write_text
 from eval import figures
-from eval.paper_tables import PaperNumbers, fidelity_table, memory_table, sources_markdown, speed_table, to_csv
+from eval.paper_tables import (UNIT_NOTE, PaperNumbers, fidelity_table, memory_table, sources_markdown, speed_table,
+                               table1, to_csv)
 from eval.report import markdown_table, read_json
 from eval.runner import DecodeFn
 from models.generate import generate
@@ -51,10 +52,12 @@ def write_tables(metrics_paths: list[Path], paper_numbers: Path, out_dir: Path) 
     if not metrics_paths:
         raise ValueError("no metrics files: set reproduce.run and/or reproduce.metrics")
     reports = [read_json(p) for p in metrics_paths]
-    paper = PaperNumbers(read_json(paper_numbers))
+    paper = PaperNumbers.load(paper_numbers)
     sources: list[dict] = []
     tables = {
-        "speed": ("TPF, acceptance and speedup (largest K per model; speedup = wall-clock vs K=1 on the same decode function)",
+        "table1": ("Table 1 layout: TPF (tokens / all forward passes), speedup and accuracy vs the base (largest K per model)",
+                   table1(reports, paper, sources)),
+        "speed": ("TPF, acceptance length and speedup in their units (largest K per model)",
                   speed_table(reports, paper, sources)),
         "fidelity": ("Fidelity (greedy exact match vs transformers.generate; sampling KL and two-sample test)",
                      fidelity_table(reports)),
@@ -65,16 +68,17 @@ def write_tables(metrics_paths: list[Path], paper_numbers: Path, out_dir: Path) 
         f"{r['name']} ({r['provenance']['git']['commit'] or 'no git'}{', dirty' if r['provenance']['git']['dirty'] else ''};"
         f" {r['provenance']['device']})" for r in reports) + "\n"]
     for key, (title, (headers, rows)) in tables.items():
-        md += [f"## {title}\n", markdown_table(headers, rows)]
+        md += [f"## {title}\n", *([UNIT_NOTE + "\n"] if key in ("table1", "speed") else []), markdown_table(headers, rows)]
         path = out_dir / f"{key}.csv"
         atomic_write_text(path, to_csv(headers, rows))
         written.append(path)
     if sources:
-        md.append(sources_markdown(sources))
-        rows = [[i, n["metric"], n["method"], n["model"], n["benchmark"], n["value"], n["qualifier"],
-                 n["source"]["original"], f"{n['source']['file']}, {n['source']['section']}"] for i, n in enumerate(sources, 1)]
+        md.append(sources_markdown(paper, sources))
+        rows = [[i, n["metric"], n["method"], n["model"], n["benchmark"], n["temperature"], n["value"], n["unit"],
+                 n["qualifier"], paper.source_text(n)] for i, n in enumerate(sources, 1)]
         path = out_dir / "paper_sources.csv"
-        atomic_write_text(path, to_csv(["ref", "metric", "method", "model", "benchmark", "value", "qualifier", "source", "via"], rows))
+        atomic_write_text(path, to_csv(["ref", "metric", "method", "model", "benchmark", "T", "value", "unit", "qualifier",
+                                        "source"], rows))
         written.append(path)
     for fig in (figures.tpf_by_benchmark(reports, paper, out_dir / "tpf_by_benchmark.png"),
                 figures.acceptance_histograms(reports, out_dir / "acceptance_histograms.png"),

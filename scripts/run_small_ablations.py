@@ -25,7 +25,7 @@ Stages (`--stages`, in order):
   eval     per arm: greedy decoding with the fast engine on HumanEval and the held-out prompts,
            TPF, acceptance histogram, per-position acceptance, exact match vs the K = 1 decode;
   report   results/small/ablations/<sweep>/{results.json, README.md, plot.png}, next to the
-           paper's trend for the same ablation (results/paper_numbers.json, where it states one).
+           paper's trend for the same ablation (eval/paper_numbers.json, where it states one).
 
     python scripts/run_small_ablations.py --stages prep,train,eval,report          # one GPU
     python scripts/run_small_ablations.py --preset toy --stages prep,train,eval,report  # CPU rehearsal
@@ -71,7 +71,7 @@ class Sweep:
 SWEEPS = {
     "block_size": Sweep(
         "model.block_size", "8,16", "32", "Block size K",
-        "the paper trains and decodes with K = 32 (results/paper_numbers.json: block_size)",
+        "the paper trains and decodes with K = 32 (eval/paper_numbers.json: block_size)",
         ("objective.blocks_per_row='${floor_div:${data.packed_dataset.seq_len},${model.block_size}}'",)),
     "loss": Sweep(
         "objective.loss", "ce", "kl", "Distillation loss: KL to the AR view vs cross-entropy on the data token",
