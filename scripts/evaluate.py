@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from data._io import atomic_write_text
 from data.tokenizer import load_tokenizer
+from eval.accuracy import add_accuracy
 from eval.fidelity import greedy_fidelity, sampling_fidelity, two_sample_test
 from eval.metrics import kv_overhead
 from eval.prompts import PromptSpec, encode_prompt, load_prompts
@@ -74,10 +75,12 @@ def run(cfg: DictConfig, decode_fn: DecodeFn = generate, command: list[str] | No
         if bench not in cfg.prompt_sets:
             raise KeyError(f"benchmark {bench!r} is not in prompt_sets (known: {sorted(cfg.prompt_sets)})")
         spec = PromptSpec(**OmegaConf.to_container(cfg.prompt_sets[bench], resolve=True))
+        prompts = load_prompts(spec, cfg.limit)
         ids = [encode_prompt(tokenizer, p.text, chat_template=cfg.prompt.chat_template,
-                             enable_thinking=cfg.prompt.enable_thinking) for p in load_prompts(spec, cfg.limit)]
+                             enable_thinking=cfg.prompt.enable_thinking) for p in prompts]
         encoded[bench] = ids
         rows, runs = measure_block_sizes(model, ids, block_sizes, desc=bench, **decode)
+        add_accuracy(rows, runs, cfg.suite.get(bench), prompts, tokenizer, cfg.suite.timeout_s)
         report["runs"] += [{"benchmark": bench, "num_prompts": len(ids), **row} for row in rows]
         report["fidelity"].append(fidelity(cfg, model, ids, runs[max(block_sizes)], sampling, decode_fn) | {"benchmark": bench})
 

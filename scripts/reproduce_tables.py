@@ -26,7 +26,7 @@ from data._io import atomic_write_text
 from eval import figures
 from eval.paper_tables import (UNIT_NOTE, PaperNumbers, fidelity_table, memory_table, sources_markdown, speed_table,
                                table1, to_csv)
-from eval.report import markdown_table, read_json
+from eval.report import markdown_table, read_json, run_markdown, write_json
 from eval.runner import DecodeFn
 from models.generate import generate
 from scripts.evaluate import run as evaluate
@@ -42,9 +42,28 @@ def evaluate_checkpoints(cfg: DictConfig, decode_fn: DecodeFn = generate) -> lis
         run_cfg = OmegaConf.merge(cfg, cfg.reproduce.checkpoints[name], {"name": name})
         path = Path(run_cfg.out_dir) / name / "metrics.json"
         if not (cfg.reproduce.skip_existing and path.is_file()):
-            path = evaluate(run_cfg, decode_fn=decode_fn)
+            path = (evaluate_suite if cfg.reproduce.suite_lengths else evaluate)(run_cfg, decode_fn=decode_fn)
         paths.append(path)
     return paths
+
+
+def evaluate_suite(cfg: DictConfig, decode_fn: DecodeFn = generate) -> Path:
+    """One evaluate call per benchmark at its suite max_new_tokens (conf/eval/suite.yaml), merged into
+    ${out_dir}/<name>/metrics.json (each benchmark's own file stays under <name>/<benchmark>/)."""
+    merged = None
+    for bench in cfg.benchmarks:
+        length = cfg.suite[bench].max_new_tokens if bench in cfg.suite else cfg.decode.max_new_tokens
+        part = read_json(evaluate(OmegaConf.merge(cfg, {"name": f"{cfg.name}/{bench}", "benchmarks": [bench],
+                                                         "decode": {"max_new_tokens": length}}), decode_fn=decode_fn))
+        if merged is None:
+            merged = {**part, "name": cfg.name, "runs": [], "fidelity": [], "context_sweep": []}
+            merged["config"]["benchmarks"] = list(cfg.benchmarks)
+        for key in ("runs", "fidelity", "context_sweep"):
+            merged[key] += part[key]
+        merged.setdefault("max_new_tokens_by_benchmark", {})[bench] = length
+    out = Path(cfg.out_dir) / cfg.name
+    atomic_write_text(out / "metrics.md", run_markdown(merged))
+    return write_json(out / "metrics.json", merged)
 
 
 def write_tables(metrics_paths: list[Path], paper_numbers: Path, out_dir: Path) -> list[Path]:

@@ -267,3 +267,21 @@ def test_reproduce_skips_checkpoints_already_evaluated(tmp_path):
     assert evaluate_checkpoints(cfg) == [done]  # the released model is not downloaded: its result exists
     with pytest.raises(KeyError, match="not in reproduce.checkpoints"):
         evaluate_checkpoints(eval_config(["reproduce.run=[nope]"]))
+
+
+def test_reproduce_runs_each_benchmark_at_its_suite_length(checkpoint, tmp_path):
+    """reproduce.suite_lengths: one evaluate call per benchmark at its conf/eval/suite.yaml max_new_tokens,
+    merged into one metrics.json whose suite benchmarks carry accuracy for the base (K=1) and Orthrus."""
+    from scripts.reproduce_tables import evaluate_suite
+
+    gsm8k = REPO / "tests" / "fixtures" / "eval" / "gsm8k.jsonl"
+    cfg = eval_config(tiny_run_overrides(checkpoint, tmp_path, "suite") + [
+        "benchmarks=[local_jsonl,gsm8k]", "prompt_sets.gsm8k.source=jsonl", f"prompt_sets.gsm8k.path={gsm8k}",
+        "suite.gsm8k.max_new_tokens=6", "decode.warmup=false"])
+    metrics = json.loads(evaluate_suite(cfg).read_text())
+    assert metrics["name"] == "suite" and metrics["max_new_tokens_by_benchmark"] == {"local_jsonl": 12, "gsm8k": 6}
+    assert [(r["benchmark"], r["block_size"]) for r in metrics["runs"]] == [
+        ("local_jsonl", 1), ("local_jsonl", 4), ("gsm8k", 1), ("gsm8k", 4)]
+    base, orthrus = (r["accuracy"] for r in metrics["runs"] if r["benchmark"] == "gsm8k")
+    assert base == orthrus and base["metric"] == "accuracy" and base["n"] == 2
+    assert (tmp_path / "results" / "suite" / "gsm8k" / "metrics.json").is_file()
