@@ -249,7 +249,8 @@ def generate_responses(
         prompts += [_prompt_of(r, prompt_field, messages_field) for r in raw]
     kept = [p for p in prompts if p is not None]
     if not kept:
-        raise ValueError(f"no prompts in {prompts_source!r}: records need a {prompt_field!r} or {messages_field!r} field")
+        raise ValueError(f"no prompts in {prompts_source!r}: records need a {prompt_field!r} "
+                         f"or {messages_field!r} field")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / PARAMS, json.dumps(params, indent=2) + "\n")
 

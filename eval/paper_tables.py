@@ -116,7 +116,8 @@ def table1(reports: list[dict], paper: PaperNumbers, sources: list[dict]) -> tup
                          r["speedup"], paper.cell("speedup", label, r["benchmark"], sources, T),
                          acc_base.get("score"), acc.get("score"), acc.get("metric")])
         speedups = [r["speedup"] for r in runs if r["speedup"] is not None]
-        rows.append([label, "average", T, mean([r["tpf"] for r in runs]), paper.cell("tpf", label, "average", sources, T),
+        rows.append([label, "average", T, mean([r["tpf"] for r in runs]),
+                     paper.cell("tpf", label, "average", sources, T),
                      mean(speedups) if speedups else None, paper.cell("speedup", label, "average", sources, T),
                      None, None, None])
         cells = paper.cell("speedup", label, "average_of_cells", sources, T)

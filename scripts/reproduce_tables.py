@@ -9,8 +9,8 @@
 The checkpoints named in `reproduce.run` are looked up in `reproduce.checkpoints` (name ->
 overrides of the eval config, conf/eval.yaml); one whose ${out_dir}/<name>/metrics.json exists
 is not re-run unless reproduce.skip_existing=false. Writes to reproduce.out_dir: tables.md, one CSV per table,
-table1.csv (the paper's Table 1 layout), paper_sources.csv, and PNG figures (TPF per benchmark and model, acceptance-length
-histograms, throughput vs context length when a run measured it).
+table1.csv (the paper's Table 1 layout), paper_sources.csv, and PNG figures (TPF per benchmark and model,
+acceptance-length histograms, throughput vs context length when a run measured it).
 """
 
 import sys
@@ -87,7 +87,8 @@ def write_tables(metrics_paths: list[Path], paper_numbers: Path, out_dir: Path) 
         f"{r['name']} ({r['provenance']['git']['commit'] or 'no git'}{', dirty' if r['provenance']['git']['dirty'] else ''};"
         f" {r['provenance']['device']})" for r in reports) + "\n"]
     for key, (title, (headers, rows)) in tables.items():
-        md += [f"## {title}\n", *([UNIT_NOTE + "\n"] if key in ("table1", "speed") else []), markdown_table(headers, rows)]
+        units = [UNIT_NOTE + "\n"] if key in ("table1", "speed") else []
+        md += [f"## {title}\n", *units, markdown_table(headers, rows)]
         path = out_dir / f"{key}.csv"
         atomic_write_text(path, to_csv(headers, rows))
         written.append(path)
@@ -96,8 +97,8 @@ def write_tables(metrics_paths: list[Path], paper_numbers: Path, out_dir: Path) 
         rows = [[i, n["metric"], n["method"], n["model"], n["benchmark"], n["temperature"], n["value"], n["unit"],
                  n["qualifier"], paper.source_text(n)] for i, n in enumerate(sources, 1)]
         path = out_dir / "paper_sources.csv"
-        atomic_write_text(path, to_csv(["ref", "metric", "method", "model", "benchmark", "T", "value", "unit", "qualifier",
-                                        "source"], rows))
+        headers = ["ref", "metric", "method", "model", "benchmark", "T", "value", "unit", "qualifier", "source"]
+        atomic_write_text(path, to_csv(headers, rows))
         written.append(path)
     for fig in (figures.tpf_by_benchmark(reports, paper, out_dir / "tpf_by_benchmark.png"),
                 figures.acceptance_histograms(reports, out_dir / "acceptance_histograms.png"),

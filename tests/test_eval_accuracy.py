@@ -21,7 +21,8 @@ HUB = [b for b in SUITE["benchmarks"] if PROMPT_SETS[b]["source"] == "hub"]
 
 def fixture_prompts(bench: str) -> list[Prompt]:
     """The suite's own spec for `bench`, reading the local fixture instead of the hub."""
-    return load_prompts(PromptSpec(**{**PROMPT_SETS[bench], "source": "jsonl", "path": str(FIXTURES / f"{bench}.jsonl")}))
+    spec = {**PROMPT_SETS[bench], "source": "jsonl", "path": str(FIXTURES / f"{bench}.jsonl")}
+    return load_prompts(PromptSpec(**spec))
 
 
 def test_suite_is_the_papers_eight_benchmarks():
