@@ -12,9 +12,16 @@ with left padding and an explicit attention mask, and writes JSONL shards that
 * chat_template=True:  {"messages": [...prompt turns, {"role": "assistant", "content": response}]}
 * chat_template=False: {"text": prompt + response}
 
-Layout of `out_dir`: `train-00000.jsonl`, ... (each shard written atomically), a hidden
-`.self_distill.json` holding the run's parameters (so an interrupted run resumes shard by
-shard, and a rerun with different parameters is refused), and `manifest.json`, written last:
+At the paper's scale (600K prompts of nvidia/Nemotron-Post-Training-Dataset-v2, chat : math :
+code = 1 : 1 : 1: `split=[chat, math, code]` with `limit=200000` per split) the job runs as one
+process per GPU over any number of nodes (torchrun or Slurm): shard i belongs to rank
+i % world_size, so ranks share no state but the folder, and any number of ranks can resume any
+earlier partial run.
+
+Layout of `out_dir`: `train-00000.jsonl`, ... (each shard written atomically, with a hidden
+`.train-00000.stats.json` beside it once complete), a hidden `.self_distill.json` holding the
+run's parameters (so an interrupted run resumes shard by shard, and a rerun with different
+parameters is refused), and `manifest.json`, written by whichever rank finishes the last shard:
 its presence marks the folder complete, and a rerun into a complete folder is a no-op unless
 `overwrite=True`.
 """
@@ -42,8 +49,23 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0))))
+        return torch.device("cpu")
     return torch.device(device)
+
+
+def process_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world_size): as given, else torchrun's RANK/WORLD_SIZE, else Slurm's SLURM_PROCID/SLURM_NTASKS,
+    else (0, 1)."""
+    env = os.environ
+    if rank is None:
+        rank = int(env.get("RANK", env.get("SLURM_PROCID", 0)))
+    if world_size is None:
+        world_size = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", 1)))
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    return rank, world_size
 
 
 def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -142,7 +164,7 @@ def generate_responses(
     prompts_source: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    split: str = "train",
+    split: str | list[str] = "train",
     subset: str | None = None,
     prompt_field: str = "prompt",
     messages_field: str | None = "messages",
@@ -159,12 +181,15 @@ def generate_responses(
     seed: int = 0,
     shard_size: int = 1000,
     overwrite: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> dict:
     """Have the base model answer every prompt of `prompts_source`; write the dataset to `out_dir`.
 
     Args:
         model_name_or_path: the frozen base (local folder or hub name); its tokenizer is used.
-        prompts_source, split, subset: passed to `data.datasets.load_raw_dataset`.
+        prompts_source, split, subset: passed to `data.datasets.load_raw_dataset`. A list of splits is read
+            split by split, `limit` records from each (equal limits: a 1:1:...:1 mix).
         prompt_field / messages_field: records hold a text prompt, or a chat list whose turns
             before the first assistant turn are the prompt (set messages_field=None to ignore it).
             Records with neither are skipped (counted in the manifest).
@@ -172,11 +197,18 @@ def generate_responses(
             added) and write chat records; False: raw text prompts, {"text": prompt + response}.
         enable_thinking: passed to the chat template when it uses it (Qwen3); None: its default.
         temperature: 0 is greedy; > 0 samples with top_p / top_k (top_k=0: off).
-        limit: only the first `limit` records. seed: the sampling seed (per shard: seed + shard).
-        shard_size: records per JSONL shard (the unit of resumption).
-        overwrite: regenerate even if `out_dir` holds a complete run.
-    Returns the manifest.
+        limit: only the first `limit` records (of each split). seed: the sampling seed (per shard: seed + shard).
+        shard_size: records per JSONL shard (the unit of resumption and of work between ranks).
+        overwrite: regenerate even if `out_dir` holds a complete run (one process only: clear the folder
+            before starting several).
+        rank, world_size: this process does shards rank, rank + world_size, ...; None: from the
+            environment (`process_rank`).
+    Returns the manifest, or, while other ranks' shards are missing, {"complete": False, ...}.
     """
+    rank, world_size = process_rank(rank, world_size)
+    if overwrite and world_size > 1:
+        raise ValueError("overwrite=True with several ranks would let them delete each other's shards; "
+                         "remove out_dir once, then start the ranks without overwrite")
     out = Path(out_dir)
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
@@ -190,10 +222,10 @@ def generate_responses(
     }
     if (out / MANIFEST).is_file() and not overwrite:
         return json.loads((out / MANIFEST).read_text())
-    if out.exists() and (overwrite or not (out / PARAMS).is_file()):
-        if any(out.iterdir()) and not overwrite:
-            raise FileExistsError(f"{out} exists and is not a self-distillation folder; pick another out_dir")
+    if overwrite and out.exists():
         shutil.rmtree(out)
+    elif out.is_dir() and not (out / PARAMS).is_file() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not a self-distillation folder; pick another out_dir")
     if (out / PARAMS).is_file():
         previous = json.loads((out / PARAMS).read_text())
         if previous != params:
@@ -209,23 +241,25 @@ def generate_responses(
             template_kwargs["enable_thinking"] = enable_thinking
     eos_ids = eos_token_ids(model, tokenizer)
 
-    raw = load_raw_dataset(prompts_source, split=split, subset=subset)
-    if limit is not None:
-        raw = raw.select(range(min(limit, len(raw))))
-    prompts = [_prompt_of(r, prompt_field, messages_field) for r in raw]
+    prompts = []
+    for name in [split] if isinstance(split, str) else list(split):
+        raw = load_raw_dataset(prompts_source, split=name, subset=subset)
+        if limit is not None:
+            raw = raw.select(range(min(limit, len(raw))))
+        prompts += [_prompt_of(r, prompt_field, messages_field) for r in raw]
     kept = [p for p in prompts if p is not None]
     if not kept:
-        raise ValueError(f"no prompts in {prompts_source!r}: records need a {prompt_field!r} or {messages_field!r} field")
+        raise ValueError(f"no prompts in {prompts_source!r}: records need a {prompt_field!r} "
+                         f"or {messages_field!r} field")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / PARAMS, json.dumps(params, indent=2) + "\n")
 
     shards = [kept[i:i + shard_size] for i in range(0, len(kept), shard_size)]
-    stats_file = out / ".shard_stats.json"
-    stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
-    bar = tqdm(total=len(kept), desc="self-distill", unit="prompt")
-    for index, shard in enumerate(shards):
-        path = out / SHARD.format(index)
-        if path.is_file() and str(index) in stats:  # done by an earlier, interrupted run
+    mine = [i for i in range(len(shards)) if i % world_size == rank]
+    bar = tqdm(total=sum(len(shards[i]) for i in mine), desc=f"self-distill rank {rank}/{world_size}", unit="prompt")
+    for index in mine:
+        shard, path = shards[index], out / SHARD.format(index)
+        if path.is_file() and _stats_path(out, index).is_file():  # done by an earlier, interrupted run
             bar.update(len(shard))
             continue
         torch.manual_seed(seed + index)
@@ -244,17 +278,21 @@ def generate_responses(
             for prompt, row in zip(shard, responses):
                 text = tokenizer.decode(row, skip_special_tokens=True)
                 f.write(json.dumps(_record(prompt, text, chat_template), ensure_ascii=False) + "\n")
-        stats[str(index)] = {
+        atomic_write_text(_stats_path(out, index), json.dumps({
             "records": len(shard), "prompt_tokens": sum(lengths),
             "generated_tokens": sum(len(r) for r in responses),
             "stopped_at_eos": sum(bool(r) and r[-1] in eos_ids for r in responses),
-        }
-        atomic_write_text(stats_file, json.dumps(stats) + "\n")
+        }) + "\n")
     bar.close()
 
-    totals = {key: sum(s[key] for s in stats.values()) for key in next(iter(stats.values()))}
+    done = [i for i in range(len(shards)) if _stats_path(out, i).is_file()]
+    if len(done) < len(shards):  # other ranks' shards still running: the last rank to finish writes the manifest
+        return {"complete": False, "rank": rank, "world_size": world_size, "shards_done": len(done),
+                "shards": len(shards)}
+    stats = [json.loads(_stats_path(out, i).read_text()) for i in range(len(shards))]
+    totals = {key: sum(s[key] for s in stats) for key in stats[0]}
     manifest = {
-        **params,
+        **params, "complete": True,
         "sampling": {"greedy": temperature == 0, "temperature": temperature, "top_p": top_p, "top_k": top_k,
                      "max_new_tokens": max_new_tokens, "seed": seed},
         "format": "messages" if chat_template else "text",
@@ -267,3 +305,8 @@ def generate_responses(
     }
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _stats_path(out: Path, index: int) -> Path:
+    """Hidden (data.datasets skips it): written once shard `index` is complete."""
+    return out / f".{Path(SHARD.format(index)).stem}.stats.json"

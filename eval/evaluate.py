@@ -15,9 +15,19 @@ from tqdm import tqdm
 from data._io import atomic_write_text
 from data.tokenizer import load_tokenizer
 from eval import figures
+from eval.accuracy import add_accuracy
 from eval.fidelity import greedy_fidelity, sampling_fidelity, two_sample_test
 from eval.metrics import kv_overhead
-from eval.paper_tables import PaperNumbers, fidelity_table, memory_table, sources_markdown, speed_table, to_csv
+from eval.paper_tables import (
+    UNIT_NOTE,
+    PaperNumbers,
+    fidelity_table,
+    memory_table,
+    sources_markdown,
+    speed_table,
+    table1,
+    to_csv,
+)
 from eval.prompts import PromptSpec, encode_prompt, load_prompts
 from eval.provenance import provenance
 from eval.report import markdown_table, read_json, run_markdown, write_json
@@ -68,10 +78,12 @@ def run(cfg: DictConfig, decode_fn: DecodeFn = generate, command: list[str] | No
         if bench not in cfg.prompt_sets:
             raise KeyError(f"benchmark {bench!r} is not in prompt_sets (known: {sorted(cfg.prompt_sets)})")
         spec = PromptSpec(**OmegaConf.to_container(cfg.prompt_sets[bench], resolve=True))
+        prompts = load_prompts(spec, cfg.limit)
         ids = [encode_prompt(tokenizer, p.text, chat_template=cfg.prompt.chat_template,
-                             enable_thinking=cfg.prompt.enable_thinking) for p in load_prompts(spec, cfg.limit)]
+                             enable_thinking=cfg.prompt.enable_thinking) for p in prompts]
         encoded[bench] = ids
         rows, runs = measure_block_sizes(model, ids, block_sizes, desc=bench, **decode)
+        add_accuracy(rows, runs, cfg.suite.get(bench), prompts, tokenizer, cfg.suite.timeout_s)
         report["runs"] += [{"benchmark": bench, "num_prompts": len(ids), **row} for row in rows]
         report["fidelity"].append(fidelity(cfg, model, ids, runs[max(block_sizes)], sampling, decode_fn) | {"benchmark": bench})
 
@@ -117,9 +129,28 @@ def evaluate_checkpoints(cfg: DictConfig, decode_fn: DecodeFn = generate) -> lis
         run_cfg = OmegaConf.merge(cfg, cfg.reproduce.checkpoints[name], {"name": name})
         path = Path(run_cfg.out_dir) / name / "metrics.json"
         if not (cfg.reproduce.skip_existing and path.is_file()):
-            path = run(run_cfg, decode_fn=decode_fn)
+            path = (evaluate_suite if cfg.reproduce.suite_lengths else run)(run_cfg, decode_fn=decode_fn)
         paths.append(path)
     return paths
+
+
+def evaluate_suite(cfg: DictConfig, decode_fn: DecodeFn = generate) -> Path:
+    """One evaluate call per benchmark at its suite max_new_tokens (conf/eval/suite.yaml), merged into
+    ${out_dir}/<name>/metrics.json (each benchmark's own file stays under <name>/<benchmark>/)."""
+    merged = None
+    for bench in cfg.benchmarks:
+        length = cfg.suite[bench].max_new_tokens if bench in cfg.suite else cfg.decode.max_new_tokens
+        part = read_json(run(OmegaConf.merge(cfg, {"name": f"{cfg.name}/{bench}", "benchmarks": [bench],
+                                                         "decode": {"max_new_tokens": length}}), decode_fn=decode_fn))
+        if merged is None:
+            merged = {**part, "name": cfg.name, "runs": [], "fidelity": [], "context_sweep": []}
+            merged["config"]["benchmarks"] = list(cfg.benchmarks)
+        for key in ("runs", "fidelity", "context_sweep"):
+            merged[key] += part[key]
+        merged.setdefault("max_new_tokens_by_benchmark", {})[bench] = length
+    out = Path(cfg.out_dir) / cfg.name
+    atomic_write_text(out / "metrics.md", run_markdown(merged))
+    return write_json(out / "metrics.json", merged)
 
 
 def write_tables(metrics_paths: list[Path], paper_numbers: Path, out_dir: Path) -> list[Path]:
@@ -127,10 +158,12 @@ def write_tables(metrics_paths: list[Path], paper_numbers: Path, out_dir: Path) 
     if not metrics_paths:
         raise ValueError("no metrics files: set reproduce.run and/or reproduce.metrics")
     reports = [read_json(p) for p in metrics_paths]
-    paper = PaperNumbers(read_json(paper_numbers))
+    paper = PaperNumbers.load(paper_numbers)
     sources: list[dict] = []
     tables = {
-        "speed": ("TPF, acceptance and speedup (largest K per model; speedup = wall-clock vs K=1 on the same decode function)",
+        "table1": ("Table 1 layout: TPF (tokens / all forward passes), speedup and accuracy vs the base (largest K per model)",
+                   table1(reports, paper, sources)),
+        "speed": ("TPF, acceptance length and speedup in their units (largest K per model)",
                   speed_table(reports, paper, sources)),
         "fidelity": ("Fidelity (greedy exact match vs transformers.generate; sampling KL and two-sample test)",
                      fidelity_table(reports)),
@@ -141,16 +174,18 @@ def write_tables(metrics_paths: list[Path], paper_numbers: Path, out_dir: Path) 
         f"{r['name']} ({r['provenance']['git']['commit'] or 'no git'}{', dirty' if r['provenance']['git']['dirty'] else ''};"
         f" {r['provenance']['device']})" for r in reports) + "\n"]
     for key, (title, (headers, rows)) in tables.items():
-        md += [f"## {title}\n", markdown_table(headers, rows)]
+        units = [UNIT_NOTE + "\n"] if key in ("table1", "speed") else []
+        md += [f"## {title}\n", *units, markdown_table(headers, rows)]
         path = out_dir / f"{key}.csv"
         atomic_write_text(path, to_csv(headers, rows))
         written.append(path)
     if sources:
-        md.append(sources_markdown(sources))
-        rows = [[i, n["metric"], n["method"], n["model"], n["benchmark"], n["value"], n["qualifier"],
-                 n["source"]["original"], f"{n['source']['file']}, {n['source']['section']}"] for i, n in enumerate(sources, 1)]
+        md.append(sources_markdown(paper, sources))
+        rows = [[i, n["metric"], n["method"], n["model"], n["benchmark"], n["temperature"], n["value"], n["unit"],
+                 n["qualifier"], paper.source_text(n)] for i, n in enumerate(sources, 1)]
         path = out_dir / "paper_sources.csv"
-        atomic_write_text(path, to_csv(["ref", "metric", "method", "model", "benchmark", "value", "qualifier", "source", "via"], rows))
+        headers = ["ref", "metric", "method", "model", "benchmark", "T", "value", "unit", "qualifier", "source"]
+        atomic_write_text(path, to_csv(headers, rows))
         written.append(path)
     for fig in (figures.tpf_by_benchmark(reports, paper, out_dir / "tpf_by_benchmark.png"),
                 figures.acceptance_histograms(reports, out_dir / "acceptance_histograms.png"),

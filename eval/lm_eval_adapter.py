@@ -94,7 +94,7 @@ class OrthrusLM(HFLM):
 
     @property
     def tokens_per_iteration(self) -> float:
-        """TPF over every generate_until request so far."""
+        """Diagnostic (not the paper's TPF): tokens per draft+verify iteration over every request so far."""
         return sum(self.iteration_tokens) / max(len(self.iteration_tokens), 1)
 
     def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs) -> torch.Tensor:

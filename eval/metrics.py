@@ -1,15 +1,16 @@
 """Decoding metrics computed from `GenerationResult`s (and, for speed, their timings).
 
-Two "tokens per ..." numbers, kept apart because they answer different questions:
-  * `tokens_per_iteration` (TPF, the paper's metric): tokens emitted per draft+verify
-    iteration. The prefill and its token are left out, so plain AR decoding scores exactly 1.
-  * `tokens_per_forward`: new tokens per model forward of *either* view, prefill included.
-    It charges the diffusion pass as a forward, so it is the stricter, compute-oriented ratio.
-Acceptance length is the number of tokens an iteration would emit before EOS/max-length
-clipping: accepted drafts + 1 (the AR token after them).
-
-Every function pools over all results (total tokens / total iterations), so a long answer
-counts in proportion to its length; this is how throughput-style numbers add up.
+The "tokens per ..." numbers answer different questions and are named so they cannot be confused
+(UNITS holds the unit every table and plot prints beside them):
+  * `tpf`: the paper's TPF (Table 1, Eq. 9) = generated tokens / ALL forward passes (draft +
+    verify + prefill), computed per question and then averaged over questions, as the paper
+    averages. Plain AR decoding scores 1. `tpf_token_weighted` pools instead (total tokens /
+    total passes), so a long answer counts in proportion to its length.
+  * `acceptance_length`: tokens per verify pass = accepted drafts + 1, before EOS/max clipping
+    (the paper's Fig. 4; DFlash's tau and EAGLE-3's acceptance length are this number). About
+    2 x TPF, since each iteration costs a draft pass and a verify pass.
+  * `tokens_per_iteration`: a diagnostic only: emitted tokens per draft+verify iteration, the
+    prefill token left out. Never compare it with a published TPF.
 """
 
 import gc
@@ -21,27 +22,43 @@ import torch
 
 from models.generate import GenerationResult
 
+UNITS = {
+    "tpf": "TPF (paper, Eq. 9): generated tokens / all forward passes (draft + verify + prefill), mean over questions",
+    "tpf_token_weighted": "TPF pooled: total generated tokens / total forward passes",
+    "acceptance_length": "tokens per verify pass (accepted drafts + 1), mean over questions",
+    "tokens_per_iteration": "diagnostic: emitted tokens per draft+verify iteration (~2 x TPF), not the paper's TPF",
+    "speedup": "wall-clock tokens/s over K=1 (AR) on the same decode function",
+}
+
+
+def tpf(results: list[GenerationResult]) -> float:
+    """The paper's TPF: per question, new tokens / all forward passes; then the mean over questions."""
+    return mean([r.tpf for r in results])
+
+
+def tpf_token_weighted(results: list[GenerationResult]) -> float:
+    """Total new tokens / total forward passes (draft + verify + prefill) over all questions."""
+    return sum(r.num_new_tokens for r in results) / max(sum(r.forward_passes for r in results), 1)
+
+
+def acceptance_length(results: list[GenerationResult]) -> float:
+    """Tokens per verify pass (accepted drafts + 1), per question, then the mean over questions."""
+    return mean([r.acceptance_length for r in results if r.accepted])
+
 
 def tokens_per_iteration(results: list[GenerationResult]) -> float:
-    """TPF as the paper reports it: emitted tokens / draft+verify iterations."""
+    """Diagnostic (not the paper's TPF): emitted tokens / draft+verify iterations, pooled."""
     iterations = sum(len(r.emitted) for r in results)
     return sum(sum(r.emitted) for r in results) / max(iterations, 1)
 
 
-def tokens_per_forward(results: list[GenerationResult]) -> float:
-    """New tokens (prefill token included) / forwards of either view (prefill included)."""
-    forwards = sum(r.ar_forwards + r.diffusion_forwards for r in results)
-    return sum(r.num_new_tokens for r in results) / max(forwards, 1)
-
-
 def acceptance_lengths(results: list[GenerationResult]) -> list[int]:
-    """Accepted drafts + 1 per iteration, over all results."""
+    """Accepted drafts + 1 per verify pass, over all results."""
     return [a + 1 for r in results for a in r.accepted]
 
 
-def mean_acceptance_length(results: list[GenerationResult]) -> float:
-    lengths = acceptance_lengths(results)
-    return sum(lengths) / max(len(lengths), 1)
+def mean(values: list[float]) -> float:
+    return sum(values) / max(len(values), 1)
 
 
 def acceptance_histogram(results: list[GenerationResult]) -> list[int]:
@@ -154,15 +171,19 @@ def _head_dim(config) -> int:
 
 
 def summarize(results: list[GenerationResult], timings: list[Timing]) -> dict:
-    """Every per-run metric above, for one block size over one prompt set."""
+    """Every per-run metric above, for one block size over one prompt set (units: UNITS)."""
     tps = tokens_per_second(results, timings)
     return {
         "num_sequences": len(results),
         "new_tokens": sum(r.num_new_tokens for r in results),
+        "forward_passes": sum(r.forward_passes for r in results),
+        "verify_passes": sum(len(r.accepted) for r in results),
+        "draft_passes": sum(r.diffusion_forwards for r in results),
         "iterations": sum(len(r.emitted) for r in results),
+        "tpf": tpf(results),
+        "tpf_token_weighted": tpf_token_weighted(results),
+        "acceptance_length": acceptance_length(results),
         "tokens_per_iteration": tokens_per_iteration(results),
-        "tokens_per_forward": tokens_per_forward(results),
-        "mean_acceptance_length": mean_acceptance_length(results),
         "acceptance_histogram": acceptance_histogram(results),
         "per_position_acceptance": per_position_acceptance(results),
         "seconds": sum(t.seconds for t in timings),

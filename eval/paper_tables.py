@@ -1,38 +1,61 @@
-"""Paper-style tables from several metrics.json files, with a "paper" column.
+"""Paper-style tables from several metrics.json files, beside the paper's published numbers.
 
-Rows are matched to results/paper_numbers.json by (metric, model label, benchmark); a
-published number whose model size is not stated (model null) is shown for every model and
-marked so. Each table is returned as headers + rows, written as markdown and CSV by
-`eval.evaluate.write_tables` (entry point: `python -m scripts.reproduce_tables`); sources of every paper number are listed under the tables.
+The published numbers live in eval/paper_numbers.json (PAPER_NUMBERS): each with its unit and its
+public source. Rows are matched by (metric, method, model label, benchmark, temperature); a
+number whose model size is not stated (model null) is shown for every model and marked so.
+Every column states its unit (eval.metrics.UNITS): the paper's TPF is compared with our `tpf`
+(tokens / all forward passes), its acceptance length with our `acceptance_length` (tokens per
+verify pass); tokens per iteration is printed only as a labelled diagnostic. Each table is
+headers + rows, written as markdown and CSV by `eval.evaluate.write_tables`
+(entry point: `python -m scripts.reproduce_tables`), sources listed below.
 """
 
 import csv
 import io
+import json
+from pathlib import Path
 
-QUALIFIER_MARK = {"=": "", "up to": "≤", "about": "≈"}
+from eval.metrics import UNITS, mean
+
+PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.json"
+QUALIFIER_MARK = {"=": "", "up to": "≤", "about": "≈", "derived": "Σ"}
+UNIT_NOTE = (f"TPF = {UNITS['tpf']}; TPF pooled = {UNITS['tpf_token_weighted']}; accept len = "
+             f"{UNITS['acceptance_length']}; tok/iter = {UNITS['tokens_per_iteration']}; speedup = {UNITS['speedup']}.")
 
 
 class PaperNumbers:
     def __init__(self, data: dict):
-        self.numbers = data["numbers"]
+        self.numbers, self.sources, self.recipe = data["numbers"], data["sources"], data.get("recipe")
 
-    def lookup(self, metric: str, model: str | None, benchmark: str | None, method: str = "orthrus") -> dict | None:
-        """The published entry for this row: same model preferred, else one with model unstated."""
-        candidates = [n for n in self.numbers
-                      if n["metric"] == metric and n["method"] == method and n["benchmark"] == benchmark]
+    @classmethod
+    def load(cls, path: str | Path = PAPER_NUMBERS) -> "PaperNumbers":
+        return cls(json.loads(Path(path).read_text()))
+
+    def lookup(self, metric: str, model: str | None, benchmark: str | None, method: str = "orthrus",
+               temperature: float | None = None) -> dict | None:
+        """The published entry for this row: same model preferred, else one with model unstated; same
+        temperature preferred, else one whose temperature is not stated."""
+        candidates = [n for n in self.numbers if n["metric"] == metric and n["method"] == method
+                      and n["benchmark"] == benchmark and n["temperature"] in (temperature, None)]
+        candidates.sort(key=lambda n: n["temperature"] is None)
         exact = [n for n in candidates if n["model"] is not None and n["model"] == model]
         unstated = [n for n in candidates if n["model"] is None]
         return (exact or unstated or [None])[0]
 
-    def cell(self, metric: str, model: str | None, benchmark: str | None, sources: list[dict]) -> str | None:
-        """Display text of the paper number (with its source appended to `sources` as a footnote)."""
-        n = self.lookup(metric, model, benchmark)
+    def cell(self, metric: str, model: str | None, benchmark: str | None, sources: list[dict],
+             temperature: float | None = None) -> str | None:
+        """Display text of the paper number (with its entry appended to `sources` as a footnote)."""
+        n = self.lookup(metric, model, benchmark, temperature=temperature)
         if n is None:
             return None
         if n not in sources:
             sources.append(n)
         note = "" if n["model"] is not None else " (size not stated)"
         return f"{QUALIFIER_MARK[n['qualifier']]}{n['value']:g} [{sources.index(n) + 1}]{note}"
+
+    def source_text(self, n: dict) -> str:
+        refs = "; ".join(f"{self.sources[s]['name']} <{self.sources[s]['url']}>" for s in n["sources"])
+        return f"{n['where']} ({n['unit']}) — {refs}" + (f". Note: {n['note']}" if n.get("note") else "")
 
 
 def largest_k_rows(report: dict) -> list[dict]:
@@ -44,28 +67,63 @@ def largest_k_rows(report: dict) -> list[dict]:
     return list(best.values())
 
 
-def _baseline_tps(report: dict, benchmark: str) -> float | None:
-    return next((r["tokens_per_second"] for r in report["runs"] if r["benchmark"] == benchmark and r["block_size"] == 1), None)
+def _baseline(report: dict, benchmark: str) -> dict | None:
+    return next((r for r in report["runs"] if r["benchmark"] == benchmark and r["block_size"] == 1), None)
+
+
+def _temperature(report: dict) -> float:
+    return report["config"]["decode"]["temperature"]
 
 
 def speed_table(reports: list[dict], paper: PaperNumbers, sources: list[dict]) -> tuple[list[str], list[list]]:
-    """TPF, acceptance and speedup per model and benchmark, plus each model's average row."""
-    headers = ["model", "benchmark", "K", "TPF", "paper TPF", "tok/fwd", "accept len", "paper accept len",
-               "AR tok/s", "Orthrus tok/s", "speedup", "paper speedup"]
+    """Every speed number in its unit beside the paper's, per model and benchmark, plus averages."""
+    headers = ["model", "benchmark", "T", "K", "TPF", "paper TPF", "TPF pooled", "accept len (tok/verify)",
+               "paper accept len", "tok/iter (diagnostic)", "AR tok/s", "Orthrus tok/s", "speedup", "paper speedup"]
     rows = []
     for rep in reports:
-        label = rep.get("label") or rep["name"]
+        label, T = rep.get("label") or rep["name"], _temperature(rep)
         runs = largest_k_rows(rep)
         for r in runs:
-            b = r["benchmark"]
-            rows.append([label, b, r["block_size"], r["tokens_per_iteration"], paper.cell("tokens_per_iteration", label, b, sources),
-                         r["tokens_per_forward"], r["mean_acceptance_length"], paper.cell("mean_acceptance_length", label, b, sources),
-                         _baseline_tps(rep, b), r["tokens_per_second"], r["speedup"], paper.cell("speedup", label, b, sources)])
+            b, base = r["benchmark"], _baseline(rep, r["benchmark"])
+            rows.append([label, b, T, r["block_size"], r["tpf"], paper.cell("tpf", label, b, sources, T),
+                         r["tpf_token_weighted"], r["acceptance_length"],
+                         paper.cell("acceptance_length", label, b, sources, T), r["tokens_per_iteration"],
+                         base and base["tokens_per_second"], r["tokens_per_second"], r["speedup"],
+                         paper.cell("speedup", label, b, sources, T)])
         if len(runs) > 1:
             speedups = [r["speedup"] for r in runs if r["speedup"] is not None]
-            rows.append([label, "average", None, _mean([r["tokens_per_iteration"] for r in runs]), None,
-                         _mean([r["tokens_per_forward"] for r in runs]), _mean([r["mean_acceptance_length"] for r in runs]),
-                         None, None, None, _mean(speedups) if speedups else None, paper.cell("speedup", label, "average", sources)])
+            rows.append([label, "average", T, None, mean([r["tpf"] for r in runs]),
+                         paper.cell("tpf", label, "average", sources, T),
+                         mean([r["tpf_token_weighted"] for r in runs]), mean([r["acceptance_length"] for r in runs]),
+                         None, mean([r["tokens_per_iteration"] for r in runs]), None, None,
+                         mean(speedups) if speedups else None, paper.cell("speedup", label, "average", sources, T)])
+    return headers, rows
+
+
+def table1(reports: list[dict], paper: PaperNumbers, sources: list[dict]) -> tuple[list[str], list[list]]:
+    """The paper's Table 1 layout: per benchmark TPF and speedup beside the paper's, and accuracy of
+    Orthrus (largest K) against the base (K=1 on the same engine); lossless decoding makes them equal
+    under greedy decoding. The average rows carry both the printed paper average and the mean of its cells."""
+    headers = ["model", "benchmark", "T", "TPF", "paper TPF", "speedup", "paper speedup", "accuracy base",
+               "accuracy Orthrus", "accuracy metric"]
+    rows = []
+    for rep in reports:
+        label, T = rep.get("label") or rep["name"], _temperature(rep)
+        runs = largest_k_rows(rep)
+        for r in runs:
+            base = _baseline(rep, r["benchmark"]) or {}
+            acc, acc_base = r.get("accuracy") or {}, base.get("accuracy") or {}
+            rows.append([label, r["benchmark"], T, r["tpf"], paper.cell("tpf", label, r["benchmark"], sources, T),
+                         r["speedup"], paper.cell("speedup", label, r["benchmark"], sources, T),
+                         acc_base.get("score"), acc.get("score"), acc.get("metric")])
+        speedups = [r["speedup"] for r in runs if r["speedup"] is not None]
+        rows.append([label, "average", T, mean([r["tpf"] for r in runs]),
+                     paper.cell("tpf", label, "average", sources, T),
+                     mean(speedups) if speedups else None, paper.cell("speedup", label, "average", sources, T),
+                     None, None, None])
+        cells = paper.cell("speedup", label, "average_of_cells", sources, T)
+        if cells:
+            rows.append([label, "average of the paper's cells", T, None, None, None, cells, None, None, None])
     return headers, rows
 
 
@@ -96,10 +154,10 @@ def memory_table(reports: list[dict], paper: PaperNumbers, sources: list[dict]) 
     return headers, rows
 
 
-def sources_markdown(sources: list[dict]) -> str:
-    lines = [f"[{i}] {n['source']['original']} — {n['source']['file']}, {n['source']['section']}"
-             for i, n in enumerate(sources, 1)]
-    return "Paper numbers (≤ up to, ≈ about):\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"
+def sources_markdown(paper: PaperNumbers, sources: list[dict]) -> str:
+    lines = [f"[{i}] {paper.source_text(n)}" for i, n in enumerate(sources, 1)]
+    return ("Paper numbers (≤ up to, ≈ about, Σ derived from the printed cells):\n\n"
+            + "\n".join(f"- {line}" for line in lines) + "\n")
 
 
 def to_csv(headers: list[str], rows: list[list]) -> str:
@@ -108,7 +166,3 @@ def to_csv(headers: list[str], rows: list[list]) -> str:
     writer.writerow(headers)
     writer.writerows([["" if v is None else v for v in row] for row in rows])
     return buf.getvalue()
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)

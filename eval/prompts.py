@@ -44,6 +44,7 @@ class PromptSpec:
 class Prompt:
     id: str
     text: str
+    record: dict | None = None  # the benchmark record it came from (references for eval.accuracy)
 
 
 def load_prompts(spec: PromptSpec, limit: int | None = None) -> list[Prompt]:
@@ -72,7 +73,7 @@ def _from_records(records, spec: PromptSpec, limit: int | None) -> list[Prompt]:
         if not isinstance(text, str):
             raise ValueError(f"{spec.path or spec.source}: record {i} field {spec.field!r} is {type(text).__name__}, not text")
         prompt_id = str(_get(record, spec.id_field)) if spec.id_field else str(i)
-        prompts.append(Prompt(prompt_id, text))
+        prompts.append(Prompt(prompt_id, text, dict(record)))
     return prompts
 
 

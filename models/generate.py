@@ -50,14 +50,27 @@ class GenerationResult:
         return self.sequences.shape[1] - self.prompt_len
 
     @property
-    def tokens_per_iteration(self) -> float:
-        """Tokens per draft+verify iteration (the paper's TPF); the prefill token not counted."""
-        return sum(self.emitted) / max(len(self.emitted), 1)
+    def forward_passes(self) -> int:
+        """Every model pass of either view: prefill + verify passes + draft passes."""
+        return self.ar_forwards + self.diffusion_forwards
 
     @property
-    def tokens_per_forward(self) -> float:
-        """New tokens per model forward pass of either view, prefill included."""
-        return self.num_new_tokens / max(self.ar_forwards + self.diffusion_forwards, 1)
+    def tpf(self) -> float:
+        """The paper's TPF (Table 1, Eq. 9): new tokens / all forward passes (draft + verify + prefill).
+        Plain AR decoding scores 1; one Orthrus iteration is two passes."""
+        return self.num_new_tokens / max(self.forward_passes, 1)
+
+    @property
+    def acceptance_length(self) -> float:
+        """Tokens per verify pass (the paper's Fig. 4, DFlash's tau): accepted drafts + the AR token,
+        before clipping at EOS or max_new_tokens. About 2 x TPF; compare peers' acceptance with this."""
+        return sum(a + 1 for a in self.accepted) / max(len(self.accepted), 1)
+
+    @property
+    def tokens_per_iteration(self) -> float:
+        """Diagnostic, not the paper's TPF: tokens emitted per draft+verify iteration (after clipping),
+        the prefill token not counted."""
+        return sum(self.emitted) / max(len(self.emitted), 1)
 
 
 @torch.inference_mode()
@@ -98,6 +111,7 @@ def generate(
             if t in eos:
                 tokens, result.finished_by_eos = tokens[: i + 1], True
                 break
+        tokens = tokens[: max_new_tokens - sum(len(o) for o in out[1:])]  # a last block may verify one past it
         out.append(torch.tensor(tokens, dtype=torch.long, device=device))
         if streamer is not None:
             streamer.put(torch.tensor(tokens))
@@ -114,7 +128,7 @@ def generate(
 
     scale = model.model.layers[0].self_attn.scaling
     while not done:
-        k = min(K, max_new_tokens - (start + 1 - L))  # never propose past max_new_tokens
+        k = block_length(K, max_new_tokens, start + 1 - L)
         positions = torch.arange(start, start + k, device=device)[None]
         block = torch.full((1, k), mask_id, dtype=torch.long, device=device)
         block[0, 0] = last
@@ -132,7 +146,7 @@ def generate(
                 q = logits_to_probs(d_logits, sampling)
                 draft = sample(q, generator)
             block[0, 1:] = draft
-        else:  # a one-token block (block_size=1, or a clipped last block): nothing to draft
+        else:  # a one-token block (block_size=1): nothing to draft
             draft = block[0, 1:]
             q = torch.empty(0, model.config.vocab_size, device=device)
 
@@ -155,6 +169,14 @@ def generate(
         streamer.end()
     result.sequences = torch.cat(out)[None]
     return result
+
+
+def block_length(K: int, max_new_tokens: int, emitted: int) -> int:
+    """Length of the next block when `emitted` new tokens are out: min(K, max_new_tokens - emitted + 1),
+    as the official decoder clips it. The block is [last token, k - 1 drafts], so its drafts cover every
+    position still allowed; the AR token after them would be one past max_new_tokens and is dropped.
+    (The engine always proposes K and clips what it emits; docs/engine.md says what that changes.)"""
+    return min(K, max_new_tokens - emitted + 1)
 
 
 def _draft(model, block, positions, cache, start, sampling, generator, steps):

@@ -9,8 +9,8 @@
 The checkpoints named in `reproduce.run` are looked up in `reproduce.checkpoints` (name ->
 overrides of the eval config, conf/eval.yaml); one whose ${out_dir}/<name>/metrics.json exists
 is not re-run unless reproduce.skip_existing=false. Writes to reproduce.out_dir: tables.md, one CSV per table,
-paper_sources.csv, and PNG figures (TPF per benchmark and model, acceptance-length
-histograms, throughput vs context length when a run measured it).
+table1.csv (the paper's Table 1 layout), paper_sources.csv, and PNG figures (TPF per benchmark and model,
+acceptance-length histograms, throughput vs context length when a run measured it).
 """
 
 from pathlib import Path

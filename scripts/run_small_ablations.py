@@ -23,9 +23,9 @@ Stages (`--stages`, in order):
            <= 15 MiB under --pack-dir, to bring them back from a GPU call and evaluate elsewhere;
   unpack   the reverse, into the work folder;
   eval     per arm: greedy decoding with the fast engine on HumanEval and the held-out prompts,
-           TPF, acceptance histogram, per-position acceptance, exact match vs the K = 1 decode;
+           tokens per iteration (diagnostic), acceptance histogram, per-position acceptance, exact match vs the K = 1 decode;
   report   results/small/ablations/<sweep>/{results.json, README.md, plot.png}, next to the
-           paper's trend for the same ablation (results/paper_numbers.json, where it states one).
+           paper's trend for the same ablation (eval/paper_numbers.json, where it states one).
 
     python -m scripts.run_small_ablations --stages prep,train,eval,report          # one GPU
     python -m scripts.run_small_ablations --preset toy --stages prep,train,eval,report  # CPU rehearsal
@@ -69,7 +69,7 @@ class Sweep:
 SWEEPS = {
     "block_size": Sweep(
         "model.block_size", "8,16", "32", "Block size K",
-        "the paper trains and decodes with K = 32 (results/paper_numbers.json: block_size)",
+        "the paper trains and decodes with K = 32 (eval/paper_numbers.json: block_size)",
         ("objective.blocks_per_row='${floor_div:${data.packed_dataset.seq_len},${model.block_size}}'",)),
     "loss": Sweep(
         "objective.loss", "ce", "kl", "Distillation loss: KL to the AR view vs cross-entropy on the data token",
@@ -453,7 +453,8 @@ def stage_report(s: Setup, sweeps: list[str]) -> None:
         write_json(out / "results.json", report)
         ok = [r for r in rows if r["status"] == "ok"]
         table = markdown_table(
-            ["arm", "steps", "tokens", "K decoded", "HumanEval TPF", "held-out TPF", "exact match", "train loss", "train acc pos 1-4"],
+            ["arm", "steps", "tokens", "K decoded", "HumanEval tok/iter", "held-out tok/iter", "exact match", "train loss",
+             "train acc pos 1-4"],
             [[r["arm"], r.get("steps_trained"), r.get("tokens_trained"), r["block_size_decoded"], r["humaneval_tpf"],
               r["heldout_tpf"], min(r["humaneval_exact_match"], r["heldout_exact_match"]), r.get("train_loss_last"),
               " / ".join(f"{a:.2f}" for a in r.get("train_acc_first_positions", []))] for r in ok]
@@ -476,7 +477,7 @@ def stage_report(s: Setup, sweeps: list[str]) -> None:
         ax.bar([i - 0.2 for i in x], [r["humaneval_tpf"] for r in ok], 0.4, label="HumanEval")
         ax.bar([i + 0.2 for i in x], [r["heldout_tpf"] for r in ok], 0.4, label="held-out packages")
         ax.set_xticks(x, [str(r["arm"]).replace("_diff", "")[:40] for r in ok], fontsize=7, rotation=15)
-        ax.set_ylabel("tokens per iteration (TPF)")
+        ax.set_ylabel("tokens per draft+verify iteration\n(diagnostic; paper TPF ≈ half)")
         ax.set_title(f"orthrus-small: {sw.title}"[:70], fontsize=9)
         ax.legend(fontsize=7)
         save_figure(fig, out / "plot.png")
@@ -499,11 +500,12 @@ def write_summary(s: Setup) -> None:
                 rows.append([f"[{report['sweep']}]({report['sweep']}/README.md)", r["arm"], r.get("steps_trained"),
                              r["block_size_decoded"], r["humaneval_tpf"], r["heldout_tpf"],
                              min(r["humaneval_exact_match"], r["heldout_exact_match"])])
-    table = markdown_table(["sweep", "arm", "steps", "K decoded", "HumanEval TPF", "held-out TPF", "exact match"], rows)
+    table = markdown_table(["sweep", "arm", "steps", "K decoded", "HumanEval tok/iter", "held-out tok/iter", "exact match"], rows)
     atomic_write_text(root / "README.md", "# orthrus-small training-side ablations\n\nWritten by "
                       "`scripts/run_small_ablations.py --stages report` from each sweep's `results.json` (commands, "
                       "commits and devices are in each sweep's README). Greedy, fp32, fast engine, 128 new tokens; "
-                      "TPF = tokens per draft + verify iteration.\n\n" + table + "\n")
+                      "tok/iter = tokens per draft + verify iteration, a diagnostic about twice the paper's TPF "
+                      "(tokens / all forward passes).\n\n" + table + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

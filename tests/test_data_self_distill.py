@@ -136,5 +136,52 @@ def test_train_composes_with_self_distill_data():
     assert data["load_tokenized_dataset"]["source"] == "/tmp/sd"
     assert data["load_tokenized_dataset"]["tokenizer"] == cfg.model.base == "Qwen/Qwen3-8B"
     assert data["load_tokenized_dataset"]["messages_field"] == "messages"
-    assert data["packed_dataset"]["seq_len"] == 4096
+    assert data["packed_dataset"]["seq_len"] == 2048
     assert set(script) == set(inspect.signature(generate_responses).parameters)
+
+
+def test_sharded_over_ranks_and_resumable(base_dir, tmp_path, monkeypatch):
+    """Two ranks split the shards (i % world_size) and together write what one process writes; a run
+    killed mid-way resumes with the shards it had not finished; a list of splits mixes them 1:1:1."""
+    import data.self_distill as sd
+
+    source = tmp_path / "nemotron"  # hub layout of Nemotron-Post-Training-Dataset-v2: one split per subset
+    source.mkdir()
+    for name in ("chat", "math", "code"):
+        (source / f"{name}.jsonl").write_text("".join(
+            json.dumps({"messages": [{"role": "user", "content": f"{name} {i}"}]}) + "\n" for i in range(3)))
+    kwargs = dict(split=["chat", "math", "code"], limit=2, max_new_tokens=3, batch_size=2, shard_size=2, device="cpu")
+    single = generate_responses(base_dir, source, tmp_path / "one", **kwargs)
+    assert single["records"] == 6 and len(single["shards"]) == 3  # 2 of each split
+
+    calls = []
+    real = sd.generate_batch
+    monkeypatch.setattr(sd, "generate_batch", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    first = generate_responses(base_dir, source, tmp_path / "two", **kwargs, rank=1, world_size=2)
+    assert first == {"complete": False, "rank": 1, "world_size": 2, "shards_done": 1, "shards": 3}
+    assert sorted(p.name for p in (tmp_path / "two").glob("train-*")) == ["train-00001.jsonl"]
+    second = generate_responses(base_dir, source, tmp_path / "two", **kwargs, rank=0, world_size=2)
+    assert second["complete"] and calls == [2, 2, 2]  # each shard generated once
+    for name in single["shards"]:
+        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+    assert {k: v for k, v in second.items() if k != "device"} == {k: v for k, v in single.items() if k != "device"}
+
+    # Interrupted after one shard: the rerun (a different world size) generates only the missing ones.
+    def dies_after_first(*a, **k):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(len(a[2]))
+        return real(*a, **k)
+
+    calls.clear()
+    monkeypatch.setattr(sd, "generate_batch", dies_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        generate_responses(base_dir, source, tmp_path / "three", **kwargs, rank=0, world_size=1)
+    assert [p.name for p in (tmp_path / "three").glob("train-*")] == ["train-00000.jsonl"]
+    calls.clear()
+    monkeypatch.setattr(sd, "generate_batch", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    for rank in (0, 1):
+        done = generate_responses(base_dir, source, tmp_path / "three", **kwargs, rank=rank, world_size=2)
+    assert calls == [2, 2] and done["complete"]
+    for name in single["shards"]:
+        assert (tmp_path / "three" / name).read_text() == (tmp_path / "one" / name).read_text()

@@ -10,7 +10,7 @@ from transformers import DynamicCache
 import models.engine as engine_module
 from models.engine import OrthrusEngine
 from models.engine_ops import TorchOps
-from models.generate import generate
+from models.generate import block_length, generate
 from models.orthrus import prefix_attend
 from models.sampling import SamplingParams, logits_to_probs
 from tests.test_greedy import RecordingStreamer, base_greedy, prompt
@@ -24,7 +24,7 @@ def full_block_iterations(ref, K: int, max_new: int) -> int:
     last blocks to what max_new_tokens still allows; the engine always proposes K and clips)."""
     emitted = 1
     for n, e in enumerate(ref.emitted):
-        if min(K, max_new - emitted) < K:
+        if block_length(K, max_new, emitted) < K:
             return n
         emitted += e
     return len(ref.emitted)

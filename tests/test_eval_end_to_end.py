@@ -181,10 +181,10 @@ def test_evaluate_cli_end_to_end(checkpoint, tmp_path):
     assert metrics["fidelity"][0]["exact_match"]["token_rate"] == 1.0
     assert [(r["context_len"], r["block_size"]) for r in metrics["context_sweep"]] == [(8, 1), (8, 4), (24, 1), (24, 4)]
     md = (out / "metrics.md").read_text()
-    assert "| benchmark | K | prompts | TPF |" in md and "## Fidelity" in md and "## Throughput vs context length" in md
+    assert "| benchmark | K | prompts | TPF | TPF pooled |" in md and "all forward passes" in md and "## Fidelity" in md and "## Throughput vs context length" in md
     assert not list(out.glob(".*")), "no temporary files left behind"
     # the tables script reads what evaluate writes
-    written = write_tables([out / "metrics.json"], REPO / "results" / "paper_numbers.json", tmp_path / "tables")
+    written = write_tables([out / "metrics.json"], REPO / "eval" / "paper_numbers.json", tmp_path / "tables")
     assert (tmp_path / "tables" / "throughput_vs_context.png") in written
 
 
@@ -205,15 +205,16 @@ def fake_report(name: str, label: str, tpf: dict[str, float], context_sweep: boo
     runs = []
     for bench, t in tpf.items():
         for K, tps, speedup in ((1, 30.0, 1.0), (32, 30.0 * t * 0.8, t * 0.8)):
-            runs.append({"benchmark": bench, "block_size": K, "num_prompts": 10, "tokens_per_iteration": t if K > 1 else 1.0,
-                         "tokens_per_forward": t / 2 if K > 1 else 1.0, "mean_acceptance_length": t if K > 1 else 1.0,
+            runs.append({"benchmark": bench, "block_size": K, "num_prompts": 10, "tpf": t if K > 1 else 1.0,
+                         "tpf_token_weighted": t if K > 1 else 1.0, "acceptance_length": 2 * t if K > 1 else 1.0,
+                         "tokens_per_iteration": 2 * t if K > 1 else 1.0,
                          "acceptance_histogram": [5, 3, 2] + [1] * 29 if K > 1 else [100],
                          "per_position_acceptance": [], "tokens_per_second": tps, "speedup": speedup,
                          "mean_ttft_seconds": 0.05, "peak_memory_bytes": 2**30, "peak_memory_kind": "cuda_max_memory_allocated"})
-    sweep = [{"context_len": n, "block_size": K, "tokens_per_iteration": 5.0, "tokens_per_second": 100.0 / K ** 0.1 - n / 1e4,
+    sweep = [{"context_len": n, "block_size": K, "tpf": 2.5, "tokens_per_second": 100.0 / K ** 0.1 - n / 1e4,
               "speedup": None} for n in (1024, 8192) for K in (1, 32)] if context_sweep else []
     return {
-        "name": name, "label": label,
+        "name": name, "label": label, "config": {"decode": {"temperature": 0.0}},
         "provenance": {"command": "python -m scripts.evaluate", "git": {"commit": "0" * 40, "dirty": False},
                        "device": "NVIDIA H100", "torch": "x", "transformers": "y", "timestamp": "t"},
         "model": {"base": name, "dtype": "bfloat16", "block_size": 32,
@@ -227,8 +228,8 @@ def fake_report(name: str, label: str, tpf: dict[str, float], context_sweep: boo
 
 def test_reproduce_tables_from_two_metrics_files(tmp_path):
     paths = []
-    for name, label, tpf, sweep in (("o8", "qwen3_8b", {"math500": 7.0, "gsm8k": 6.0}, True),
-                                    ("o4", "qwen3_4b", {"math500": 6.0, "gsm8k": 5.0}, False)):
+    for name, label, tpf, sweep in (("o8", "qwen3_8b", {"math500": 5.0, "gsm8k": 4.5}, True),
+                                    ("o1.7", "qwen3_1.7b", {"math500": 4.0, "gsm8k": 3.5}, False)):
         path = tmp_path / name / "metrics.json"
         path.parent.mkdir()
         path.write_text(json.dumps(fake_report(name, label, tpf, sweep)))
@@ -238,18 +239,21 @@ def test_reproduce_tables_from_two_metrics_files(tmp_path):
     out = Path(cfg.reproduce.out_dir)
     written = write_tables([Path(p) for p in cfg.reproduce.metrics], REPO / cfg.reproduce.paper_numbers, out)
     names = {p.name for p in written}
-    assert names == {"tables.md", "speed.csv", "fidelity.csv", "memory.csv", "paper_sources.csv",
+    assert names == {"tables.md", "table1.csv", "speed.csv", "fidelity.csv", "memory.csv", "paper_sources.csv",
                      "tpf_by_benchmark.png", "acceptance_histograms.png", "throughput_vs_context.png"}
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "tables.md").read_text()
-    assert re.search(r"\| qwen3_8b \| average \|.*\| 5\.36 \[\d\] \|", md), "the 8B average row carries the paper's 5.36x"
-    assert re.search(r"\| qwen3_8b \| math500 \| 32 \| 7\.00 \| ≤7\.8 \[\d\] \|", md)
-    assert "official Orthrus repository, model table" in md
+    assert re.search(r"\| qwen3_8b \| average \|.*\| 5\.36 \[\d+\] \|", md), "the 8B average row carries the paper's 5.36x"
+    # Like with like: our TPF (tokens / all passes) beside the paper's Table 1 TPF at the same temperature.
+    assert re.search(r"\| qwen3_1\.7b \| math500 \| 0\.00 \| 4\.00 \| 4\.71 \[\d+\] \|", md)
+    assert re.search(r"\| qwen3_1\.7b \| average of the paper's cells \|.*Σ4\.56", md)
+    assert "7.8" not in md, "the ambiguous headline is never put beside a measured number"
+    assert "github.com/chiennv2000/orthrus" in md and "all forward passes" in md
     speed = (out / "speed.csv").read_text().splitlines()
-    assert speed[0].startswith("model,benchmark,K,TPF,paper TPF") and len(speed) == 1 + 2 * 3  # 2 benchmarks + average, 2 models
+    assert speed[0].startswith("model,benchmark,T,K,TPF,paper TPF") and len(speed) == 1 + 2 * 3  # 2 benchmarks + average, 2 models
     sources = (out / "paper_sources.csv").read_text()
-    assert "shared/paper-facts.md" in sources and "4.5" in sources
+    assert "paper-facts" not in sources and "4.5" in sources
 
 
 def test_reproduce_skips_checkpoints_already_evaluated(tmp_path):
@@ -260,3 +264,21 @@ def test_reproduce_skips_checkpoints_already_evaluated(tmp_path):
     assert evaluate_checkpoints(cfg) == [done]  # the released model is not downloaded: its result exists
     with pytest.raises(KeyError, match="not in reproduce.checkpoints"):
         evaluate_checkpoints(eval_config(["reproduce.run=[nope]"]))
+
+
+def test_reproduce_runs_each_benchmark_at_its_suite_length(checkpoint, tmp_path):
+    """reproduce.suite_lengths: one evaluate call per benchmark at its conf/eval/suite.yaml max_new_tokens,
+    merged into one metrics.json whose suite benchmarks carry accuracy for the base (K=1) and Orthrus."""
+    from eval.evaluate import evaluate_suite
+
+    gsm8k = REPO / "tests" / "fixtures" / "eval" / "gsm8k.jsonl"
+    cfg = eval_config(tiny_run_overrides(checkpoint, tmp_path, "suite") + [
+        "benchmarks=[local_jsonl,gsm8k]", "prompt_sets.gsm8k.source=jsonl", f"prompt_sets.gsm8k.path={gsm8k}",
+        "suite.gsm8k.max_new_tokens=6", "decode.warmup=false"])
+    metrics = json.loads(evaluate_suite(cfg).read_text())
+    assert metrics["name"] == "suite" and metrics["max_new_tokens_by_benchmark"] == {"local_jsonl": 12, "gsm8k": 6}
+    assert [(r["benchmark"], r["block_size"]) for r in metrics["runs"]] == [
+        ("local_jsonl", 1), ("local_jsonl", 4), ("gsm8k", 1), ("gsm8k", 4)]
+    base, orthrus = (r["accuracy"] for r in metrics["runs"] if r["benchmark"] == "gsm8k")
+    assert base == orthrus and base["metric"] == "accuracy" and base["n"] == 2
+    assert (tmp_path / "results" / "suite" / "gsm8k" / "metrics.json").is_file()

@@ -6,13 +6,14 @@ import torch
 from eval.metrics import (
     Timing,
     acceptance_histogram,
+    acceptance_length,
     kv_overhead,
-    mean_acceptance_length,
     per_position_acceptance,
     summarize,
-    tokens_per_forward,
     tokens_per_iteration,
     tokens_per_second,
+    tpf,
+    tpf_token_weighted,
 )
 from eval.runner import decode_prompts, measure_block_sizes
 from models.generate import GenerationResult, generate
@@ -35,33 +36,48 @@ def result(accepted, emitted=None, K=4, prompt_len=3, diffusion=None, eos=False,
 
 
 def test_hand_computed_case():
-    r = result([3, 0, 1])  # emits 4, 1, 2 tokens; 8 new tokens with the prefill's; 4 AR + 3 diffusion forwards
-    assert tokens_per_iteration([r]) == pytest.approx(7 / 3)
-    assert tokens_per_forward([r]) == pytest.approx(8 / 7)
-    assert mean_acceptance_length([r]) == pytest.approx(7 / 3)
+    """The paper's units on one question: 8 new tokens (1 from the prefill, then 4, 1, 2) over
+    1 prefill + 3 verify + 3 draft passes = 7 forward passes."""
+    r = result([3, 0, 1])
+    assert r.forward_passes == 7
+    assert tpf([r]) == r.tpf == pytest.approx(8 / 7)  # the paper's TPF: tokens / ALL passes
+    assert acceptance_length([r]) == r.acceptance_length == pytest.approx((4 + 1 + 2) / 3)  # tokens / verify pass
+    assert tokens_per_iteration([r]) == pytest.approx(7 / 3)  # diagnostic: per draft+verify iteration
     assert acceptance_histogram([r]) == [1, 1, 0, 1]
     # draft 1 reached 3 times, kept 2; draft 2 reached 2 times (after a kept draft 1), kept 1; draft 3 reached once, kept.
     assert per_position_acceptance([r]) == pytest.approx([2 / 3, 1 / 2, 1.0])
 
 
-def test_pooling_over_results_and_eos_clipping():
+def test_tpf_is_a_mean_over_questions_and_pooled_beside_it():
+    a = result([3, 0, 1])  # 8 tokens / 7 passes
+    b = result([1])  # 1 + 2 tokens / (1 prefill + 1 verify + 1 draft) = 1.0
+    assert tpf([a, b]) == pytest.approx((8 / 7 + 1.0) / 2)  # the paper's average: per question, then the mean
+    assert tpf_token_weighted([a, b]) == pytest.approx((8 + 3) / (7 + 3))
+    assert acceptance_length([a, b]) == pytest.approx((7 / 3 + 2) / 2)
+    # Teeth: the old "TPF" (tokens per iteration) is not the paper's TPF, and pooling is not the per-question mean.
+    assert tokens_per_iteration([a, b]) != pytest.approx(tpf([a, b]))
+    assert tpf_token_weighted([a, b]) != pytest.approx(tpf([a, b]))
+
+
+def test_eos_clipping_counts_emitted_tokens_but_not_acceptance():
     a = result([3, 0, 1])
     b = result([2, 3], emitted=[3, 2], eos=True)  # EOS in the second block: 2 of its 4 tokens emitted
     assert tokens_per_iteration([a, b]) == pytest.approx((7 + 5) / 5)
-    assert mean_acceptance_length([a, b]) == pytest.approx((4 + 1 + 2 + 3 + 4) / 5)  # before clipping
+    assert b.acceptance_length == pytest.approx((3 + 4) / 2)  # before clipping
+    assert b.tpf == pytest.approx(6 / 5)  # 1 + 3 + 2 tokens over 1 + 2 + 2 passes
     assert acceptance_histogram([a, b]) == [1, 1, 1, 2]
 
 
 def test_ar_baseline_scores_one():
     r = result([0, 0, 0], K=1, diffusion=0)
-    assert tokens_per_iteration([r]) == tokens_per_forward([r]) == mean_acceptance_length([r]) == 1
+    assert tpf([r]) == tpf_token_weighted([r]) == acceptance_length([r]) == tokens_per_iteration([r]) == 1
     assert acceptance_histogram([r]) == [3] and per_position_acceptance([r]) == []
 
 
 def test_short_final_block_is_not_counted_as_reached():
-    # K=4, max_new_tokens=7: prefill token, then blocks of 4 (3 accepted -> 5 tokens), then
-    # k = min(4, 7 - 5) = 2 (one draft, accepted -> 7 tokens).
-    r = result([3, 1], proposed=[4, 2])
+    # K=4, max_new_tokens=6: prefill token, then blocks of 4 (3 accepted -> 5 tokens), then
+    # k = min(4, 6 - 5 + 1) = 2 (one draft, accepted; the AR token after it is dropped -> 6 tokens).
+    r = result([3, 1], emitted=[4, 1], proposed=[4, 2])
     assert per_position_acceptance([r]) == pytest.approx([1.0, 1.0, 1.0])
     full = result([3, 1], proposed=[4, 4])  # had the block been full length, draft 2 was rejected
     assert per_position_acceptance([full]) == pytest.approx([1.0, 0.5, 1.0])
@@ -78,6 +94,8 @@ def test_speed_numbers():
     assert tokens_per_second(rs, timings) == pytest.approx(11 / 2.75)
     s = summarize(rs, timings)
     assert s["mean_ttft_seconds"] == pytest.approx(0.375) and s["new_tokens"] == 11 and s["iterations"] == 4
+    assert s["forward_passes"] == 10 and s["verify_passes"] == 4 and s["draft_passes"] == 4
+    assert s["tpf"] == pytest.approx((8 / 7 + 1) / 2) and s["tpf_token_weighted"] == pytest.approx(11 / 10)
 
 
 def test_kv_overhead_matches_paper_for_qwen3_8b():
@@ -95,7 +113,7 @@ def test_runner_on_tiny_model(make_model):
     rows, runs = measure_block_sizes(model, prompts, [4, 1], max_new_tokens=15, progress=False)
     assert [r["block_size"] for r in rows] == [1, 4]
     ar, orth = rows
-    assert ar["speedup"] == 1.0 and ar["tokens_per_iteration"] == 1.0
+    assert ar["speedup"] == 1.0 and ar["tokens_per_iteration"] == ar["tpf"] == 1.0
     assert orth["speedup"] == pytest.approx(orth["tokens_per_second"] / ar["tokens_per_second"])
     assert orth["new_tokens"] == ar["new_tokens"] == 30
     for row in rows:

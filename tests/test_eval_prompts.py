@@ -80,10 +80,12 @@ def test_hub_sets_use_their_field_names(monkeypatch):
     monkeypatch.setattr("datasets.load_dataset", fake_load_dataset)
     sets = OmegaConf.to_container(OmegaConf.load(CONF / "eval" / "prompt_sets.yaml"))
     got = {name: load_prompts(PromptSpec(**sets[name]), limit=3)[0] for name in ("math500", "gsm8k", "mbpp", "mt_bench")}
-    assert got["math500"] == prompts_module.Prompt("test/a.json", "1+1?")
-    assert got["gsm8k"].text == "How many?"
-    assert got["mbpp"].id == "11" and got["mbpp"].text.endswith("Sum a list. Your code should pass these tests:\n\nassert f([1]) == 1\nassert f([]) == 0")
-    assert got["mt_bench"] == prompts_module.Prompt("81", "Turn one?")
+    boxed = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+    assert got["math500"] == prompts_module.Prompt("test/a.json", "1+1?" + boxed, records["HuggingFaceH4/MATH-500"][0])
+    assert got["gsm8k"].text == "How many?" + boxed
+    assert got["mbpp"].id == "11" and "Sum a list. Your code should pass these tests:\n\nassert f([1]) == 1\nassert f([]) == 0" \
+        in got["mbpp"].text
+    assert got["mt_bench"] == prompts_module.Prompt("81", "Turn one?", records["HuggingFaceH4/mt_bench_prompts"][0])
     assert ("openai/gsm8k", "main", "test[:3]") in calls
 
 

@@ -53,6 +53,9 @@ def test_dry_run_prints_the_composed_config():
     done = train_py("+exp=qwen3_8b", "--cfg", "job")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "base: Qwen/Qwen3-8B" in done.stdout and "zero_stage: 2" in done.stdout
+    for line in ("seq_len: 2048", "blocks_per_row: 256", "lr: 0.0002", "warmup_steps: 369", "grad_clip: 1.0",
+                 "steps: 7374", "precision: bf16", "loss: kl", "source: data_out/self_distill/qwen3-8b"):
+        assert line in done.stdout, line  # the paper's recipe
 
 
 def test_typo_fails_naming_the_key():
