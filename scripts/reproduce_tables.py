@@ -26,12 +26,10 @@ from data._io import atomic_write_text
 from eval import figures
 from eval.paper_tables import PaperNumbers, fidelity_table, memory_table, sources_markdown, speed_table, to_csv
 from eval.report import markdown_table, read_json
-from eval.runner import DecodeFn
-from models.generate import generate
 from scripts.evaluate import run as evaluate
 
 
-def evaluate_checkpoints(cfg: DictConfig, decode_fn: DecodeFn = generate) -> list[Path]:
+def evaluate_checkpoints(cfg: DictConfig) -> list[Path]:
     """metrics.json of every configured checkpoint, evaluating those not already done."""
     paths = []
     for name in cfg.reproduce.run:
@@ -41,7 +39,7 @@ def evaluate_checkpoints(cfg: DictConfig, decode_fn: DecodeFn = generate) -> lis
         run_cfg = OmegaConf.merge(cfg, cfg.reproduce.checkpoints[name], {"name": name})
         path = Path(run_cfg.out_dir) / name / "metrics.json"
         if not (cfg.reproduce.skip_existing and path.is_file()):
-            path = evaluate(run_cfg, decode_fn=decode_fn)
+            path = evaluate(run_cfg)
         paths.append(path)
     return paths
 
@@ -56,7 +54,8 @@ def write_tables(metrics_paths: list[Path], paper_numbers: Path, out_dir: Path) 
     tables = {
         "speed": ("TPF, acceptance and speedup (largest K per model; speedup = wall-clock vs K=1 on the same decode function)",
                   speed_table(reports, paper, sources)),
-        "fidelity": ("Fidelity (greedy exact match vs transformers.generate; sampling KL and two-sample test)",
+        "fidelity": ("Fidelity (greedy exact match vs transformers.generate; sampling: per-token test vs the base "
+                     "sampler, and the two-sample test)",
                      fidelity_table(reports)),
         "memory": ("KV-cache overhead and peak memory", memory_table(reports, paper, sources)),
     }
