@@ -1,9 +1,12 @@
-"""Evaluate one checkpoint over prompt sets and block sizes (the eval config, conf/eval.yaml), or a list of
-checkpoints (its `reproduce` section), and write the paper-style tables and figures from metrics files. Entry points: `python -m scripts.evaluate`, `python -m
-scripts.reproduce_tables`.
+"""Evaluate one checkpoint over prompt sets and block sizes (the eval config, conf/eval.yaml), or a list
+of checkpoints (its `reproduce` section), and write the paper-style tables and figures from metrics files.
+Entry points: `python -m scripts.evaluate`, `python -m scripts.reproduce_tables`.
 
-Writes ${out_dir}/${name}/metrics.json (every number, the resolved config, and provenance: command,
-commit + dirty flag, device, versions, time) and metrics.md (tables).
+decode.engine picks the decoder: `fast` (models/engine.py) or `reference` (models/generate.py).
+Timing follows eval/timing.py's protocol (every prompt-length bucket, K and mode warmed first).
+Writes ${out_dir}/${name}/metrics.json (every number, the resolved config, the timing protocol, and
+provenance: the command as it ran, commit + dirty flag, a hash of the sources that ran, device,
+versions, time) and metrics.md (tables).
 """
 
 from pathlib import Path
@@ -16,7 +19,7 @@ from data._io import atomic_write_text
 from data.tokenizer import load_tokenizer
 from eval import figures
 from eval.accuracy import add_accuracy
-from eval.fidelity import greedy_fidelity, sampling_fidelity, two_sample_test
+from eval.fidelity import base_generate, greedy_fidelity, sampling_fidelity, two_sample_test
 from eval.metrics import kv_overhead
 from eval.paper_tables import (
     UNIT_NOTE,
@@ -31,7 +34,8 @@ from eval.paper_tables import (
 from eval.prompts import PromptSpec, encode_prompt, load_prompts
 from eval.provenance import provenance
 from eval.report import markdown_table, read_json, run_markdown, write_json
-from eval.runner import DecodeFn, DecodeRun, measure_block_sizes
+from eval.runner import DecodeFn, DecodeRun, EngineDecode, measure_block_sizes
+from eval.timing import protocol
 from models.checkpoint import load_orthrus
 from models.generate import generate
 from models.sampling import SamplingParams
@@ -44,21 +48,46 @@ def torch_dtype(name: str) -> torch.dtype:
     return dtype
 
 
-def run(cfg: DictConfig, decode_fn: DecodeFn = generate, command: list[str] | None = None) -> Path:
-    """Evaluate per `cfg` and write the results; returns the metrics.json path."""
+DECODERS = ("fast", "reference")
+
+
+def decode_function(name: str, max_seq_len: int) -> DecodeFn:
+    """decode.engine: the fast engine, or the reference loop on transformers' cache."""
+    if name == "fast":
+        return EngineDecode(max_seq_len)
+    if name == "reference":
+        return generate
+    raise ValueError(f"decode.engine={name!r}: use one of {DECODERS}")
+
+
+def run(cfg: DictConfig, command: list[str] | None = None) -> Path:
+    """Evaluate per `cfg` and write the results; returns the metrics.json path. `command`: the argv to
+    record (default sys.argv); it must reproduce the run as written."""
+    if cfg.decode.engine not in DECODERS:
+        raise ValueError(f"decode.engine={cfg.decode.engine!r}: use one of {DECODERS}")
+    for bench in cfg.benchmarks:
+        if bench not in cfg.prompt_sets:
+            raise KeyError(f"benchmark {bench!r} is not in prompt_sets (known: {sorted(cfg.prompt_sets)})")
     model_args = OmegaConf.to_container(cfg.model, resolve=True)
     model = load_orthrus(**{**model_args, "dtype": torch_dtype(model_args["dtype"])})
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model.base)
     sampling = SamplingParams(cfg.decode.temperature, cfg.decode.top_k, cfg.decode.top_p)
     block_sizes = sorted({k or model.config.block_size for k in cfg.decode.block_sizes})
     max_new = cfg.decode.max_new_tokens
+    prompts = {bench: load_prompts(PromptSpec(**OmegaConf.to_container(cfg.prompt_sets[bench], resolve=True)),
+                                   cfg.limit) for bench in cfg.benchmarks}
+    encoded = {bench: [encode_prompt(tokenizer, p.text, chat_template=cfg.prompt.chat_template,
+                                     enable_thinking=cfg.prompt.enable_thinking) for p in ps]
+               for bench, ps in prompts.items()}
+    longest = max([len(ids) for prompts in encoded.values() for ids in prompts] + list(cfg.context_sweep.lengths))
+    decode_fn = decode_function(cfg.decode.engine, longest + max(max_new, cfg.context_sweep.max_new_tokens)
+                                + max(block_sizes))
     decode = dict(max_new_tokens=max_new, sampling=sampling, seed=cfg.decode.seed, warmup=cfg.decode.warmup,
                   decode_fn=decode_fn, progress=cfg.progress)
 
     report = {
         "name": cfg.name,
         "label": cfg.label,
-        "provenance": provenance(model.device, command),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "model": {
             "base": cfg.model.base,
@@ -68,24 +97,20 @@ def run(cfg: DictConfig, decode_fn: DecodeFn = generate, command: list[str] | No
             "num_parameters": sum(p.numel() for p in model.parameters()),
             "kv_overhead": kv_overhead(model.config, model.config.block_size, model.dtype),
         },
-        "decode": {"max_new_tokens": max_new, "sampling": str(sampling), "block_sizes": block_sizes},
+        "decode": {"engine": cfg.decode.engine, "decode_fn": getattr(decode_fn, "__name__", str(decode_fn)),
+                   "max_new_tokens": max_new, "sampling": str(sampling), "block_sizes": block_sizes},
+        "timing_protocol": protocol(cfg.decode.warmup),
         "runs": [],
         "fidelity": [],
         "context_sweep": [],
     }
-    encoded = {}
-    for bench in tqdm(cfg.benchmarks, desc="benchmarks", disable=not cfg.progress):
-        if bench not in cfg.prompt_sets:
-            raise KeyError(f"benchmark {bench!r} is not in prompt_sets (known: {sorted(cfg.prompt_sets)})")
-        spec = PromptSpec(**OmegaConf.to_container(cfg.prompt_sets[bench], resolve=True))
-        prompts = load_prompts(spec, cfg.limit)
-        ids = [encode_prompt(tokenizer, p.text, chat_template=cfg.prompt.chat_template,
-                             enable_thinking=cfg.prompt.enable_thinking) for p in prompts]
-        encoded[bench] = ids
+    for bench, ids in tqdm(encoded.items(), desc="benchmarks", disable=not cfg.progress):
         rows, runs = measure_block_sizes(model, ids, block_sizes, desc=bench, **decode)
-        add_accuracy(rows, runs, cfg.suite.get(bench), prompts, tokenizer, cfg.suite.timeout_s)
+        add_accuracy(rows, runs, cfg.suite.get(bench), prompts[bench], tokenizer, cfg.suite.timeout_s)
         report["runs"] += [{"benchmark": bench, "num_prompts": len(ids), **row} for row in rows]
-        report["fidelity"].append(fidelity(cfg, model, ids, runs[max(block_sizes)], sampling, decode_fn) | {"benchmark": bench})
+        references = greedy_references(cfg, model, ids, sampling)
+        report["fidelity"] += [fidelity(cfg, model, ids, runs[K], sampling, decode_fn, references) | {"benchmark": bench}
+                               for K in block_sizes if K > 1 or len(block_sizes) == 1]
 
     if cfg.context_sweep.lengths:
         source = [t for prompts in encoded.values() for ids in prompts for t in ids]
@@ -95,23 +120,36 @@ def run(cfg: DictConfig, decode_fn: DecodeFn = generate, command: list[str] | No
                                           **{**decode, "max_new_tokens": cfg.context_sweep.max_new_tokens})
             report["context_sweep"] += [{"context_len": length, **row} for row in rows]
 
+    report = {"name": report.pop("name"), "label": report.pop("label"),
+              "provenance": provenance(model.device, command), **report}  # last: hashes every source that ran
     out = Path(cfg.out_dir) / cfg.name
     path = write_json(out / "metrics.json", report)
     atomic_write_text(out / "metrics.md", run_markdown(report))
     return path
 
 
+def greedy_references(cfg: DictConfig, model, prompts: list[list[int]], sampling: SamplingParams) -> list | None:
+    """transformers' greedy output on the first fidelity.num_prompts prompts, once for every K."""
+    if not (cfg.fidelity.exact_match and sampling.greedy):
+        return None
+    return [base_generate(model, torch.tensor([ids], device=model.device), cfg.decode.max_new_tokens)
+            for ids in tqdm(prompts[:cfg.fidelity.num_prompts], desc="transformers generate", disable=not cfg.progress,
+                            leave=False)]
+
+
 def fidelity(cfg: DictConfig, model, prompts: list[list[int]], run: DecodeRun, sampling: SamplingParams,
-             decode_fn: DecodeFn) -> dict:
-    """Exact match (greedy), analytic KL and the two-sample test (sampling), as configured."""
+             decode_fn: DecodeFn, references: list | None) -> dict:
+    """Exact match (greedy), the per-token sampling test and the two-sample test (sampling), as configured."""
     f, n, K = cfg.fidelity, cfg.fidelity.num_prompts, run.block_size
-    row = {"dtype": cfg.model.dtype, "block_size": K, "exact_match": None, "sampling_kl": None, "two_sample": None}
+    row = {"dtype": cfg.model.dtype, "block_size": K, "exact_match": None, "sampling": None, "two_sample": None}
     if f.exact_match:
         candidates = [r.new_tokens.tolist() for r in run.results[:n]] if sampling.greedy else None
         row["exact_match"] = greedy_fidelity(model, prompts[:n], cfg.decode.max_new_tokens, candidates=candidates,
-                                             block_size=K, decode_fn=decode_fn, progress=cfg.progress)
-    if not sampling.greedy and f.sampling_kl:
-        row["sampling_kl"] = sampling_fidelity(model, run.results[:n], sampling, progress=cfg.progress)
+                                             references=references, block_size=K, decode_fn=decode_fn,
+                                             progress=cfg.progress)
+    if not sampling.greedy and f.sampling_test:
+        row["sampling"] = sampling_fidelity(model, run.results, sampling, alpha=f.alpha, seed=cfg.decode.seed,
+                                            progress=cfg.progress)
     if not sampling.greedy and f.two_sample_samples:
         row["two_sample"] = two_sample_test(model, prompts[0], sampling, max_new_tokens=f.two_sample_tokens,
                                             num_samples=f.two_sample_samples, block_size=K, decode_fn=decode_fn,
@@ -119,7 +157,7 @@ def fidelity(cfg: DictConfig, model, prompts: list[list[int]], run: DecodeRun, s
     return row
 
 
-def evaluate_checkpoints(cfg: DictConfig, decode_fn: DecodeFn = generate) -> list[Path]:
+def evaluate_checkpoints(cfg: DictConfig) -> list[Path]:
     """metrics.json of every configured checkpoint, evaluating those not already done."""
     paths = []
     for name in cfg.reproduce.run:
@@ -129,19 +167,19 @@ def evaluate_checkpoints(cfg: DictConfig, decode_fn: DecodeFn = generate) -> lis
         run_cfg = OmegaConf.merge(cfg, cfg.reproduce.checkpoints[name], {"name": name})
         path = Path(run_cfg.out_dir) / name / "metrics.json"
         if not (cfg.reproduce.skip_existing and path.is_file()):
-            path = (evaluate_suite if cfg.reproduce.suite_lengths else run)(run_cfg, decode_fn=decode_fn)
+            path = (evaluate_suite if cfg.reproduce.suite_lengths else run)(run_cfg)
         paths.append(path)
     return paths
 
 
-def evaluate_suite(cfg: DictConfig, decode_fn: DecodeFn = generate) -> Path:
+def evaluate_suite(cfg: DictConfig) -> Path:
     """One evaluate call per benchmark at its suite max_new_tokens (conf/eval/suite.yaml), merged into
     ${out_dir}/<name>/metrics.json (each benchmark's own file stays under <name>/<benchmark>/)."""
     merged = None
     for bench in cfg.benchmarks:
         length = cfg.suite[bench].max_new_tokens if bench in cfg.suite else cfg.decode.max_new_tokens
         part = read_json(run(OmegaConf.merge(cfg, {"name": f"{cfg.name}/{bench}", "benchmarks": [bench],
-                                                         "decode": {"max_new_tokens": length}}), decode_fn=decode_fn))
+                                                         "decode": {"max_new_tokens": length}})))
         if merged is None:
             merged = {**part, "name": cfg.name, "runs": [], "fidelity": [], "context_sweep": []}
             merged["config"]["benchmarks"] = list(cfg.benchmarks)
@@ -165,7 +203,8 @@ def write_tables(metrics_paths: list[Path], paper_numbers: Path, out_dir: Path) 
                    table1(reports, paper, sources)),
         "speed": ("TPF, acceptance length and speedup in their units (largest K per model)",
                   speed_table(reports, paper, sources)),
-        "fidelity": ("Fidelity (greedy exact match vs transformers.generate; sampling KL and two-sample test)",
+        "fidelity": ("Fidelity (greedy exact match vs transformers.generate; sampling: per-token test vs the base "
+                     "sampler, and the two-sample test)",
                      fidelity_table(reports)),
         "memory": ("KV-cache overhead and peak memory", memory_table(reports, paper, sources)),
     }

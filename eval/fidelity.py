@@ -1,31 +1,27 @@
-"""Fidelity: does Orthrus produce what the base model produces?
+"""Fidelity: does Orthrus produce what the base model produces? Checks that fail when it does not.
 
-Three checks, from strictest to statistical:
-  * greedy exact match against `transformers`' own `generate` on the base model (token-level
+  * greedy: exact match against `transformers`' own `generate` on the base model (token-level
     rate up to the first divergence, and whole-sequence rate);
-  * sampling, analytically: for every emitted token, KL(p_base || p_eff) and the total
-    variation distance, where p_base is a plain base forward at that prefix and p_eff is the
-    distribution the acceptance rule actually draws from given the drafter's q and the verify
-    pass's p:
-        p_eff = min(p, q) + (1 - sum min(p, q)) * normalise(max(0, p - q))
-    for a draft slot, and p itself for the token after a fully accepted block (or the
-    prefill token). Rejection sampling makes p_eff = p exactly, so this is 0 up to float
-    error; in bf16 it also exposes any numeric gap between the verify pass (cache + block)
-    and a plain forward. q and p are recovered by replaying the decode from its recorded
-    acceptances, so the decoding loop needs no extra outputs;
-  * sampling, empirically: a chi-square homogeneity test between Orthrus samples and
-    `transformers`' `do_sample` samples over many seeds, per output position.
+  * sampling (`sampling_fidelity`, on by default in evaluation): every emitted token is tested
+    against the base model's sampling distribution *given its own prefix*, computed by a plain
+    forward of the base model. Under a lossless rule each token's randomised PIT is Uniform(0, 1)
+    independently of the past, whatever the drafts were, so a chi-square test of the PIT values
+    has a known false-alarm rate (alpha, also simulated at the run's sample size) and catches a
+    rule that emits tokens from anything other than p (accepting every draft, sampling the
+    drafter at a rejection, a residual of p instead of max(0, p - q): tests/test_fidelity_rules.py);
+  * sampling, two-sample: a chi-square homogeneity test between Orthrus samples and
+    `transformers`' `do_sample` samples over many seeds, per output position (optional).
 Run once per dtype (fp32 and bf16 results are reported separately).
 """
 
+import numpy as np
 import torch
-from scipy.stats import chi2_contingency
+from scipy.stats import chi2, chi2_contingency, chisquare
 from tqdm import tqdm
-from transformers import DynamicCache, GenerationMixin
+from transformers import GenerationMixin
 
 from eval.runner import DecodeFn
 from models.generate import GenerationResult, generate
-from models.orthrus import prefix_attend
 from models.sampling import SamplingParams, logits_to_probs
 
 
@@ -85,6 +81,7 @@ def greedy_fidelity(
     max_new_tokens: int,
     *,
     candidates: list[list[int]] | None = None,
+    references: list[list[int]] | None = None,
     block_size: int | None = None,
     eos_token_id: int | list[int] | None = None,
     decode_fn: DecodeFn = generate,
@@ -94,6 +91,7 @@ def greedy_fidelity(
     """Exact match of greedy Orthrus decoding vs greedy HF generate on the base model.
 
     candidates: Orthrus outputs already decoded (new tokens per prompt); decoded here if None.
+    references: HF outputs already decoded (one list serves every block size); decoded here if None.
     base_model: defaults to `model` itself, whose forward *is* the frozen base model.
     """
     base_model = base_model if base_model is not None else model
@@ -105,103 +103,88 @@ def greedy_fidelity(
             cands.append(out.new_tokens.tolist())
         else:
             cands.append(candidates[i])
-        refs.append(base_generate(base_model, input_ids.to(base_model.device), max_new_tokens, eos_token_id=eos_token_id))
+        refs.append(references[i] if references is not None else base_generate(
+            base_model, input_ids.to(base_model.device), max_new_tokens, eos_token_id=eos_token_id))
     return exact_match(cands, refs)
 
 
 def _normalised(p: torch.Tensor) -> torch.Tensor:
-    """float64 and summing to 1: torch.multinomial draws from p / sum(p), not from p itself, and
-    float32 rows sum to 1 only within ~1e-7, an error the KL would otherwise report."""
+    """float64 and summing to 1: torch.multinomial draws from p / sum(p), not from p itself."""
     p = p.double()
     return p / p.sum(-1, keepdim=True)
 
 
-def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) per row in float64; inf where q misses mass that p has."""
-    p, q = _normalised(p), _normalised(q)
-    terms = torch.where(p > 0, p * (p.log() - q.log()), torch.zeros_like(p))
-    return terms.sum(-1)
-
-
-def _effective(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Distribution of the token emitted at one draft slot, given it was reached: the draft
-    x ~ q kept with probability min(1, p/q), else a draw from the normalised residual
-    max(0, p - q) (p itself if the residual is empty), as in models.sampling.speculative_accept."""
-    p, q = _normalised(p), _normalised(q)
-    kept = torch.minimum(p, q)
-    residual = (p - q).clamp_min(0)
-    dist = residual / residual.sum() if residual.sum() > 0 else p
-    return kept + (1 - kept.sum()) * dist
+FIDELITY_ALPHA = 1e-3
+PIT_BINS = 16
+FALSE_ALARM_REPS = 20000
 
 
 @torch.inference_mode()
-def effective_distributions(model, result: GenerationResult, sampling: SamplingParams) -> torch.Tensor:
-    """(num_new_tokens, V) distributions each emitted token was drawn from, recovered by
-    replaying the decode (same blocks, same cache growth) from its recorded acceptances.
+def token_pits(base_model, result: GenerationResult, sampling: SamplingParams,
+               generator: torch.Generator) -> tuple[torch.Tensor, int]:
+    """Randomised probability integral transforms of one sampled result's new tokens under the base
+    sampler, and how many tokens the base sampler could not have drawn (probability 0).
 
-    The rejected drafts are not recorded; they are replaced by mask tokens, which changes no
-    row the emitted tokens depend on (the verify pass is causal, and later rows are cropped).
+    For token x_t with base distribution p_t = p_base(. | x_<t) (one plain forward of the base model
+    over the whole sequence) and the vocabulary ordered by p_t (descending, ties by id):
+        u_t = P_t(tokens before x_t) + V * p_t(x_t),   V ~ Uniform(0, 1).
+    If every x_t is drawn from p_t given its prefix -- the lossless promise, whatever the drafts were --
+    each u_t is Uniform(0, 1) given everything before it, so all u_t are i.i.d. uniform.
     """
-    seq, L = result.sequences.to(model.device), result.prompt_len
-    mask_id, scale = model.config.mask_token_id, model.model.layers[0].self_attn.scaling
-    cache = DynamicCache(config=model.config)
-    logits = model(input_ids=seq[:, :L], past_key_values=cache, use_cache=True).logits[0, -1]
-    rows = [_normalised(logits_to_probs(logits, sampling))]  # the prefill token is drawn from p
-    start = L
-    for n_acc, n_emit, k in zip(result.accepted, result.emitted, result.proposed):
-        positions = torch.arange(start, start + k, device=seq.device)[None]
-        block = torch.full((1, k), mask_id, dtype=torch.long, device=seq.device)
-        block[0, 0] = seq[0, start]
-        q = None
-        if k > 1:
-            d_logits = model.diffusion_forward(block, positions, prefix_attend(cache, start, scale))[0, :-1]
-            q = logits_to_probs(d_logits, sampling)
-        m = min(n_acc, n_emit)  # a clipped last iteration emitted fewer drafts than it accepted
-        block[0, 1 : m + 1] = seq[0, start + 1 : start + 1 + m]
-        p = logits_to_probs(model(input_ids=block, position_ids=positions, past_key_values=cache, use_cache=True).logits[0], sampling)
-        for i in range(n_emit):  # emitted token i + 1 of this block sits at position start + i + 1
-            rows.append(_effective(p[i], q[i]) if i < k - 1 else _normalised(p[i]))
-        extra = cache.get_seq_length() - (start + n_acc + 1)
-        if extra > 0:
-            cache.crop(-extra)
-        start += n_acc + 1
-    return torch.stack(rows)
-
-
-@torch.inference_mode()
-def sampling_divergences(model, result: GenerationResult, sampling: SamplingParams, base_model=None) -> dict[str, torch.Tensor]:
-    """Per emitted token of one sampled result: KL(p_base || p_eff) and the total variation
-    distance between them. Both are 0 up to float error in fp32. KL is inf where p_eff misses
-    a token p_base can draw (in bf16, a top-k/top-p cut that falls differently in the verify
-    pass than in a plain forward); TV stays finite and says how much probability moved."""
-    if sampling.greedy:
-        raise ValueError("sampling divergences need sampling parameters with temperature > 0")
-    base_model = base_model if base_model is not None else model
     seq = result.sequences.to(base_model.device)
     n = result.num_new_tokens
-    base_logits = base_model(input_ids=seq[:, :-1], logits_to_keep=n).logits[0]  # rows predict positions L..L+n-1
-    p_base = _normalised(logits_to_probs(base_logits, sampling))
-    p_eff = effective_distributions(model, result, sampling).to(p_base.device)
-    return {"kl": _kl(p_base, p_eff), "tv": 0.5 * (p_base - p_eff).abs().sum(-1)}
+    logits = base_model(input_ids=seq[:, :-1], logits_to_keep=n).logits[0]  # rows predict positions L..L+n-1
+    p = _normalised(logits_to_probs(logits, sampling)).cpu()
+    tokens = result.new_tokens.cpu()
+    order = torch.sort(-p, dim=-1, stable=True).indices
+    sorted_p = p.gather(-1, order)
+    rank = (order == tokens[:, None]).long().argmax(-1, keepdim=True)
+    p_x = sorted_p.gather(-1, rank)[:, 0]
+    below = sorted_p.cumsum(-1).gather(-1, rank)[:, 0] - p_x
+    v = torch.rand(n, generator=generator, dtype=torch.float64)
+    return (below + v * p_x).clamp(0, 1), int((p_x == 0).sum())
 
 
-def sampling_fidelity(model, results: list[GenerationResult], sampling: SamplingParams,
-                      base_model=None, progress: bool = True) -> dict:
-    """KL and TV statistics over every token of many sampled results (kl_mean is inf as soon as
-    one token's KL is; kl_mean_finite and kl_infinite_tokens split that case)."""
-    per = [sampling_divergences(model, r, sampling, base_model)
-           for r in tqdm(results, desc="sampling KL", disable=not progress, leave=False)]
-    kl, tv = torch.cat([d["kl"] for d in per]), torch.cat([d["tv"] for d in per])
-    finite = kl.isfinite()
-    return {
-        "kl_mean": kl.mean().item(),
-        "kl_max": kl.max().item(),
-        "kl_mean_finite": kl[finite].mean().item() if finite.any() else None,
-        "kl_infinite_tokens": int((~finite).sum()),
-        "tv_mean": tv.mean().item(),
-        "tv_max": tv.max().item(),
-        "num_tokens": kl.numel(),
-    }
+def pit_uniformity(u: torch.Tensor, alpha: float = FIDELITY_ALPHA, bins: int = PIT_BINS) -> dict:
+    """Chi-square goodness of fit of PIT values to Uniform(0, 1) over `bins` equal bins, and the test's
+    false-alarm rate at this sample size, simulated exactly (under the null the bin counts are one
+    multinomial draw) rather than taken from the chi-square approximation."""
+    n = u.numel()
+    if n < 5 * bins:  # expected count < 5 per bin: the chi-square approximation does not hold
+        return {"num_tokens": n, "bins": bins, "pvalue": None, "alpha": alpha, "passed": None,
+                "not_run": f"{n} sampled tokens, fewer than the {5 * bins} a {bins}-bin test needs: sample more "
+                           "(more prompts or max_new_tokens)"}
+    counts = torch.bincount((u * bins).long().clamp(max=bins - 1), minlength=bins).numpy()
+    result = chisquare(counts)
+    null = np.random.default_rng(0).multinomial(n, [1 / bins] * bins, size=FALSE_ALARM_REPS)
+    null_pvalues = chi2.sf(((null - n / bins) ** 2 / (n / bins)).sum(1), bins - 1)
+    return {"num_tokens": n, "bins": bins, "counts": counts.tolist(), "statistic": float(result.statistic),
+            "pvalue": float(result.pvalue), "alpha": alpha, "passed": bool(result.pvalue >= alpha),
+            "false_alarm_rate_simulated": float((null_pvalues < alpha).mean()),
+            "false_alarm_simulations": FALSE_ALARM_REPS}
+
+
+def sampling_fidelity(model, results: list[GenerationResult], sampling: SamplingParams, *, base_model=None,
+                      alpha: float = FIDELITY_ALPHA, bins: int = PIT_BINS, seed: int = 0,
+                      progress: bool = True) -> dict:
+    """Do sampled Orthrus tokens follow the base model's sampler? A test that fails when they do not.
+
+    Every emitted token of `results` is checked against the base distribution given its own prefix
+    (`token_pits`), and the PIT values against Uniform(0, 1) (`pit_uniformity`): "passed" is False at
+    significance `alpha` -- the false-alarm rate of a lossless decoder, stated with its simulation.
+    base_model: defaults to `model`, whose forward *is* the frozen base model. Tokens the base sampler
+    gives probability 0 (e.g. a top-p cut that falls differently in bf16) are counted apart."""
+    if sampling.greedy:
+        raise ValueError("sampling fidelity needs sampling parameters with temperature > 0 (greedy: exact match)")
+    base_model = base_model if base_model is not None else model
+    g = torch.Generator().manual_seed(seed)
+    pits, off_support = [], 0
+    for r in tqdm(results, desc="sampling fidelity", disable=not progress, leave=False):
+        u, off = token_pits(base_model, r, sampling, g)
+        pits.append(u)
+        off_support += off
+    return {"test": "randomised PIT of each token under p_base(. | its prefix), chi-square vs Uniform(0, 1)",
+            **pit_uniformity(torch.cat(pits), alpha, bins), "zero_probability_tokens": off_support}
 
 
 def two_sample_test(

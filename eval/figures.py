@@ -98,3 +98,31 @@ def throughput_vs_context(reports: list[dict], path: Path) -> Path | None:
     ax.set_title("Throughput vs context length")
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def speedup_by_k(reports: list[dict], path: Path) -> Path | None:
+    """Decode speedup over K=1 (left) and time to first token (right) against K, one line per
+    (run, benchmark): the measurements of eval/timing.py's protocol."""
+    series = {}
+    for rep in reports:
+        for row in rep["runs"]:
+            if row.get("speedup") is not None:
+                series.setdefault(f"{_label(rep)} / {row['benchmark']}", []).append(
+                    (row["block_size"], row["speedup"], row["ttft_ms"]))
+    if not series:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, points in series.items():
+        ks, speedups, ttfts = zip(*sorted(points))
+        left.plot(ks, speedups, marker="o", label=label)
+        right.plot(ks, ttfts, marker="o", label=label)
+    left.axhline(1.0, color="k", lw=0.8, ls="--")
+    for ax, ylabel in ((left, "decode speedup over K=1 (same decoder)"), (right, "time to first token (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("block size K")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    left.legend(fontsize=7)
+    fig.suptitle("Measured (eval/timing.py protocol: every shape, K and mode warmed before timing)")
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -109,11 +109,6 @@ def tokens_per_second(results: list[GenerationResult], timings: list[Timing]) ->
     return sum(r.num_new_tokens for r in results) / max(sum(t.seconds for t in timings), 1e-12)
 
 
-def speedup(tokens_per_s: float, baseline_tokens_per_s: float) -> float:
-    """Wall-clock speedup over the AR baseline (block_size=1 on the same decode function)."""
-    return tokens_per_s / baseline_tokens_per_s
-
-
 def free_memory() -> None:
     """Give back what finished models, engines or training steps held before the next is measured.
     Garbage is collected first: tensors kept by reference cycles (an engine's captured CUDA graphs, a

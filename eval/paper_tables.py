@@ -129,14 +129,14 @@ def table1(reports: list[dict], paper: PaperNumbers, sources: list[dict]) -> tup
 
 def fidelity_table(reports: list[dict]) -> tuple[list[str], list[list]]:
     headers = ["model", "benchmark", "dtype", "K", "exact-match tokens", "exact-match sequences",
-               "KL mean", "KL max", "KL = inf tokens", "TV max", "two-sample p (Bonferroni)"]
+               "sampling test p", "alpha", "sampled tokens", "zero-probability tokens", "two-sample p (Bonferroni)"]
     rows = []
     for rep in reports:
         label = rep.get("label") or rep["name"]
         for f in rep["fidelity"]:
-            em, kl, ts = f.get("exact_match") or {}, f.get("sampling_kl") or {}, f.get("two_sample") or {}
+            em, st, ts = f.get("exact_match") or {}, f.get("sampling") or {}, f.get("two_sample") or {}
             rows.append([label, f["benchmark"], f["dtype"], f["block_size"], em.get("token_rate"), em.get("sequence_rate"),
-                         kl.get("kl_mean"), kl.get("kl_max"), kl.get("kl_infinite_tokens"), kl.get("tv_max"),
+                         st.get("pvalue"), st.get("alpha"), st.get("num_tokens"), st.get("zero_probability_tokens"),
                          ts.get("bonferroni_pvalue")])
     return headers, rows
 

@@ -1,22 +1,24 @@
-"""Run a decode function over a prompt set at several block sizes and time it.
+"""Run a decode function over a prompt set at several block sizes, timed by eval/timing.py's protocol.
 
-The decode function is pluggable so the fast engine can be measured with the same code:
+The decode function is pluggable so the fast engine and the reference loop are measured by the
+same code:
     decode_fn(model, input_ids (1, L), max_new_tokens, *, block_size, sampling, eos_token_id,
               generator, streamer) -> GenerationResult
-`models.generate.generate` is the default. The streamer is how time to first token is
-measured without touching the loop: the first `put` after the prompt carries the first token.
-Speedups are taken against block_size=1 *on the same decode function*, so the engine's
-own optimisations do not inflate them.
+`models.generate.generate` is the reference loop; `EngineDecode` wraps the fast engine. The
+streamer is how time to first token is measured without touching the loop: the first `put`
+after the prompt carries the first token. Speedups are taken against block_size=1 *on the same
+decode function in the same warm state*, so neither the engine's optimisations nor first-call
+compilation inflate them.
 """
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
-from eval.metrics import Timing, peak_memory, reset_peak_memory, speedup, summarize
+from eval.metrics import Timing, peak_memory, reset_peak_memory, summarize
+from eval.timing import HostClock, add_speedups, speed, timed_call, warm_prompts
 from models.generate import GenerationResult, generate
 from models.sampling import SamplingParams
 
@@ -32,25 +34,22 @@ class DecodeRun:
     timings: list[Timing]
 
 
-class _FirstTokenClock:
-    """A streamer that notes when the first new token arrives (the first put is the prompt)."""
+class EngineDecode:
+    """`decode_fn` for the fast engine (models/engine.py: static cache; on CUDA also CUDA graphs and
+    the Triton kernels, on the CPU its PyTorch ops), one engine per model, built on first use with
+    `max_seq_len` cache rows (the longest prompt + max_new_tokens + the largest K)."""
 
-    def __init__(self, start: float, device: torch.device):
-        self.start, self.device, self.puts, self.first = start, device, 0, None
+    __name__ = "OrthrusEngine.generate"
 
-    def put(self, tokens):
-        self.puts += 1
-        if self.puts == 2:
-            _sync(self.device)
-            self.first = time.perf_counter() - self.start
+    def __init__(self, max_seq_len: int, **engine_kwargs):
+        self.max_seq_len, self.engine_kwargs, self.engines = max_seq_len, engine_kwargs, {}
 
-    def end(self):
-        pass
+    def __call__(self, model, input_ids, max_new_tokens, **kwargs):
+        if id(model) not in self.engines:
+            from models.engine import OrthrusEngine
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+            self.engines[id(model)] = OrthrusEngine(model, self.max_seq_len, **self.engine_kwargs)
+        return self.engines[id(model)].generate(input_ids, max_new_tokens, **kwargs)
 
 
 def decode_prompts(
@@ -65,27 +64,21 @@ def decode_prompts(
     decode_fn: DecodeFn = generate,
     progress: bool = True,
     desc: str = "decode",
+    clock=None,
 ) -> DecodeRun:
-    """Decode every prompt once; prompt i samples with a generator seeded `seed + i`, so every
-    block size sees the same seeds."""
+    """Decode every prompt once, timing each call; prompt i samples with a generator seeded
+    `seed + i`, so every block size sees the same seeds."""
     device = model.device
+    clock = clock or HostClock(device)
     run = DecodeRun(block_size=block_size, results=[], timings=[])
     for i, ids in enumerate(tqdm(prompts, desc=desc, disable=not progress, leave=False)):
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)
         generator = torch.Generator(device=device).manual_seed(seed + i)
-        _sync(device)
-        start = time.perf_counter()
-        clock = _FirstTokenClock(start, device)
-        result = decode_fn(
-            model, input_ids, max_new_tokens, block_size=block_size, sampling=sampling,
-            eos_token_id=eos_token_id, generator=generator, streamer=clock,
-        )
-        _sync(device)
-        seconds = time.perf_counter() - start
-        if clock.first is None:
-            raise RuntimeError(f"{decode_fn.__name__} never called streamer.put with the first token; TTFT needs it")
+        result, timing = timed_call(lambda streamer: decode_fn(
+            model, input_ids, max_new_tokens, block_size=block_size, sampling=sampling, eos_token_id=eos_token_id,
+            generator=generator, streamer=streamer), clock)
         run.results.append(result)
-        run.timings.append(Timing(seconds=seconds, first_token_seconds=clock.first))
+        run.timings.append(timing)
     return run
 
 
@@ -98,30 +91,35 @@ def measure_block_sizes(
     sampling: SamplingParams = SamplingParams(),
     eos_token_id: int | list[int] | None = None,
     seed: int = 0,
-    warmup: bool = True,
+    warmup: str = "buckets",
     decode_fn: DecodeFn = generate,
     progress: bool = True,
     desc: str = "",
+    clock=None,
 ) -> tuple[list[dict], dict[int, DecodeRun]]:
     """One summary row per block size (speedup filled when 1, the AR baseline, is measured too)
-    and the raw runs keyed by block size (fidelity checks reuse their outputs)."""
+    and the raw runs keyed by block size (fidelity checks reuse their outputs).
+
+    The protocol of eval/timing.py: every block size is warmed on `warmup`'s prompts (one per
+    prompt-length bucket by default) before any block size is timed."""
     if not prompts:
         raise ValueError("no prompts to decode")
     device = model.device
+    Ks = sorted(set(block_sizes))
+    common = dict(sampling=sampling, eos_token_id=eos_token_id, seed=seed, decode_fn=decode_fn, clock=clock)
+    warm = warm_prompts(prompts, warmup)
+    for K in tqdm(Ks if warm else [], desc=f"{desc} warm-up".strip(), disable=not progress, leave=False):
+        new = max_new_tokens if warmup == "all" else min(max_new_tokens, 2 * K + 1)
+        decode_prompts(model, warm, block_size=K, max_new_tokens=new, progress=False, **common)
     rows, runs = [], {}
-    for K in sorted(set(block_sizes)):
-        if warmup:  # first calls pay for allocator growth, kernel selection, graph capture
-            decode_prompts(model, prompts[:1], block_size=K, max_new_tokens=min(max_new_tokens, 2 * K + 1),
-                           sampling=sampling, eos_token_id=eos_token_id, decode_fn=decode_fn, progress=False)
+    for K in Ks:
         reset_peak_memory(device)
-        run = decode_prompts(model, prompts, block_size=K, max_new_tokens=max_new_tokens, sampling=sampling,
-                             eos_token_id=eos_token_id, seed=seed, decode_fn=decode_fn, progress=progress,
-                             desc=f"{desc} K={K}".strip())
+        run = decode_prompts(model, prompts, block_size=K, max_new_tokens=max_new_tokens, progress=progress,
+                             desc=f"{desc} K={K}".strip(), **common)
         memory = peak_memory(device)
         runs[K] = run
-        rows.append({"block_size": K, **summarize(run.results, run.timings),
-                     "peak_memory_bytes": memory["bytes"], "peak_memory_kind": memory["kind"]})
-    base = next((r["tokens_per_second"] for r in rows if r["block_size"] == 1), None)
-    for row in rows:
-        row["speedup"] = speedup(row["tokens_per_second"], base) if base else None
+        rows.append({"block_size": K, **summarize(run.results, run.timings), **speed(run.results, run.timings),
+                     "warmup_prompts": len(warm), "peak_memory_bytes": memory["bytes"],
+                     "peak_memory_kind": memory["kind"]})
+    add_speedups(rows)
     return rows, runs

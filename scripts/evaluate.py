@@ -3,10 +3,10 @@
     python -m scripts.evaluate name=orthrus_qwen3_8b label=qwen3_8b model.base=chiennv/Orthrus-Qwen3-8B \\
         benchmarks=[humaneval,math500] limit=100
     python -m scripts.evaluate name=tiny model.base=/path/to/ckpt model.device=cpu model.dtype=float32 \\
-        decode.max_new_tokens=64 decode.temperature=0.6 decode.top_k=20 decode.top_p=0.95
+        decode.max_new_tokens=64 decode.temperature=0.6 decode.top_k=20 decode.top_p=0.95 decode.engine=reference
 
-Writes ${out_dir}/${name}/metrics.json (every number, the resolved config, and provenance:
-command, commit + dirty flag, device, versions, time) and metrics.md (tables).
+decode.engine picks the decoder: `fast` (the engine) or `reference` (the reference loop); the
+orchestration and what metrics.json holds: eval/evaluate.py.
 """
 
 import hydra

@@ -19,7 +19,7 @@ Stages (`--stages`, in this order; each one skips nothing and overwrites its out
              the card says so), installs diffusion/ (bf16 safetensors + its json + metrics);
   eval       scripts/evaluate.py on HumanEval and the held-out prompts at K = 1 (the AR
              baseline) and each of --block-sizes: TPF, acceptance histogram, exact match vs the
-             base, sampling KL, wall-clock speedup; results into results/<preset>/;
+             base, sampling fidelity test, wall-clock speedup; results into results/<preset>/;
   card       the artifacts' README.md: how every file was made (commands, commit, device,
              tokens, times) and the measured numbers;
   pack       tars the artifacts and results into --out (for the GPU machine's $OUT).
@@ -64,7 +64,7 @@ class Preset:
     pretrain: list[str]  # overrides of scripts/pretrain_base.py (its corpus settings are reused)
     diffusion: list[str]  # overrides of train.py
     eval: list[str]  # overrides of scripts/evaluate.py, both runs
-    sampling_eval: list[str]  # further overrides of the sampling run (sampling KL)
+    sampling_eval: list[str]  # further overrides of the sampling run (sampling fidelity test)
     artifacts: str  # where the shipped files go
     results: str  # where the measured results go
     work: str  # scratch: corpus, unshipped checkpoints, training runs
@@ -101,7 +101,7 @@ PRESETS = {
             "logging.log_every=1", "logging.progress_bar=false", "objective.loss_decay=4.0",
         ],
         eval=["model.device=cpu", "model.dtype=float32", "decode.max_new_tokens=24", "limit=2",
-              "decode.warmup=false", "fidelity.num_prompts=2", "progress=false"],
+              "decode.warmup=none", "fidelity.num_prompts=2", "progress=false"],
         sampling_eval=["limit=1", "decode.temperature=1.0", "decode.max_new_tokens=12", "fidelity.num_prompts=1",
                        "fidelity.exact_match=false"],
         artifacts=".cache/toy/artifacts/orthrus-small",
@@ -324,23 +324,6 @@ def torch_bf16():
     return torch.bfloat16
 
 
-class EngineDecode:
-    """`decode_fn` for eval.runner: the fast engine (static cache; on CUDA also CUDA graphs and
-    the Triton kernels, on the CPU its PyTorch ops), one engine per model, built on first use."""
-
-    __name__ = "OrthrusEngine.generate"
-
-    def __init__(self, max_seq_len: int):
-        self.max_seq_len, self.engines = max_seq_len, {}
-
-    def __call__(self, model, input_ids, max_new_tokens, **kwargs):
-        if id(model) not in self.engines:
-            from models.engine import OrthrusEngine
-
-            self.engines[id(model)] = OrthrusEngine(model, self.max_seq_len)
-        return self.engines[id(model)].generate(input_ids, max_new_tokens, **kwargs)
-
-
 def eval_overrides(p: Preset) -> list[str]:
     art = p.artifacts
     return [
@@ -357,19 +340,17 @@ def eval_overrides(p: Preset) -> list[str]:
 def stage_eval(p: Preset, log: list[dict], out: Path | None = None) -> None:
     """eval.evaluate.run twice, with the fast engine as the decode function: greedy
     (TPF, acceptance, exact match vs transformers' generate, speedup over K=1) and sampling
-    (analytic KL between the base's and Orthrus's per-token distributions)."""
-    from eval.evaluate import run as evaluate
-
+    (every sampled token tested against the base sampler given its prefix)."""
+    from eval import evaluate
     for name, extra in (("greedy", []), ("sampling", p.sampling_eval)):
-        decode_fn = EngineDecode(max_seq_len=4096)
         overrides = [*eval_overrides(p), *extra, f"name={name}"]
         start = time.time()
         cfg = compose("eval", overrides)
         command = ["-m", "scripts.evaluate", *overrides]
-        print(f"\n=== eval {name}: python {shlex.join(command)}  (decode_fn: {decode_fn.__name__})", flush=True)
-        path = evaluate(cfg, decode_fn=decode_fn, command=command)
+        print(f"\n=== eval {name}: python {shlex.join(command)}", flush=True)
+        path = evaluate.run(cfg, command=command)
         seconds = time.time() - start
-        log.append({"stage": f"eval-{name}", "command": shlex.join(["python", *command]), "decode_fn": decode_fn.__name__,
+        log.append({"stage": f"eval-{name}", "command": shlex.join(["python", *command]), "decode_fn": cfg.decode.engine,
                     "seconds": round(seconds, 1), "returncode": 0})
         print(f"=== eval {name} done in {seconds:.0f} s: {path}", flush=True)
         if out is not None:  # results so far travel back even if the next run outlasts the call
@@ -413,7 +394,7 @@ def summarize_results(p: Preset) -> dict:
             "tokens_per_second": r["tokens_per_second"], "speedup": r["speedup"],
             "acceptance_histogram": r["acceptance_histogram"],
             "exact_match": (fid or {}).get("exact_match"),
-            "sampling_kl": (kl or {}).get("sampling_kl") if kl and kl["block_size"] == r["block_size"] else None,
+            "sampling_test": (kl or {}).get("sampling") if kl and kl["block_size"] == r["block_size"] else None,
         })
     best = {}
     for bench in {r["benchmark"] for r in rows}:
@@ -438,27 +419,26 @@ def write_results_summary(p: Preset) -> dict:
                          if any(st["stage"].startswith("eval") for st in r["stages"])), "python -m scripts.run_small_pipeline")
     lines = [
         "# orthrus-small: measured results\n",
-        f"- command: `{pipeline_cmd}` (greedy run inside it: `{prov['command']}`, with the fast engine as `decode_fn`)",
+        f"- command: `{pipeline_cmd}` (greedy run inside it: `{prov['command']}`)",
         f"- commit: {prov['git']['commit'] or commit()}",
         f"- device: {prov['device']}; torch {prov['torch']}, transformers {prov['transformers']}; {prov['timestamp']}",
         f"- decoding: fp32, greedy, max_new_tokens={summary['max_new_tokens']}, the fast engine (models/engine.py: CUDA "
         "graphs and Triton kernels on a GPU, its PyTorch ops on a CPU); "
         "speedup = tokens/s over K=1 on the same engine; exact match = greedy Orthrus vs `transformers` `generate` "
-        "on the base model (sequence rate) on the first prompts of each set; sampling KL = mean per-token "
-        f"KL(p_base || p_Orthrus) at {summary['sampling']}",
+        "on the base model (sequence rate) on the first prompts of each set; sampling test = p-value of every "
+        f"sampled token against the base sampler given its prefix (eval/fidelity.py) at {summary['sampling']}",
         "",
-        "| prompts | n | K | TPF (tok / all passes) | accept len (tok / verify) | tok/iter (diagnostic) | tok/s | speedup "
-        "| exact match (seq / token) | sampling KL (mean / max) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| prompts | n | K | TPF | accept len | tok/s | speedup | exact match (seq / token) | sampling test p (tokens) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(summary["rows"], key=lambda r: (r["benchmark"], r["block_size"])):
-        em, kl = r["exact_match"], r["sampling_kl"]
+        em, kl = r["exact_match"], r["sampling_test"]
         lines.append(
             f"| {BENCH_NAMES.get(r['benchmark'], r['benchmark'])} | {r['num_prompts']} | {r['block_size']} | "
             f"{r['tpf']:.2f} | {r['acceptance_length']:.2f} | {r['tokens_per_iteration']:.2f} | {r['tokens_per_second']:.0f} | "
             f"{r['speedup']:.2f}x | "
             + (f"{em['sequence_rate']:.3f} / {em['token_rate']:.3f} (n={em['num_sequences']})" if em else "–") + " | "
-            + (f"{kl['kl_mean']:.2e} / {kl['kl_max']:.2e} ({kl['num_tokens']} tok)" if kl else "–") + " |"
+            + (f"{kl['pvalue']:.3g} ({kl['num_tokens']} tok)" if kl and kl["pvalue"] is not None else "–") + " |"
         )
     lines += ["", "Acceptance histograms (count of iterations accepting n drafts, n = 0..K-1):", ""]
     for r in sorted(summary["rows"], key=lambda r: (r["benchmark"], r["block_size"])):

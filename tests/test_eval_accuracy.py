@@ -93,7 +93,7 @@ def test_humaneval_functional_correctness_identical_for_base_and_orthrus(make_mo
     prompts = load_prompts(PromptSpec(**PROMPT_SETS["humaneval"]), limit=4)
     tok = CharTokenizer()
     ids = [tok.encode(p.text)[-48:] for p in prompts]  # the tail of each prompt: the tiny model's context
-    rows, runs = measure_block_sizes(make_model(seed=3), ids, [1, 4], max_new_tokens=24, progress=False, warmup=False)
+    rows, runs = measure_block_sizes(make_model(seed=3), ids, [1, 4], max_new_tokens=24, progress=False, warmup="none")
     add_accuracy(rows, runs, SUITE["humaneval"], prompts, tok, timeout=5.0)
     base, orthrus = (row["accuracy"] for row in rows)
     assert base == orthrus and base["metric"] == "pass@1" and base["n"] == 4

@@ -175,6 +175,8 @@ def test_evaluate_cli_end_to_end(checkpoint, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["provenance"]["command"].endswith(shlex.join(["-m", "scripts.evaluate", *overrides]))
     assert re.fullmatch(r"[0-9a-f]{40}", metrics["provenance"]["git"]["commit"])
+    assert re.fullmatch(r"[0-9a-f]{64}", metrics["provenance"]["source_hash"]["sha256"])
+    assert metrics["decode"]["decode_fn"] == "OrthrusEngine.generate" and "warm-up" in metrics["timing_protocol"]
     assert metrics["provenance"]["device"].startswith("cpu") and metrics["provenance"]["torch"] == torch.__version__
     assert [(r["benchmark"], r["block_size"]) for r in metrics["runs"]] == [("local_jsonl", 1), ("local_jsonl", 4)]
     assert metrics["runs"][0]["speedup"] == 1.0 and metrics["runs"][1]["num_prompts"] == 3
@@ -191,11 +193,14 @@ def test_evaluate_cli_end_to_end(checkpoint, tmp_path):
 def test_evaluate_sampling_fidelity(checkpoint, tmp_path):
     cfg = eval_config(tiny_run_overrides(checkpoint, tmp_path, "tiny_sampled") + [
         "decode.temperature=0.8", "decode.top_k=20", "decode.block_sizes=[null]", "fidelity.two_sample_samples=10",
-        "fidelity.two_sample_tokens=3"])
+        "fidelity.two_sample_tokens=3", "decode.max_new_tokens=40", "decode.engine=reference", "limit=6"])
     metrics = json.loads(run(cfg).read_text())
     f = metrics["fidelity"][0]
+    assert metrics["decode"]["decode_fn"] == "generate"
     assert f["dtype"] == "float32" and f["exact_match"]["sequence_rate"] == 1.0
-    assert f["sampling_kl"]["kl_max"] <= 1e-6 and 0 < f["sampling_kl"]["num_tokens"] <= 2 * 12  # EOS may end early
+    s = f["sampling"]  # every sampled token of the run, tested against the base sampler
+    assert s["passed"] and s["num_tokens"] >= 5 * s["bins"] and s["zero_probability_tokens"] == 0
+    assert s["alpha"] == 1e-3 and s["false_alarm_rate_simulated"] < 3e-3
     assert len(f["two_sample"]["pvalues"]) == 3
     assert metrics["runs"][0]["speedup"] is None  # no K=1 run to compare against
 
@@ -221,7 +226,7 @@ def fake_report(name: str, label: str, tpf: dict[str, float], context_sweep: boo
                   "kv_overhead": {"persistent_bytes": 0, "diffusion_block_bytes": 4.5 * 2**20, "kv_bytes_per_token": 147456}},
         "runs": runs,
         "fidelity": [{"benchmark": b, "dtype": "bfloat16", "block_size": 32, "exact_match": {"token_rate": 1.0, "sequence_rate": 1.0},
-                      "sampling_kl": None, "two_sample": None} for b in tpf],
+                      "sampling": None, "two_sample": None} for b in tpf],
         "context_sweep": sweep,
     }
 
@@ -274,7 +279,7 @@ def test_reproduce_runs_each_benchmark_at_its_suite_length(checkpoint, tmp_path)
     gsm8k = REPO / "tests" / "fixtures" / "eval" / "gsm8k.jsonl"
     cfg = eval_config(tiny_run_overrides(checkpoint, tmp_path, "suite") + [
         "benchmarks=[local_jsonl,gsm8k]", "prompt_sets.gsm8k.source=jsonl", f"prompt_sets.gsm8k.path={gsm8k}",
-        "suite.gsm8k.max_new_tokens=6", "decode.warmup=false"])
+        "suite.gsm8k.max_new_tokens=6", "decode.warmup=none"])
     metrics = json.loads(evaluate_suite(cfg).read_text())
     assert metrics["name"] == "suite" and metrics["max_new_tokens_by_benchmark"] == {"local_jsonl": 12, "gsm8k": 6}
     assert [(r["benchmark"], r["block_size"]) for r in metrics["runs"]] == [

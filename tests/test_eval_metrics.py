@@ -114,10 +114,12 @@ def test_runner_on_tiny_model(make_model):
     assert [r["block_size"] for r in rows] == [1, 4]
     ar, orth = rows
     assert ar["speedup"] == 1.0 and ar["tokens_per_iteration"] == ar["tpf"] == 1.0
-    assert orth["speedup"] == pytest.approx(orth["tokens_per_second"] / ar["tokens_per_second"])
+    assert orth["speedup"] == pytest.approx(orth["decode_tokens_per_second"] / ar["decode_tokens_per_second"])
+    assert orth["speedup_end_to_end"] == pytest.approx(orth["tokens_per_second"] / ar["tokens_per_second"])
     assert orth["new_tokens"] == ar["new_tokens"] == 30
     for row in rows:
         assert 0 < row["mean_ttft_seconds"] < row["seconds"] and row["peak_memory_bytes"] > 0
+        assert row["ttft_ms"] == pytest.approx(1e3 * row["mean_ttft_seconds"]) and row["warmup_prompts"] == 1  # one bucket
     # greedy: both block sizes emit the base model's tokens
     assert [r.new_tokens.tolist() for r in runs[1].results] == [r.new_tokens.tolist() for r in runs[4].results]
 

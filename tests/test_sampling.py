@@ -20,9 +20,9 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-import models.generate as gen
 from models.generate import generate
 from models.sampling import SamplingParams, logits_to_probs
+from tests import acceptance_rules
 
 ALPHA = 1e-4
 VOCAB = 12
@@ -86,11 +86,7 @@ def test_emitted_tokens_follow_base_distribution(make_model, params):
 
 def test_broken_rule_fails_the_same_test(make_model, monkeypatch):
     """Accepting every draft (skipping the p/q test) must be detected."""
-
-    def accept_all(draft, q, p, generator=None):
-        return draft.shape[0], int(torch.multinomial(p[-1], 1, generator=generator))
-
-    monkeypatch.setattr(gen, "speculative_accept", accept_all)
+    acceptance_rules.install(monkeypatch, acceptance_rules.accept_all)
     model = small_vocab_model(make_model)
     params = SamplingParams(temperature=1.0)
     samples, _ = draw(model, params, n=400, seed=1)
