@@ -7,6 +7,7 @@
 #   bash scripts/remeasure_small.sh OUT greedy     # fp32 + bf16 greedy, all prompts; exact match on 8 per set
 #   bash scripts/remeasure_small.sh OUT sampling   # T=0.6/top-k 20/top-p 0.95 and T=1, fp32 + bf16,
 #                                                  # the first $SAMPLING_LIMIT prompts of each set (default 32)
+#   DTYPES=bfloat16 bash ...                      # one dtype only (default: float32 bfloat16)
 #   bash scripts/remeasure_small.sh OUT summary    # OUT/summary.md, summary.json, speedup_by_k.png
 #
 # Sampling runs every K > 1 through the per-token fidelity test (alpha 1e-3; all sampled tokens of the run).
@@ -18,6 +19,7 @@ OUT=${1:?usage: remeasure_small.sh OUT greedy|sampling|summary}
 PART=${2:?usage: remeasure_small.sh OUT greedy|sampling|summary}
 ART=${ART:-artifacts/orthrus-small}
 SAMPLING_LIMIT=${SAMPLING_LIMIT:-32}
+DTYPES=${DTYPES:-float32 bfloat16}
 COMMON=(out_dir="$OUT" model.base="$ART/base" model.diffusion="$ART/diffusion" tokenizer="$ART/tokenizer"
         'benchmarks=[humaneval,local_jsonl]' prompt_sets.local_jsonl.path="$ART/heldout_prompts.jsonl"
         prompt_sets.local_jsonl.id_field=id prompt.chat_template=false 'decode.block_sizes=[1,8,16,32]'
@@ -29,11 +31,11 @@ run() { echo "=== $*"; python -m scripts.evaluate "${COMMON[@]}" "$@"; }
 
 case $PART in
   greedy)
-    for dtype in float32 bfloat16; do
+    for dtype in $DTYPES; do
       run name="greedy_$dtype" model.dtype=$dtype fidelity.num_prompts=8
     done ;;
   sampling)
-    for dtype in float32 bfloat16; do
+    for dtype in $DTYPES; do
       run name="sampling_t0.6_$dtype" model.dtype=$dtype limit="$SAMPLING_LIMIT" fidelity.exact_match=false "${TOP_P[@]}"
       run name="sampling_t1_$dtype" model.dtype=$dtype limit="$SAMPLING_LIMIT" fidelity.exact_match=false "${T1[@]}"
     done ;;
