@@ -105,14 +105,13 @@ def test_bad_arguments_and_missing_corpus(tmp_path):
         build_corpus(tmp_path, heldout_fraction=1.0)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         build_corpus(tmp_path, roots=[tmp_path / "nowhere"])
-    with pytest.raises(FileNotFoundError, match="build_corpus.py"):
+    with pytest.raises(FileNotFoundError, match="python -m scripts.build_corpus"):
         load_manifest(tmp_path / "missing")
 
 
 def test_cli(tmp_path):
-    script = REPO_ROOT / "scripts" / "build_corpus.py"
-    cmd = [sys.executable, str(script), "--out-dir", str(tmp_path), "--max-bytes", "20000", "--seed", "3"]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    cmd = [sys.executable, "-m", "scripts.build_corpus", "--out-dir", str(tmp_path), "--max-bytes", "20000", "--seed", "3"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["seed"] == 3 and manifest["splits"][TRAIN]["files"] > 0

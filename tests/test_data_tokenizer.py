@@ -78,7 +78,7 @@ def test_chat_template(tokenizer):
 def test_load_tokenizer_and_missing_folder(tokenizer_dir, tokenizer, tmp_path):
     loaded = load_tokenizer(tokenizer_dir)
     assert loaded.encode("import os") == tokenizer.encode("import os")
-    with pytest.raises(FileNotFoundError, match="train_tokenizer.py"):
+    with pytest.raises(FileNotFoundError, match="python -m scripts.train_tokenizer"):
         load_tokenizer(tmp_path / "missing")
 
 

@@ -1,7 +1,6 @@
 """scripts/pretrain_base.py at toy scale on the CPU: the whole path from source files to a saved,
 loadable Qwen3 checkpoint with its card, plus the pieces whose mistakes would not crash."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -14,11 +13,9 @@ from transformers import AutoTokenizer, Qwen3ForCausalLM
 
 from data.packing import PackedRows
 from models.checkpoint import load_orthrus
+from scripts import pretrain_base
 
 REPO = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("pretrain_base", REPO / "scripts" / "pretrain_base.py")
-pretrain_base = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(pretrain_base)
 
 
 def _write_sources(root: Path) -> None:
