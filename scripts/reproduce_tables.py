@@ -30,6 +30,7 @@ from eval.report import markdown_table, read_json, run_markdown, write_json
 from eval.runner import DecodeFn
 from models.generate import generate
 from scripts.evaluate import run as evaluate
+from scripts.run_small_pipeline import EngineDecode
 
 
 def evaluate_checkpoints(cfg: DictConfig, decode_fn: DecodeFn = generate) -> list[Path]:
@@ -112,7 +113,8 @@ def write_tables(metrics_paths: list[Path], paper_numbers: Path, out_dir: Path) 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    paths = evaluate_checkpoints(cfg) + [Path(p) for p in cfg.reproduce.metrics]
+    decode_fn = EngineDecode(cfg.reproduce.engine_max_seq_len) if cfg.reproduce.engine else generate
+    paths = evaluate_checkpoints(cfg, decode_fn) + [Path(p) for p in cfg.reproduce.metrics]
     for path in write_tables(paths, Path(cfg.reproduce.paper_numbers), Path(cfg.reproduce.out_dir)):
         print(f"wrote {path}")
 
