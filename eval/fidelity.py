@@ -278,8 +278,9 @@ def greedy_divergence(model, engine, prompts: list[torch.Tensor], new_tokens: in
             rec[f"orthrus_K{K}_vs_ar"] = first_diff(out.new_tokens, ar.new_tokens)
             tpf[K].append(out.tokens_per_iteration)
         if i < n_hf:
-            hf = Qwen3ForCausalLM.generate(model, ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
+            hf = Qwen3ForCausalLM.generate(model, ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                           max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0,
+                                           eos_token_id=None)
             rec["ar_vs_transformers"] = first_diff(ar.new_tokens, hf[0, L:])
         top2 = model(ar.sequences[:, :-1]).logits[0, L - 1:].float().topk(2, dim=-1).values
         gaps.append(top2[:, 0] - top2[:, 1])

@@ -40,7 +40,7 @@ def parse_args():
                    "unfused_qkv")
     p.add_argument("--budget-s", type=float, default=420, help="stop starting new work after this many seconds")
     p.add_argument("--out", required=True)
-    p.add_argument("--from-json", help="bench.md and bench.png again from an earlier bench.json, into --out (no timing)")
+    p.add_argument("--from-json", help="bench.md and bench.png again from an earlier bench.json into --out (no timing)")
     return p.parse_args()
 
 

@@ -105,8 +105,9 @@ def run(cfg: DictConfig, command: list[str] | None = None) -> Path:
         rows, runs = measure_block_sizes(model, ids, block_sizes, desc=bench, **decode)
         report["runs"] += [{"benchmark": bench, "num_prompts": len(ids), **row} for row in rows]
         references = greedy_references(cfg, model, ids, sampling)
-        report["fidelity"] += [fidelity(cfg, model, ids, runs[K], sampling, decode_fn, references) | {"benchmark": bench}
-                               for K in block_sizes if K > 1 or len(block_sizes) == 1]
+        report["fidelity"] += [
+            fidelity(cfg, model, ids, runs[K], sampling, decode_fn, references) | {"benchmark": bench}
+            for K in block_sizes if K > 1 or len(block_sizes) == 1]
 
     if cfg.context_sweep.lengths:
         source = [t for prompts in encoded.values() for ids in prompts for t in ids]

@@ -41,7 +41,8 @@ def test_sampling_test_passes_the_rule_and_fails_broken_rules(make_model, monkey
     model = make_model(seed=0)
     if rule is not None:
         where = acceptance_rules.install(monkeypatch, acceptance_rules.BROKEN[rule])
-        assert ("models.generate.speculative_accept" if name == "reference" else "models.engine.speculative_accept") in where
+        module = "models.generate" if name == "reference" else "models.engine"
+        assert f"{module}.speculative_accept" in where
     results = sample(decoder(name, model))
     if rule is None:
         assert sum(sum(r.accepted) for r in results) > NUM_PROMPTS, "drafts must be accepted for the test to mean much"
