@@ -18,6 +18,7 @@ OUT=${1:?usage: remeasure_small.sh OUT greedy|sampling|summary}
 PART=${2:?usage: remeasure_small.sh OUT greedy|sampling|summary}
 ART=${ART:-artifacts/orthrus-small}
 SAMPLING_LIMIT=${SAMPLING_LIMIT:-32}
+DTYPES=${DTYPES:-float32 bfloat16}  # e.g. DTYPES=bfloat16 to split a part over two calls
 COMMON=(out_dir="$OUT" model.base="$ART/base" model.diffusion="$ART/diffusion" tokenizer="$ART/tokenizer"
         'benchmarks=[humaneval,local_jsonl]' prompt_sets.local_jsonl.path="$ART/heldout_prompts.jsonl"
         prompt_sets.local_jsonl.id_field=id prompt.chat_template=false 'decode.block_sizes=[1,8,16,32]'
@@ -29,11 +30,11 @@ run() { echo "=== $*"; python scripts/evaluate.py "${COMMON[@]}" "$@"; }
 
 case $PART in
   greedy)
-    for dtype in float32 bfloat16; do
+    for dtype in $DTYPES; do
       run name="greedy_$dtype" model.dtype=$dtype fidelity.num_prompts=8
     done ;;
   sampling)
-    for dtype in float32 bfloat16; do
+    for dtype in $DTYPES; do
       run name="sampling_t0.6_$dtype" model.dtype=$dtype limit="$SAMPLING_LIMIT" fidelity.exact_match=false "${TOP_P[@]}"
       run name="sampling_t1_$dtype" model.dtype=$dtype limit="$SAMPLING_LIMIT" fidelity.exact_match=false "${T1[@]}"
     done ;;
