@@ -109,8 +109,9 @@ def run(cfg: DictConfig, command: list[str] | None = None) -> Path:
         add_accuracy(rows, runs, cfg.suite.get(bench), prompts[bench], tokenizer, cfg.suite.timeout_s)
         report["runs"] += [{"benchmark": bench, "num_prompts": len(ids), **row} for row in rows]
         references = greedy_references(cfg, model, ids, sampling)
-        report["fidelity"] += [fidelity(cfg, model, ids, runs[K], sampling, decode_fn, references) | {"benchmark": bench}
-                               for K in block_sizes if K > 1 or len(block_sizes) == 1]
+        report["fidelity"] += [
+            fidelity(cfg, model, ids, runs[K], sampling, decode_fn, references) | {"benchmark": bench}
+            for K in block_sizes if K > 1 or len(block_sizes) == 1]
 
     if cfg.context_sweep.lengths:
         source = [t for prompts in encoded.values() for ids in prompts for t in ids]

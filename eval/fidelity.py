@@ -14,6 +14,12 @@
 Run once per dtype (fp32 and bf16 results are reported separately).
 """
 
+import importlib
+import json
+import statistics
+import warnings
+from pathlib import Path
+
 import numpy as np
 import torch
 from scipy.stats import chi2, chi2_contingency, chisquare
@@ -241,3 +247,105 @@ def _homogeneity_pvalue(a: list[int], b: list[int]) -> float:
     if table.shape[1] < 2:
         return 1.0  # a single outcome on both sides: nothing to tell apart
     return float(chi2_contingency(table.numpy(), correction=False).pvalue)
+
+
+# --- bf16 greedy divergence (scripts/bench_decode.py) --------------------------------------------
+
+
+def first_diff(a: torch.Tensor, b: torch.Tensor) -> int | None:
+    """Index of the first differing token of two new-token sequences (None: equal over the shorter)."""
+    n = min(len(a), len(b))
+    diff = (a[:n] != b[:n].to(a.device)).nonzero()
+    return int(diff[0]) if len(diff) else None
+
+
+@torch.inference_mode()
+def greedy_divergence(model, engine, prompts: list[torch.Tensor], new_tokens: int, ks: list[int], n_hf: int,
+                      log=print) -> dict:
+    """Greedy, on one engine: Orthrus (each K in ks) vs AR (K = 1), and, on the first n_hf prompts, the engine's
+    AR vs transformers' generate. First divergence = index of the first differing new token. Also the top-1 /
+    top-2 logit gap along the AR output: small gaps are where rounding differences (bf16) flip the argmax.
+    In fp32 any divergence is a bug; in bf16 it measures how far kernel rounding moves the output."""
+    from transformers import Qwen3ForCausalLM
+
+    records, tpf, gaps = [], {K: [] for K in ks}, []
+    for i, ids in enumerate(prompts):
+        L = ids.shape[1]
+        ar = engine.generate(ids, new_tokens, block_size=1, eos_token_id=[])
+        rec = {}
+        for K in ks:
+            out = engine.generate(ids, new_tokens, block_size=K, eos_token_id=[])
+            rec[f"orthrus_K{K}_vs_ar"] = first_diff(out.new_tokens, ar.new_tokens)
+            tpf[K].append(out.tokens_per_iteration)
+        if i < n_hf:
+            hf = Qwen3ForCausalLM.generate(model, ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                           max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0,
+                                           eos_token_id=None)
+            rec["ar_vs_transformers"] = first_diff(ar.new_tokens, hf[0, L:])
+        top2 = model(ar.sequences[:, :-1]).logits[0, L - 1:].float().topk(2, dim=-1).values
+        gaps.append(top2[:, 0] - top2[:, 1])
+        records.append(rec)
+        log(f"  prompt {i}: {rec}  tokens per iteration {out.tokens_per_iteration:.2f}")
+    gaps = torch.cat(gaps)
+    summary = {"prompts": len(prompts), "new_tokens": new_tokens, "block_size": max(ks), "per_prompt": records,
+               "tpf_mean": {K: statistics.mean(v) for K, v in tpf.items()},
+               "measured_tpf_mean": statistics.mean(tpf[ks[-1]]),
+               "top1_top2_logit_gap": {"median": float(gaps.median()), "p10": float(gaps.quantile(0.1)),
+                                       "fraction_below_0.0625": float((gaps < 0.0625).float().mean())}}
+    for key in sorted({k for r in records for k in r}):
+        vals = [r[key] for r in records if key in r]
+        firsts = [v for v in vals if v is not None]
+        summary[key] = {"prompts": len(vals), "fraction_diverged": len(firsts) / len(vals), "first_divergence": firsts}
+    log(f"divergence: {json.dumps({k: v for k, v in summary.items() if k != 'per_prompt'})}")
+    return summary
+
+
+SMALL_HELDOUT_MODULES = ("multiprocessing", "fileinput", "nntplib")  # packages orthrus-small never trained on
+
+
+def heldout_prompts(tokenizer, n: int, length: int) -> list[list[int]]:
+    """`length`-token windows from the start of held-out standard-library source files (real text for a
+    trained model, unseen in its training)."""
+    files = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for name in SMALL_HELDOUT_MODULES:
+            path = Path(importlib.import_module(name).__file__)
+            files += sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [path]
+    prompts = []
+    for f in files:
+        ids = tokenizer.encode(f.read_text(errors="replace")).ids
+        if len(ids) >= length:
+            prompts.append(ids[:length])
+        if len(prompts) == n:
+            break
+    return prompts
+
+
+def small_model_divergence(folder, ks: list[int], n_prompts: int, n_hf: int, new_tokens: int, device,
+                           log=print) -> dict:
+    """`greedy_divergence` on the project's trained small Qwen3 (artifacts/orthrus-small) in fp32 (n_hf // 2
+    prompts, all also decoded by transformers) and bf16 (n_prompts, n_hf of them by transformers). Real
+    weights give real top-1/top-2 logit gaps, which random weights do not. Uses the trained diffusion view
+    when `folder`/diffusion exists (otherwise the view starts as a copy of the AR view)."""
+    from tokenizers import Tokenizer
+
+    from models.checkpoint import load_orthrus
+    from models.engine import OrthrusEngine
+
+    folder = Path(folder)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer" / "tokenizer.json"))
+    diffusion = folder / "diffusion"
+    prompts = [torch.tensor([p], device=device) for p in heldout_prompts(tokenizer, n_prompts, 256)]
+    out = {"model": str(folder), "trained_diffusion_view": diffusion.is_dir(), "prompts": len(prompts),
+           "prompt_tokens": 256, "new_tokens": new_tokens, "prompt_source": SMALL_HELDOUT_MODULES}
+    for dtype, n, hf in ((torch.float32, n_hf // 2, n_hf // 2), (torch.bfloat16, len(prompts), n_hf)):
+        model = load_orthrus(str(folder / "base"), str(diffusion) if diffusion.is_dir() else None,
+                             mask_token_id=tokenizer.token_to_id("<|mask|>"), dtype=dtype, device=device)
+        engine = OrthrusEngine(model, 256 + new_tokens + max(ks) + 64)
+        out[str(dtype).removeprefix("torch.")] = greedy_divergence(model, engine, prompts[:n], new_tokens, ks, hf,
+                                                                     log=lambda msg: None)
+        log(f"[orthrus-small {dtype}] " + json.dumps({k: v for k, v in out[str(dtype).removeprefix('torch.')].items()
+                                                      if k != "per_prompt"}))
+        del engine, model
+    return out

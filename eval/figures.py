@@ -126,3 +126,35 @@ def speedup_by_k(reports: list[dict], path: Path) -> Path | None:
     fig.suptitle("Measured (eval/timing.py protocol: every shape, K and mode warmed before timing)")
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def bench_figure(results: dict, ks: list[int], path: Path) -> Path | None:
+    """bench.png of scripts/bench_decode.py: per shape, step and iteration times against context, with rooflines."""
+    K = max(ks)
+    shapes = [res for res in results["shapes"] if res["engine"]]
+    if not shapes:
+        return None
+    fig, axes = plt.subplots(1, len(shapes), figsize=(5.5 * len(shapes), 4.2), squeeze=False)
+    for ax, res in zip(axes[0], shapes):
+        ctxs = list(res["engine"])
+        series = {"transformers step": [res.get("hf_step_ms", {}).get(c, float("nan")) for c in ctxs],
+                  "engine AR step": [res["engine"][c]["ar_step_ms"] for c in ctxs],
+                  f"draft K={K}": [res["engine"][c][f"draft_ms_K{K}"] for c in ctxs],
+                  f"verify K={K}": [res["engine"][c][f"verify_ms_K{K}"] for c in ctxs],
+                  f"iteration K={K}": [res["engine"][c][f"iteration_ms_K{K}"] for c in ctxs]}
+        for variant, rows in list(res.get("engine_variants", {}).items())[1:]:
+            series[f"iteration K={K} ({variant})"] = [rows.get(c, {}).get(f"iteration_ms_K{K}", float("nan")) for c in ctxs]
+        for label, ys in series.items():
+            ax.plot(ctxs, ys, marker="o", label=label)
+        ax.plot(ctxs, [res["roofline_ms"][c]["ar_step"] for c in ctxs], "k--", label="AR roofline")
+        ax.plot(ctxs, [res["roofline_ms"][c][f"iteration_K{K}"] for c in ctxs], "k:", label=f"iteration roofline K={K}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel("ms")
+        ax.set_title(res["shape"])
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"Orthrus engine, bf16, batch 1 ({results['device']})")
+    fig.tight_layout()
+    return save_figure(fig, Path(path))
