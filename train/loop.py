@@ -117,7 +117,6 @@ class Trainer:
             mask_token_id=self.model.config.mask_token_id, dist=self.dist,
         )
         self.objective = DistillationObjective(self.model, self.objective_cfg, t.gradient_checkpointing)
-        self.trainable_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         if self.ds_cfg.enabled:
             self.backend = DeepSpeedBackend(
                 self.objective, self.ds_cfg, self.optim_cfg, total_steps=t.steps, micro_batch_size=t.micro_batch_size,
@@ -159,7 +158,7 @@ class Trainer:
                     mask_token_id=self.model.config.mask_token_id, num_denoise_steps=obj.num_denoise_steps,
                     seed=block_seed(t.seed, step, micro * self.dist.world_size + self.dist.rank),
                 )
-                flops = micro_batch_flops(self.model.config, batch["doc_ids"], blocks, self.trainable_params)
+                flops = micro_batch_flops(self.model.config, batch["doc_ids"], blocks, self.model_cfg.trainable)
                 tokens = batch["input_ids"].numel()
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 loss, stats = self.backend.micro_step(batch, blocks.to(device), last=micro == t.grad_accum - 1)
