@@ -3,7 +3,8 @@
 #
 #     bash scripts/orthrus_small.sh OUT_DIR          # the shipped recipe, one GPU (a few minutes)
 #     bash scripts/orthrus_small.sh OUT_DIR toy      # the same commands at toy size: CPU, about a minute
-#     EVAL_K='[16]' bash scripts/orthrus_small.sh OUT_DIR   # evaluate fewer block sizes
+#     EVAL_K='[16]' EVAL_ARGS='fidelity.exact_match=false' bash scripts/orthrus_small.sh OUT_DIR
+#                                                  # evaluate fewer block sizes, no exact-match check
 #     bash scripts/orthrus_small.sh OUT_DIR full ablate_ce_loss ablate_trainable   # + ablations
 #
 # Steps, each an ordinary entry point (the exact commands are echoed and can be rerun by hand):
@@ -48,7 +49,7 @@ evaluate() {  # evaluate VIEW_FOLDER OUT_FOLDER
   run python scripts/evaluate.py name=eval out_dir="$2" model.base="$ART/base" model.diffusion="$1" \
     tokenizer="$ART/tokenizer" model.dtype=float32 prompt.chat_template=false decode.max_new_tokens=128 \
     benchmarks=[humaneval,local_jsonl] prompt_sets.local_jsonl.path="$ART/heldout_prompts.jsonl" \
-    prompt_sets.local_jsonl.id_field=id "${EVAL[@]}"
+    prompt_sets.local_jsonl.id_field=id "${EVAL[@]}" ${EVAL_ARGS:-}
 }
 
 for name in "${ABLATIONS[@]}"; do
