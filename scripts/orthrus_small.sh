@@ -54,12 +54,14 @@ evaluate() {  # evaluate VIEW_FOLDER OUT_FOLDER
 
 for name in "${ABLATIONS[@]}"; do
   [[ -f conf/exp/$name.yaml && $name == ablate_* ]] || {
-    echo "no ablation conf/exp/$name.yaml; choose from: $(cd conf/exp && ls ablate_*.yaml | sed 's/.yaml//')" >&2; exit 2; }
+    echo "no ablation conf/exp/$name.yaml; choose from: $(cd conf/exp && ls ablate_*.yaml | sed 's/.yaml//')" >&2
+    exit 2; }
 done
 (cd "$ART" && sha256sum --check --quiet SHA256SUMS) || {
   echo "the pinned inputs in $ART differ from $ART/SHA256SUMS: restore them from git" >&2; exit 1; }
-DATA=(data=self_distill '~data.build_corpus' '~data.train_tokenizer' data.load_tokenized_dataset.source="$OUT/self_distill"
-      data.load_tokenized_dataset.text_field=text data.packed_dataset.seq_len=1024 logging.progress_bar=false)
+DATA=(data=self_distill '~data.build_corpus' '~data.train_tokenizer'
+      data.load_tokenized_dataset.source="$OUT/self_distill" data.load_tokenized_dataset.text_field=text
+      data.packed_dataset.seq_len=1024 logging.progress_bar=false)
 
 run python scripts/self_distill.py model_name_or_path="$ART/base" prompts_source="$ART/distill_prompts.jsonl.gz" \
   out_dir="$OUT/self_distill" chat_template=false messages_field=null temperature=0.0 dtype=float32 "${DISTILL[@]}"
@@ -68,7 +70,8 @@ run python train.py +exp=small "${DATA[@]}" hydra.run.dir="$OUT/train" "${TRAIN[
 evaluate "$OUT/train/diffusion_view" "$OUT"
 
 for name in "${ABLATIONS[@]}"; do
-  run python train.py -m "+exp=[$name,small]" "${DATA[@]}" hydra.sweep.dir="$OUT/$name" hydra.sweep.subdir=arm_\${hydra.job.num} "${TRAIN[@]}"
+  run python train.py -m "+exp=[$name,small]" "${DATA[@]}" hydra.sweep.dir="$OUT/$name" \
+    hydra.sweep.subdir=arm_\${hydra.job.num} "${TRAIN[@]}"
   for arm in "$OUT/$name"/arm_*/; do
     evaluate "$arm/diffusion_view" "$arm"
   done

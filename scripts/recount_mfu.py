@@ -27,7 +27,7 @@ METHOD = ("eval/mfu_recount.py: the run's batches and block draws replayed from 
 
 
 def _commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False)
     return out.stdout.strip()
 
 
@@ -44,7 +44,8 @@ def recount_bench_file(path: Path, note: dict, write: bool) -> list[dict]:
                                    mask_token_id=model.mask_token_id, block_size=model.block_size)
         stored = r["flops_per_step_per_gpu"]["total"]
         if abs(got["published"] - stored) > 1e-9 * stored:
-            raise SystemExit(f"{path}: replay gives {got['published']:.6g} FLOPs, stored {stored:.6g}: not the run's draws")
+            raise SystemExit(f"{path}: replay gives {got['published']:.6g} FLOPs, stored {stored:.6g}: "
+                             "not the run's draws")
         p, step_s, peak = got["parts"], r["step_time_s"], report["settings"]["peak_flops_per_gpu"]
         flops = {"ar_forward": p["ar_forward"], "diffusion_forward": p["diffusion_forward"],
                  "diffusion_backward": p["diffusion_backward_activations"] + p["diffusion_backward_weights"],
@@ -75,7 +76,8 @@ def recount_train_dir(folder: Path, note: dict, write: bool) -> dict:
         first = summary["averaged_over_steps"][0]
         got = recount_train_log(records, cfg, skip_steps=first - cfg.logging.log_every)
         if abs(got["mfu_published"] - summary["mfu"]) > 1e-9:
-            raise SystemExit(f"{folder}: the windows' mean MFU {got['mfu_published']} is not the summary's {summary['mfu']}")
+            raise SystemExit(f"{folder}: the windows' mean MFU {got['mfu_published']} is not the summary's "
+                             f"{summary['mfu']}")
         for r, w in zip(records, got["windows"]):
             r["mfu"] = w["mfu"]
         if write:
@@ -106,7 +108,8 @@ def main(argv=None) -> None:
     rows += [recount_train_dir(d, note, not args.dry_run) for d in sorted(REPO.glob("results/train/*/"))
              if (d / "summary.json").is_file()]
     for row in rows:
-        print(f"{row['file']}: {row.get('shape', '')} {row.get('seq_len', '')} MFU {row['mfu_published']:.3f} -> {row['mfu']:.3f}")
+        setting = f"{row.get('shape', '')} {row.get('seq_len', '')}"
+        print(f"{row['file']}: {setting} MFU {row['mfu_published']:.3f} -> {row['mfu']:.3f}")
     if not args.dry_run:
         atomic_write_text(REPO / "results/mfu_recount.json", json.dumps({**note, "figures": rows}, indent=2) + "\n")
 

@@ -15,12 +15,11 @@ How the two are made comparable:
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-import train.config  # noqa: F401  (registers data=synthetic)
+import train.config  # registers data=synthetic
 import train.objective
 from train.attention import ar_attention_mask, block_mask_mod, dense_mask
 from train.blocks import sample_blocks

@@ -66,7 +66,7 @@ def trainable_matrix_params(config, trainable: Sequence[str]) -> int:
 
 def causal_pairs(doc_ids: torch.Tensor) -> int:
     """Visible (query, key) pairs of causal attention within each document of a packed batch."""
-    B, L = doc_ids.shape
+    L = doc_ids.shape[1]
     within = torch.arange(L, device=doc_ids.device) - segment_starts(doc_ids)  # keys before each query
     return int((within + 1).sum())
 
