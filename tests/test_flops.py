@@ -99,3 +99,24 @@ def test_breakdown_sums_the_terms(tmp_path, monkeypatch):
     _, terms, config, batch, blocks = measured_step(trainable, tmp_path, monkeypatch)
     parts = micro_batch_flops_breakdown(config, batch["doc_ids"], blocks, trainable.strip("[]").split(","))
     assert parts == {part: float(t["matmul"] + t["attention"]) for part, t in terms.items()}
+
+
+def test_pretraining_matmul_flops_equal_flop_counter(tmp_path, monkeypatch):
+    """objective.kind=next_token: every matrix learns, so the step is 3x its forward's matmuls."""
+    from train.flops import layer_params, next_token_flops
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", [*TINY, "objective.kind=next_token"])
+    trainer = Trainer(cfg, tmp_path)
+    batch = next(batches(trainer.dataset, 2))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        trainer.backend.micro_step(batch, None, last=True)
+    counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    config, doc_ids = trainer.model.config, batch["doc_ids"]
+    (B, L), n = doc_ids.shape, config.num_hidden_layers
+    targets = int((doc_ids[:, 1:] == doc_ids[:, :-1]).sum())
+    matmul = 3 * (2 * layer_params(config) * n * B * L + 2 * config.hidden_size * config.vocab_size * targets)
+    assert sum(counts.get(op, 0) for op in MATMUL_OPS) == matmul
+    attention = next_token_flops(config, doc_ids) - matmul  # visible causal pairs, 3x
+    dense = 3 * 4 * config.num_attention_heads * config.head_dim * n * B * L * L
+    assert sum(counts.get(op, 0) for op in ATTENTION_OPS) == dense and 0 < attention < 0.7 * dense
