@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import sys
 import sysconfig
 import tempfile
@@ -362,3 +363,41 @@ def read_corpus(corpus_dir: str | os.PathLike, split: str = TRAIN) -> Iterator[d
         with open(Path(corpus_dir) / shard, encoding="utf-8") as f:
             for line in f:
                 yield json.loads(line)
+
+
+def corpus_prompts(corpus_dir: str | os.PathLike, out_file: str | os.PathLike, count: int, *, num_lines: int,
+                   split: str = HELDOUT, anchor: str | None = None, max_chars: int | None = None,
+                   per_file: int = 1, seed: int = 0) -> int:
+    """Write `count` prompts from one split of a corpus as JSONL ({"id", "package", "prompt"});
+    return how many were written.
+
+    A prompt is `num_lines` lines of a file, files drawn round-robin over packages (so one large
+    package cannot fill the set), seeded. The window starts at the file's head, or with `anchor`
+    at a random line starting with it (e.g. "def ", for HumanEval-like prompts; up to `per_file`
+    distinct such windows per file, for a corpus of few files). Windows under
+    200 characters, or over `max_chars` (minified or data files, whose one line can be thousands
+    of tokens), are passed over. The corpus depends on the installed packages, so prompt files
+    that a result depends on are shipped, not rebuilt (artifacts/orthrus-small/).
+    """
+    rng = random.Random(seed)
+    by_package: dict[str, list[dict]] = {}
+    for record in read_corpus(corpus_dir, split):
+        lines = record["text"].splitlines(keepends=True)
+        starts = [i for i, line in enumerate(lines) if anchor and line.lstrip().startswith(anchor)] or [0]
+        for start in sorted(rng.sample(starts, min(per_file, len(starts)))) if anchor else [0]:
+            head = "".join(lines[start:start + num_lines])
+            if 200 <= len(head) <= (max_chars or len(head)):
+                item = {"path": record["path"] + (f":{start + 1}" if per_file > 1 else ""), "prompt": head}
+                by_package.setdefault(record["package"], []).append(item)
+    if not by_package:
+        raise ValueError(f"no usable files in split {split!r} of {corpus_dir}; rebuild the corpus with more data")
+    for files in by_package.values():
+        rng.shuffle(files)
+    chosen, packages = [], sorted(by_package)
+    while len(chosen) < count and any(by_package.values()):
+        for package in packages:
+            if by_package[package] and len(chosen) < count:
+                item = by_package[package].pop()
+                chosen.append({"id": f"{package}/{item['path']}", "package": package, "prompt": item["prompt"]})
+    atomic_write_text(Path(out_file), "".join(json.dumps(c) + "\n" for c in chosen))
+    return len(chosen)

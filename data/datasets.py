@@ -29,9 +29,17 @@ from data.tokenizer import load_tokenizer
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
 
 
+def data_suffix(path: Path) -> str:
+    """The data extension of a file name; gzip-compressed text files count as their inner type
+    (`prompts.jsonl.gz` is ".jsonl": `datasets` decompresses them itself)."""
+    if path.suffix == ".gz" and len(path.suffixes) > 1 and path.suffixes[-2] != ".parquet":
+        return path.suffixes[-2]
+    return path.suffix
+
+
 def _looks_like_path(source: str) -> bool:
     """Hub names look like "owner/name"; paths are absolute, relative-with-dot, or end in a data extension."""
-    return os.path.isabs(source) or source.startswith((".", "~")) or Path(source).suffix in BUILDERS
+    return os.path.isabs(source) or source.startswith((".", "~")) or data_suffix(Path(source)) in BUILDERS
 
 
 def _split_files(folder: Path, split: str) -> list[Path]:
@@ -41,7 +49,7 @@ def _split_files(folder: Path, split: str) -> list[Path]:
     and common exports (`train.jsonl`, `test.parquet`).
     """
     visible = (p for p in folder.rglob("*") if not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    files = sorted(p for p in visible if p.is_file() and p.suffix in BUILDERS)
+    files = sorted(p for p in visible if p.is_file() and data_suffix(p) in BUILDERS)
     if not files:
         raise FileNotFoundError(f"no {'/'.join(BUILDERS)} files in folder {folder}")
     named = [p for p in files if p.stem == split or p.stem.startswith((f"{split}-", f"{split}_"))]
@@ -77,10 +85,10 @@ def load_raw_dataset(
             raise ValueError(f"{path} is a single file, which only has a 'train' split; got split={split!r}")
         else:
             files = [path]
-        unknown = sorted({p.suffix or p.name for p in files if p.suffix not in BUILDERS})
+        unknown = sorted({p.suffix or p.name for p in files if data_suffix(p) not in BUILDERS})
         if unknown:
             raise ValueError(f"unknown data format {unknown} for {path}; supported extensions: {', '.join(BUILDERS)}")
-        builders = {BUILDERS[p.suffix] for p in files}
+        builders = {BUILDERS[data_suffix(p)] for p in files}
         if len(builders) > 1:
             raise ValueError(f"{path} mixes data formats {sorted(builders)}; keep one format per folder")
         return datasets.load_dataset(

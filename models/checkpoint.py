@@ -159,6 +159,25 @@ def save_merged(model: OrthrusForCausalLM, folder: str | os.PathLike, tokenizer=
     return atomic_folder(folder, write)
 
 
+def save_base(model: OrthrusForCausalLM, folder: str | os.PathLike, tokenizer=None) -> Path:
+    """The AR view alone as a plain Qwen3 checkpoint (model_type "qwen3"), e.g. a pretrained base."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    fields = {k: v for k, v in model.config.to_dict().items()
+              if k not in ("model_type", "block_size", "mask_token_id", "architectures", "transformers_version")}
+    with torch.device("meta"):
+        base = Qwen3ForCausalLM(Qwen3Config(**fields))
+    state = {k: v for k, v in model.state_dict().items() if not is_diffusion_param(k)}
+    base.load_state_dict(state, strict=True, assign=True)
+
+    def write(tmp: Path):
+        base.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+
+    return atomic_folder(folder, write)
+
+
 def atomic_folder(folder: str | os.PathLike, write) -> Path:
     """Call write(tmp_dir) on a temporary folder that then replaces `folder` (data._io.atomic_directory)."""
     with atomic_directory(folder) as tmp:

@@ -75,18 +75,9 @@ def shape_overrides(shape: str) -> list[str]:
     return [f"+exp={shape}", "model.base=null", f"model.shape={shape}", "data=synthetic", "~data.load_tokenized_dataset"]
 
 
-def synthetic_data(seq_len: int, rows: int, seed: int = 0) -> dict:
-    """train.data's synthetic section: documents of min(256, seq_len/4)..seq_len tokens, enough
-    for about `rows` packed rows of seq_len (rows hold a few documents, like SFT data)."""
-    min_len = max(1, min(256, seq_len // 4))
-    docs = int(rows * seq_len / ((min_len + seq_len) / 2) * 1.25) + 8
-    return {
-        "synthetic_documents": {"num_documents": docs, "min_length": min_len, "max_length": seq_len, "seed": seed},
-        "packed_dataset": {"seq_len": seq_len, "seed": seed, "shuffle": True, "infinite": True},
-    }
-
-
 def synthetic_data_overrides(seq_len: int, rows: int, seed: int = 0) -> list[str]:
+    from train.data import synthetic_data
+
     data = synthetic_data(seq_len, rows, seed)
     return [f"data.{section}.{k}={v}" for section, values in data.items() for k, v in values.items()]
 
@@ -261,7 +252,7 @@ def run_setting(shape: Shape, seq_len: int, checkpointing: bool, attention: str,
     from eval.metrics import free_memory
     from train.backend import DeepSpeedBackend, TorchBackend
     from train.blocks import sample_blocks
-    from train.data import batches, build_dataset
+    from train.data import batches, build_dataset, synthetic_data
     from train.flops import FLOP_PARTS, micro_batch_flops_breakdown
     from train.loop import block_seed
     from train.objective import DistillationObjective, ObjectiveConfig
@@ -285,7 +276,6 @@ def run_setting(shape: Shape, seq_len: int, checkpointing: bool, attention: str,
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     objective = DistillationObjective(model, obj_cfg, checkpointing)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before ZeRO-3 partitions them
     backend = None
     try:
         if shape.ds_cfg.enabled:  # as train.loop.Trainer builds it
@@ -321,7 +311,7 @@ def run_setting(shape: Shape, seq_len: int, checkpointing: bool, attention: str,
                         num_denoise_steps=obj_cfg.num_denoise_steps, seed=block_seed(shape.seed, step, micro * dist.world_size + dist.rank),
                     )
                     if timed:
-                        for k, v in micro_batch_flops_breakdown(model.config, batch["doc_ids"], blocks, trainable).items():
+                        for k, v in micro_batch_flops_breakdown(model.config, batch["doc_ids"], blocks, shape.model_cfg.trainable).items():
                             flops[k] += v
                     batch = {k: v.to(dist.device, non_blocking=True) for k, v in batch.items()}
                     loss, _ = backend.micro_step(batch, blocks.to(dist.device), last=micro == G - 1)
@@ -349,7 +339,7 @@ def run_setting(shape: Shape, seq_len: int, checkpointing: bool, attention: str,
             "max_memory_gib": peak,
             "loss_first": loss_values[0],
             "loss_last": loss_values[-1],
-            "params_trainable": trainable,
+            "params_trainable": shape.params_trainable,
         }
     finally:
         engine = getattr(backend, "engine", None)
@@ -427,6 +417,8 @@ def markdown(report: dict) -> str:
         f"grad_accum {s['grad_accum']} rows per GPU; MFU against {s['peak_flops_per_gpu']:.3g} FLOP/s per GPU "
         "(model FLOPs of train/flops.py, recomputation not counted).", "",
         f"Command: `{report['command']}`", "",
+        *([f"FLOPs and MFU recounted from the stored step times by `{report['mfu_recount']['command']}` "
+           f"(commit `{report['mfu_recount']['commit']}`).", ""] if "mfu_recount" in report else []),
         "| shape | seq | GC | attention | status | tokens/s/GPU | MFU | step (s) | peak GiB | TFLOP/step: AR fwd / diff fwd / diff bwd | MFU: AR / fwd / bwd |",
         "|---|---:|---|---|---|---:|---:|---:|---:|---|---|",
     ]

@@ -3,14 +3,16 @@ same global batch.
 
     python -m scripts.dp_parity OUT_DIR --nproc 2 [--backends none,zero2,zero3] [--shape tiny|qwen3_8b]
         [--seq-len 64] [--steps 8] [--global-batch 4] [--micro-batch-size 1] [--precision auto|fp32|bf16]
-        [--work-dir DIR] [--commit SHA] [-- extra hydra overrides]
+        [--loss-tol X] [--grad-norm-tol X] [--work-dir DIR] [--commit SHA] [-- extra hydra overrides]
 
 For each backend (`none` = plain PyTorch / DDP, `zero2`, `zero3` = DeepSpeed), the real training
 (`train.loop.run` on the composed Hydra config, synthetic data, fixed seeds) runs twice under
 torchrun: world size 1 with grad_accum = B / m, then world size N with grad_accum = B / (m N)
-(B = --global-batch, m = --micro-batch-size). Both metrics.jsonl loss curves are compared step
-by step; OUT_DIR gets parity.json (per-step losses and grad norms of both runs, max abs / rel
-differences, pass/fail per backend) and parity.png. Exit status 1 if a backend fails.
+(B = --global-batch, m = --micro-batch-size). Both metrics.jsonl curves are judged step by step by
+`eval.parity.judge_parity`: the loss difference against how far the loss moved, and the gradient
+norms (a run that skips its optimizer step or scales its gradients wrongly fails). OUT_DIR gets
+parity.json (per-step losses and grad norms of both runs, the judgement and its reasons per
+backend) and parity.png. Exit status 1 if a backend fails.
 
 Why the two runs see the same samples. `data.packing.PackedDataset` draws one permutation of
 the rows per epoch from (seed, epoch), independent of the world size, and rank r takes its
@@ -48,6 +50,7 @@ import sys
 import time
 from pathlib import Path
 
+from eval.parity import TOLERANCES, judge_parity
 from scripts.bench_train import (
     compose,
     environment,
@@ -129,25 +132,6 @@ def read_trace(run_dir: Path, nproc: int) -> dict[int, list[tuple]]:
     return {s: sorted(v) for s, v in steps.items()}
 
 
-def compare(ref: list[dict], dp: list[dict], tol_rel: float) -> dict:
-    if [r["step"] for r in ref] != [r["step"] for r in dp]:
-        raise ValueError("the two runs logged different steps")
-    rows, max_abs, max_rel, max_gn = [], 0.0, 0.0, 0.0
-    for a, b in zip(ref, dp):
-        d = abs(a["loss"] - b["loss"])
-        rel = d / max(abs(a["loss"]), 1e-30)
-        gn = abs(a["grad_norm"] - b["grad_norm"]) / max(abs(a["grad_norm"]), 1e-30)
-        max_abs, max_rel, max_gn = max(max_abs, d), max(max_rel, rel), max(max_gn, gn)
-        rows.append({"step": a["step"], "loss_ref": a["loss"], "loss_dp": b["loss"], "abs_diff": d, "rel_diff": rel,
-                     "grad_norm_ref": a["grad_norm"], "grad_norm_dp": b["grad_norm"], "lr_ref": a["lr"], "lr_dp": b["lr"],
-                     "tokens_ref": a["tokens"], "tokens_dp": b["tokens"]})
-    return {
-        "pass": max_rel <= tol_rel and all(r["tokens_ref"] == r["tokens_dp"] and r["lr_ref"] == r["lr_dp"] for r in rows),
-        "tol_rel": tol_rel, "max_abs_loss_diff": max_abs, "max_rel_loss_diff": max_rel,
-        "max_rel_grad_norm_diff": max_gn, "steps": rows,
-    }
-
-
 def plot(results: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
@@ -192,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--micro-batch-size", type=int, default=1)
     ap.add_argument("--precision", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16")
     ap.add_argument("--lr", type=float, default=None, help="default: the config's")
-    ap.add_argument("--tol-rel", type=float, default=None, help="max relative loss difference; default 1e-4 in fp32, 2e-2 in bf16")
+    ap.add_argument("--loss-tol", type=float, default=None,
+                    help="max loss difference over how far the loss moved; default eval.parity.TOLERANCES")
+    ap.add_argument("--grad-norm-tol", type=float, default=None,
+                    help="max relative grad-norm difference; default eval.parity.TOLERANCES")
     ap.add_argument("--work-dir", type=Path, default=None, help="run folders (default OUT_DIR/runs)")
     ap.add_argument("--commit", default=None, help="default: $ORTHRUS_COMMIT, else git rev-parse HEAD")
     ap.add_argument("--save", action="store_true", help="let the runs write checkpoints (skipped by default)")
@@ -212,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     if gpu and torch.cuda.device_count() < N:
         ap.error(f"--nproc {N} but only {torch.cuda.device_count()} GPUs are visible")
     precision = args.precision if args.precision != "auto" else ("bf16" if gpu else "fp32")
-    tol = args.tol_rel if args.tol_rel is not None else (1e-4 if precision == "fp32" else 2e-2)
+    tol = dict(TOLERANCES[precision])
+    if args.loss_tol is not None:
+        tol["loss_tol"] = args.loss_tol
+    if args.grad_norm_tol is not None:
+        tol["grad_norm_tol"] = args.grad_norm_tol
 
     # blocks per row: the recipe's diffusion tokens = seq_len / 2, unless given
     block_size = compose(shape_overrides(args.shape)).model.block_size or 32
@@ -262,13 +253,14 @@ def main(argv: list[str] | None = None) -> int:
                 wall = {}
                 for n, accum in ((1, accum_ref), (N, accum_dp)):
                     wall[f"world_{n}"] = launch(n, runs[n], [*common, BACKENDS[backend], f"train.grad_accum={accum}"], flags, log)
-                res = compare(read_records(runs[1]), read_records(runs[N]), tol)
+                res = judge_parity(read_records(runs[1]), read_records(runs[N]), **tol)
                 t_ref, t_dp = read_trace(runs[1], 1), read_trace(runs[N], N)
                 res["same_micro_batches_per_step"] = t_ref == t_dp  # rows and block seeds, as consumed
                 res["same_rows_per_step"] = {s: sorted(r for mb, _ in v for r in mb) for s, v in t_ref.items()} == {
                     s: sorted(r for mb, _ in v for r in mb) for s, v in t_dp.items()}
                 if report["exact_setup"] and not res["same_micro_batches_per_step"]:
                     res["pass"] = False
+                    res["reasons"].append("the runs trained on different micro-batches (rows or block seeds)")
                 res["wall_s"] = wall
             except Exception as e:  # noqa: BLE001  (recorded; the other backends still run)
                 log.flush()
@@ -277,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
             report["pass"] = all(r.get("pass") for r in report["backends"].values())
             atomic_write_text(args.out_dir / "parity.json", json.dumps(report, indent=2) + "\n")
             print(f"{backend}: " + (f"pass={res['pass']} max |dloss|={res['max_abs_loss_diff']:.3g} "
-                                    f"max rel={res['max_rel_loss_diff']:.3g} (tol {tol:g})" if "steps" in res else res["error"]), flush=True)
+                                    f"= {res['max_loss_diff_over_moved']:.3g} of the loss movement, grad norms "
+                                    f"{res['max_rel_grad_norm_diff']:.3g} (tolerances {tol}) {'; '.join(res['reasons'])}"
+                                    if "steps" in res else res["error"]), flush=True)
     plot(report["backends"], args.out_dir / "parity.png",
          f"{args.shape}, {precision}, B={B}: world 1 vs {N}")
     return 0 if report["pass"] else 1

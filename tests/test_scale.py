@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from data.packing import PackedDataset
-from models.orthrus import OrthrusForCausalLM, is_diffusion_param
 from models.shapes import shape_config
 from scripts import bench_train, dp_parity
 from tests.tiny import TINY_OVERRIDES
@@ -22,14 +21,12 @@ def packed_rows(seq_len, n_docs=256, min_len=256, seed=0, **kw):
     return PackedDataset(docs, seq_len, seed=seed, **kw)
 
 
-def test_flop_breakdown_sums_to_total_and_matches_the_h100_smoke():
-    """At Qwen3-8B shape, one 4096-token row with 64 blocks of K=32 (the recipe): the parts add
-    up to micro_batch_flops, and the total is the ~164.7 TFLOP per row implied by the H100 smoke
-    run's log (results/train/qwen3_8b_smoke_h100: MFU 0.2652 x 989e12 / 6522.6 tokens/s x 4096)."""
+def test_flop_breakdown_sums_to_total_at_the_8b_shape():
+    """At Qwen3-8B shape, one 4096-token row with 64 blocks of K=32 (the recipe): the parts add up
+    to micro_batch_flops, about 132 TFLOP per row (docs/scaling.md); the activation gradients cost
+    about one diffusion forward (frozen weights get no weight gradient)."""
     config = shape_config("qwen3_8b", block_size=32)
-    with torch.device("meta"):
-        model = OrthrusForCausalLM(config)
-    trainable = sum(p.numel() for n, p in model.named_parameters() if is_diffusion_param(n) and p.ndim == 2)
+    trainable = ["q_proj_diff", "k_proj_diff", "v_proj_diff", "o_proj_diff", "q_norm_diff", "k_norm_diff"]
     rows = iter(packed_rows(4096))
     for seed in range(3):
         batch = {k: v[None] for k, v in next(rows).items()}
@@ -37,9 +34,9 @@ def test_flop_breakdown_sums_to_total_and_matches_the_h100_smoke():
         parts = micro_batch_flops_breakdown(config, batch["doc_ids"], blocks, trainable)
         total = micro_batch_flops(config, batch["doc_ids"], blocks, trainable)
         assert tuple(parts) == FLOP_PARTS and sum(parts.values()) == total
-        assert parts["diffusion_backward_activations"] == 2 * parts["diffusion_forward"]
-        assert 1.55e14 < total < 1.75e14
-        assert 0.3 < parts["ar_forward"] / total < 0.45  # the frozen teacher pass is over a third of the work
+        assert parts["diffusion_backward_activations"] == pytest.approx(parts["diffusion_forward"], rel=0.02)
+        assert 1.29e14 < total < 1.35e14
+        assert 0.44 < parts["ar_forward"] / total < 0.5  # the frozen teacher pass is nearly half the work
 
 
 def test_rank_sharding_puts_the_same_rows_in_each_global_batch():
@@ -122,7 +119,7 @@ def run_parity(tmp_path, backend):
     assert report["pass"] and report["exact_setup"] and report["grad_accum"] == {"world_1": 4, "world_2": 2}
     res = report["backends"][backend]
     assert res["same_micro_batches_per_step"] and res["same_rows_per_step"]
-    assert len(res["steps"]) == 5 and res["max_rel_loss_diff"] < 1e-5 and res["max_rel_grad_norm_diff"] < 1e-4
+    assert len(res["steps"]) == 5 and res["max_loss_diff_over_moved"] < 1e-4 and res["max_rel_grad_norm_diff"] < 1e-4
     assert res["steps"][0]["loss_ref"] != res["steps"][-1]["loss_ref"]  # the curve moves
     assert (tmp_path / "parity" / "parity.png").stat().st_size > 0
     return report

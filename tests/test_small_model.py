@@ -28,7 +28,7 @@ TPF_FLOOR = 2.0
 
 pytestmark = pytest.mark.skipif(
     not (ART / "diffusion" / "diffusion_view.safetensors").is_file(),
-    reason=f"{ART} has no trained diffusion view yet; make it with python -m scripts.run_small_pipeline",
+    reason=f"{ART} has no trained diffusion view yet; make it with bash scripts/orthrus_small.sh OUT_DIR",
 )
 
 

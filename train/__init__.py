@@ -2,7 +2,7 @@
 
     blocks.py      anchors, block inputs and targets cut from a packed batch
     attention.py   the block mask (one function; flex attention on CUDA, dense SDPA on the CPU)
-    objective.py   AR teacher pass + diffusion pass + chunked KL / CE loss
+    objective.py   AR teacher pass + diffusion pass + chunked KL / CE loss; next-token pretraining
     optim.py       AdamW over trainable params only, warmup + cosine schedule
     backend.py     plain PyTorch (DDP) and DeepSpeed ZeRO-2/3 behind one interface
     checkpoint.py  atomic, resumable checkpoints;  tracking.py  JSONL / wandb / tqdm

@@ -31,6 +31,17 @@ def synthetic_documents(num_documents: int, min_length: int, max_length: int, se
     return [allowed[torch.randint(0, len(allowed), (int(n),), generator=g)].tolist() for n in lengths]
 
 
+def synthetic_data(seq_len: int, rows: int, seed: int = 0) -> dict:
+    """A data=synthetic section (conf node: train/config.py): documents of min(256, seq_len/4)..seq_len
+    tokens, enough for about `rows` packed rows of seq_len (rows hold a few documents, like SFT data)."""
+    min_len = max(1, min(256, seq_len // 4))
+    docs = int(rows * seq_len / ((min_len + seq_len) / 2) * 1.25) + 8
+    return {
+        "synthetic_documents": {"num_documents": docs, "min_length": min_len, "max_length": seq_len, "seed": seed},
+        "packed_dataset": {"seq_len": seq_len, "seed": seed, "shuffle": True, "infinite": True},
+    }
+
+
 def data_tokenizer(data_cfg: DictConfig) -> str | None:
     """The tokenizer (folder or hub name) the data is tokenized with, if any."""
     if "load_tokenized_dataset" not in data_cfg:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data._io import atomic_write_text
 from data.tokenizer import load_tokenizer
-from models.checkpoint import save_diffusion_view
+from models.checkpoint import save_base, save_diffusion_view
 from train.backend import DeepSpeedBackend, DeepSpeedConfig, TorchBackend
 from train.blocks import sample_blocks
 from train.checkpoint import (
@@ -32,14 +32,15 @@ from train.checkpoint import (
 )
 from train.data import batches, build_dataset, data_tokenizer
 from train.distributed import barrier, broadcast_object, init_distributed
-from train.flops import micro_batch_flops
+from train.flops import micro_batch_flops, next_token_flops
 from train.model import ModelConfig, build_model
-from train.objective import DistillationObjective, ObjectiveConfig
+from train.objective import DistillationObjective, NextTokenObjective, ObjectiveConfig
 from train.optim import OptimConfig
 from train.tracking import LoggingConfig, Tracker, WindowMeter
 
 PRECISIONS = ("auto", "bf16", "fp32")
 CONFIG_FILE = "config.yaml"
+BASE_DIR = "base"  # objective.kind=next_token: the pretrained AR model, a plain Qwen3 checkpoint
 
 
 @dataclass
@@ -100,6 +101,10 @@ class Trainer:
         if bf16 and device.type == "cpu":
             raise ValueError("train.precision=bf16 needs a GPU; on the CPU use train.precision=fp32 (or auto)")
 
+        self.pretrain = self.objective_cfg.kind == "next_token"
+        if self.pretrain and (cfg.resume or self.ds_cfg.zero_stage == 3 and self.ds_cfg.enabled):
+            raise ValueError("objective.kind=next_token writes only the final base: it cannot resume=, and with "
+                             "deepspeed=zero3 the base is partitioned at export; use deepspeed=none or zero2")
         resume_from = latest_checkpoint(Path(cfg.resume)) if cfg.resume else None
         self.model = build_model(
             self.model_cfg,
@@ -108,6 +113,7 @@ class Trainer:
             seed=t.seed,
             mask_token_id=resolve_mask_token_id(self.model_cfg, cfg.data),
             master_fp32=not self.ds_cfg.enabled,
+            train_base=self.pretrain,
         )
         # weights before the backend exists: DeepSpeed ZeRO-3 partitions them when it starts
         state = load_checkpoint(resume_from, model=self.model) if resume_from is not None else None
@@ -116,8 +122,10 @@ class Trainer:
             cfg.data, vocab_size=self.model.config.vocab_size,
             mask_token_id=self.model.config.mask_token_id, dist=self.dist,
         )
-        self.objective = DistillationObjective(self.model, self.objective_cfg, t.gradient_checkpointing)
-        self.trainable_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        if self.pretrain:
+            self.objective = NextTokenObjective(self.model, t.gradient_checkpointing)
+        else:
+            self.objective = DistillationObjective(self.model, self.objective_cfg, t.gradient_checkpointing)
         if self.ds_cfg.enabled:
             self.backend = DeepSpeedBackend(
                 self.objective, self.ds_cfg, self.optim_cfg, total_steps=t.steps, micro_batch_size=t.micro_batch_size,
@@ -154,15 +162,18 @@ class Trainer:
             lr = self.backend.lr()
             for micro in range(t.grad_accum):
                 batch = next(data)  # on the CPU: blocks and FLOP counts are made there, no GPU sync
-                blocks = sample_blocks(
-                    batch, blocks_per_row=obj.blocks_per_row, block_size=self.block_size,
-                    mask_token_id=self.model.config.mask_token_id, num_denoise_steps=obj.num_denoise_steps,
-                    seed=block_seed(t.seed, step, micro * self.dist.world_size + self.dist.rank),
-                )
-                flops = micro_batch_flops(self.model.config, batch["doc_ids"], blocks, self.trainable_params)
+                if self.pretrain:
+                    blocks, flops = None, next_token_flops(self.model.config, batch["doc_ids"])
+                else:
+                    blocks = sample_blocks(
+                        batch, blocks_per_row=obj.blocks_per_row, block_size=self.block_size,
+                        mask_token_id=self.model.config.mask_token_id, num_denoise_steps=obj.num_denoise_steps,
+                        seed=block_seed(t.seed, step, micro * self.dist.world_size + self.dist.rank),
+                    ).to(device)
+                    flops = micro_batch_flops(self.model.config, batch["doc_ids"], blocks, self.model_cfg.trainable)
                 tokens = batch["input_ids"].numel()
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                loss, stats = self.backend.micro_step(batch, blocks.to(device), last=micro == t.grad_accum - 1)
+                loss, stats = self.backend.micro_step(batch, blocks, last=micro == t.grad_accum - 1)
                 self.tokens_seen += tokens * self.dist.world_size
                 meter.add_micro(loss, stats, tokens, flops)
             meter.add_step(self.backend.step())
@@ -181,6 +192,8 @@ class Trainer:
         return record if self.dist.is_main else None
 
     def save(self, step: int) -> None:
+        if self.pretrain:  # checkpoints hold the diffusion view; a pretraining run exports its base at the end
+            return
         trainer_state = {
             "step": step,
             "tokens": self.tokens_seen,
@@ -195,9 +208,13 @@ class Trainer:
             prune_checkpoints(self.run_dir, self.train_cfg.keep_last)
 
     def finish(self) -> None:
-        """Export the final diffusion view to <run>/diffusion_view (what evaluation loads)."""
+        """Export the final diffusion view to <run>/diffusion_view (what evaluation loads), or
+        when pretraining the AR model to <run>/base (a Qwen3 checkpoint with the data's tokenizer)."""
         with self.backend.gathered():
-            if self.dist.is_main:
+            if self.dist.is_main and self.pretrain:
+                tokenizer = data_tokenizer(self.cfg.data)
+                save_base(self.model, self.run_dir / BASE_DIR, load_tokenizer(tokenizer) if tokenizer else None)
+            elif self.dist.is_main:
                 save_diffusion_view(self.model, self.run_dir / DIFFUSION_DIR, extra_meta=self._meta(self.train_cfg.steps))
         barrier()
         self.tracker.close()

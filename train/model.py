@@ -6,7 +6,9 @@ Sources (conf/model/*.yaml):
   * `shape` and/or `config`: random weights at a named real shape (`models.shapes`) and/or
     with explicit OrthrusConfig fields (the tiny CPU model), for throughput runs and tests;
   * `diffusion`: optionally, an existing diffusion view (e.g. a finished run's) on top.
-Then the base is frozen and only the `trainable` diffusion modules keep requires_grad.
+Then the base is frozen and only the `trainable` diffusion modules keep requires_grad; or, to
+pretrain the base itself (objective.kind=next_token), every AR parameter learns and the
+diffusion view is frozen.
 """
 
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ import torch
 
 from models.checkpoint import load_diffusion_view, load_orthrus
 from models.config import OrthrusConfig
-from models.orthrus import DIFFUSION_MODULES, OrthrusForCausalLM
+from models.orthrus import DIFFUSION_MODULES, OrthrusForCausalLM, is_diffusion_param
 from models.shapes import QWEN3_SHAPES
 
 
@@ -44,8 +46,10 @@ class ModelConfig:
             raise ValueError(f"model.trainable={list(self.trainable)}: choose a non-empty subset of {list(DIFFUSION_MODULES)}")
 
 
-def build_model(cfg: ModelConfig, *, dtype: torch.dtype, device: torch.device, seed: int, mask_token_id: int | None, master_fp32: bool) -> OrthrusForCausalLM:
-    """The frozen base + diffusion view, on `device`; trainable params in fp32 if `master_fp32`.
+def build_model(cfg: ModelConfig, *, dtype: torch.dtype, device: torch.device, seed: int, mask_token_id: int | None,
+                master_fp32: bool, train_base: bool = False) -> OrthrusForCausalLM:
+    """The base + diffusion view, on `device`; trainable params in fp32 if `master_fp32`. The
+    base is frozen and cfg.trainable learns, or with `train_base` the base learns and the view is frozen.
 
     `mask_token_id` is cfg.mask_token_id already resolved against the data tokenizer.
     """
@@ -63,7 +67,11 @@ def build_model(cfg: ModelConfig, *, dtype: torch.dtype, device: torch.device, s
         model.init_diffusion_from_ar()
         if cfg.diffusion is not None:
             load_diffusion_view(model, cfg.diffusion)
-    model.freeze_base(tuple(cfg.trainable))
+    if train_base:
+        for name, p in model.named_parameters():
+            p.requires_grad_(not is_diffusion_param(name))
+    else:
+        model.freeze_base(tuple(cfg.trainable))
     if master_fp32:
         for p in model.parameters():
             if p.requires_grad:

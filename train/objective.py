@@ -1,4 +1,10 @@
-"""The distillation objective: the frozen AR view teaches the diffusion view to draft blocks.
+"""The training objectives, chosen by `objective.kind`:
+
+  * "distill" (DistillationObjective): the frozen AR view teaches the diffusion view to draft blocks;
+  * "next_token" (NextTokenObjective): pretraining of the AR model itself, next-token cross-entropy
+    over packed documents with every AR parameter learning (how the small base is made).
+
+The distillation objective in detail.
 
 One micro-batch (B packed rows of L tokens):
   1. AR pass of the frozen base under no_grad, causal within each document, filling a fresh
@@ -27,12 +33,14 @@ from transformers import DynamicCache
 from train.attention import ar_attention_mask, resolve_executor, training_attend
 from train.blocks import DiffusionBlocks
 
+KINDS = ("distill", "next_token")
 LOSSES = ("kl", "ce")
 FILLS = ("data", "teacher")
 
 
 @dataclass
 class ObjectiveConfig:
+    kind: str = "distill"  # "distill": train the diffusion view | "next_token": pretrain the AR model
     blocks_per_row: int = 16  # diffusion blocks drawn per packed row (anchors: see blocks.py)
     loss: str = "kl"  # "kl": KL(teacher || student); "ce": cross-entropy on the data token
     loss_decay: float | None = None  # gamma: target i weighs exp(-i / gamma); None: uniform
@@ -42,6 +50,8 @@ class ObjectiveConfig:
     attention: str = "auto"  # "flex" | "sdpa" | "auto" (flex on CUDA, sdpa on CPU)
 
     def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"objective.kind={self.kind!r}: choose one of {KINDS}")
         if self.loss not in LOSSES:
             raise ValueError(f"objective.loss={self.loss!r}: choose one of {LOSSES}")
         if self.denoise_fill not in FILLS:
@@ -138,6 +148,33 @@ class DistillationObjective(nn.Module):
             part = slice(s, s + chunk)
             ids[b[part], col[part]] = self.model.lm_head(teacher_hidden[b[part], row[part]]).argmax(-1)
         return ids
+
+
+class NextTokenObjective(nn.Module):
+    """forward(batch, blocks=None) -> (loss, stats): mean next-token cross-entropy of the AR view
+    over the tokens whose successor is in the same document (a document's first token cannot be
+    predicted from the one before it, which it does not attend to). stats put the next-token
+    accuracy at block index 0, so the training log has the distillation run's shape."""
+
+    def __init__(self, model, gradient_checkpointing: bool = False):
+        super().__init__()
+        self.model = model
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def forward(self, batch: dict[str, torch.Tensor], blocks: DiffusionBlocks | None = None):
+        ids, doc_ids = batch["input_ids"], batch["doc_ids"]
+        hidden = self.model.model(input_ids=ids, position_ids=batch["position_ids"],
+                                  attention_mask=ar_attention_mask(doc_ids)).last_hidden_state
+        valid = doc_ids[:, 1:] == doc_ids[:, :-1]
+        logits = self.model.lm_head(hidden[:, :-1][valid]).float()
+        labels = ids[:, 1:][valid]
+        loss = F.cross_entropy(logits, labels) if len(labels) else hidden.sum() * 0.0
+        K = self.model.config.block_size
+        first = torch.zeros(K - 1, device=ids.device)
+        first[0] = 1.0
+        stats = {"correct": first * (logits.argmax(-1) == labels).sum(), "count": first * len(labels)}
+        return loss, stats
 
 
 def target_weights(block_pos: torch.Tensor, decay: float | None) -> torch.Tensor:

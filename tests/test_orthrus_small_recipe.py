@@ -1,0 +1,61 @@
+"""The orthrus-small recipe (scripts/orthrus_small.sh) end to end at toy size on the CPU:
+pinned prompts -> self-distillation -> train.py -> evaluation, and its refusal to start on
+inputs that differ from the recorded hashes."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ART = REPO / "artifacts" / "orthrus-small"
+ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+
+
+def recipe(out: Path, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "scripts/orthrus_small.sh", str(out), "toy"], cwd=REPO, env={**ENV, **env},
+                          capture_output=True, text=True, check=False)
+
+
+@pytest.mark.slow
+def test_recipe_rebuilds_and_evaluates_a_view(tmp_path):
+    proc = recipe(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "self_distill" / "manifest.json").read_text())
+    assert manifest["records"] == 2 and manifest["source"].endswith("distill_prompts.jsonl.gz")
+    assert (tmp_path / "train" / "diffusion_view" / "diffusion_view.safetensors").is_file()
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert {(r["benchmark"], r["block_size"]) for r in report["runs"]} == {
+        (b, k) for b in ("humaneval", "local_jsonl") for k in (1, 8)}
+    assert all(f["exact_match"]["sequence_rate"] == 1.0 for f in report["fidelity"])  # lossless
+    assert "+ python train.py +exp=small data=self_distill" in proc.stdout  # the commands are shown
+
+
+def test_recipe_refuses_inputs_that_differ_from_the_pins(tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(ART, art, ignore=shutil.ignore_patterns("diffusion"))
+    (art / "distill_prompts.jsonl.gz").write_bytes(b"not the pinned prompts")
+    proc = recipe(tmp_path / "out", ART=str(art))
+    assert proc.returncode == 1 and "differ from" in proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "exp").glob("ablate_*.yaml")))
+def test_small_ablations_take_their_arms_from_the_shared_yaml(name):
+    """The recipe's ablations run '+exp=[ablate_X,small]': the orthrus-small run with the arms
+    conf/exp/ablate_X.yaml defines for every size."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import train.config  # noqa: F401  (registers ${floor_div:...})
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", [f"+exp=[{name},small]", "data=self_distill", "~data.build_corpus",
+                                 "~data.train_tokenizer", "data.load_tokenized_dataset.source=x"],
+                      return_hydra_config=True)
+    own = OmegaConf.load(REPO / "conf" / "exp" / f"{name}.yaml").hydra.sweeper.params
+    assert cfg.hydra.sweeper.params == own
+    assert cfg.model.base == "artifacts/orthrus-small/base" and "build_corpus" not in cfg.data
