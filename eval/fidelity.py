@@ -24,6 +24,7 @@ from tqdm import tqdm
 from transformers import DynamicCache, GenerationMixin
 
 from eval.runner import DecodeFn
+from models.compat import cache_kwargs
 from models.generate import GenerationResult, generate
 from models.orthrus import prefix_attend
 from models.sampling import SamplingParams, logits_to_probs
@@ -145,7 +146,7 @@ def effective_distributions(model, result: GenerationResult, sampling: SamplingP
     seq, L, K = result.sequences.to(model.device), result.prompt_len, result.block_size
     mask_id, scale = model.config.mask_token_id, model.model.layers[0].self_attn.scaling
     cache = DynamicCache(config=model.config)
-    logits = model(input_ids=seq[:, :L], past_key_values=cache, use_cache=True).logits[0, -1]
+    logits = model(input_ids=seq[:, :L], **cache_kwargs(cache)).logits[0, -1]
     rows = [_normalised(logits_to_probs(logits, sampling))]  # the prefill token is drawn from p
     start = L
     for n_acc, n_emit, k in zip(result.accepted, result.emitted, result.proposed):
@@ -158,7 +159,7 @@ def effective_distributions(model, result: GenerationResult, sampling: SamplingP
             q = logits_to_probs(d_logits, sampling)
         m = min(n_acc, n_emit)  # a clipped last iteration emitted fewer drafts than it accepted
         block[0, 1 : m + 1] = seq[0, start + 1 : start + 1 + m]
-        p = logits_to_probs(model(input_ids=block, position_ids=positions, past_key_values=cache, use_cache=True).logits[0], sampling)
+        p = logits_to_probs(model(input_ids=block, position_ids=positions, **cache_kwargs(cache)).logits[0], sampling)
         for i in range(n_emit):  # emitted token i + 1 of this block sits at position start + i + 1
             rows.append(_effective(p[i], q[i]) if i < k - 1 else _normalised(p[i]))
         extra = cache.get_seq_length() - (start + n_acc + 1)

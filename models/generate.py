@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from models.compat import cache_kwargs
 from models.orthrus import OrthrusForCausalLM, prefix_attend
 from models.sampling import SamplingParams, greedy_accept, logits_to_probs, sample, speculative_accept
 
@@ -106,7 +107,7 @@ def generate(
     # Prefill: the whole prompt through the AR view; its last logits give the first token.
     cache = DynamicCache(config=model.config)
     L = input_ids.shape[1]
-    logits = model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits[0, -1:]
+    logits = model(input_ids=input_ids, **cache_kwargs(cache)).logits[0, -1:]
     result.ar_forwards += 1
     first = _pick(logits, sampling, generator)[0]
     done = emit([first])
@@ -136,7 +137,7 @@ def generate(
             draft = block[0, 1:]
             q = torch.empty(0, model.config.vocab_size, device=device)
 
-        ar_logits = model(input_ids=block, position_ids=positions, past_key_values=cache, use_cache=True).logits[0]
+        ar_logits = model(input_ids=block, position_ids=positions, **cache_kwargs(cache)).logits[0]
         result.ar_forwards += 1
         if sampling.greedy:
             n_acc, nxt = greedy_accept(draft, ar_logits)

@@ -45,6 +45,7 @@ from kernels.pdl import pdl_unsupported  # noqa: E402
 from kernels.reference import diffusion_attention_ref, verify_attention_ref  # noqa: E402
 from models.config import OrthrusConfig  # noqa: E402
 from models.engine import OrthrusEngine  # noqa: E402
+from models.compat import cache_kwargs  # noqa: E402
 from models.engine_ops import TritonOps  # noqa: E402
 from models.orthrus import OrthrusForCausalLM, is_diffusion_param  # noqa: E402
 from models.shapes import QWEN3_SHAPES, shape_config  # noqa: E402
@@ -326,7 +327,7 @@ def time_hf(model, engine, ctx, clock, reps) -> float:
         cache.update(engine.cache.keys(layer)[:, :, :ctx], engine.cache.values(layer)[:, :, :ctx], layer)
     tok = torch.tensor([[11]], device=engine.device)
     with torch.inference_mode():
-        ms = clock(lambda: model(input_ids=tok, past_key_values=cache, use_cache=True), reps=reps, warmup=3,
+        ms = clock(lambda: model(input_ids=tok, **cache_kwargs(cache)), reps=reps, warmup=3,
                    after=lambda: cache.crop(-1))  # drop the step's token (crop takes a count to remove)
     del cache
     return ms
