@@ -34,6 +34,7 @@ import traceback
 from pathlib import Path
 
 import torch
+from transformers import GenerationMixin
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -44,8 +45,8 @@ from kernels.matmul import Matmul, chain_ms, weight_copies  # noqa: E402
 from kernels.pdl import pdl_unsupported  # noqa: E402
 from kernels.reference import diffusion_attention_ref, verify_attention_ref  # noqa: E402
 from models.config import OrthrusConfig  # noqa: E402
-from models.engine import OrthrusEngine  # noqa: E402
 from models.compat import cache_kwargs  # noqa: E402
+from models.engine import OrthrusEngine  # noqa: E402
 from models.engine_ops import TritonOps  # noqa: E402
 from models.orthrus import OrthrusForCausalLM, is_diffusion_param  # noqa: E402
 from models.shapes import QWEN3_SHAPES, shape_config  # noqa: E402
@@ -339,8 +340,9 @@ def time_hf_generate(model, device, clock) -> float:
     so the prefill cancels)."""
     ids = random_ids(model, 256, device, seed=3)
     kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0, eos_token_id=None)
-    t1 = clock(lambda: model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw), reps=2, warmup=1)
-    t33 = clock(lambda: model.generate(ids, max_new_tokens=33, min_new_tokens=33, **kw), reps=2, warmup=1)
+    hf_generate = GenerationMixin.generate  # the plain base's (OrthrusForCausalLM.generate decodes with Orthrus)
+    t1 = clock(lambda: hf_generate(model, ids, max_new_tokens=1, min_new_tokens=1, **kw), reps=2, warmup=1)
+    t33 = clock(lambda: hf_generate(model, ids, max_new_tokens=33, min_new_tokens=33, **kw), reps=2, warmup=1)
     return (t33 - t1) / 32
 
 

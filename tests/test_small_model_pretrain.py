@@ -71,7 +71,7 @@ def test_checkpoint_loads_and_card_says_how(toy_run):
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.mask_token_id == 3 and model.config.eos_token_id == tokenizer.eos_token_id
     # The Orthrus loader accepts it as a plain Qwen3 base (diffusion view copied from the AR view).
-    orthrus = load_orthrus(str(out), block_size=4, mask_token_id=tokenizer.mask_token_id)
+    orthrus = load_orthrus(str(out), block_size=4, mask_token_id=tokenizer.mask_token_id, device="cpu")
     assert orthrus.config.block_size == 4
     card = (out / "README.md").read_text()
     for needle in ("command", "commit", "device", "tokens seen", "training time", "held-out loss"):
