@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompt", required=True)
     ap.add_argument("--base", default=f"{SMALL}/base", help="Qwen3 or merged Orthrus checkpoint (folder or hub name)")
-    ap.add_argument("--diffusion", default=None, help=f"diffusion view (default with the small base: {SMALL}/diffusion)")
+    ap.add_argument("--diffusion", default=None, help=f"diffusion view (with the small base: {SMALL}/diffusion)")
     ap.add_argument("--tokenizer", default=None, help="default: the base's")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--block-size", type=int, default=None, help="K (default: the checkpoint's; 1: plain AR)")

@@ -21,6 +21,7 @@ LOCK_FILE = "run.lock"
 LOG_FILE = "train.log"
 
 log = logging.getLogger("train")
+_HELD: dict[str, int] = {}  # lock file -> descriptor, for the folders this process holds
 
 
 class RunFolderBusy(RuntimeError):
@@ -41,15 +42,19 @@ class RunFolder:
             self.handler.close()
             self.handler = None
         if self.fd is not None:
-            os.close(self.fd)  # closing the descriptor drops the flock
+            release_run_dir(self.fd)
             self.fd = None
 
 
 def claim_run_dir(run_dir: Path) -> int:
     """Create `run_dir` and lock it for this process; returns the lock's file descriptor (open for
-    the life of the run). Raises RunFolderBusy when another live process holds it."""
+    the life of the run). Raises RunFolderBusy when another live process holds it. A folder this
+    process already holds (a run that raised, resumed in the same interpreter) is handed over."""
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / LOCK_FILE
+    key = str(lock.resolve())
+    if key in _HELD:
+        return _HELD[key]
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -63,13 +68,20 @@ def claim_run_dir(run_dir: Path) -> int:
         ) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    _HELD[key] = fd
     return fd
+
+
+def release_run_dir(fd: int) -> None:
+    for key in [k for k, v in _HELD.items() if v == fd]:
+        del _HELD[key]
+    os.close(fd)  # closing the descriptor drops the flock
 
 
 def check_run_dir_free(run_dir: Path) -> None:
     """Fail (RunFolderBusy) if a live run holds `run_dir`; called before Hydra writes into it."""
     if (run_dir / LOCK_FILE).is_file():
-        os.close(claim_run_dir(run_dir))
+        release_run_dir(claim_run_dir(run_dir))
 
 
 def attach_log_file(run_dir: Path) -> logging.Handler | None:
