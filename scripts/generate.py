@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None):
     decode = OrthrusEngine(model, ids.shape[1] + args.max_new_tokens + K).generate if args.engine else \
         lambda *a, **kw: generate(model, *a, **kw)
     generator = torch.Generator(device=model.device).manual_seed(args.seed)
-    streamer = TextStreamer(tokenizer, skip_prompt=not chat)
+    streamer = TextStreamer(tokenizer, skip_prompt=chat)  # a raw completion shows its prompt
     start = time.perf_counter()
     result = decode(ids, args.max_new_tokens, block_size=K, sampling=sampling, generator=generator, streamer=streamer,
                     stop_strings=args.stop, tokenizer=tokenizer)
