@@ -27,7 +27,6 @@ from omegaconf import DictConfig
 import train.config  # noqa: F401  (registers data=synthetic, ${floor_div:...} and ${pid:})
 from train.run_dir import RunFolderBusy, check_run_dir_free
 
-
 CONF = Path(__file__).resolve().parent / "conf"
 GROUPS = {p.name for p in CONF.iterdir() if p.is_dir()} | {"data"}  # data=synthetic: train/config.py
 

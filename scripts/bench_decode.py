@@ -44,8 +44,8 @@ from kernels.attention import diffusion_attention, verify_attention  # noqa: E40
 from kernels.matmul import Matmul, chain_ms, weight_copies  # noqa: E402
 from kernels.pdl import pdl_unsupported  # noqa: E402
 from kernels.reference import diffusion_attention_ref, verify_attention_ref  # noqa: E402
-from models.config import OrthrusConfig  # noqa: E402
 from models.compat import cache_kwargs  # noqa: E402
+from models.config import OrthrusConfig  # noqa: E402
 from models.engine import OrthrusEngine  # noqa: E402
 from models.engine_ops import TritonOps  # noqa: E402
 from models.orthrus import OrthrusForCausalLM, is_diffusion_param  # noqa: E402

@@ -33,7 +33,6 @@ from models.checkpoint import load_orthrus
 from models.generate import _eos_ids, generate
 from models.sampling import SamplingParams
 
-
 log = logging.getLogger(__name__)
 SILENT_TOKENS = 4  # mean new tokens per prompt below which a run is reported as (almost) silent
 

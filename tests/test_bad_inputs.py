@@ -146,3 +146,19 @@ def test_chat_template_auto_only_for_models_trained_with_it():
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     assert resolve_chat_template("auto", tok, {im_end})  # a chat model ends its turn with its EOS
     assert resolve_chat_template(True, tok, base_eos) and not resolve_chat_template(False, tok, {im_end})
+
+
+def test_near_silent_run_warns_with_the_fix(caplog):
+    import scripts.evaluate as evaluate
+    from eval.runner import DecodeRun
+    from models.generate import GenerationResult
+
+    def result(new: int) -> GenerationResult:
+        return GenerationResult(sequences=torch.zeros(1, 3 + new, dtype=torch.long), prompt_len=3, block_size=4)
+
+    with caplog.at_level("WARNING", logger=evaluate.log.name):
+        evaluate.warn_if_silent("humaneval", DecodeRun(4, [result(1), result(2)], []), chat_template=True)
+        assert "prompt.chat_template=false" in caplog.text
+        caplog.clear()
+        evaluate.warn_if_silent("humaneval", DecodeRun(4, [result(30), result(20)], []), chat_template=True)
+        assert caplog.text == ""

@@ -8,8 +8,8 @@ import torch
 from transformers import DynamicCache
 
 import models.engine as engine_module
-from models.engine import OrthrusEngine
 from models.compat import cache_kwargs
+from models.engine import OrthrusEngine
 from models.engine_ops import TorchOps
 from models.generate import generate
 from models.orthrus import prefix_attend

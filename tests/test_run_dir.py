@@ -4,14 +4,20 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 import train.config  # noqa: F401  (registers ${pid:})
 from tests.test_train_cli import FAST, REPO, steps_logged
-from train.run_dir import LOCK_FILE, RunFolder, RunFolderBusy, claim_run_dir, format_record, release_run_dir
+from train.run_dir import (
+    LOCK_FILE,
+    RunFolder,
+    RunFolderBusy,
+    claim_run_dir,
+    format_record,
+    release_run_dir,
+)
 
 HOLD = "import sys, time; from pathlib import Path; from train.run_dir import claim_run_dir; " \
        "claim_run_dir(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)"

@@ -2,7 +2,6 @@
 decode requests fail before any forward pass."""
 
 import pytest
-import torch
 
 from models.engine import OrthrusEngine
 from models.generate import generate
