@@ -66,3 +66,25 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def looks_local(name: str | os.PathLike) -> bool:
+    """True when `name` can only be a local path, never a hub id ("name" or "org/name"): it exists,
+    is absolute, starts with "." or "~", or has a backslash, a trailing slash or more than one "/"."""
+    text = str(name)
+    return (Path(text).expanduser().exists() or os.path.isabs(text) or text.startswith((".", "~"))
+            or "\\" in text or text.endswith("/") or text.count("/") > 1)
+
+
+def check_writable(folder: str | os.PathLike, what: str) -> Path:
+    """Create `folder` and write a probe file into it, so an unwritable output location fails
+    before any work is done; `what` names the setting in the error (e.g. "out_dir")."""
+    path = Path(folder).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise PermissionError(f"{what}={str(folder)!r} is not a writable folder ({err.strerror}): "
+                              f"choose another {what} (e.g. {what}=runs/eval) or fix its permissions") from None
+    return path

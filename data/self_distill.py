@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from transformers import GenerationMixin
 
 from data._io import atomic_open, atomic_write_text
 from data.datasets import load_raw_dataset
@@ -148,8 +149,8 @@ def generate_batch(model, tokenizer, texts: list[str], *, max_new_tokens: int, t
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k} if temperature > 0 \
         else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    out = model.generate(
-        input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=max_new_tokens,
+    out = GenerationMixin.generate(  # the plain base's batched generate, also for a merged Orthrus model
+        model, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=max_new_tokens,
         eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id, **sampling,
     )
     responses = []

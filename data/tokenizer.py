@@ -20,7 +20,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from data._io import atomic_directory
+from data._io import atomic_directory, looks_local
 from data.corpus import TRAIN, load_manifest, read_corpus
 
 EOS_TOKEN = "<|endoftext|>"
@@ -112,13 +112,17 @@ def train_tokenizer(
 def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
     """Load a tokenizer from a local folder or a hub name (e.g. "Qwen/Qwen3-0.6B").
 
-    A value that looks like a path (absolute, or starting with "." or "~") must
+    A value that looks like a path (data._io.looks_local) must
     exist; otherwise the hub lookup would fail later with a confusing message.
     """
     text = str(name_or_path)
     path = Path(text).expanduser()
-    if not path.exists() and (path.is_absolute() or text.startswith((".", "~"))):
+    if looks_local(text) and not path.exists():
         raise FileNotFoundError(
             f"tokenizer folder {path} does not exist; train one with python -m scripts.train_tokenizer --out-dir {text}"
         )
-    return AutoTokenizer.from_pretrained(str(path) if path.exists() else text)
+    try:
+        return AutoTokenizer.from_pretrained(str(path) if path.exists() else text)
+    except OSError as err:
+        raise OSError(f"tokenizer '{text}' is not a local folder (none under {Path.cwd()}) and could not be loaded "
+                      f"from the hub ({err}): pass a local tokenizer folder, e.g. artifacts/orthrus-small/tokenizer") from err

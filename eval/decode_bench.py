@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from transformers import GenerationMixin
 
 from data._io import atomic_write_text
 from eval.fidelity import greedy_divergence, small_model_divergence
@@ -33,6 +34,7 @@ from eval.provenance import provenance, source_hash
 from eval.timing import host_loop_ms, median_ms
 from kernels.matmul import Matmul, chain_ms, weight_copies
 from kernels.pdl import pdl_unsupported
+from models.compat import cache_kwargs
 from models.config import OrthrusConfig
 from models.engine import OrthrusEngine
 from models.engine_ops import TritonOps
@@ -191,7 +193,7 @@ def time_hf(model, engine, ctx, clock, reps) -> float:
         cache.update(engine.cache.keys(layer)[:, :, :ctx], engine.cache.values(layer)[:, :, :ctx], layer)
     tok = torch.tensor([[11]], device=engine.device)
     with torch.inference_mode():
-        ms = clock(lambda: model(input_ids=tok, past_key_values=cache, use_cache=True), reps=reps, warmup=3,
+        ms = clock(lambda: model(input_ids=tok, **cache_kwargs(cache)), reps=reps, warmup=3,
                    after=lambda: cache.crop(-1))  # drop the step's token (crop takes a count to remove)
     del cache
     return ms
@@ -203,8 +205,9 @@ def time_hf_generate(model, device, clock) -> float:
     so the prefill cancels)."""
     ids = random_ids(model, 256, device, seed=3)
     kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0, eos_token_id=None)
-    t1 = clock(lambda: model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw), reps=2, warmup=1)
-    t33 = clock(lambda: model.generate(ids, max_new_tokens=33, min_new_tokens=33, **kw), reps=2, warmup=1)
+    hf_generate = GenerationMixin.generate  # the plain base's (OrthrusForCausalLM.generate decodes with Orthrus)
+    t1 = clock(lambda: hf_generate(model, ids, max_new_tokens=1, min_new_tokens=1, **kw), reps=2, warmup=1)
+    t33 = clock(lambda: hf_generate(model, ids, max_new_tokens=33, min_new_tokens=33, **kw), reps=2, warmup=1)
     return (t33 - t1) / 32
 
 

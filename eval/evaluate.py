@@ -9,13 +9,14 @@ provenance: the command as it ran, commit + dirty flag, a hash of the sources th
 versions, time) and metrics.md (tables).
 """
 
+import logging
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from data._io import atomic_write_text
+from data._io import atomic_write_text, check_writable
 from data.tokenizer import load_tokenizer
 from eval import figures
 from eval.accuracy import add_accuracy
@@ -31,14 +32,17 @@ from eval.paper_tables import (
     table1,
     to_csv,
 )
-from eval.prompts import PromptSpec, encode_prompt, load_prompts
+from eval.prompts import PromptSpec, encode_prompt, load_prompts, resolve_chat_template
 from eval.provenance import provenance
 from eval.report import markdown_table, read_json, run_markdown, write_json
 from eval.runner import DecodeFn, DecodeRun, EngineDecode, measure_block_sizes
 from eval.timing import protocol
 from models.checkpoint import load_orthrus
-from models.generate import generate
+from models.generate import _eos_ids, generate
 from models.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+SILENT_TOKENS = 4  # mean new tokens per prompt below which a run is reported as (almost) silent
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -60,23 +64,46 @@ def decode_function(name: str, max_seq_len: int) -> DecodeFn:
     raise ValueError(f"decode.engine={name!r}: use one of {DECODERS}")
 
 
+def check_config(cfg: DictConfig) -> Path:
+    """Everything that can be checked before a model is loaded; returns the (writable) output folder."""
+    if cfg.decode.engine not in DECODERS:
+        raise ValueError(f"decode.engine={cfg.decode.engine!r}: use one of {DECODERS}")
+    for k in cfg.decode.block_sizes:
+        if k is not None and (not isinstance(k, int) or k < 1):
+            raise ValueError(f"decode.block_sizes has {k!r}: each entry is an integer >= 1 (1 = the AR baseline) "
+                             "or null (the checkpoint's K)")
+    if cfg.model.block_size is not None and cfg.model.block_size < 1:
+        raise ValueError(f"model.block_size={cfg.model.block_size} must be >= 1 (null: the checkpoint's K)")
+    unknown = [b for b in cfg.benchmarks if b not in cfg.prompt_sets]
+    if unknown:
+        raise KeyError(f"benchmarks {unknown} are not in prompt_sets (known: {sorted(cfg.prompt_sets)})")
+    return check_writable(Path(cfg.out_dir) / cfg.name, "out_dir")
+
+
+def warn_if_silent(bench: str, run: DecodeRun, chat_template: bool) -> None:
+    """A run whose prompts end almost at once measures nothing (TPF of a one-token output): say so."""
+    mean = sum(r.num_new_tokens for r in run.results) / len(run.results)
+    if mean < SILENT_TOKENS:
+        hint = ("prompt.chat_template=false if this is a base model (it reads the chat turn as text and stops)"
+                if chat_template else "a different prompt set, or check the model's EOS token")
+        log.warning("%s: the model emitted %.1f new tokens per prompt on average, too few for meaningful metrics; "
+                    "try %s", bench, mean, hint)
+
+
 def run(cfg: DictConfig, command: list[str] | None = None) -> Path:
     """Evaluate per `cfg` and write the results; returns the metrics.json path. `command`: the argv to
     record (default sys.argv); it must reproduce the run as written."""
-    if cfg.decode.engine not in DECODERS:
-        raise ValueError(f"decode.engine={cfg.decode.engine!r}: use one of {DECODERS}")
-    for bench in cfg.benchmarks:
-        if bench not in cfg.prompt_sets:
-            raise KeyError(f"benchmark {bench!r} is not in prompt_sets (known: {sorted(cfg.prompt_sets)})")
+    out = check_config(cfg)
     model_args = OmegaConf.to_container(cfg.model, resolve=True)
     model = load_orthrus(**{**model_args, "dtype": torch_dtype(model_args["dtype"])})
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model.base)
+    chat_template = resolve_chat_template(cfg.prompt.chat_template, tokenizer, _eos_ids(model, None))
     sampling = SamplingParams(cfg.decode.temperature, cfg.decode.top_k, cfg.decode.top_p)
-    block_sizes = sorted({k or model.config.block_size for k in cfg.decode.block_sizes})
+    block_sizes = sorted({model.config.block_size if k is None else k for k in cfg.decode.block_sizes})
     max_new = cfg.decode.max_new_tokens
     prompts = {bench: load_prompts(PromptSpec(**OmegaConf.to_container(cfg.prompt_sets[bench], resolve=True)),
                                    cfg.limit) for bench in cfg.benchmarks}
-    encoded = {bench: [encode_prompt(tokenizer, p.text, chat_template=cfg.prompt.chat_template,
+    encoded = {bench: [encode_prompt(tokenizer, p.text, chat_template=chat_template,
                                      enable_thinking=cfg.prompt.enable_thinking) for p in ps]
                for bench, ps in prompts.items()}
     longest = max([len(ids) for prompts in encoded.values() for ids in prompts] + list(cfg.context_sweep.lengths))
@@ -107,6 +134,7 @@ def run(cfg: DictConfig, command: list[str] | None = None) -> Path:
     for bench, ids in tqdm(encoded.items(), desc="benchmarks", disable=not cfg.progress):
         rows, runs = measure_block_sizes(model, ids, block_sizes, desc=bench, **decode)
         add_accuracy(rows, runs, cfg.suite.get(bench), prompts[bench], tokenizer, cfg.suite.timeout_s)
+        warn_if_silent(bench, runs[max(block_sizes)], chat_template)
         report["runs"] += [{"benchmark": bench, "num_prompts": len(ids), **row} for row in rows]
         references = greedy_references(cfg, model, ids, sampling)
         report["fidelity"] += [
@@ -123,7 +151,6 @@ def run(cfg: DictConfig, command: list[str] | None = None) -> Path:
 
     report = {"name": report.pop("name"), "label": report.pop("label"),
               "provenance": provenance(model.device, command), **report}  # last: hashes every source that ran
-    out = Path(cfg.out_dir) / cfg.name
     path = write_json(out / "metrics.json", report)
     atomic_write_text(out / "metrics.md", run_markdown(report))
     return path

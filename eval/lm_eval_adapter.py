@@ -4,8 +4,10 @@ Subclassing lm-eval's HFLM keeps everything but generation identical to the `hf`
 log-likelihoods run through the frozen base forward (Orthrus's AR view *is* the base model),
 tokenisation, chat templates, truncation and answer post-processing are HFLM's own. Only
 `_model_generate` changes: each request is decoded by Orthrus (one sequence at a time, the
-left padding of lm-eval's batch removed), and stop sequences end decoding early.
+left padding of lm-eval's batch removed), and stop sequences end decoding early (the decoders'
+own stop strings, models/stopping.py).
 
+    python -m eval.lm_eval_cli --model orthrus --model_args pretrained=... --tasks ...  # the lm-eval CLI
     import eval.lm_eval_adapter  # registers "orthrus" with lm-eval
     lm_eval.simple_evaluate(model="orthrus", model_args="pretrained=chiennv/Orthrus-Qwen3-8B,dtype=bfloat16",
                             tasks=["gsm8k"])
@@ -32,18 +34,10 @@ _SAMPLING_KEYS = ("do_sample", "temperature", "top_k", "top_p")
 _NEUTRAL = {"repetition_penalty": 1.0, "min_p": None, "typical_p": 1.0, "no_repeat_ngram_size": 0}
 
 
-class _StopSequences(Exception):
-    """Raised from the streamer once a stop sequence appears: the loop has no stop hook."""
+class _Collector:
+    """Streamer that collects the new tokens and how many each put carried (per iteration)."""
 
-
-class _StopWatcher:
-    """Streamer that collects new tokens, counts tokens per iteration, and stops decoding when
-    a stop string shows up. Only a window of recent tokens is decoded per check (as lm-eval's
-    own stopping criterion does) so long generations do not cost quadratic detokenisation."""
-
-    def __init__(self, tokenizer, stop: list[str]):
-        self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
-        self.lookback = max((len(tokenizer.encode(s, add_special_tokens=False)) for s in self.stop), default=0) + 2
+    def __init__(self):
         self.tokens: list[int] = []
         self.chunks: list[int] = []  # tokens emitted per put (the first is the prefill token)
         self.seen_prompt = False
@@ -55,10 +49,6 @@ class _StopWatcher:
         new = tokens.flatten().tolist()
         self.tokens += new
         self.chunks.append(len(new))
-        if self.stop:
-            text = self.tokenizer.decode(self.tokens[-(len(new) + self.lookback) :])
-            if any(s in text for s in self.stop):
-                raise _StopSequences
 
     def end(self):
         pass
@@ -75,7 +65,7 @@ class OrthrusLM(HFLM):
         decode_fn: DecodeFn = generate,
         tokenizer=None,
         dtype: str | torch.dtype = "bfloat16",
-        device: str = "cuda",
+        device: str = "auto",
         **kwargs,
     ):
         """pretrained: a hub name / folder (Qwen3 or merged Orthrus, loaded with `load_orthrus`)
@@ -112,13 +102,11 @@ class OrthrusLM(HFLM):
         return out
 
     def _decode_one(self, input_ids, max_new: int, stop: list[str], sampling: SamplingParams) -> list[int]:
-        watcher = _StopWatcher(self.tokenizer, stop)
-        try:
-            self.decode_fn(self.model, input_ids, max_new, block_size=self.block_size, sampling=sampling, streamer=watcher)
-        except _StopSequences:
-            pass
-        self.iteration_tokens += watcher.chunks[1:]  # chunks[0] is the prefill token
-        return watcher.tokens
+        collector = _Collector()
+        self.decode_fn(self.model, input_ids, max_new, block_size=self.block_size, sampling=sampling,
+                       streamer=collector, stop_strings=stop, tokenizer=self.tokenizer)
+        self.iteration_tokens += collector.chunks[1:]  # chunks[0] is the prefill token
+        return collector.tokens
 
 
 def sampling_params(generation_config: GenerationConfig, kwargs: dict) -> SamplingParams:

@@ -155,3 +155,23 @@ def encode_prompt(tokenizer, text: str, *, chat_template: bool, enable_thinking:
     if not ids:
         raise ValueError("a prompt encoded to zero tokens; decoding needs at least one")
     return ids
+
+
+def resolve_chat_template(setting: bool | str, tokenizer, eos_token_ids: set[int]) -> bool:
+    """Whether prompts go through the chat template. "auto": only for a model trained with its
+    template, i.e. one whose template ends a turn with one of the model's EOS tokens (Qwen3 chat
+    models: <|im_end|>). A base model that merely ships a template (orthrus-small, Qwen3-Base) would
+    read the rendered turn as text and may stop at once, so it gets the raw prompt."""
+    has_template = getattr(tokenizer, "chat_template", None) is not None
+    if setting is True and not has_template:
+        raise ValueError("prompt.chat_template=true but the tokenizer has no chat template: set "
+                         "prompt.chat_template=false (or auto)")
+    if setting in (True, False):
+        return setting
+    if setting != "auto":
+        raise ValueError(f"prompt.chat_template={setting!r}: choose true, false or auto")
+    if not has_template:
+        return False
+    turn = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    ids = tokenizer.encode(tokenizer.apply_chat_template(turn, tokenize=False), add_special_tokens=False)
+    return any(t in eos_token_ids for t in ids)

@@ -14,11 +14,12 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
 from transformers.utils import logging as hf_logging
 
-from data._io import atomic_directory
+from data._io import atomic_directory, looks_local
 from models.config import OrthrusConfig
 from models.orthrus import OrthrusForCausalLM, is_diffusion_param
 
@@ -34,18 +35,24 @@ def load_orthrus(
     block_size: int | None = None,
     mask_token_id: int | None = None,
     dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
     attn_implementation: str = "sdpa",
 ) -> OrthrusForCausalLM:
     """Build an Orthrus model from `base` (Qwen3 or merged Orthrus) and optional diffusion weights.
 
     block_size / mask_token_id override what the checkpoint says (a plain Qwen3 checkpoint says
-    nothing, so mask_token_id is then required unless the diffusion file records it).
+    nothing, so mask_token_id is then required unless the diffusion file records it); None keeps
+    the checkpoint's. device "auto" is CUDA when present, else the CPU.
     """
+    if block_size is not None and block_size < 1:
+        raise ValueError(f"block_size={block_size} must be >= 1 (None: the checkpoint's K)")
+    device = resolve_device(device)
     source_config = _load_config(base)
     meta = _read_diffusion_meta(diffusion) if diffusion else {}
+    if block_size is None:
+        block_size = meta.get("block_size") or getattr(source_config, "block_size", None)
     overrides = {
-        "block_size": block_size or meta.get("block_size") or getattr(source_config, "block_size", None),
+        "block_size": block_size,
         "mask_token_id": mask_token_id if mask_token_id is not None else meta.get("mask_token_id", getattr(source_config, "mask_token_id", None)),
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -70,20 +77,28 @@ def load_orthrus(
     return model.to(device).eval()
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto": the first CUDA device when there is one, else the CPU; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def _load_config(base: str):
     path = Path(base).expanduser()
-    looks_local = path.exists() or base.startswith((".", "/", "~")) or base.count("/") > 1
-    if looks_local and not (path / "config.json").is_file():
+    local = looks_local(base)
+    if local and not (path / "config.json").is_file():
         raise FileNotFoundError(
-            f"no checkpoint at '{base}': expected a folder with config.json "
-            "(a local Qwen3/Orthrus checkpoint) or a hub name like 'Qwen/Qwen3-8B'."
+            f"no checkpoint at '{base}' ({'no config.json in it' if path.is_dir() else 'no such folder'}): "
+            "pass a folder with config.json (a local Qwen3/Orthrus checkpoint) or a hub name like 'Qwen/Qwen3-8B'."
         )
     try:
-        config = AutoConfig.from_pretrained(str(path) if looks_local else base)
+        config = AutoConfig.from_pretrained(str(path) if local else base)
     except OSError as err:
         raise OSError(
-            f"could not load '{base}' from the hub ({err}). Without network access, download "
-            "the checkpoint elsewhere and pass its local folder instead."
+            f"'{base}' is not a local folder (none under {Path.cwd()}) and could not be loaded from the hub ({err}). "
+            "Pass the path of a local checkpoint folder (e.g. ./runs/x), or without network access download the "
+            "checkpoint elsewhere and pass its folder."
         ) from err
     if config.model_type not in _SUPPORTED_TYPES:
         raise ValueError(
@@ -117,7 +132,11 @@ def save_diffusion_view(model: OrthrusForCausalLM, folder: str | os.PathLike, ex
 def load_diffusion_view(model: OrthrusForCausalLM, path: str | os.PathLike) -> None:
     """Load diffusion weights from a folder written by `save_diffusion_view` or a .safetensors file."""
     file = _diffusion_file(path)
-    state = load_file(str(file))
+    try:
+        state = load_file(str(file))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"diffusion view {file} is not a readable safetensors file ({err}): it is truncated or "
+                         "not a diffusion view; re-export it (save_diffusion_view) or pass the right file") from None
     expected = diffusion_state_dict(model)
     missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
     if missing or unexpected:
@@ -145,7 +164,12 @@ def _diffusion_file(path) -> Path:
 
 def _read_diffusion_meta(path) -> dict:
     meta = _diffusion_file(path).parent / DIFFUSION_META
-    return json.loads(meta.read_text()) if meta.is_file() else {}
+    if not meta.is_file():
+        return {}
+    try:
+        return json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{meta} is not valid JSON ({err}): re-export the diffusion view or delete the file") from None
 
 
 def save_merged(model: OrthrusForCausalLM, folder: str | os.PathLike, tokenizer=None) -> Path:

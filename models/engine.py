@@ -46,6 +46,7 @@ from models.engine_ops import TorchOps, TritonOps
 from models.generate import GenerationResult, _eos_ids, check_request
 from models.orthrus import OrthrusForCausalLM
 from models.sampling import SamplingParams, logits_to_probs, sample, speculative_accept
+from models.stopping import Stopper
 
 PREFILL_CHUNK = 1024  # prompt tokens per prefill pass: bounds activation memory for long prompts
 
@@ -257,16 +258,18 @@ class OrthrusEngine:
         eos_token_id: int | list[int] | None = None,
         generator: torch.Generator | None = None,
         streamer=None,
+        stop_strings: list[str] | None = None,
+        tokenizer=None,
     ) -> GenerationResult:
         """Same contract as `models.generate.generate` (so evaluation can use either), on this engine."""
-        K = check_request(input_ids, max_new_tokens, block_size or self.config.block_size)
+        K = check_request(input_ids, max_new_tokens, block_size, self.config)
         L = input_ids.shape[1]
         need = max(L, L + max_new_tokens + K - 2)
         if need > self.cache.max_seq_len:
             raise ValueError(f"prompt {L} + max_new_tokens {max_new_tokens} with block_size {K} needs {need} cache "
                              f"rows; this engine has max_seq_len={self.cache.max_seq_len}. Build it with a larger one.")
         steps = self.steps(K)
-        eos = _eos_ids(self.model, eos_token_id)
+        stopper = Stopper(_eos_ids(self.model, eos_token_id), stop_strings, tokenizer)
         ids = input_ids.to(self.device)
 
         result = GenerationResult(sequences=input_ids, prompt_len=L, block_size=K)
@@ -275,19 +278,16 @@ class OrthrusEngine:
             streamer.put(input_ids.cpu())
 
         def emit(tokens: list[int]) -> int:
-            """Append tokens, clipped at EOS and at max_new_tokens; returns how many were kept."""
-            for i, t in enumerate(tokens):
-                if t in eos:
-                    tokens, result.finished_by_eos = tokens[: i + 1], True
-                    break
-            tokens = tokens[: max_new_tokens - len(out)]
+            """Append tokens, clipped at max_new_tokens, EOS or a stop string; returns how many were kept."""
+            tokens = stopper.clip(tokens[: max_new_tokens - len(out)])
+            result.finished_by_eos, result.finished_by_stop_string = stopper.reason == "eos", stopper.reason == "stop"
             out.extend(tokens)
             if streamer is not None:
                 streamer.put(torch.tensor(tokens))
             return len(tokens)
 
         def finished() -> bool:
-            return result.finished_by_eos or len(out) >= max_new_tokens
+            return stopper.reason is not None or len(out) >= max_new_tokens
 
         logits = self.prefill(ids[0])
         result.ar_forwards += 1

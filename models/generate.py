@@ -23,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from models.compat import cache_kwargs
 from models.orthrus import OrthrusForCausalLM, prefix_attend
 from models.sampling import SamplingParams, greedy_accept, logits_to_probs, sample, speculative_accept
+from models.stopping import Stopper
 
 
 @dataclass
@@ -40,6 +42,7 @@ class GenerationResult:
     ar_forwards: int = 0  # prefill counts as one
     diffusion_forwards: int = 0
     finished_by_eos: bool = False
+    finished_by_stop_string: bool = False
 
     @property
     def new_tokens(self) -> torch.LongTensor:
@@ -85,6 +88,8 @@ def generate(
     generator: torch.Generator | None = None,
     streamer=None,
     denoise_steps: int = 1,
+    stop_strings: list[str] | None = None,
+    tokenizer=None,
 ) -> GenerationResult:
     """Decode up to `max_new_tokens` tokens after `input_ids` (shape (1, L)).
 
@@ -92,11 +97,12 @@ def generate(
     eos_token_id: defaults to the model's generation config; decoding stops after emitting it.
     streamer: anything with `put(tensor)` / `end()` (e.g. transformers' TextStreamer).
     denoise_steps: S diffusion passes per draft (see `_draft`); 1 is the paper's single step.
+    stop_strings: decoding ends once the text contains one (read with `tokenizer`; models/stopping.py).
     """
-    K = check_request(input_ids, max_new_tokens, block_size or model.config.block_size)
+    K = check_request(input_ids, max_new_tokens, block_size, model.config)
     if denoise_steps < 1:
         raise ValueError(f"denoise_steps={denoise_steps} must be >= 1")
-    eos = _eos_ids(model, eos_token_id)
+    stopper = Stopper(_eos_ids(model, eos_token_id), stop_strings, tokenizer)
     mask_id = model.config.mask_token_id
     device = input_ids.device
 
@@ -106,21 +112,20 @@ def generate(
         streamer.put(input_ids.cpu())
 
     def emit(tokens: list[int]) -> bool:
-        """Append tokens (clipped at EOS); return True when decoding is finished."""
-        for i, t in enumerate(tokens):
-            if t in eos:
-                tokens, result.finished_by_eos = tokens[: i + 1], True
-                break
+        """Append tokens (clipped at max_new_tokens, then at EOS or a stop string); return True when decoding
+        is finished."""
         tokens = tokens[: max_new_tokens - sum(len(o) for o in out[1:])]  # a last block may verify one past it
+        tokens = stopper.clip(tokens)
+        result.finished_by_eos, result.finished_by_stop_string = stopper.reason == "eos", stopper.reason == "stop"
         out.append(torch.tensor(tokens, dtype=torch.long, device=device))
         if streamer is not None:
             streamer.put(torch.tensor(tokens))
-        return result.finished_by_eos or sum(len(o) for o in out[1:]) >= max_new_tokens
+        return stopper.reason is not None or sum(len(o) for o in out[1:]) >= max_new_tokens
 
     # Prefill: the whole prompt through the AR view; its last logits give the first token.
     cache = DynamicCache(config=model.config)
     L = input_ids.shape[1]
-    logits = model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits[0, -1:]
+    logits = model(input_ids=input_ids, **cache_kwargs(cache)).logits[0, -1:]
     result.ar_forwards += 1
     first = _pick(logits, sampling, generator)[0]
     done = emit([first])
@@ -150,7 +155,7 @@ def generate(
             draft = block[0, 1:]
             q = torch.empty(0, model.config.vocab_size, device=device)
 
-        ar_logits = model(input_ids=block, position_ids=positions, past_key_values=cache, use_cache=True).logits[0]
+        ar_logits = model(input_ids=block, position_ids=positions, **cache_kwargs(cache)).logits[0]
         result.ar_forwards += 1
         if sampling.greedy:
             n_acc, nxt = greedy_accept(draft, ar_logits)
@@ -218,8 +223,9 @@ def _draft(model, block, positions, cache, start, sampling, generator, steps):
     return draft, q, passes
 
 
-def check_request(input_ids: torch.LongTensor, max_new_tokens: int, block_size: int) -> int:
-    """Validate a decode request (shared by this loop and the engine); returns K."""
+def check_request(input_ids: torch.LongTensor, max_new_tokens: int, block_size: int | None, config) -> int:
+    """Validate a decode request against the model's `config` (shared by this loop and the
+    engine); returns K (None: the config's block size)."""
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(
             f"input_ids has shape {tuple(input_ids.shape)}; decoding takes one sequence: pass shape (1, prompt_len)."
@@ -228,8 +234,17 @@ def check_request(input_ids: torch.LongTensor, max_new_tokens: int, block_size: 
         raise ValueError("input_ids is empty: give at least one prompt token (e.g. BOS).")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    if block_size is None:
+        block_size = config.block_size
     if block_size < 1:
-        raise ValueError(f"block_size={block_size} must be >= 1 (1 = plain AR decoding)")
+        raise ValueError(f"block_size={block_size} must be >= 1 (1 = plain AR decoding; None = the checkpoint's "
+                         f"K={config.block_size})")
+    need, positions = input_ids.shape[1] + max_new_tokens, config.max_position_embeddings
+    if need > positions:
+        raise ValueError(
+            f"prompt of {input_ids.shape[1]} tokens + max_new_tokens={max_new_tokens} = {need} positions, but the "
+            f"model has max_position_embeddings={positions}: shorten the prompt or lower max_new_tokens."
+        )
     return block_size
 
 

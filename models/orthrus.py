@@ -108,6 +108,15 @@ class OrthrusForCausalLM(Qwen3ForCausalLM):
         """Diffusion-view logits (B, T, vocab); arguments as `diffusion_hidden_states`."""
         return self.lm_head(self.diffusion_hidden_states(*args, **kwargs))
 
+    # --- transformers' generate -------------------------------------------------------------
+
+    def generate(self, inputs: torch.LongTensor | None = None, **kwargs):
+        """transformers' `generate` arguments, decoded by Orthrus (models/hf_generate.py): the
+        base model's output, faster. `GenerationMixin.generate(model, ...)` is the plain base."""
+        from models.hf_generate import orthrus_generate  # it imports this module
+
+        return orthrus_generate(self, inputs, **kwargs)
+
 
 def _diffusion_layer(layer: nn.Module, idx: int, hidden, cos, sin, attend: AttendFn) -> torch.Tensor:
     """One decoder layer with the diffusion view's attention; MLP and norms are the base's."""

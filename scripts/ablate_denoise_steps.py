@@ -48,7 +48,7 @@ def main(argv=None):
     art, out_dir = REPO_ROOT / args.artifacts, REPO_ROOT / args.out
     steps = sorted(set(args.steps) | {1})  # S=1 is the reference for exact match
 
-    model = load_orthrus(str(art / "base"), str(art / "diffusion"), dtype=torch.float32).eval()
+    model = load_orthrus(str(art / "base"), str(art / "diffusion"), dtype=torch.float32, device="cpu").eval()
     tok = load_tokenizer(str(art / "tokenizer"))
     sets = {"humaneval": PromptSpec(source="humaneval"),
             "heldout": PromptSpec(source="jsonl", path=str(art / "heldout_prompts.jsonl"))}

@@ -20,6 +20,7 @@ import models.orthrus  # noqa: F401  (registers model_type "orthrus" with AutoMo
 from data._io import atomic_write_text
 from eval.lm_eval_adapter import OrthrusLM, compare
 from eval.provenance import provenance
+from models.checkpoint import resolve_device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,11 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=float, default=None)
     parser.add_argument("--block-size", type=int, default=None)
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", default="auto", help="auto: CUDA when present, else the CPU")
     parser.add_argument("--apply-chat-template", action="store_true")
     parser.add_argument("--num-fewshot", type=int, default=None)
     parser.add_argument("--out", default=None, help="write the comparison here as JSON")
     args = parser.parse_args(argv)
+    args.device = str(resolve_device(args.device))  # HFLM takes a concrete device
 
     common = dict(tokenizer=args.tokenizer, dtype=args.dtype, device=args.device, batch_size=1)
     base_lm = HFLM(pretrained=args.base or args.orthrus, **common)

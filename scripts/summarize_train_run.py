@@ -24,7 +24,7 @@ def summarize(records: list[dict], skip_steps: int) -> dict:
         "steps": records[-1]["step"],
         "tokens_seen": records[-1]["tokens"],  # the log keeps a running total
         "tokens_per_s_per_gpu": mean("tokens_per_s_per_gpu"),
-        "mfu": mean("mfu"),
+        "mfu": mean("mfu") if all(r["mfu"] is not None for r in steady) else None,  # None: not on CUDA
         "averaged_over_steps": [steady[0]["step"], steady[-1]["step"]],
         "loss_first": records[0]["loss"],
         "loss_last": records[-1]["loss"],
@@ -49,8 +49,9 @@ def main():
     args.out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
+    mfu = "n/a" if summary["mfu"] is None else f"{summary['mfu']:.3f}"
     rows = [("steps", summary["steps"]), ("tokens seen", summary["tokens_seen"]),
-            ("tokens/s/GPU", f"{summary['tokens_per_s_per_gpu']:.0f}"), ("MFU", f"{summary['mfu']:.3f}"),
+            ("tokens/s/GPU", f"{summary['tokens_per_s_per_gpu']:.0f}"), ("MFU", mfu),
             ("loss first → last", f"{summary['loss_first']:.4f} → {summary['loss_last']:.4f}"),
             ("peak memory (GiB)", f"{summary['max_memory_gib']:.1f}")]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
@@ -64,7 +65,7 @@ def main():
     a.plot(steps, [r["loss"] for r in records])
     a.set(xlabel="step", ylabel="loss", title="distillation loss")
     b.plot(steps, [r["tokens_per_s_per_gpu"] for r in records])
-    b.set(xlabel="step", ylabel="tokens/s/GPU", title=f"throughput (MFU {summary['mfu']:.2f})")
+    b.set(xlabel="step", ylabel="tokens/s/GPU", title=f"throughput (MFU {mfu})")
     fig.tight_layout()
     save_figure(fig, args.out_dir / "curves.png", dpi=110)
     print(json.dumps(summary, indent=2))

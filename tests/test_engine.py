@@ -8,6 +8,7 @@ import torch
 from transformers import DynamicCache
 
 import models.engine as engine_module
+from models.compat import cache_kwargs
 from models.engine import OrthrusEngine
 from models.engine_ops import TorchOps
 from models.generate import block_length, generate
@@ -133,7 +134,7 @@ def test_pass_logits_match_model(make_model):
     verify_logits = steps.verify()
 
     cache = DynamicCache(config=model.config)
-    model(input_ids=ids, past_key_values=cache, use_cache=True)
+    model(input_ids=ids, **cache_kwargs(cache))
     block = torch.full((1, K), model.config.mask_token_id)
     block[0, 0] = 17
     positions = torch.arange(L, L + K)[None]
@@ -141,7 +142,7 @@ def test_pass_logits_match_model(make_model):
     ref_draft = model.diffusion_forward(block, positions, prefix_attend(cache, L, scale))[0, :-1]
     torch.testing.assert_close(draft_logits, ref_draft, rtol=1e-5, atol=1e-5)
     block[0, 1:] = steps.block[1:]
-    ref_verify = model(input_ids=block, position_ids=positions, past_key_values=cache, use_cache=True).logits[0]
+    ref_verify = model(input_ids=block, position_ids=positions, **cache_kwargs(cache)).logits[0]
     torch.testing.assert_close(verify_logits, ref_verify, rtol=1e-5, atol=1e-5)
 
 

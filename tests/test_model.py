@@ -33,7 +33,7 @@ def test_trainable_fraction_near_paper(name):
 
 
 def test_diffusion_view_starts_as_copy_of_ar(qwen3_dir):
-    model = load_orthrus(str(qwen3_dir), block_size=4, mask_token_id=95)
+    model = load_orthrus(str(qwen3_dir), block_size=4, mask_token_id=95, device="cpu")
     for layer in model.model.layers:
         for name in DIFFUSION_MODULES:
             ar = getattr(layer.self_attn, name.removesuffix("_diff"))
@@ -42,7 +42,7 @@ def test_diffusion_view_starts_as_copy_of_ar(qwen3_dir):
 
 def test_ar_view_is_the_unchanged_base(qwen3_dir):
     base = Qwen3ForCausalLM.from_pretrained(qwen3_dir).eval()
-    model = load_orthrus(str(qwen3_dir), block_size=4, mask_token_id=95)
+    model = load_orthrus(str(qwen3_dir), block_size=4, mask_token_id=95, device="cpu")
     ids = torch.randint(1, 95, (1, 11))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, base(ids).logits)
@@ -80,14 +80,14 @@ def official_checkpoint(folder, seed=0):
 
 def test_loads_released_checkpoint_format(tmp_path):
     tensors = official_checkpoint(tmp_path / "official")
-    model = load_orthrus(str(tmp_path / "official"))
+    model = load_orthrus(str(tmp_path / "official"), device="cpu")
     assert (model.config.block_size, model.config.mask_token_id) == (8, 94)
     state = model.state_dict()
     for name, tensor in tensors.items():
         assert torch.equal(state[name], tensor), name
     # ...and it round-trips through our merged save, and decodes.
     save_merged(model, tmp_path / "merged")
-    again = load_orthrus(str(tmp_path / "merged"))
+    again = load_orthrus(str(tmp_path / "merged"), device="cpu")
     for name, tensor in tensors.items():
         assert torch.equal(again.state_dict()[name], tensor), name
     ids = torch.randint(1, 90, (1, 5))
@@ -95,14 +95,14 @@ def test_loads_released_checkpoint_format(tmp_path):
 
 
 def test_diffusion_view_round_trip(qwen3_dir, tmp_path):
-    model = load_orthrus(str(qwen3_dir), block_size=4, mask_token_id=95)
+    model = load_orthrus(str(qwen3_dir), block_size=4, mask_token_id=95, device="cpu")
     with torch.no_grad():
         for _, p in model.diffusion_named_parameters():
             p.add_(torch.randn_like(p))
     folder = save_diffusion_view(model, tmp_path / "view")
     size = sum(f.stat().st_size for f in folder.iterdir())
     assert size < 0.5 * sum(p.numel() * 4 for p in model.parameters())  # the view alone is small
-    again = load_orthrus(str(qwen3_dir), str(folder))  # block size and mask id come from the view
+    again = load_orthrus(str(qwen3_dir), str(folder), device="cpu")  # block size and mask id come from the view
     assert (again.config.block_size, again.config.mask_token_id) == (4, 95)
     assert torch.equal(again.state_dict()["model.layers.1.self_attn.o_proj_diff.weight"],
                        model.state_dict()["model.layers.1.self_attn.o_proj_diff.weight"])

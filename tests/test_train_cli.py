@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parent.parent
 FAST = [
     "model=tiny", "data=synthetic",  # the smallest run, not the embedded default (orthrus-small)
@@ -32,10 +34,19 @@ def test_tiny_run_and_resume(tmp_path):
                  "diffusion_view/diffusion_view.safetensors"):
         assert (run / path).is_file(), path
 
+    log = (run / "train.log").read_text()
+    assert "step 5/5 | loss" in log and f"diffusion view saved to {run}/diffusion_view" in log
+    assert ("mfu n/a" in log) != torch.cuda.is_available()
+
     more = train_py(f"resume={run}", "train.steps=7")  # the saved config, plus one override
     assert more.returncode == 0, more.stderr[-3000:]
     assert steps_logged(run) == [1, 2, 3, 4, 5, 6, 7]
     assert "steps: 7" in (run / "config.yaml").read_text()
+    assert "resumed from step 5" in (run / "train.log").read_text()
+
+    again = train_py(f"resume={run}", "train.steps=7")
+    assert again.returncode == 0 and "already finished" in (run / "train.log").read_text()
+    assert steps_logged(run) == [1, 2, 3, 4, 5, 6, 7]
 
 
 def test_embedded_default_runs(tmp_path):
@@ -68,5 +79,6 @@ def test_launcher_argv():
     entry = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(entry)
     assert entry.launcher_argv(["--local_rank=3", "train.steps=2"], rank=0) == ["train.steps=2"]
-    assert entry.launcher_argv(["a=1"], rank=1)[-3:] == [
-        "hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    rank1 = entry.launcher_argv(["a=1"], rank=1)
+    assert rank1[-4:-1] == ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    assert rank1[-1].startswith("hydra.run.dir=") and "runs/" not in rank1[-1]  # no stray folder per rank

@@ -59,7 +59,8 @@ def test_loss_falls(tmp_path):
     log = records(tmp_path)
     assert len(log) == 30 and sum(r["loss"] for r in log[-5:]) < sum(r["loss"] for r in log[:5])
     last = log[-1]
-    assert len(last["acc"]) == 7 and last["tokens"] == 30 * 2 * 64 and last["mfu"] > 0 and last["tokens_per_s_per_gpu"] > 0
+    assert len(last["acc"]) == 7 and last["tokens"] == 30 * 2 * 64 and last["tokens_per_s_per_gpu"] > 0
+    assert (last["mfu"] is None) == (not torch.cuda.is_available())  # MFU needs a GPU peak: n/a on the CPU
 
 
 @pytest.mark.parametrize("trainable", [None, ["q_proj_diff", "k_proj_diff", "v_proj_diff"]])

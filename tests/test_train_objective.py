@@ -5,6 +5,7 @@ import torch
 from transformers import DynamicCache
 
 from data.packing import PackedRows
+from models.compat import cache_kwargs
 from models.orthrus import prefix_attend
 from train.attention import ar_attention_mask, block_mask_mod, dense_mask, training_attend
 from train.blocks import build_blocks, sample_anchors, sample_blocks, segment_starts
@@ -96,7 +97,7 @@ def test_ar_pass_keeps_documents_apart(make_model):
         for s in starts[b].unique().tolist():
             e = int((batch["doc_ids"][b] == batch["doc_ids"][b, s]).nonzero().max()) + 1
             c = DynamicCache(config=model.config)
-            out = model.model(input_ids=batch["input_ids"][b : b + 1, s:e], use_cache=True, past_key_values=c)
+            out = model.model(input_ids=batch["input_ids"][b : b + 1, s:e], **cache_kwargs(c))
             torch.testing.assert_close(hidden[b, s:e], out.last_hidden_state[0], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(cache.layers[1].keys[b, :, s:e], c.layers[1].keys[0], atol=1e-5, rtol=1e-5)
 
@@ -122,7 +123,7 @@ def test_training_logits_equal_decoding_logits(make_model, executor, K):
                 prefix = slice(start, max(anchor, start + 1))
                 dec_cache = DynamicCache(config=model.config)
                 model(input_ids=batch["input_ids"][b : b + 1, prefix], position_ids=batch["position_ids"][b : b + 1, prefix],
-                      past_key_values=dec_cache, use_cache=True)
+                      **cache_kwargs(dec_cache))
                 cols = slice(j * K, (j + 1) * K)
                 draft = model.diffusion_forward(
                     blocks.input_ids[b : b + 1, cols], blocks.position_ids[b : b + 1, cols],

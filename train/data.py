@@ -16,8 +16,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from data._io import looks_local
 from data.packing import PackedDataset
 from train.distributed import Dist, barrier
+
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt", ".csv")
 
 
 def synthetic_documents(num_documents: int, min_length: int, max_length: int, seed: int, *, vocab_size: int, exclude: tuple[int, ...] = ()) -> list[list[int]]:
@@ -47,6 +50,27 @@ def data_tokenizer(data_cfg: DictConfig) -> str | None:
     if "load_tokenized_dataset" not in data_cfg:
         return None
     return data_cfg.load_tokenized_dataset.tokenizer
+
+
+def check_data_inputs(data_cfg: DictConfig) -> None:
+    """Fail before any work when a local data file or tokenizer folder the config names is missing
+    (and no section of the config builds it): without this the first error is a hub lookup of the
+    path, or of the default tokenizer, which says nothing about the real problem."""
+    section = data_cfg.get("load_tokenized_dataset")
+    if section is None:
+        return
+    built = {str(data_cfg[k].out_dir) for k in ("build_corpus", "train_tokenizer") if k in data_cfg}
+    source, tokenizer = str(section.source), str(section.tokenizer)
+    if _local(source) and not Path(source).expanduser().exists() and source not in built:
+        raise FileNotFoundError(f"data.load_tokenized_dataset.source={source}: no such file or folder. Pass an "
+                                "existing .jsonl/.json/.parquet/.txt file or folder (or a hub dataset name)")
+    if _local(tokenizer) and not Path(tokenizer).expanduser().exists() and tokenizer not in built:
+        raise FileNotFoundError(f"data.load_tokenized_dataset.tokenizer={tokenizer}: no such folder. Pass the frozen "
+                                "model's tokenizer folder (or hub name)")
+
+
+def _local(name: str) -> bool:
+    return looks_local(name) or name.endswith(DATA_SUFFIXES)
 
 
 def _build_missing_inputs(data_cfg: DictConfig) -> None:

@@ -30,12 +30,14 @@ from train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from train.data import batches, build_dataset, data_tokenizer
+from train.config import typed_section
+from train.data import batches, build_dataset, check_data_inputs, data_tokenizer
 from train.distributed import barrier, broadcast_object, init_distributed
 from train.flops import micro_batch_flops, next_token_flops
 from train.model import ModelConfig, build_model
 from train.objective import DistillationObjective, NextTokenObjective, ObjectiveConfig
 from train.optim import OptimConfig
+from train.run_dir import RunFolder, log
 from train.tracking import LoggingConfig, Tracker, WindowMeter
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -80,22 +82,24 @@ def resolve_mask_token_id(model_cfg: ModelConfig, data_cfg: DictConfig) -> int |
     return load_tokenizer(tokenizer).mask_token_id if tokenizer is not None else None
 
 
-def _section(cfg: DictConfig, key: str) -> dict:
-    return OmegaConf.to_container(cfg[key], resolve=True)
+def _section(cfg: DictConfig, key: str, cls):
+    return typed_section(cls, key, OmegaConf.to_container(cfg[key], resolve=True))
 
 
 class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
         self.cfg = cfg
-        self.model_cfg = ModelConfig(**_section(cfg, "model"))
-        self.objective_cfg = ObjectiveConfig(**_section(cfg, "objective"))
-        self.optim_cfg = OptimConfig(**_section(cfg, "optim"))
-        self.ds_cfg = DeepSpeedConfig(**_section(cfg, "deepspeed"))
-        self.log_cfg = LoggingConfig(**_section(cfg, "logging"))
-        self.train_cfg = t = TrainConfig(**_section(cfg, "train"))
+        self.model_cfg = _section(cfg, "model", ModelConfig)
+        self.objective_cfg = _section(cfg, "objective", ObjectiveConfig)
+        self.optim_cfg = _section(cfg, "optim", OptimConfig)
+        self.ds_cfg = _section(cfg, "deepspeed", DeepSpeedConfig)
+        self.log_cfg = _section(cfg, "logging", LoggingConfig)
+        self.train_cfg = t = _section(cfg, "train", TrainConfig)
+        check_data_inputs(cfg.data)
 
         self.dist = init_distributed(process_group=self.ds_cfg.enabled)
         self.run_dir = Path(broadcast_object(str(run_dir)))  # rank 0's: launchers may differ per rank
+        self.folder = RunFolder(self.run_dir) if self.dist.is_main else None  # refuses a folder in use
         device = self.dist.device
         bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
         if bf16 and device.type == "cpu":
@@ -143,6 +147,7 @@ class Trainer:
             self.dataset.load_state_dict(state["data"])
             self.start_step, self.tokens_seen, wandb_id = state["step"], state["tokens"], state["wandb_id"]
             restore_rng(resume_from, self.dist.rank)
+            log.info("resumed from step %d (%s)", self.start_step, resume_from)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             _write_config(self.run_dir / CONFIG_FILE, cfg)
@@ -158,6 +163,11 @@ class Trainer:
         device = self.dist.device
         meter = WindowMeter(self.block_size - 1, device)
         record = None
+        if self.start_step >= t.steps:
+            log.info("already finished: %s is at step %d of train.steps=%d; raise train.steps to continue",
+                     self.run_dir, self.start_step, t.steps)
+            self.close()
+            return None
         for step in range(self.start_step, t.steps):
             lr = self.backend.lr()
             for micro in range(t.grad_accum):
@@ -213,11 +223,19 @@ class Trainer:
         with self.backend.gathered():
             if self.dist.is_main and self.pretrain:
                 tokenizer = data_tokenizer(self.cfg.data)
-                save_base(self.model, self.run_dir / BASE_DIR, load_tokenizer(tokenizer) if tokenizer else None)
+                path = save_base(self.model, self.run_dir / BASE_DIR, load_tokenizer(tokenizer) if tokenizer else None)
+                log.info("base model saved to %s", path)
             elif self.dist.is_main:
-                save_diffusion_view(self.model, self.run_dir / DIFFUSION_DIR, extra_meta=self._meta(self.train_cfg.steps))
+                path = save_diffusion_view(self.model, self.run_dir / DIFFUSION_DIR,
+                                           extra_meta=self._meta(self.train_cfg.steps))
+                log.info("diffusion view saved to %s", path)
         barrier()
+        self.close()
+
+    def close(self) -> None:
         self.tracker.close()
+        if self.folder is not None:
+            self.folder.close()
 
     def _meta(self, step: int) -> dict:
         return {

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
+from models.compat import cache_kwargs
 from train.attention import ar_attention_mask, resolve_executor, training_attend
 from train.blocks import DiffusionBlocks
 
@@ -70,8 +71,7 @@ def teacher_pass(model, input_ids, position_ids, doc_ids) -> tuple[torch.Tensor,
         input_ids=input_ids,
         position_ids=position_ids,
         attention_mask=ar_attention_mask(doc_ids),
-        past_key_values=cache,
-        use_cache=True,
+        **cache_kwargs(cache),
     )
     return out.last_hidden_state, cache
 

@@ -3,8 +3,10 @@
 Every `log_every` steps one record, averaged over the steps since the last one and over ranks:
     step, loss, lr, grad_norm, acc (draft accuracy per block index i: student argmax ==
     teacher argmax), acc_mean, tokens_per_s_per_gpu (packed input tokens), mfu (model FLOPs
-    from train/flops.py over `peak_flops_per_gpu`), tokens (seen so far, all ranks), elapsed_s,
+    from train/flops.py over `peak_flops_per_gpu`; null off CUDA, where that peak means nothing),
+    tokens (seen so far, all ranks), elapsed_s,
     and on CUDA max_memory_gib (peak allocated on this rank).
+Each record is also a progress line in <run>/train.log (train/run_dir.py).
 On resume the JSONL file is cut back to the checkpoint's step, so the file of a resumed run
 reads like one uninterrupted run.
 """
@@ -18,6 +20,7 @@ import torch
 
 from data._io import atomic_write_text
 from train.distributed import all_reduce_sum
+from train.run_dir import format_record, log
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -67,6 +70,7 @@ class Tracker:
 
     def __init__(self, run_dir: Path, cfg: LoggingConfig, *, config: dict, total_steps: int, start_step: int, wandb_id: str | None, is_main: bool):
         self.is_main = is_main
+        self.total_steps = total_steps
         self.wandb_run = None
         self.bar = None
         if not is_main:
@@ -100,7 +104,9 @@ class Tracker:
             flat.update({f"acc/pos_{i:02d}": a for i, a in enumerate(record["acc"])})
             self.wandb_run.log(flat, step=record["step"])
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['acc_mean']:.3f}", mfu=f"{record['mfu']:.3f}")
+            mfu = "n/a" if record["mfu"] is None else f"{record['mfu']:.3f}"
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['acc_mean']:.3f}", mfu=mfu)
+        log.info(format_record(record, self.total_steps))
 
     def advance(self) -> None:
         if self.bar is not None:
@@ -156,7 +162,7 @@ class WindowMeter:
             "acc_mean": float(correct.sum() / count.sum().clamp(min=1)),
             "acc": acc,
             "tokens_per_s_per_gpu": tokens / world_size / elapsed,
-            "mfu": flops / world_size / elapsed / peak_flops,
+            "mfu": flops / world_size / elapsed / peak_flops if self.device.type == "cuda" else None,
             "tokens": tokens_total,
             "elapsed_s": elapsed,
         }
