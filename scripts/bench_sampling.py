@@ -24,12 +24,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_decode import build_model  # noqa: E402
-from data._io import atomic_write_text  # noqa: E402
-from eval.metrics import free_memory  # noqa: E402
-from eval.provenance import provenance  # noqa: E402
-from eval.sampling_bench import micro_sampler, speedups, time_iterations  # noqa: E402
-from models.engine import OrthrusEngine  # noqa: E402
+from bench_decode import build_model
+
+from data._io import atomic_write_text
+from eval.metrics import free_memory
+from eval.provenance import provenance
+from eval.sampling_bench import micro_sampler, speedups, time_iterations
+from models.engine import OrthrusEngine
 
 
 def parse_args():
@@ -78,12 +79,14 @@ def main():
         print(f"[{key}] {time.time() - t0:.0f}s", flush=True)
         save()
 
-    model = build_model(args.shape, device)
-    phase("micro_sampler", lambda: micro_sampler(model.config.vocab_size, max(ks), device))
-    engine = OrthrusEngine(model, args.ctx + args.new_tokens + 2 * max(ks) + 16)
-    phase("iterations", lambda: time_iterations(engine, ks, args.ctx, reps=args.reps, new_tokens=args.new_tokens))
+    def shape():
+        model = build_model(args.shape, device)
+        phase("micro_sampler", lambda: micro_sampler(model.config.vocab_size, max(ks), device))
+        engine = OrthrusEngine(model, args.ctx + args.new_tokens + 2 * max(ks) + 16)
+        return time_iterations(engine, ks, args.ctx, reps=args.reps, new_tokens=args.new_tokens)
+
+    phase("iterations", shape)
     results.update({k: v for k, v in results.get("iterations", {}).items() if "_ms_K" in k})  # top-level keys
-    del engine, model
     free_memory()
 
     if args.small:

@@ -16,7 +16,14 @@ import torch
 import kernels.sample as ks
 from models.engine import OrthrusEngine
 from models.sampling import SamplingParams
-from tests.test_sampling import ALPHA, DEEP, PROMPT, chi2_pvalue, exact_marginals, small_vocab_model
+from tests.test_sampling import (
+    ALPHA,
+    DEEP,
+    PROMPT,
+    chi2_pvalue,
+    exact_marginals,
+    small_vocab_model,
+)
 
 K = 6
 CUDA = torch.cuda.is_available()
