@@ -16,7 +16,6 @@ x greedy speedup. Every prompt length class is prefilled once before timing (the
 compile per padded prefill length).
 """
 
-import statistics
 import time
 
 import torch
@@ -33,27 +32,6 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _event_ms(fn, reps, reset, device, warmup=3) -> float:
-    """Median time of fn (CUDA events on the GPU, the host clock elsewhere); reset() runs untimed after each."""
-    times = []
-    for i in range(warmup + reps):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            ms = a.elapsed_time(b)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            ms = (time.perf_counter() - t0) * 1e3
-        reset()
-        if i >= warmup:
-            times.append(ms)
-    return statistics.median(times)
-
-
 def _wall_s(fn, device) -> tuple[float, object]:
     _sync(device)
     t0 = time.perf_counter()
@@ -63,11 +41,12 @@ def _wall_s(fn, device) -> tuple[float, object]:
 
 
 @torch.inference_mode()
-def time_iterations(engine: OrthrusEngine, ks, ctx: int, *, reps: int = 20, new_tokens: int = 200,
+def time_iterations(engine: OrthrusEngine, ks, ctx: int, clock, *, reps: int = 20, new_tokens: int = 200,
                     sampling: SamplingParams = QWEN3_THINKING, log=print) -> dict:
     """Greedy vs sampled iteration at context ctx for each K (keys: iteration_ms_K{K},
     sampling_iteration_ms_K{K} (sampled drafts), sampling_greedy_drafts_iteration_ms_K{K},
-    e2e_iteration_ms_K{K}, e2e_sampling_iteration_ms_K{K}). The engine needs ctx + new_tokens + 2 K rows."""
+    e2e_iteration_ms_K{K}, e2e_sampling_iteration_ms_K{K}). The engine needs ctx + new_tokens + 2 K rows.
+    clock(fn, reps, after=reset) -> median ms (scripts/bench_decode.py's Clock: CUDA events on the GPU)."""
     e, device = engine, engine.device
     vocab_hi = min(151643, e.config.mask_token_id)
     prompt = torch.randint(0, vocab_hi, (1, ctx), generator=torch.Generator().manual_seed(0)).to(device)
@@ -90,7 +69,7 @@ def time_iterations(engine: OrthrusEngine, ks, ctx: int, *, reps: int = 20, new_
             s.verify()
             s.accept()
 
-        out[f"iteration_ms_K{K}"] = _event_ms(greedy, reps, reset, device)
+        out[f"iteration_ms_K{K}"] = clock(greedy, reps, after=reset)
         for drafts in DRAFT_MODES:
             sampler = s.sampler(sampling, drafts)
 
@@ -103,7 +82,7 @@ def time_iterations(engine: OrthrusEngine, ks, ctx: int, *, reps: int = 20, new_
                 sampler.accept()
 
             key = "sampling_iteration_ms" if drafts == "sampled" else "sampling_greedy_drafts_iteration_ms"
-            out[f"{key}_K{K}"] = _event_ms(sampled, reps, reset, device)
+            out[f"{key}_K{K}"] = clock(sampled, reps, after=reset)
         for name, params in (("e2e_iteration_ms", SamplingParams()), ("e2e_sampling_iteration_ms", sampling)):
             def run(n):
                 return e.generate(prompt, n, block_size=K, sampling=params, generator=torch.Generator().manual_seed(0))
@@ -166,7 +145,8 @@ def speedups(engine: OrthrusEngine, prompts: list[list[int]], ks, new_tokens: in
     return rows
 
 
-def micro_sampler(vocab: int, rows: int, device, *, params: SamplingParams = QWEN3_THINKING, reps: int = 50) -> dict:
+def micro_sampler(vocab: int, rows: int, device, clock, *, params: SamplingParams = QWEN3_THINKING,
+                  reps: int = 50) -> dict:
     """The sampler alone on random bf16 logits (rows x vocab): transform, draft sampling, acceptance (us)."""
     import kernels.sample as ks
 
@@ -186,5 +166,5 @@ def micro_sampler(vocab: int, rows: int, device, *, params: SamplingParams = QWE
     }
     out = {"rows": rows, "vocab": vocab, "sampling": str(params)}
     for name, fn in steps.items():
-        out[name] = _event_ms(fn, reps, lambda: None, device) * 1e3
+        out[name] = clock(fn, reps) * 1e3
     return out

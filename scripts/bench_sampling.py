@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_decode import build_model
+from bench_decode import Clock, build_model
 
 from data._io import atomic_write_text
 from eval.metrics import free_memory
@@ -64,6 +64,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ks = [int(k) for k in args.ks.split(",")]
+    clock = Clock(device)
     results = {**provenance(device), "shape": args.shape}
 
     def save():
@@ -81,9 +82,9 @@ def main():
 
     def shape():
         model = build_model(args.shape, device)
-        phase("micro_sampler", lambda: micro_sampler(model.config.vocab_size, max(ks), device))
+        phase("micro_sampler", lambda: micro_sampler(model.config.vocab_size, max(ks), device, clock))
         engine = OrthrusEngine(model, args.ctx + args.new_tokens + 2 * max(ks) + 16)
-        return time_iterations(engine, ks, args.ctx, reps=args.reps, new_tokens=args.new_tokens)
+        return time_iterations(engine, ks, args.ctx, clock, reps=args.reps, new_tokens=args.new_tokens)
 
     phase("iterations", shape)
     results.update({k: v for k, v in results.get("iterations", {}).items() if "_ms_K" in k})  # top-level keys

@@ -32,11 +32,11 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 triton_path = pytest.mark.skipif(not CUDA and not INTERPRETED, reason="needs a CUDA GPU or TRITON_INTERPRET=1")
 
 
-def _engine(make_model, backend=FAST_BACKEND):
+def _engine(make_model):
     model = small_vocab_model(make_model)
     if CUDA:
         model = model.cuda()
-    return model, OrthrusEngine(model, 32, backend=backend)
+    return model, OrthrusEngine(model, 32, backend=FAST_BACKEND)
 
 
 def draw(engine, params, n, seed, drafts="sampled", block_size=K):
@@ -78,7 +78,7 @@ def greedy_chain_drafter(engine, monkeypatch):
     (SamplingParams(0.8, 9), "sampled", 1, 300),  # the K = 1 baseline: plain sampling on the same engine
 ], ids=str)
 def test_emitted_tokens_follow_base_distribution(make_model, one_thread, monkeypatch, params, drafts, block_size, n):
-    model, engine = _engine(make_model, "torch")
+    model, engine = _engine(make_model)
     if drafts == "greedy":
         greedy_chain_drafter(engine, monkeypatch)
     samples, deep_draft_rate = draw(engine, params, n, seed=0, drafts=drafts, block_size=block_size)
