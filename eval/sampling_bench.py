@@ -107,6 +107,9 @@ def speedups(engine: OrthrusEngine, prompts: list[list[int]], ks, new_tokens: in
     for n in sorted({max(16, 1 << (len(ids) - 1).bit_length()) for ids in prompts}):
         engine.prefill(torch.zeros(min(n, engine.cache.max_seq_len), dtype=torch.long, device=device))
     for name, params in settings.items():
+        if time.time() - t_start > budget_s:
+            log(f"budget: skipping {name}")
+            continue
         modes = ["-"] if params.greedy else list(DRAFT_MODES)
         base = None
         first_s, _ = _wall_s(lambda: [engine.generate(torch.tensor([ids], device=device), 1, sampling=params)
