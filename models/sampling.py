@@ -5,6 +5,8 @@ distribution p live on the same support. Greedy acceptance keeps the longest pre
 that equal the AR argmax; sampling uses speculative rejection sampling (Leviathan et al.,
 Chen et al.), under which every emitted token is distributed exactly as the base model's
 sampler (temperature, then top-k, then top-p: the order `transformers` applies them).
+These are the reference loop's rules; the engine runs the same transform and acceptance rule on
+the device (`kernels/sample.py`).
 """
 
 from dataclasses import dataclass
