@@ -32,23 +32,35 @@ number of rows (matrix products with one config per weight shape, verify attenti
 so bf16 Orthrus greedy output equals the engine's own bf16 AR output bit for bit
 (tests/test_engine_triton.py; scripts/bench_decode.py measures both modes and the cost).
 
-Sampling reuses `models/sampling.py` (same transforms, speculative rejection sampling) on the
-logits of the graphed passes; that path reads back several values per iteration, as the reference
-loop does.
+Sampling runs on the device too (`kernels/sample.py`: the transform of `models/sampling.py`, drafts
+sampled from the diffusion view or greedy, speculative rejection sampling with a counter-based
+random generator seeded per request), captured in graphs beside the passes, so a sampled
+iteration also reads back one small tensor.
+
+The host loop keeps two iterations in flight: each iteration's result is copied to pinned host
+memory without blocking, and the host reads it while the next iteration runs (the device state
+already says where that one starts). EOS and max_new_tokens are applied on the host, one iteration
+late; the extra iteration this launches past the end is discarded (it writes only cache rows past
+the output, inside the rows a request already reserves).
 """
+
+from collections import deque
 
 import torch
 import torch.nn.functional as F
 
 import kernels.pdl
+import kernels.sample
 from kernels.matmul import Matmul
 from models.engine_ops import TorchOps, TritonOps
 from models.generate import GenerationResult, _eos_ids, check_request
 from models.orthrus import OrthrusForCausalLM
-from models.sampling import SamplingParams, logits_to_probs, sample, speculative_accept
+from models.sampling import SamplingParams
 from models.stopping import Stopper
 
 PREFILL_CHUNK = 1024  # prompt tokens per prefill pass: bounds activation memory for long prompts
+IN_FLIGHT = 2  # iterations launched ahead of the host's read-back
+DRAFT_MODES = ("sampled", "greedy")
 
 
 class StaticKVCache:
@@ -162,6 +174,7 @@ class OrthrusEngine:
             self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()
             self.start = torch.zeros(1, dtype=torch.long, device=self.device)  # valid cache rows
             self.last = torch.zeros(1, dtype=torch.long, device=self.device)  # last emitted token
+            self.rng = torch.zeros(2, dtype=torch.long, device=self.device)  # [seed, iteration] of the sampler
         self._steps: dict[int, _Steps] = {}
 
     # --- the forward ----------------------------------------------------------------------------
@@ -260,15 +273,24 @@ class OrthrusEngine:
         streamer=None,
         stop_strings: list[str] | None = None,
         tokenizer=None,
+        drafts: str = "sampled",
     ) -> GenerationResult:
-        """Same contract as `models.generate.generate` (so evaluation can use either), on this engine."""
+        """Same contract as `models.generate.generate` (so evaluation can use either), on this engine.
+
+        Sampling: the device generator's seed is one draw from `generator` (or torch's default
+        generator), so a seeded generator reproduces a run. drafts: "sampled" (drafts drawn from the
+        diffusion view's distribution q) or "greedy" (its argmax, q = one-hot); both are lossless.
+        """
         K = check_request(input_ids, max_new_tokens, block_size, self.config)
+        if drafts not in DRAFT_MODES:
+            raise ValueError(f"drafts={drafts!r}: choose one of {DRAFT_MODES}")
         L = input_ids.shape[1]
         need = max(L, L + max_new_tokens + K - 2)
         if need > self.cache.max_seq_len:
             raise ValueError(f"prompt {L} + max_new_tokens {max_new_tokens} with block_size {K} needs {need} cache "
                              f"rows; this engine has max_seq_len={self.cache.max_seq_len}. Build it with a larger one.")
         steps = self.steps(K)
+        sampler = None if sampling.greedy else steps.sampler(sampling, drafts)
         stopper = Stopper(_eos_ids(self.model, eos_token_id), stop_strings, tokenizer)
         ids = input_ids.to(self.device)
 
@@ -291,24 +313,33 @@ class OrthrusEngine:
 
         logits = self.prefill(ids[0])
         result.ar_forwards += 1
-        if sampling.greedy:
+        if sampler is None:
             self.last.copy_(logits.argmax(-1))
-            first = int(self.last)
         else:
-            first = int(sample(logits_to_probs(logits, sampling), generator)[0])
-            self.last.fill_(first)
-        emit([first])
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            self.rng.copy_(torch.tensor([seed, 0]))
+            self.last.copy_(sampler.first_token(logits))
+        emit([int(self.last)])
 
+        def launch():
+            """One iteration, no host sync: its result lands in the read-back queue."""
+            if K > 1:
+                steps.draft()
+                if sampler is not None and sampler.sampled_drafts:
+                    sampler.draft()
+            steps.verify()
+            reader.push(steps.accept() if sampler is None else sampler.accept())
+
+        reader = _ReadBack(K + 1, self.device)
+        rows = L  # the device's `start` after the iterations read so far
         while not finished():
-            if sampling.greedy:
-                if K > 1:
-                    steps.draft()
-                steps.verify()
-                steps.accept()
-                packed = steps.packed.tolist()  # the iteration's one read-back: [n_acc, AR tokens (K)]
-                n_acc, tokens = packed[0], packed[1:packed[0] + 2]
-            else:
-                n_acc, tokens = self._sampling_iteration(steps, sampling, generator)
+            # Launch ahead while every launched iteration may still be needed and fits the cache.
+            while (len(reader) < IN_FLIGHT and len(out) + len(reader) < max_new_tokens
+                   and rows + (len(reader) + 1) * K <= self.cache.max_seq_len):
+                launch()
+            packed = reader.pop()  # [n_acc, tokens (K)]: the iteration's one read-back
+            n_acc, tokens = packed[0], packed[1:packed[0] + 2]
+            rows += n_acc + 1
             result.accepted.append(n_acc)
             result.proposed.append(K)  # always the whole block: emitted tokens are clipped instead
             result.diffusion_forwards += K > 1
@@ -321,21 +352,33 @@ class OrthrusEngine:
         result.sequences = torch.cat([input_ids[0], new_ids])[None]
         return result
 
-    def _sampling_iteration(self, steps: "_Steps", sampling: SamplingParams, generator) -> tuple[int, list[int]]:
-        """Draft by sampling q, verify, then speculative rejection sampling (models/sampling.py)."""
-        K = steps.K
-        if K > 1:
-            q = logits_to_probs(steps.draft(), sampling)
-            draft = sample(q, generator)
-        else:
-            q = torch.empty(0, self.config.vocab_size, device=self.device)
-            draft = torch.empty(0, dtype=torch.long, device=self.device)
-        steps.block[1:].copy_(draft)
-        p = logits_to_probs(steps.verify(), sampling)
-        n_acc, nxt = speculative_accept(draft, q, p, generator)
-        self.start.add_(n_acc + 1)
-        self.last.fill_(nxt)
-        return n_acc, draft[:n_acc].tolist() + [nxt]
+
+class _ReadBack:
+    """Iteration results copied to host memory without blocking (pinned buffers + an event each on
+    CUDA), read in launch order: the host reads iteration i while iteration i + 1 runs."""
+
+    def __init__(self, n: int, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.buffers = [torch.empty(n, dtype=torch.long, pin_memory=self.cuda) for _ in range(IN_FLIGHT)]
+        self.events = [torch.cuda.Event() if self.cuda else None for _ in range(IN_FLIGHT)]
+        self.queue: deque[int] = deque()
+        self.next = 0
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def push(self, src: torch.Tensor) -> None:
+        i, self.next = self.next, (self.next + 1) % IN_FLIGHT
+        self.buffers[i].copy_(src, non_blocking=self.cuda)
+        if self.cuda:
+            self.events[i].record()
+        self.queue.append(i)
+
+    def pop(self) -> list[int]:
+        i = self.queue.popleft()
+        if self.cuda:
+            self.events[i].synchronize()
+        return self.buffers[i].tolist()
 
 
 class _Steps:
@@ -346,9 +389,8 @@ class _Steps:
     verify(): AR pass over `block`, appending it to the cache -> logits (K, V).
     accept(): greedy acceptance on the device: n = longest prefix of drafts equal to the AR argmax;
               packed = [n, AR argmax tokens]; start += n + 1; last = AR token n (the bonus).
-    On CUDA with graphs each step is captured once (after a warm-up that compiles the Triton
-    kernels) and replayed; the engine's start/last and the cache rows the warm-ups write are saved
-    around them, so steps can be built at any point of a decode.
+    On CUDA with graphs each step is captured once (`_capture`) and replayed. Sampling adds the
+    steps of a `_Sampler` per setting (`sampler()`).
     """
 
     def __init__(self, engine: OrthrusEngine, K: int):
@@ -360,11 +402,10 @@ class _Steps:
         fns = {"verify": self._verify, "accept": self._accept}
         if K > 1:
             fns = {"draft": self._draft, **fns}
-        self._outputs: dict[str, torch.Tensor] = {}
-        self._graphs: dict[str, torch.cuda.CUDAGraph] = {}
-        if engine.cuda_graphs:
-            self._capture(fns)
         self._fns = fns
+        self._outputs: dict[str, torch.Tensor] = {}
+        self._graphs = _capture(engine, fns, self._outputs, K) if engine.cuda_graphs else {}
+        self._samplers: dict[tuple, _Sampler] = {}
 
     def _draft(self):
         e = self.engine
@@ -388,35 +429,15 @@ class _Steps:
         e.last.copy_(ar.gather(0, n_acc))
         return self.packed
 
-    def _capture(self, fns):
-        e = self.engine
-        # The warm-ups and the capture run the steps for real: they write cache rows start..start+K-1
-        # and move start/last. Run them at start 0 (inside the cache) and put back what they overwrite,
-        # so steps may be built after a prefill without corrupting the prompt's rows.
-        saved = e.start.clone(), e.last.clone(), e.cache.kv[..., :self.K, :].clone()
-        e.start.zero_()
-        pool = torch.cuda.graph_pool_handle()
-        side = torch.cuda.Stream()
-        for name, fn in fns.items():
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):  # compile kernels, create library handles
-                    self._outputs[name] = fn()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self._outputs[name] = fn()
-            self._graphs[name] = graph
-        e.start.copy_(saved[0])
-        e.last.copy_(saved[1])
-        e.cache.kv[..., :self.K, :].copy_(saved[2])
+    def sampler(self, params: SamplingParams, drafts: str) -> "_Sampler":
+        """The sampling steps for one setting, built (and captured) on first use."""
+        key = (params, drafts if self.K > 1 else "greedy")
+        if key not in self._samplers:
+            self._samplers[key] = _Sampler(self, params, key[1] == "sampled")
+        return self._samplers[key]
 
     def _run(self, name: str) -> torch.Tensor:
-        if name in self._graphs:
-            self._graphs[name].replay()
-        else:
-            self._outputs[name] = self._fns[name]()
-        return self._outputs[name]
+        return _run(name, self._fns, self._graphs, self._outputs)
 
     def draft(self) -> torch.Tensor:
         return self._run("draft")
@@ -426,6 +447,105 @@ class _Steps:
 
     def accept(self) -> torch.Tensor:
         return self._run("accept")
+
+
+class _Sampler:
+    """Speculative rejection sampling steps for one (K, sampling params, draft mode), on the device.
+
+    draft():  after the draft pass: q = transform(draft logits); block[1:] = one draw per row of q.
+              (Greedy drafts skip it: the draft pass already wrote the argmax, and q = one-hot.)
+    accept(): after the verify pass: p = transform(verify logits); acceptance, residual / bonus
+              token (`kernels.sample.accept`); packed = [n, drafts[:n], token, ...]; start += n + 1;
+              last = token; the generator's iteration += 1.
+    The parameters are constants of the captured graphs, hence one sampler per setting.
+    """
+
+    def __init__(self, steps: _Steps, params: SamplingParams, sampled_drafts: bool):
+        self.steps, self.params, self.sampled_drafts = steps, params, sampled_drafts
+        e = steps.engine
+        self.triton = e.backend == "triton"
+        self.q_stats = None
+        fns = {"draft": self._draft, "accept": self._accept} if sampled_drafts else {"accept": self._accept}
+        self._fns = fns
+        self._outputs: dict[str, torch.Tensor] = {}
+        self._graphs = _capture(e, fns, self._outputs, 0) if e.cuda_graphs else {}
+
+    def _stats(self, logits):
+        p = self.params
+        return kernels.sample.transform_stats(logits, p.temperature, p.top_k, p.top_p)
+
+    def first_token(self, logits: torch.Tensor) -> torch.Tensor:
+        """The prefill's token: one draw from p (eager; once per request)."""
+        e = self.steps.engine
+        return kernels.sample.sample_rows(logits, self._stats(logits), self.params.temperature, e.rng,
+                                          kernels.sample.FIRST, use_triton=self.triton, pdl=e.pdl)
+
+    def _draft(self):
+        e, steps = self.steps.engine, self.steps
+        logits = steps._outputs["draft"]
+        self.q_stats = self._stats(logits)
+        steps.block[1:].copy_(kernels.sample.sample_rows(logits, self.q_stats, self.params.temperature, e.rng,
+                                                         kernels.sample.DRAFT, use_triton=self.triton, pdl=e.pdl))
+        return steps.block
+
+    def _accept(self):
+        e, steps = self.steps.engine, self.steps
+        p_logits = steps._outputs["verify"]
+        q_logits, q_stats = (steps._outputs["draft"], self.q_stats) if self.sampled_drafts else (None, None)
+        n, token = kernels.sample.accept(p_logits, self._stats(p_logits), q_logits, q_stats, steps.block[1:],
+                                         self.params.temperature, e.rng, use_triton=self.triton, pdl=e.pdl)
+        packed = steps.packed
+        packed[:1].copy_(n)
+        packed[1:steps.K].copy_(steps.block[1:])
+        packed.scatter_(0, n + 1, token)
+        e.start.add_(n + 1)
+        e.last.copy_(token)
+        e.rng[1:].add_(1)
+        return packed
+
+    def draft(self) -> torch.Tensor:
+        return _run("draft", self._fns, self._graphs, self._outputs)
+
+    def accept(self) -> torch.Tensor:
+        return _run("accept", self._fns, self._graphs, self._outputs)
+
+
+def _run(name, fns, graphs, outputs) -> torch.Tensor:
+    if name in graphs:
+        graphs[name].replay()
+    else:
+        outputs[name] = fns[name]()
+    return outputs[name]
+
+
+def _capture(e: OrthrusEngine, fns: dict, outputs: dict, cache_rows: int) -> dict:
+    """Capture each step of `fns` as a CUDA graph (after two warm-ups that compile the kernels);
+    fills `outputs` with the steps' static outputs and returns the graphs.
+
+    The warm-ups and the capture run the steps for real: they move start/last/rng and write cache rows
+    start..start+cache_rows-1. They run at start 0 (inside the cache) and what they change is put
+    back, so steps may be built after a prefill without corrupting the prompt's rows.
+    """
+    saved = e.start.clone(), e.last.clone(), e.rng.clone(), e.cache.kv[..., :cache_rows, :].clone()
+    e.start.zero_()
+    pool = torch.cuda.graph_pool_handle()
+    side = torch.cuda.Stream()
+    graphs = {}
+    for name, fn in fns.items():
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # compile kernels, create library handles
+                outputs[name] = fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            outputs[name] = fn()
+        graphs[name] = graph
+    e.start.copy_(saved[0])
+    e.last.copy_(saved[1])
+    e.rng.copy_(saved[2])
+    e.cache.kv[..., :cache_rows, :].copy_(saved[3])
+    return graphs
 
 
 def _resolve_pdl(pdl: bool | None, backend: str, device: torch.device) -> bool:

@@ -5,11 +5,15 @@ distribution p live on the same support. Greedy acceptance keeps the longest pre
 that equal the AR argmax; sampling uses speculative rejection sampling (Leviathan et al.,
 Chen et al.), under which every emitted token is distributed exactly as the base model's
 sampler (temperature, then top-k, then top-p: the order `transformers` applies them).
+These are the reference loop's rules; the engine runs the same transform and acceptance rule on
+the device (`kernels/sample.py`).
 """
 
 from dataclasses import dataclass
 
 import torch
+
+from kernels.sample import transform_stats
 
 
 @dataclass(frozen=True)
@@ -32,18 +36,14 @@ class SamplingParams:
 
 
 def logits_to_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Sampling distribution (float32) over the last dim, matching transformers' warpers."""
-    scores = logits.float() / params.temperature
-    if params.top_k > 0:
-        kth = torch.topk(scores, min(params.top_k, scores.shape[-1])).values[..., -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=False)
-        cum = sorted_scores.softmax(-1).cumsum(-1)
-        remove = cum <= 1 - params.top_p
-        remove[..., -1:] = False  # always keep the most likely token
-        scores = scores.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
-    return scores.softmax(-1)
+    """Sampling distribution (float32) over the last dim, matching transformers' warpers.
+
+    The transform is defined once, as per-row thresholds (`kernels.sample.transform_stats`), so the
+    engine's device sampler and this reference keep the same tokens, ties included."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    stats = transform_stats(flat, params.temperature, params.top_k, params.top_p)
+    scores = flat.float() / params.temperature
+    return scores.masked_fill(scores < stats[:, 1:2], float("-inf")).softmax(-1).view(logits.shape)
 
 
 def greedy_accept(draft: torch.Tensor, target_logits: torch.Tensor) -> tuple[int, int]:

@@ -6,13 +6,16 @@ generator) -> (drafts accepted, next token) and breaks losslessness in one way:
   * reject_all_sample_draft: every draft rejected and the replacement drawn from q, not the residual;
   * residual_p: the replacement after a rejection drawn from p instead of max(0, p - q).
 `install(monkeypatch, rule)` rebinds every loaded reference to the real rule inside models/ and kernels/
-(the reference loop and the engine import it by name), so any decoder that calls it runs the broken one.
+(the reference loop imports it by name), so any decoder that calls it runs the broken one. The engine
+samples on the device (kernels/sample.py); `install_engine(monkeypatch, name)` switches its kernels and
+their PyTorch twins to the same broken rule (ENGINE_RULES maps the names).
 """
 
 import sys
 
 import torch
 
+from kernels import sample as device_sampling
 from models import sampling
 
 
@@ -49,3 +52,12 @@ def install(monkeypatch, rule) -> list[str]:
                 patched.append(f"{name}.{attr}")
     assert patched, "found no reference to models.sampling.speculative_accept to replace"
     return patched
+
+
+ENGINE_RULES = {"accept_all": "accept_all", "reject_all_sample_draft": "reject_all_sample_q", "residual_p": "residual_p"}
+
+
+def install_engine(monkeypatch, name: str) -> None:
+    """The engine's device rule (kernels.sample.rejection_rule) set to the broken rule `name` of BROKEN; the
+    engine reads it when it builds a sampler, so call this before its first sampling generate."""
+    monkeypatch.setattr(device_sampling, "rejection_rule", lambda: ENGINE_RULES[name])

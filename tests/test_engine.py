@@ -1,6 +1,7 @@
 """The engine must decode exactly like the base model and the reference loop (PyTorch backend, CPU, fp32).
 
-The Triton backend and CUDA graphs are tested in tests/test_engine_triton.py.
+The Triton backend and CUDA graphs are tested in tests/test_engine_triton.py, sampling in
+tests/test_engine_sampling.py.
 """
 
 import pytest
@@ -13,9 +14,7 @@ from models.engine import OrthrusEngine
 from models.engine_ops import TorchOps
 from models.generate import block_length, generate
 from models.orthrus import prefix_attend
-from models.sampling import SamplingParams, logits_to_probs
 from tests.test_greedy import RecordingStreamer, base_greedy, prompt
-from tests.test_sampling import small_vocab_model
 
 MAX_NEW = 23  # not a multiple of any block size tested
 
@@ -171,47 +170,6 @@ def test_streamer_receives_every_token(make_model):
     out = OrthrusEngine(model, 64).generate(ids, 17, block_size=4, streamer=s)
     assert s.ended and s.chunks[0] == ids[0].tolist()
     assert sum(s.chunks[1:], []) == out.new_tokens.tolist()
-
-
-@pytest.mark.parametrize(
-    "params", [SamplingParams(temperature=1.0), SamplingParams(temperature=0.7, top_k=8, top_p=0.9)], ids=str
-)
-def test_sampling_draws_like_reference(make_model, params):
-    """With the same generator, the engine makes the reference loop's random draws on the same
-    distributions, so it emits the same tokens for as long as the reference proposes whole blocks.
-    (The reference loop's output distribution is checked against the exact base marginals in
-    tests/test_sampling.py.)"""
-    model = small_vocab_model(make_model)
-    ids, block_size = torch.tensor([[3, 1, 4, 1, 5]]), 6
-    engine = OrthrusEngine(model, 64)
-    checked = 0
-    for seed in range(20):
-        out = engine.generate(ids, 20, block_size=block_size, sampling=params,
-                              generator=torch.Generator().manual_seed(seed))
-        ref = generate(model, ids, 20, block_size=block_size, sampling=params,
-                       generator=torch.Generator().manual_seed(seed))
-        n = full_block_iterations(ref, block_size, 20)
-        kept = 1 + sum(ref.emitted[:n])
-        assert out.accepted[:n] == ref.accepted[:n]
-        assert torch.equal(out.sequences[:, : ids.shape[1] + kept], ref.sequences[:, : ids.shape[1] + kept])
-        checked += n
-    assert checked >= 20
-
-
-@torch.no_grad()
-def test_sampling_ar_baseline_is_the_base_sampler(make_model):
-    """block_size=1 with sampling draws each token from the base model's sampling distribution,
-    one multinomial draw per token, like a plain sampling loop with the same generator."""
-    model = small_vocab_model(make_model)
-    params = SamplingParams(temperature=0.8, top_k=9)
-    ids = torch.tensor([[3, 1, 4, 1, 5]])
-    out = OrthrusEngine(model, 64).generate(ids, 15, block_size=1, sampling=params,
-                                            generator=torch.Generator().manual_seed(0))
-    seq, g = ids, torch.Generator().manual_seed(0)
-    for _ in range(15):
-        probs = logits_to_probs(model(seq).logits[0, -1:], params)
-        seq = torch.cat([seq, torch.multinomial(probs, 1, generator=g)], dim=1)
-    assert torch.equal(out.sequences, seq)
 
 
 def test_bad_inputs_and_capacity(make_model):
