@@ -46,7 +46,7 @@ def time_iterations(engine: OrthrusEngine, ks, ctx: int, clock, *, reps: int = 2
     """Greedy vs sampled iteration at context ctx for each K (keys: iteration_ms_K{K},
     sampling_iteration_ms_K{K} (sampled drafts), sampling_greedy_drafts_iteration_ms_K{K},
     e2e_iteration_ms_K{K}, e2e_sampling_iteration_ms_K{K}). The engine needs ctx + new_tokens + 2 K rows.
-    clock(fn, reps, after=reset) -> median ms (scripts/bench_decode.py's Clock: CUDA events on the GPU)."""
+    clock(fn, reps, after=reset) -> median ms (eval.timing.median_ms: CUDA events on the GPU)."""
     e, device = engine, engine.device
     vocab_hi = min(151643, e.config.mask_token_id)
     prompt = torch.randint(0, vocab_hi, (1, ctx), generator=torch.Generator().manual_seed(0)).to(device)

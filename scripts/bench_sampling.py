@@ -8,28 +8,25 @@
 3. The trained small model (--small) over all HumanEval prompts: speedup over K = 1 and tokens per
    iteration, greedy, T=0.6/top-k 20/top-p 0.95 and T=1, sampled and greedy drafts.
 
-    PYTHONUNBUFFERED=1 python scripts/bench_sampling.py --out results/engine/sampling
-    TRITON_INTERPRET=1 python scripts/bench_sampling.py --shape tiny --ks 4 --ctx 32 --small '' --out /tmp/bs  # CPU smoke
+    PYTHONUNBUFFERED=1 python -m scripts.bench_sampling --out results/engine/sampling
+    TRITON_INTERPRET=1 python -m scripts.bench_sampling --shape tiny --ks 4 --ctx 32 --small '' --out /tmp/bs  # CPU smoke
 """
 
 import argparse
+import functools
 import json
-import sys
 import time
 import traceback
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_decode import Clock, build_model
-
 from data._io import atomic_write_text
+from eval.decode_bench import build_model
 from eval.metrics import free_memory
 from eval.provenance import provenance
 from eval.sampling_bench import micro_sampler, speedups, time_iterations
+from eval.timing import median_ms
 from models.engine import OrthrusEngine
 
 
@@ -64,7 +61,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ks = [int(k) for k in args.ks.split(",")]
-    clock = Clock(device)
+    clock = functools.partial(median_ms, device=device)  # clock(fn, reps, after=...) -> median ms
     results = {**provenance(device), "shape": args.shape}
 
     def save():
