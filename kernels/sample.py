@@ -58,10 +58,23 @@ def _rule_id() -> int:
 
 # --- the transform ------------------------------------------------------------------------------
 
+def inverse_temperature(temperature: float) -> float:
+    """1 / temperature rounded to float32: scores are logits.float() times this, in PyTorch and in the
+    kernels alike. A division would not do: PyTorch on CUDA divides by a scalar as a multiplication by
+    its reciprocal while the kernels divide exactly, and a one-ulp difference can put the only kept
+    token of a row (top-p keeping one) below the threshold the other computed, leaving nothing kept."""
+    return torch.tensor(1.0 / temperature, dtype=torch.float32).item()
+
+
+def scores(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Temperature-scaled float32 scores s of (R, V) logits, exactly as the kernels compute them."""
+    return logits.float() * inverse_temperature(temperature)
+
+
 def transform_stats(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """(R, V) logits -> (R, 3) float32 [m, tau, logZ]: keep s >= tau, p = exp(s - m - logZ), where
-    s = logits.float() / temperature. No host sync; graph-capturable."""
-    s = logits.float() / temperature
+    s = scores(logits, temperature). No host sync; graph-capturable."""
+    s = scores(logits, temperature)
     V = s.shape[-1]
     if top_k == 0 and top_p >= 1:
         m = s.amax(-1, keepdim=True)
@@ -90,7 +103,7 @@ def transform_stats(logits: torch.Tensor, temperature: float, top_k: int, top_p:
 
 def log_probs_from_stats(logits: torch.Tensor, temperature: float, stats: torch.Tensor) -> torch.Tensor:
     """The full (R, V) log-distribution the statistics describe (-inf outside the kept set)."""
-    s = logits.float() / temperature
+    s = scores(logits, temperature)
     return torch.where(s >= stats[:, 1:2], s - stats[:, :1] - stats[:, 2:], float("-inf"))
 
 
@@ -106,9 +119,12 @@ def _mulhilo(a: int, b: torch.Tensor):
 def philox_ref(seed: int | torch.Tensor, c0, c1, c2, c3) -> torch.Tensor:
     """First output word of Philox-4x32-10, as `tl.philox(seed, c0, c1, c2, c3)` computes it (int64
     tensors holding uint32 values; counters broadcast)."""
-    seed = torch.as_tensor(seed, dtype=torch.int64)
+    devices = {x.device for x in (seed, c0, c1, c2, c3) if isinstance(x, torch.Tensor)}
+    device = next((d for d in devices if d.type != "cpu"), None)  # counters may be CPU ints beside a GPU seed
+    seed = torch.as_tensor(seed, dtype=torch.int64, device=device)
     k0, k1 = seed & _U32, (seed >> 32) & _U32
-    c0, c1, c2, c3 = torch.broadcast_tensors(*(torch.as_tensor(c, dtype=torch.int64) & _U32 for c in (c0, c1, c2, c3)))
+    c0, c1, c2, c3 = torch.broadcast_tensors(
+        *(torch.as_tensor(c, dtype=torch.int64, device=device) & _U32 for c in (c0, c1, c2, c3)))
     for _ in range(10):
         hi_b, lo_b = _mulhilo(0xCD9E8D57, c2)
         hi_a, lo_a = _mulhilo(0xD2511F53, c0)
@@ -133,9 +149,9 @@ def _uniform(seed, c0, c1, c2, c3):
 
 
 @triton.jit
-def _log_prob(x, temperature, stats_ptr, row, mask, row_mask):
+def _log_prob(x, inv_temperature, stats_ptr, row, mask, row_mask):
     """log p of logits x under row `row`'s statistics [m, tau, logZ] (-inf outside the kept set or the mask)."""
-    s = tl.math.div_rn(x.to(tl.float32), temperature)
+    s = x.to(tl.float32) * inv_temperature
     m = tl.load(stats_ptr + row * 3, mask=row_mask, other=0.0)
     tau = tl.load(stats_ptr + row * 3 + 1, mask=row_mask, other=0.0)
     logz = tl.load(stats_ptr + row * 3 + 2, mask=row_mask, other=0.0)
@@ -145,7 +161,7 @@ def _log_prob(x, temperature, stats_ptr, row, mask, row_mask):
 # --- sampling rows --------------------------------------------------------------------------------
 
 @triton.jit
-def _sample_rows_kernel(logits_ptr, stride, stats_ptr, rng_ptr, key_ptr, idx_ptr, V, temperature,
+def _sample_rows_kernel(logits_ptr, stride, stats_ptr, rng_ptr, key_ptr, idx_ptr, V, inv_temperature,
                         PURPOSE: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
     """Program (row, chunk): the best Gumbel key (s + G over kept tokens) of the chunk and its token."""
     if USE_PDL:
@@ -158,7 +174,7 @@ def _sample_rows_kernel(logits_ptr, stride, stats_ptr, rng_ptr, key_ptr, idx_ptr
     t = chunk * BLOCK + tl.arange(0, BLOCK)
     mask = t < V
     x = tl.load(logits_ptr + row.to(tl.int64) * stride + t, mask=mask, other=0.0)
-    s = tl.math.div_rn(x.to(tl.float32), temperature)
+    s = x.to(tl.float32) * inv_temperature
     keep = mask & (s >= tl.load(stats_ptr + row * 3 + 1))
     g = -tl.log(-tl.log(_uniform(seed, t, row, it, PURPOSE)))
     key = tl.where(keep, s + g, float("-inf"))
@@ -181,14 +197,14 @@ def sample_rows(logits, stats, temperature: float, rng, purpose: int, *, use_tri
         t = torch.arange(V, device=logits.device)
         rows = torch.arange(R, device=logits.device)[:, None]
         g = _gumbel_ref(uniform_ref(rng[0], t, rows, rng[1], purpose))
-        s = logits.float() / temperature
+        s = scores(logits, temperature)
         return torch.where(s >= stats[:, 1:2], s + g, float("-inf")).argmax(-1)
     if logits.stride(-1) != 1:
         raise ValueError("logits must be contiguous in the vocabulary dim")
     chunks = triton.cdiv(V, BLOCK_V)
     keys = torch.empty(R, chunks, dtype=torch.float32, device=logits.device)
     idx = torch.empty(R, chunks, dtype=torch.int64, device=logits.device)
-    _sample_rows_kernel[(R, chunks)](logits, logits.stride(0), stats, rng, keys, idx, V, temperature,
+    _sample_rows_kernel[(R, chunks)](logits, logits.stride(0), stats, rng, keys, idx, V, inverse_temperature(temperature),
                                      PURPOSE=purpose, BLOCK=BLOCK_V, **launch_options(pdl, logits.device))
     return _pick(keys, idx)
 
@@ -197,7 +213,7 @@ def sample_rows(logits, stats, temperature: float, rng, purpose: int, *, use_tri
 
 @triton.jit
 def _accept_kernel(p_ptr, p_stride, p_stats_ptr, q_ptr, q_stride, q_stats_ptr, draft_ptr, n_drafts, rng_ptr,
-                   n_acc_ptr, key_ptr, idx_ptr, pkey_ptr, pidx_ptr, V, temperature,
+                   n_acc_ptr, key_ptr, idx_ptr, pkey_ptr, pidx_ptr, V, inv_temperature,
                    ONE_HOT: tl.constexpr, RULE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr,
                    USE_PDL: tl.constexpr):
     """Program `chunk`: every program decides the accepted length n (K - 1 scalar gathers; cheaper than
@@ -213,12 +229,12 @@ def _accept_kernel(p_ptr, p_stride, p_stats_ptr, q_ptr, q_stride, q_stats_ptr, d
     i = tl.arange(0, BLOCK_D)
     in_d = i < n_drafts
     d = tl.load(draft_ptr + i, mask=in_d, other=0)
-    p_d = tl.exp(_log_prob(tl.load(p_ptr + i.to(tl.int64) * p_stride + d, mask=in_d, other=0.0), temperature,
+    p_d = tl.exp(_log_prob(tl.load(p_ptr + i.to(tl.int64) * p_stride + d, mask=in_d, other=0.0), inv_temperature,
                            p_stats_ptr, i, in_d, in_d))
     if ONE_HOT:
         q_d = tl.full((BLOCK_D,), 1.0, tl.float32)
     else:
-        q_d = tl.exp(_log_prob(tl.load(q_ptr + i.to(tl.int64) * q_stride + d, mask=in_d, other=0.0), temperature,
+        q_d = tl.exp(_log_prob(tl.load(q_ptr + i.to(tl.int64) * q_stride + d, mask=in_d, other=0.0), inv_temperature,
                                q_stats_ptr, i, in_d, in_d))
     keep = _uniform(seed, i, 0, it, 1) * q_d < p_d
     if RULE == 1:  # broken: accept every draft
@@ -232,7 +248,7 @@ def _accept_kernel(p_ptr, p_stride, p_stats_ptr, q_ptr, q_stride, q_stats_ptr, d
     has_q = n < n_drafts
     t = chunk * BLOCK + tl.arange(0, BLOCK)
     mask = t < V
-    lp = _log_prob(tl.load(p_ptr + n.to(tl.int64) * p_stride + t, mask=mask, other=0.0), temperature,
+    lp = _log_prob(tl.load(p_ptr + n.to(tl.int64) * p_stride + t, mask=mask, other=0.0), inv_temperature,
                    p_stats_ptr, n, mask, n >= 0)
     p = tl.exp(lp)
     q_mask = mask & (tl.zeros_like(t) + n < n_drafts)  # a block-shaped mask (the interpreter rejects scalar & block)
@@ -240,7 +256,7 @@ def _accept_kernel(p_ptr, p_stride, p_stats_ptr, q_ptr, q_stride, q_stats_ptr, d
         q = tl.where(q_mask & (t == tl.load(draft_ptr + n, mask=has_q, other=-1)), 1.0, 0.0)
     else:
         q = tl.exp(_log_prob(tl.load(q_ptr + n.to(tl.int64) * q_stride + t, mask=q_mask, other=0.0),
-                             temperature, q_stats_ptr, n, q_mask, has_q))
+                             inv_temperature, q_stats_ptr, n, q_mask, has_q))
     r = tl.maximum(p - q, 0.0)
     if RULE == 2:  # broken: emit a sample of q (p after the last draft)
         r = tl.where(has_q, q, p)
@@ -318,7 +334,7 @@ def accept(p_logits, p_stats, q_logits, q_stats, draft, temperature: float, rng,
         q, qs = (p_logits, p_stats) if one_hot else (q_logits, q_stats)
         _accept_kernel[(chunks,)](
             p_logits, p_logits.stride(0), p_stats, q, q.stride(0), qs, draft, n_drafts, rng, n, keys, idx, pkeys, cidx,
-            V, temperature, ONE_HOT=one_hot, RULE=rule, BLOCK_D=triton.next_power_of_2(max(n_drafts, 1)),
+            V, inverse_temperature(temperature), ONE_HOT=one_hot, RULE=rule, BLOCK_D=triton.next_power_of_2(max(n_drafts, 1)),
             BLOCK=BLOCK_V, **launch_options(pdl, dev),
         )
     # the residual is all zero only when p_n == q_n to the last bit, where a rejection cannot happen

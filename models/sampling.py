@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.sample import transform_stats
+from kernels.sample import scores, transform_stats
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,8 @@ def logits_to_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tenso
     engine's device sampler and this reference keep the same tokens, ties included."""
     flat = logits.reshape(-1, logits.shape[-1])
     stats = transform_stats(flat, params.temperature, params.top_k, params.top_p)
-    scores = flat.float() / params.temperature
-    return scores.masked_fill(scores < stats[:, 1:2], float("-inf")).softmax(-1).view(logits.shape)
+    s = scores(flat, params.temperature)
+    return s.masked_fill(s < stats[:, 1:2], float("-inf")).softmax(-1).view(logits.shape)
 
 
 def greedy_accept(draft: torch.Tensor, target_logits: torch.Tensor) -> tuple[int, int]:

@@ -100,3 +100,24 @@ def test_unknown_rule_is_named(monkeypatch):
     stats = ks.transform_stats(p, 1.0, 0, 1.0)
     with pytest.raises(ValueError, match="accept_most"):
         ks.accept(p, stats, None, None, p[:1].argmax(-1), 1.0, torch.zeros(2, dtype=torch.long), use_triton=False)
+
+
+def test_scores_multiply_by_the_float32_inverse_temperature():
+    """Scores are logits times fl32(1 / T), in PyTorch and in the kernels: PyTorch on CUDA divides by a
+    scalar through its reciprocal, so an exact division in one place and not the other differs by an ulp,
+    enough to drop the only kept token of a row. An exact division here fails this test."""
+    x = torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 8
+    inv = torch.tensor(1 / 0.6, dtype=torch.float32)
+    assert not torch.equal(x / 0.6, x * inv)  # the two roundings do differ on these logits
+    assert torch.equal(ks.scores(x, 0.6), x * inv)
+
+
+@pytest.mark.parametrize("use_triton", [False, True])
+def test_a_single_kept_token_is_always_drawn(use_triton):
+    """top-p small enough to keep only the best token: every draw is the argmax (the kept set is never
+    empty, which would draw token 0). Seen broken on a GPU when the kernels divided by T exactly."""
+    logits = _logits(64, 3000, seed=5)
+    stats = ks.transform_stats(logits, 0.6, 20, 1e-6)
+    rng = torch.tensor([7, 3], device=DEVICE)
+    draws = ks.sample_rows(logits, stats, 0.6, rng, 0, use_triton=use_triton)
+    assert torch.equal(draws, logits.argmax(-1))
