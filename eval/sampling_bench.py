@@ -8,18 +8,18 @@ iteration after warm-up; and the end-to-end iteration of `engine.generate` (host
 after each call (so it includes the one iteration the loop launches past the end, <= 1/iterations).
 
 `speedups`: a trained model over a prompt set, per setting (greedy, and each sampling setting with
-sampled and with greedy drafts) and K: decode tokens/s of `engine.generate` over all prompts (the
-wall time of one-token generates, prefill + first token, subtracted: time to first token apart),
-speedup over K = 1 in the same setting on the same engine, tokens per iteration, and the target of
-"sampling loses only what its lower acceptance costs": (tokens/iteration / greedy tokens/iteration)
-x greedy speedup. Every prompt length class is prefilled once before timing (the attention kernels
-compile per padded prefill length).
+sampled and with greedy drafts) and K: eval.runner.measure_block_sizes on the engine (eval/timing.py's
+protocol: every prompt-length bucket and K warmed before timing, time to first token apart from decode
+tokens/s), speedup over K = 1 in the same setting on the same engine, tokens per iteration, TPF, and the
+target of "sampling loses only what its lower acceptance costs": (tokens/iteration / greedy
+tokens/iteration) x greedy speedup.
 """
 
 import time
 
 import torch
 
+from eval.runner import measure_block_sizes
 from models.engine import DRAFT_MODES, OrthrusEngine
 from models.sampling import SamplingParams
 
@@ -97,48 +97,38 @@ def time_iterations(engine: OrthrusEngine, ks, ctx: int, clock, *, reps: int = 2
     return out
 
 
-@torch.inference_mode()
+def engine_decode(engine: OrthrusEngine, drafts: str):
+    """`decode_fn` (eval/runner.py) on a built engine with the given draft mode."""
+
+    def decode(model, input_ids, max_new_tokens, **kwargs):
+        return engine.generate(input_ids, max_new_tokens, drafts=drafts, **kwargs)
+
+    decode.__name__ = f"OrthrusEngine.generate(drafts={drafts})"
+    return decode
+
+
 def speedups(engine: OrthrusEngine, prompts: list[list[int]], ks, new_tokens: int, *, settings=None,
              budget_s: float = float("inf"), log=print) -> list[dict]:
-    """Rows of (setting, drafts, K, tokens/s, speedup over K = 1, tokens/iteration, target speedup)."""
+    """Rows of (setting, drafts, K, decode tokens/s, speedup over K = 1 on the same engine and mode,
+    tokens/iteration, TPF, TTFT, target speedup), timed by eval/timing.py's protocol (every prompt-length
+    bucket and K warmed first; TTFT apart from decode throughput)."""
     settings = settings or SETTINGS
-    device, t_start = engine.device, time.time()
-    rows = []
-    for n in sorted({max(16, 1 << (len(ids) - 1).bit_length()) for ids in prompts}):
-        engine.prefill(torch.zeros(min(n, engine.cache.max_seq_len), dtype=torch.long, device=device))
+    t_start, rows = time.time(), []
     for name, params in settings.items():
-        if time.time() - t_start > budget_s:
-            log(f"budget: skipping {name}")
-            continue
-        modes = ["-"] if params.greedy else list(DRAFT_MODES)
-        base = None
-        first_s, _ = _wall_s(lambda: [engine.generate(torch.tensor([ids], device=device), 1, sampling=params)
-                                      for ids in prompts], device)
-        for K in [1, *ks]:
-            for drafts in (["-"] if K == 1 else modes):
-                if time.time() - t_start > budget_s:
-                    log(f"budget: skipping {name} K={K} drafts={drafts}")
-                    continue
-
-                def decode(ids, n=new_tokens):
-                    return engine.generate(torch.tensor([ids], device=device), n, block_size=K, sampling=params,
-                                           generator=torch.Generator().manual_seed(len(ids)),
-                                           drafts="sampled" if drafts == "-" else drafts)
-
-                decode(prompts[0], 8)  # compile / capture this setting before timing
-                seconds, results = _wall_s(lambda: [decode(ids) for ids in prompts], device)
-                tokens = sum(r.num_new_tokens for r in results)
-                iterations = sum(len(r.emitted) for r in results)
-                row = {"setting": name, "drafts": drafts, "K": K, "prompts": len(prompts), "tokens": tokens,
-                       "seconds": seconds, "first_token_s": first_s,
-                       "tok_s": (tokens - len(results)) / (seconds - first_s),
-                       "tokens_per_iteration": (tokens - len(results)) / max(iterations, 1)}
-                if K == 1:
-                    base = row["tok_s"]
-                row["speedup"] = row["tok_s"] / base if base else None
+        for drafts in (["sampled"] if params.greedy else list(DRAFT_MODES)):
+            if time.time() - t_start > budget_s:
+                log(f"budget: skipping {name} drafts={drafts}")
+                continue
+            measured, _ = measure_block_sizes(engine.model, prompts, [1, *ks], max_new_tokens=new_tokens,
+                                              sampling=params, decode_fn=engine_decode(engine, drafts), progress=False)
+            for r in measured:
+                row = {"setting": name, "drafts": "-" if params.greedy else drafts, "K": r["block_size"],
+                       "prompts": len(prompts), "tokens": r["new_tokens"],
+                       "decode_tokens_per_second": r["decode_tokens_per_second"], "speedup": r["speedup"],
+                       "tokens_per_iteration": r["tokens_per_iteration"], "tpf": r["tpf"], "ttft_ms": r["ttft_ms"]}
                 rows.append(row)
-                log(f"{name} drafts={drafts} K={K}: {row['tok_s']:.1f} tok/s, speedup {row['speedup']}, "
-                    f"{row['tokens_per_iteration']:.2f} tokens/iteration")
+                log(f"{name} drafts={row['drafts']} K={row['K']}: {row['decode_tokens_per_second']:.1f} tok/s, "
+                    f"speedup {row['speedup']:.2f}, {row['tokens_per_iteration']:.2f} tokens/iteration")
     greedy = {r["K"]: r for r in rows if r["setting"] == "greedy"}
     for r in rows:
         g = greedy.get(r["K"])
