@@ -39,8 +39,9 @@ class OrthrusGenerateOutput(ModelOutput):
     """`sequences` as transformers returns them, plus Orthrus's decoding statistics."""
 
     sequences: torch.LongTensor | None = None
-    tokens_per_iteration: float | None = None  # tokens per draft+verify iteration
-    tokens_per_forward: float | None = None  # new tokens / all forward passes (prefill, drafts, verifies)
+    tpf: float | None = None  # the paper's TPF: new tokens / all forward passes (prefill, drafts, verifies)
+    acceptance_length: float | None = None  # tokens per verify pass (accepted drafts + 1)
+    tokens_per_iteration: float | None = None  # diagnostic: tokens per draft+verify iteration (~2 x TPF)
     accepted: list[int] | None = None  # drafts accepted per iteration
     emitted: list[int] | None = None  # tokens emitted per iteration
 
@@ -77,8 +78,8 @@ def orthrus_generate(model, inputs: torch.LongTensor | None = None, **kwargs):
                       streamer=call.get("streamer"), stop_strings=config.stop_strings, tokenizer=call.get("tokenizer"))
     if not config.return_dict_in_generate:
         return result.sequences
-    return OrthrusGenerateOutput(sequences=result.sequences, tokens_per_iteration=result.tokens_per_iteration,
-                                 tokens_per_forward=result.tokens_per_forward, accepted=result.accepted,
+    return OrthrusGenerateOutput(sequences=result.sequences, tpf=result.tpf, acceptance_length=result.acceptance_length,
+                                 tokens_per_iteration=result.tokens_per_iteration, accepted=result.accepted,
                                  emitted=result.emitted)
 
 

@@ -29,7 +29,7 @@ cd "$(dirname "$0")/.."
 
 case "$SIZE" in
   full)
-    DISTILL=(max_new_tokens=256 batch_size=256)
+    DISTILL=(max_new_tokens=256 batch_size=256 limit=null)
     TRAIN=()
     EVAL=(model.device=cuda "decode.block_sizes=${EVAL_K:-[8,16,32]}")
     ;;
@@ -64,7 +64,8 @@ DATA=(data=self_distill '~data.build_corpus' '~data.train_tokenizer'
       data.packed_dataset.seq_len=1024 logging.progress_bar=false)
 
 run python -m scripts.self_distill model_name_or_path="$ART/base" prompts_source="$ART/distill_prompts.jsonl.gz" \
-  out_dir="$OUT/self_distill" chat_template=false messages_field=null temperature=0.0 dtype=float32 "${DISTILL[@]}"
+  out_dir="$OUT/self_distill" split=train chat_template=false messages_field=null temperature=0.0 dtype=float32 \
+  "${DISTILL[@]}"
 
 run python train.py +exp=small "${DATA[@]}" hydra.run.dir="$OUT/train" "${TRAIN[@]}"
 evaluate "$OUT/train/diffusion_view" "$OUT"

@@ -107,8 +107,8 @@ def test_resume_refuses_a_config_group_switch(tmp_path):
 
 @pytest.fixture
 def eval_run(monkeypatch):
-    """scripts/evaluate.run with model loading replaced by a failure: checks must come first."""
-    import scripts.evaluate as evaluate
+    """eval.evaluate.run with model loading replaced by a failure: checks must come first."""
+    import eval.evaluate as evaluate
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad setting was found")
@@ -149,7 +149,7 @@ def test_chat_template_auto_only_for_models_trained_with_it():
 
 
 def test_near_silent_run_warns_with_the_fix(caplog):
-    import scripts.evaluate as evaluate
+    import eval.evaluate as evaluate
     from eval.runner import DecodeRun
     from models.generate import GenerationResult
 

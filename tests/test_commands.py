@@ -25,7 +25,7 @@ def readme_command(prefix: str) -> str:
 @pytest.mark.slow
 def test_readme_evaluation_command(tmp_path):
     """Exactly the README's command; only out_dir is redirected (Hydra: the last value wins)."""
-    command = readme_command("python scripts/evaluate.py name=quickstart ")
+    command = readme_command("python -m scripts.evaluate name=quickstart ")
     args = shlex.split(command)
     done = subprocess.run([sys.executable, *args[1:], f"out_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'hydra'}"],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)

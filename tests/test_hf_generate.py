@@ -29,6 +29,7 @@ def test_return_dict_carries_orthrus_statistics(make_model):
     ref = generate(model, ids, 17, block_size=4)
     assert torch.equal(out.sequences, ref.sequences)
     assert out.accepted == ref.accepted and out.tokens_per_iteration == ref.tokens_per_iteration
+    assert out.tpf == ref.tpf and out.acceptance_length == ref.acceptance_length
     assert sum(out.accepted) > 0  # drafts were accepted: Orthrus decoding ran, not plain AR
 
 

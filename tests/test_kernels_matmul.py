@@ -42,13 +42,21 @@ def test_matches_float64(M, gate_up, config, dtype):
                                     MatmulConfig(32, 64, 32, 3, swap_ab=True)], ids=str)
 @pytest.mark.parametrize("gate_up", [False, True])
 def test_rows_do_not_depend_on_batch(gate_up, config, dtype):
-    """Each row of a 32-row product equals that row multiplied alone, bit for bit (same config)."""
+    """Each row of a 32-row product equals that row multiplied alone, bit for bit (same config). Off the GPU
+    the interpreter computes fp32 tile products with numpy's BLAS, whose summation order depends on the
+    number of rows (triton 3.9), so there fp32 rows are compared to within a few ulps of a 300-term sum."""
     x, w, w2 = _rand(32, 300, dtype=dtype, seed=3), _rand(70, 300, dtype=dtype, seed=4), _rand(70, 300, dtype=dtype, seed=5)
     w2 = w2 if gate_up else None
     full = skinny_matmul(x, w, config, w2)
+
+    def same(a, b):
+        if torch.cuda.is_available() or dtype != torch.float32:
+            return torch.equal(a, b)
+        return torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
     for m in (0, 7, 31):
-        assert torch.equal(skinny_matmul(x[m:m + 1], w, config, w2)[0], full[m])
-    assert torch.equal(skinny_matmul(x[:9], w, config, w2), full[:9])
+        assert same(skinny_matmul(x[m:m + 1], w, config, w2)[0], full[m])
+    assert same(skinny_matmul(x[:9], w, config, w2), full[:9])
 
 
 def test_strided_rows():

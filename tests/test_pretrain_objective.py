@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-import train.config  # noqa: F401  (registers data=synthetic)
+import train.config  # noqa: F401  (registers the config resolvers)
 from models.checkpoint import load_orthrus
 from models.orthrus import is_diffusion_param
 from train.loop import BASE_DIR, Trainer
@@ -35,7 +35,8 @@ def test_next_token_objective_pretrains_the_base(tmp_path):
     log = (tmp_path / "metrics.jsonl").read_text().splitlines()
     losses = [json.loads(line)["loss"] for line in log]
     # uniform random documents over 63 tokens: the loss falls to their entropy, ln 63, and no lower
-    assert losses[0] > math.log(63) + 0.4 and abs(losses[-1] - math.log(63)) < 0.1 and last["mfu"] > 0
+    assert losses[0] > math.log(63) + 0.4 and abs(losses[-1] - math.log(63)) < 0.1
+    assert last["mfu"] is None if not torch.cuda.is_available() else last["mfu"] > 0  # MFU is n/a off CUDA
     for name, p in trainer.model.named_parameters():
         assert torch.equal(p, before[name]) == is_diffusion_param(name), name
     assert not (tmp_path / "diffusion_view").exists()

@@ -52,14 +52,21 @@ def test_progress_lines_print_unmeasurable_metrics_as_na(tmp_path):
 
 @pytest.mark.slow
 def test_two_concurrent_runs_cannot_share_a_folder(tmp_path):
+    """The first run is long enough to be alive whatever the machine's speed; it is stopped once the second
+    has been refused, so the check never depends on which run finishes first."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "train.py", "train.steps=4", *FAST, f"hydra.run.dir={run}"]
-    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not (run / "train.log").is_file() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.2)  # train.log appears once the first run holds the folder
-    second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    out, err = first.communicate(timeout=600)
-    assert first.returncode == 0, err[-3000:]
-    assert second.returncode != 0 and "in use by a live run" in second.stderr, second.stderr[-3000:]
-    assert steps_logged(run) == [1, 2, 3, 4]  # one run's records, not two interleaved
+    cmd = [sys.executable, "train.py", *FAST, f"hydra.run.dir={run}"]
+    first = subprocess.Popen([*cmd, "train.steps=100000"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.time() + 300
+        while not (run / "train.log").is_file() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.2)  # train.log appears once the first run holds the folder
+        assert first.poll() is None, "the first run ended before the second started"
+        second = subprocess.run([*cmd, "train.steps=4"], cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert second.returncode != 0 and "in use by a live run" in second.stderr, second.stderr[-3000:]
+    finally:
+        first.kill()
+        first.communicate(timeout=60)
+    steps = steps_logged(run) if (run / "metrics.jsonl").is_file() else []
+    assert steps == list(range(1, len(steps) + 1))  # one run's records, not two interleaved
