@@ -17,7 +17,7 @@ from models.sampling import SamplingParams
 from tests import acceptance_rules
 
 SAMPLING = SamplingParams(temperature=1.0)
-NUM_PROMPTS, NEW_TOKENS, K = 60, 16, 4
+NUM_PROMPTS, NEW_TOKENS, K = 150, 16, 4
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
