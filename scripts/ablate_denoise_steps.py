@@ -42,7 +42,7 @@ def main(argv=None):
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default="results/small/ablations/denoise_steps")
+    ap.add_argument("--out", default="results/small_denoise_steps_cpu_2026-11-23")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     art, out_dir = REPO_ROOT / args.artifacts, REPO_ROOT / args.out

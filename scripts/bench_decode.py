@@ -5,9 +5,9 @@ tests/test_kernels_gpu.py). Writes bench.json / bench.md / bench.png / bench.log
 Provenance (command, commit, dirty flag, source hash) is computed; on a GPU machine whose copy of the tree
 has no .git, pass ORTHRUS_COMMIT / ORTHRUS_DIRTY from the launching checkout (eval/provenance.py).
 
-    PYTHONUNBUFFERED=1 python -m scripts.bench_decode --out results/engine
+    PYTHONUNBUFFERED=1 python -m scripts.bench_decode --out results/engine_<gpu>_<date>
     TRITON_INTERPRET=1 python -m scripts.bench_decode --shapes tiny --ctx 64,128 --out /tmp/bench   # CPU smoke run
-    python -m scripts.bench_decode --from-json results/engine/bench.json --out /tmp/rerendered     # tables again
+    python -m scripts.bench_decode --from-json results/engine_h100_2026-11-23/bench_all_shapes/bench.json --out /tmp/rr
 """
 
 import argparse

@@ -8,7 +8,7 @@
 3. The trained small model (--small) over all HumanEval prompts: speedup over K = 1 and tokens per
    iteration, greedy, T=0.6/top-k 20/top-p 0.95 and T=1, sampled and greedy drafts.
 
-    PYTHONUNBUFFERED=1 python -m scripts.bench_sampling --out results/engine/sampling
+    PYTHONUNBUFFERED=1 python -m scripts.bench_sampling --out results/engine_sampling_<gpu>_<date>
     TRITON_INTERPRET=1 python -m scripts.bench_sampling --shape tiny --ks 4 --ctx 32 --small '' --out /tmp/bs  # CPU smoke
 """
 

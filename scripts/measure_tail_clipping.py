@@ -2,7 +2,7 @@
 on orthrus-small (CPU, fp32, greedy), at the given generation lengths (eval.tail_clipping).
 
     python -m scripts.measure_tail_clipping --lengths 64 256 1024 --n 8
-Writes results/small/tail_clipping/results.json and README.md.
+Writes results/tail_clipping_cpu_2026-12-01/results.json and README.md (--out).
 """
 
 import argparse
@@ -23,7 +23,7 @@ def main(argv=None):
     ap.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024])
     ap.add_argument("--n", type=int, default=8, help="held-out prompts")
     ap.add_argument("--prompt-tokens", type=int, default=256, help="first tokens of each held-out file")
-    ap.add_argument("--out", default="results/small/tail_clipping")
+    ap.add_argument("--out", default="results/tail_clipping_cpu_2026-12-01")
     args = ap.parse_args(argv)
     art = Path(args.artifacts)
     model = load_orthrus(str(art / "base"), str(art / "diffusion"))

@@ -2,8 +2,8 @@
 
     python -m scripts.recount_mfu [--dry-run]
 
-Rewrites, in place, the FLOPs and MFU fields of results/scale/*/bench_*/bench.json (and their
-bench.md / bench.png) and of results/train/*/ (summary.json, summary.md, smoke.json,
+Rewrites, in place, the FLOPs and MFU fields of results/scale_*/bench_*/bench.json (and their
+bench.md / bench.png) and of results/train_*/ (summary.json, summary.md, smoke.json,
 metrics.jsonl), each with an "mfu_recount" record (command, commit, method); writes
 results/mfu_recount.json with published -> recounted per figure. Refuses to write when the
 replay does not reproduce a stored FLOP count.
@@ -68,7 +68,7 @@ def recount_train_dir(folder: Path, note: dict, write: bool) -> dict:
     summary = json.loads((folder / "summary.json").read_text())
     if "mfu_recount" in summary:
         raise SystemExit(f"{folder} was already recounted; nothing to do")
-    cfg = OmegaConf.load(REPO / "results/train/qwen3_8b_300steps_h100/config.yaml")  # both runs' config
+    cfg = OmegaConf.load(REPO / "results/train_h100_2026-11-22/config.yaml")  # both runs' config
     cfg.train.steps = summary["steps"]
     metrics = folder / "metrics.jsonl"
     if metrics.is_file():
@@ -103,9 +103,9 @@ def main(argv=None) -> None:
     ap.add_argument("--dry-run", action="store_true", help="print the recounted figures, write nothing")
     args = ap.parse_args(argv)
     note = {"command": COMMAND, "commit": _commit(), "method": METHOD}
-    rows = [row for path in sorted(REPO.glob("results/scale/*/bench_*/bench.json"))
+    rows = [row for path in sorted(REPO.glob("results/scale_*/bench_*/bench.json"))
             for row in recount_bench_file(path, note, not args.dry_run)]
-    rows += [recount_train_dir(d, note, not args.dry_run) for d in sorted(REPO.glob("results/train/*/"))
+    rows += [recount_train_dir(d, note, not args.dry_run) for d in sorted(REPO.glob("results/train_*/"))
              if (d / "summary.json").is_file()]
     for row in rows:
         setting = f"{row.get('shape', '')} {row.get('seq_len', '')}"
