@@ -14,7 +14,7 @@ than that. The judgement is therefore
   * the runs logged the same steps, tokens and learning rates.
 
 Defaults per precision: fp32 agrees to rounding (1e-3 both); bf16 reduces gradients in bf16
-(the 8B runs of results/scale/h200x2 differ by 4% of the loss movement and 2.8% in grad norm).
+(the 8B runs of results/scale_h200x2_2026-11-22 differ by 4% of the loss movement and 2.8% in grad norm).
 """
 
 TOLERANCES = {"fp32": {"loss_tol": 1e-3, "grad_norm_tol": 1e-3}, "bf16": {"loss_tol": 0.1, "grad_norm_tol": 0.05}}

@@ -104,7 +104,8 @@ def speed_summary_markdown(reports: list[dict]) -> str:
         for r in rep["runs"]:
             f = fid.get((r["benchmark"], r["block_size"]), {})
             rows.append([rep["name"], rep["model"]["dtype"], rep["decode"]["sampling"], r["benchmark"], r["block_size"],
-                         r["num_prompts"], r["tokens_per_iteration"], r["decode_tokens_per_second"], r["speedup"],
+                         r["num_prompts"], r["tpf"], r["acceptance_length"], r["tokens_per_iteration"],
+                         r["decode_tokens_per_second"], r["speedup"],
                          r["speedup_end_to_end"], r["ttft_ms"], _get(f, "exact_match", "sequence_rate"),
                          _get(f, "sampling", "pvalue"), _get(f, "sampling", "passed")])
         p, git = rep["provenance"], rep["provenance"]["git"]
@@ -115,11 +116,13 @@ def speed_summary_markdown(reports: list[dict]) -> str:
     return "\n".join([
         "# Decode speed and fidelity (measured)\n",
         "Timing protocol: " + " / ".join(protocols) + ".\n",
-        "TPF = tokens per draft+verify iteration; speedup = decode tokens/s (prefill and first token excluded) "
+        UNIT_NOTE + "\n",
+        "speedup = decode tokens/s (prefill and first token excluded) "
         "over K=1 on the same decoder in the same warm state; TTFT = time to first token; exact match = greedy "
         "output vs transformers' generate (sequence rate); sampling p = the per-token test of sampled tokens "
         "against the base sampler (passed at its alpha).\n",
-        markdown_table(["run", "dtype", "sampling", "benchmark", "K", "prompts", "TPF", "decode tok/s", "speedup",
+        markdown_table(["run", "dtype", "sampling", "benchmark", "K", "prompts", "TPF", "accept len (tok/verify)",
+                        "tok/iter (diagnostic)", "decode tok/s", "speedup",
                         "end-to-end speedup", "TTFT ms", "exact match", "sampling p", "passed"], rows),
         "## Provenance\n", *prov, "",
     ])

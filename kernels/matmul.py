@@ -2,7 +2,7 @@
 
 At batch 1 a decode pass multiplies 1 to 32 token rows by every weight matrix once, so each product
 is a stream of the weight through the SMs and its speed is the bandwidth it reaches. cuBLAS reads
-the Qwen3-8B weights at 2.2-2.8 TB/s at these shapes (results/engine/bench.md); this kernel is built
+the Qwen3-8B weights at 2.2-2.8 TB/s at these shapes (docs/LOG.md, engine runs 1 and 2); this kernel is built
 to stream them instead:
 
 * One program owns BLOCK_N output columns for BLOCK_M rows and walks the K dimension in BLOCK_K
@@ -14,7 +14,7 @@ to stream them instead:
   kernel (plus the split reduction) instead of two products and an elementwise kernel.
 * `swap_ab` computes the tile as w @ x^T and transposes the sums: the same products, with the weight
   tile in the MMA's wide operand. Measured at 32 rows on an H100 it made the q/k/v product faster
-  than cuBLAS (results/engine/h100_diag_overlap/); which form runs is part of the tuned config.
+  than cuBLAS (docs/LOG.md, the 2026-11-23 diagnosis rounds); which form runs is part of the tuned config.
 * The tile sizes and split count are a `MatmulConfig`, chosen per weight shape by timing a short
   candidate list on the GPU (`Matmul`), where cuBLAS is one of the candidates unless the mode asks
   for batch invariance. Candidates are timed back to back in a CUDA graph, as a pass runs them, so
@@ -44,7 +44,7 @@ from kernels.attention import sm_count
 from kernels.pdl import launch_options, prefetch_l2
 
 # Weight bytes a product asks L2 for before it waits (PDL only), spread over its first-wave programs.
-# Measured at Qwen3-8B on an H100 (results/engine/h100_diag_overlap): 2-4 MB best; 8-16 MB slower
+# Measured at Qwen3-8B on an H100 (docs/LOG.md, the 2026-11-23 diagnosis rounds): 2-4 MB best; 8-16 MB slower
 # (the prefetch then competes with the previous product's stream and is evicted before use); none
 # at all ~0.03 ms per iteration slower.
 PREFETCH_BYTES = 4 << 20
