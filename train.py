@@ -43,13 +43,27 @@ def launcher_argv(argv: list[str], rank: int) -> list[str]:
         rest = [a for a in args if not a.startswith("resume=")]
         switches = [a for a in rest if a.split("=", 1)[0].lstrip("+~").split("@")[0] in GROUPS]
         if switches:
-            raise SystemExit(f"resume={run} continues that run's saved config, so config-group switches {switches} "
-                             "cannot apply: override single keys instead (e.g. model.block_size=16, "
-                             "data.packed_dataset.seq_len=512), or start a new run with the new groups")
-        args = ["--config-path", str(saved.parent), "--config-name", "config", f"hydra.run.dir={run}", f"resume={run}", *rest]
+            raise SystemExit(
+                f"resume={run} continues that run's saved config, so config-group switches {switches} "
+                "cannot apply: override single keys instead (e.g. model.block_size=16, "
+                "data.packed_dataset.seq_len=512), or start a new run with the new groups"
+            )
+        args = [
+            "--config-path",
+            str(saved.parent),
+            "--config-name",
+            "config",
+            f"hydra.run.dir={run}",
+            f"resume={run}",
+            *rest,
+        ]
     if rank > 0:  # rank 0's folder is used (broadcast); a per-rank scratch folder keeps runs/ clean
-        args += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled",
-                 f"hydra.run.dir={Path(tempfile.gettempdir()) / f'orthrus-rank{rank}-{os.getpid()}'}"]
+        args += [
+            "hydra.output_subdir=null",
+            "hydra/job_logging=disabled",
+            "hydra/hydra_logging=disabled",
+            f"hydra.run.dir={Path(tempfile.gettempdir()) / f'orthrus-rank{rank}-{os.getpid()}'}",
+        ]
     return args
 
 

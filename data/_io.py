@@ -72,8 +72,14 @@ def looks_local(name: str | os.PathLike) -> bool:
     """True when `name` can only be a local path, never a hub id ("name" or "org/name"): it exists,
     is absolute, starts with "." or "~", or has a backslash, a trailing slash or more than one "/"."""
     text = str(name)
-    return (Path(text).expanduser().exists() or os.path.isabs(text) or text.startswith((".", "~"))
-            or "\\" in text or text.endswith("/") or text.count("/") > 1)
+    return (
+        Path(text).expanduser().exists()
+        or os.path.isabs(text)
+        or text.startswith((".", "~"))
+        or "\\" in text
+        or text.endswith("/")
+        or text.count("/") > 1
+    )
 
 
 def check_writable(folder: str | os.PathLike, what: str) -> Path:
@@ -85,6 +91,8 @@ def check_writable(folder: str | os.PathLike, what: str) -> Path:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as err:
-        raise PermissionError(f"{what}={str(folder)!r} is not a writable folder ({err.strerror}): "
-                              f"choose another {what} (e.g. {what}=runs/eval) or fix its permissions") from None
+        raise PermissionError(
+            f"{what}={str(folder)!r} is not a writable folder ({err.strerror}): "
+            f"choose another {what} (e.g. {what}=runs/eval) or fix its permissions"
+        ) from None
     return path

@@ -106,9 +106,7 @@ def _is_under(path: Path, folders: Sequence[Path]) -> bool:
     return any(resolved.is_relative_to(folder) for folder in folders)
 
 
-def discover_packages(
-    roots: Sequence[Path], exclude_paths: Sequence[Path] = ()
-) -> dict[str, list[tuple[Path, Path]]]:
+def discover_packages(roots: Sequence[Path], exclude_paths: Sequence[Path] = ()) -> dict[str, list[tuple[Path, Path]]]:
     """Map each top-level package name to its (root, entry) pairs.
 
     An entry is a package folder or a single-module file (`json/`, `six.py`);
@@ -365,9 +363,18 @@ def read_corpus(corpus_dir: str | os.PathLike, split: str = TRAIN) -> Iterator[d
                 yield json.loads(line)
 
 
-def corpus_prompts(corpus_dir: str | os.PathLike, out_file: str | os.PathLike, count: int, *, num_lines: int,
-                   split: str = HELDOUT, anchor: str | None = None, max_chars: int | None = None,
-                   per_file: int = 1, seed: int = 0) -> int:
+def corpus_prompts(
+    corpus_dir: str | os.PathLike,
+    out_file: str | os.PathLike,
+    count: int,
+    *,
+    num_lines: int,
+    split: str = HELDOUT,
+    anchor: str | None = None,
+    max_chars: int | None = None,
+    per_file: int = 1,
+    seed: int = 0,
+) -> int:
     """Write `count` prompts from one split of a corpus as JSONL ({"id", "package", "prompt"});
     return how many were written.
 
@@ -385,7 +392,7 @@ def corpus_prompts(corpus_dir: str | os.PathLike, out_file: str | os.PathLike, c
         lines = record["text"].splitlines(keepends=True)
         starts = [i for i, line in enumerate(lines) if anchor and line.lstrip().startswith(anchor)] or [0]
         for start in sorted(rng.sample(starts, min(per_file, len(starts)))) if anchor else [0]:
-            head = "".join(lines[start:start + num_lines])
+            head = "".join(lines[start : start + num_lines])
             if 200 <= len(head) <= (max_chars or len(head)):
                 item = {"path": record["path"] + (f":{start + 1}" if per_file > 1 else ""), "prompt": head}
                 by_package.setdefault(record["package"], []).append(item)

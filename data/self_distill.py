@@ -44,8 +44,14 @@ MANIFEST = "manifest.json"
 PARAMS = ".self_distill.json"  # hidden: data.datasets._split_files skips it
 SHARD = "train-{:05d}.jsonl"
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -143,18 +149,35 @@ def _record(prompt, response: str, chat_template: bool) -> dict:
 
 
 @torch.no_grad()
-def generate_batch(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperature: float,
-                   top_p: float, top_k: int, eos_ids: list[int]) -> list[list[int]]:
+def generate_batch(
+    model,
+    tokenizer,
+    texts: list[str],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    eos_ids: list[int],
+) -> list[list[int]]:
     """Generated token ids per prompt (left padding, explicit attention mask), cut after the first eos."""
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k} if temperature > 0 \
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k}
+        if temperature > 0
         else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    )
     out = GenerationMixin.generate(  # the plain base's batched generate, also for a merged Orthrus model
-        model, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=max_new_tokens,
-        eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id, **sampling,
+        model,
+        input_ids=enc["input_ids"],
+        attention_mask=enc["attention_mask"],
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_ids,
+        pad_token_id=tokenizer.pad_token_id,
+        **sampling,
     )
     responses = []
-    for row in out[:, enc["input_ids"].shape[1]:].tolist():
+    for row in out[:, enc["input_ids"].shape[1] :].tolist():
         cut = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
         responses.append(row[:cut])
     return responses
@@ -208,18 +231,31 @@ def generate_responses(
     """
     rank, world_size = process_rank(rank, world_size)
     if overwrite and world_size > 1:
-        raise ValueError("overwrite=True with several ranks would let them delete each other's shards; "
-                         "remove out_dir once, then start the ranks without overwrite")
+        raise ValueError(
+            "overwrite=True with several ranks would let them delete each other's shards; "
+            "remove out_dir once, then start the ranks without overwrite"
+        )
     out = Path(out_dir)
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if shard_size < 1 or batch_size < 1:
         raise ValueError("shard_size and batch_size must be >= 1")
     params = {
-        "model": str(model_name_or_path), "source": str(prompts_source), "split": split, "subset": subset,
-        "prompt_field": prompt_field, "messages_field": messages_field, "chat_template": chat_template,
-        "enable_thinking": enable_thinking, "max_new_tokens": max_new_tokens, "temperature": temperature,
-        "top_p": top_p, "top_k": top_k, "limit": limit, "seed": seed, "shard_size": shard_size,
+        "model": str(model_name_or_path),
+        "source": str(prompts_source),
+        "split": split,
+        "subset": subset,
+        "prompt_field": prompt_field,
+        "messages_field": messages_field,
+        "chat_template": chat_template,
+        "enable_thinking": enable_thinking,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "limit": limit,
+        "seed": seed,
+        "shard_size": shard_size,
     }
     if (out / MANIFEST).is_file() and not overwrite:
         return json.loads((out / MANIFEST).read_text())
@@ -250,12 +286,13 @@ def generate_responses(
         prompts += [_prompt_of(r, prompt_field, messages_field) for r in raw]
     kept = [p for p in prompts if p is not None]
     if not kept:
-        raise ValueError(f"no prompts in {prompts_source!r}: records need a {prompt_field!r} "
-                         f"or {messages_field!r} field")
+        raise ValueError(
+            f"no prompts in {prompts_source!r}: records need a {prompt_field!r} or {messages_field!r} field"
+        )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / PARAMS, json.dumps(params, indent=2) + "\n")
 
-    shards = [kept[i:i + shard_size] for i in range(0, len(kept), shard_size)]
+    shards = [kept[i : i + shard_size] for i in range(0, len(kept), shard_size)]
     mine = [i for i in range(len(shards)) if i % world_size == rank]
     bar = tqdm(total=sum(len(shards[i]) for i in mine), desc=f"self-distill rank {rank}/{world_size}", unit="prompt")
     for index in mine:
@@ -269,9 +306,17 @@ def generate_responses(
         order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # similar lengths share a batch
         responses: list[list[int] | None] = [None] * len(texts)
         for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            ids = generate_batch(model, tokenizer, [texts[i] for i in batch], max_new_tokens=max_new_tokens,
-                                 temperature=temperature, top_p=top_p, top_k=top_k, eos_ids=eos_ids)
+            batch = order[start : start + batch_size]
+            ids = generate_batch(
+                model,
+                tokenizer,
+                [texts[i] for i in batch],
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                eos_ids=eos_ids,
+            )
             for i, row in zip(batch, ids):
                 responses[i] = row
             bar.update(len(batch))
@@ -279,30 +324,53 @@ def generate_responses(
             for prompt, row in zip(shard, responses):
                 text = tokenizer.decode(row, skip_special_tokens=True)
                 f.write(json.dumps(_record(prompt, text, chat_template), ensure_ascii=False) + "\n")
-        atomic_write_text(_stats_path(out, index), json.dumps({
-            "records": len(shard), "prompt_tokens": sum(lengths),
-            "generated_tokens": sum(len(r) for r in responses),
-            "stopped_at_eos": sum(bool(r) and r[-1] in eos_ids for r in responses),
-        }) + "\n")
+        atomic_write_text(
+            _stats_path(out, index),
+            json.dumps(
+                {
+                    "records": len(shard),
+                    "prompt_tokens": sum(lengths),
+                    "generated_tokens": sum(len(r) for r in responses),
+                    "stopped_at_eos": sum(bool(r) and r[-1] in eos_ids for r in responses),
+                }
+            )
+            + "\n",
+        )
     bar.close()
 
     done = [i for i in range(len(shards)) if _stats_path(out, i).is_file()]
     if len(done) < len(shards):  # other ranks' shards still running: the last rank to finish writes the manifest
-        return {"complete": False, "rank": rank, "world_size": world_size, "shards_done": len(done),
-                "shards": len(shards)}
+        return {
+            "complete": False,
+            "rank": rank,
+            "world_size": world_size,
+            "shards_done": len(done),
+            "shards": len(shards),
+        }
     stats = [json.loads(_stats_path(out, i).read_text()) for i in range(len(shards))]
     totals = {key: sum(s[key] for s in stats) for key in stats[0]}
     manifest = {
-        **params, "complete": True,
-        "sampling": {"greedy": temperature == 0, "temperature": temperature, "top_p": top_p, "top_k": top_k,
-                     "max_new_tokens": max_new_tokens, "seed": seed},
+        **params,
+        "complete": True,
+        "sampling": {
+            "greedy": temperature == 0,
+            "temperature": temperature,
+            "top_p": top_p,
+            "top_k": top_k,
+            "max_new_tokens": max_new_tokens,
+            "seed": seed,
+        },
         "format": "messages" if chat_template else "text",
-        "records_read": len(prompts), "skipped_without_prompt": len(prompts) - len(kept),
-        "records": totals["records"], "prompt_tokens": totals["prompt_tokens"],
-        "tokens_generated": totals["generated_tokens"], "stopped_at_eos": totals["stopped_at_eos"],
+        "records_read": len(prompts),
+        "skipped_without_prompt": len(prompts) - len(kept),
+        "records": totals["records"],
+        "prompt_tokens": totals["prompt_tokens"],
+        "tokens_generated": totals["generated_tokens"],
+        "stopped_at_eos": totals["stopped_at_eos"],
         "truncated_at_max_new_tokens": totals["records"] - totals["stopped_at_eos"],
         "shards": [SHARD.format(i) for i in range(len(shards))],
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "device": str(model.device),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "device": str(model.device),
     }
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest

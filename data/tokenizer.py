@@ -124,5 +124,7 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
     try:
         return AutoTokenizer.from_pretrained(str(path) if path.exists() else text)
     except OSError as err:
-        raise OSError(f"tokenizer '{text}' is not a local folder (none under {Path.cwd()}) and could not be loaded "
-                      f"from the hub ({err}): pass a local tokenizer folder, e.g. artifacts/orthrus-small/tokenizer") from err
+        raise OSError(
+            f"tokenizer '{text}' is not a local folder (none under {Path.cwd()}) and could not be loaded "
+            f"from the hub ({err}): pass a local tokenizer folder, e.g. artifacts/orthrus-small/tokenizer"
+        ) from err

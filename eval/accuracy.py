@@ -51,8 +51,20 @@ def final_answer(text: str) -> str | None:
 def normalize(answer: str) -> str:
     s = answer.strip().strip("$").strip()
     s = re.sub(r"\\text\{(.*?)\}", r"\1", s)
-    for old, new in (("\\left", ""), ("\\right", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("dfrac", "frac"),
-                     ("tfrac", "frac"), ("^\\circ", ""), ("^{\\circ}", ""), ("\\%", ""), ("%", ""), (" ", "")):
+    for old, new in (
+        ("\\left", ""),
+        ("\\right", ""),
+        ("\\!", ""),
+        ("\\,", ""),
+        ("\\;", ""),
+        ("dfrac", "frac"),
+        ("tfrac", "frac"),
+        ("^\\circ", ""),
+        ("^{\\circ}", ""),
+        ("\\%", ""),
+        ("%", ""),
+        (" ", ""),
+    ):
         s = s.replace(old, new)
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
     s = s.rstrip(".")
@@ -99,8 +111,12 @@ def code_problem(scorer: str, record: dict) -> dict:
         return record
     setup = record.get("test_setup_code") or ""
     tests = "\n".join(record["test_list"])
-    return {"task_id": str(record["task_id"]), "prompt": setup + "\n",
-            "test": f"def check(_):\n    pass\n\n{tests}\n", "entry_point": "None"}
+    return {
+        "task_id": str(record["task_id"]),
+        "prompt": setup + "\n",
+        "test": f"def check(_):\n    pass\n\n{tests}\n",
+        "entry_point": "None",
+    }
 
 
 def run_code(problem: dict, completion: str, timeout: float) -> bool:
@@ -135,8 +151,9 @@ def pass_at_k(num_samples: list[int], num_correct: list[int], k: int) -> float:
 # --- per benchmark ------------------------------------------------------------------------
 
 
-def score(entry: dict, prompts: list[Prompt], replies: list[str], *, timeout: float = 10.0,
-          ks: tuple[int, ...] = (1,)) -> dict | None:
+def score(
+    entry: dict, prompts: list[Prompt], replies: list[str], *, timeout: float = 10.0, ks: tuple[int, ...] = (1,)
+) -> dict | None:
     """Accuracy of `replies` (decoded text, one per prompt; a prompt id repeated = several samples).
     entry: the benchmark's conf/eval/suite.yaml entry. None for scorer none."""
     scorer = entry["scorer"]
@@ -158,16 +175,21 @@ def score(entry: dict, prompts: list[Prompt], replies: list[str], *, timeout: fl
     by_id = defaultdict(list)
     for prompt, ok in zip(prompts, correct):
         by_id[prompt.id].append(ok)
-    out = {"metric": "accuracy" if scorer == "math" else "pass@1", "n": len(by_id), "passed": correct,
-           "score": sum(sum(v) / len(v) for v in by_id.values()) / len(by_id)}
+    out = {
+        "metric": "accuracy" if scorer == "math" else "pass@1",
+        "n": len(by_id),
+        "passed": correct,
+        "score": sum(sum(v) / len(v) for v in by_id.values()) / len(by_id),
+    }
     for k in ks:
         if k > 1 and scorer != "math":
             out[f"pass@{k}"] = pass_at_k([len(v) for v in by_id.values()], [sum(v) for v in by_id.values()], k)
     return out
 
 
-def add_accuracy(rows: list[dict], runs: dict, entry: dict | None, prompts: list[Prompt], tokenizer,
-                 timeout: float = 10.0) -> None:
+def add_accuracy(
+    rows: list[dict], runs: dict, entry: dict | None, prompts: list[Prompt], tokenizer, timeout: float = 10.0
+) -> None:
     """row["accuracy"] for each block size's run (scripts/evaluate.py); nothing for benchmarks outside the suite."""
     if entry is None:
         return

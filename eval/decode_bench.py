@@ -46,15 +46,23 @@ from models.shapes import shape_config
 # is ambiguous (speedup or TPF), so neither is a tokens-per-iteration figure; the acceptance length is.
 PAPER_TOKENS_PER_ITERATION = {
     "paper_fig4_qwen3_8b_math500": {
-        "value": 11.7, "unit": "tokens per verify pass (acceptance length) = tokens per draft+verify iteration",
-        "model": "Qwen3-8B (likely; the figure does not state it)", "benchmark": "MATH-500",
-        "shape": "qwen3_8b", "source": "arXiv 2605.12825, Fig. 4 (acceptance length)",
+        "value": 11.7,
+        "unit": "tokens per verify pass (acceptance length) = tokens per draft+verify iteration",
+        "model": "Qwen3-8B (likely; the figure does not state it)",
+        "benchmark": "MATH-500",
+        "shape": "qwen3_8b",
+        "source": "arXiv 2605.12825, Fig. 4 (acceptance length)",
     },
 }
 TARGETS_8B = {"ar_step_ms": 7.1, "iteration_ms": 12.5, "context": 256, "block_size": 32}
 # Engine variants (OrthrusEngine keyword arguments; all on the Triton backend with fused q/k/v on CUDA).
-VARIANTS = {"auto": dict(matmul="auto"), "invariant": dict(batch_invariant=True), "torch": dict(matmul="torch"),
-            "triton": dict(matmul="triton"), "nopdl": dict(matmul="auto", pdl=False)}
+VARIANTS = {
+    "auto": dict(matmul="auto"),
+    "invariant": dict(batch_invariant=True),
+    "torch": dict(matmul="torch"),
+    "triton": dict(matmul="triton"),
+    "nopdl": dict(matmul="auto", pdl=False),
+}
 TINY = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / "tiny.yaml")  # model=tiny of train.py
 
 
@@ -134,10 +142,18 @@ def gemm_probe(model) -> list[dict]:
     memory as in a real pass."""
     attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
     qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
-    weights = {"qkv_fused": (qkv,), "o": (attn.o_proj.weight,), "gate_up": (mlp.gate_proj.weight, mlp.up_proj.weight),
-               "down": (mlp.down_proj.weight,), "lm_head": (model.lm_head.weight,)}
-    impls = {"cublas": Matmul("torch", TritonOps.silu_mul), "triton": Matmul("triton", TritonOps.silu_mul),
-             "invariant": Matmul("invariant", TritonOps.silu_mul)}
+    weights = {
+        "qkv_fused": (qkv,),
+        "o": (attn.o_proj.weight,),
+        "gate_up": (mlp.gate_proj.weight, mlp.up_proj.weight),
+        "down": (mlp.down_proj.weight,),
+        "lm_head": (model.lm_head.weight,),
+    }
+    impls = {
+        "cublas": Matmul("torch", TritonOps.silu_mul),
+        "triton": Matmul("triton", TritonOps.silu_mul),
+        "invariant": Matmul("invariant", TritonOps.silu_mul),
+    }
     if pdl_unsupported(qkv.device) is None:
         impls["triton_pdl"] = Matmul("triton", TritonOps.silu_mul, pdl=True)
     rows = []
@@ -149,9 +165,18 @@ def gemm_probe(model) -> list[dict]:
             for impl, mm in impls.items():
                 fn = (lambda c, mm=mm: mm.linear(x, c[0])) if len(ws) == 1 else (lambda c, mm=mm: mm.gate_up(x, *c))
                 us = 1e3 * chain_ms([lambda c=c: fn(c) for c in copies], n_calls=4 * len(copies))
-                rows.append({"matrix": name, "out_features": ws[0].shape[0], "in_features": ws[0].shape[1], "rows": m,
-                             "impl": impl, "config": str(next(iter(mm.chosen.values()), "cublas")), "us": us,
-                             "weight_TBps": size / (us / 1e6) / 1e12})
+                rows.append(
+                    {
+                        "matrix": name,
+                        "out_features": ws[0].shape[0],
+                        "in_features": ws[0].shape[1],
+                        "rows": m,
+                        "impl": impl,
+                        "config": str(next(iter(mm.chosen.values()), "cublas")),
+                        "us": us,
+                        "weight_TBps": size / (us / 1e6) / 1e12,
+                    }
+                )
                 mm.chosen.clear()
         del copies
     return rows
@@ -193,8 +218,9 @@ def time_hf(model, engine, ctx, clock, reps) -> float:
         cache.update(engine.cache.keys(layer)[:, :, :ctx], engine.cache.values(layer)[:, :, :ctx], layer)
     tok = torch.tensor([[11]], device=engine.device)
     with torch.inference_mode():
-        ms = clock(lambda: model(input_ids=tok, **cache_kwargs(cache)), reps=reps, warmup=3,
-                   after=lambda: cache.crop(-1))  # drop the step's token (crop takes a count to remove)
+        ms = clock(
+            lambda: model(input_ids=tok, **cache_kwargs(cache)), reps=reps, warmup=3, after=lambda: cache.crop(-1)
+        )  # drop the step's token (crop takes a count to remove)
     del cache
     return ms
 
@@ -232,8 +258,9 @@ def time_engine(engine, ks, ctxs, clock, reps, budget, log) -> dict:
             row[f"draft_ms_K{K}"] = clock(s.draft, reps)
             row[f"verify_ms_K{K}"] = clock(s.verify, reps)
             row[f"iteration_ms_K{K}"] = clock(lambda: (s.draft(), s.verify(), s.accept()), reps, after=reset)
-            row[f"loop_ms_K{K}"] = host_loop_ms(lambda: (s.draft(), s.verify(), s.accept(), s.packed.tolist()),
-                                                reps, reset)
+            row[f"loop_ms_K{K}"] = host_loop_ms(
+                lambda: (s.draft(), s.verify(), s.accept(), s.packed.tolist()), reps, reset
+            )
         out[ctx] = row
         log(f"ctx {ctx:6d}: " + "  ".join(f"{k}={v:.3f}" for k, v in row.items()))
     return out
@@ -271,9 +298,23 @@ def run_shape(name, args, device, clock, budget, bw, log, checkpoint) -> dict:
     t0 = time.time()
     model = build_model(name, device)
     log(f"[{name}] built in {time.time() - t0:.1f}s")
-    res = {"shape": name, "config": {k: getattr(model.config, k) for k in (
-        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-        "head_dim", "vocab_size", "tie_word_embeddings")}, "attn_implementation": model.config._attn_implementation}
+    res = {
+        "shape": name,
+        "config": {
+            k: getattr(model.config, k)
+            for k in (
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "head_dim",
+                "vocab_size",
+                "tie_word_embeddings",
+            )
+        },
+        "attn_implementation": model.config._attn_implementation,
+    }
 
     def phase(key, fn):
         if not budget.left():
@@ -338,15 +379,20 @@ def run_variant(variant, model, res, args, device, clock, budget, engine_len, lo
     pools0 = graph_pool_bytes() if cuda else 0
     for K in [1, *ks]:
         engine.steps(K)
-    log(f"[{name}/{variant}] steps built (kernels compiled, products tuned, graphs captured) in {time.time() - t0:.1f}s")
+    log(
+        f"[{name}/{variant}] steps built (kernels compiled, products tuned, graphs captured) in {time.time() - t0:.1f}s"
+    )
     if first:
         res["memory"] = memory_report(model, engine, device, ks)
         if cuda:
             res["memory"]["graph_pools_reserved_MB"] = (graph_pool_bytes() - pools0) / 1e6
             res["memory"]["engine_allocated_GB"] = (torch.cuda.memory_allocated() - mem0) / 1e9
         log(f"[{name}] memory {json.dumps(res['memory'])}")
-        res["bytes"] = {"ar_pass_weights": pass_weight_bytes(engine, "ar"),
-                        "draft_pass_weights": pass_weight_bytes(engine, "diff"), "kv_row": kv_row_bytes(engine)}
+        res["bytes"] = {
+            "ar_pass_weights": pass_weight_bytes(engine, "ar"),
+            "draft_pass_weights": pass_weight_bytes(engine, "diff"),
+            "kv_row": kv_row_bytes(engine),
+        }
     engine.cache.kv.normal_()
     log(f"[{name}/{variant}]")
     timing = time_engine(engine, ks, ctxs, clock, args.reps, budget, log)
@@ -356,6 +402,7 @@ def run_variant(variant, model, res, args, device, clock, budget, engine_len, lo
     if first:
         res["engine"] = timing
         if "hf_step_ms" not in skip:
+
             def hf_steps():
                 out = {}
                 for ctx in timing:
@@ -372,8 +419,10 @@ def run_variant(variant, model, res, args, device, clock, budget, engine_len, lo
         engine.cache.kv.zero_()
         prompts = [random_ids(model, 256, device, seed=100 + i) for i in range(args.prompts)]
         n_hf = len(prompts) if name in ("qwen3_1.7b", "tiny") else 0
-        phase(f"divergence_bf16_{variant}", lambda: greedy_divergence(model, engine, prompts, args.new_tokens, ks, n_hf,
-                                                                      log=log))
+        phase(
+            f"divergence_bf16_{variant}",
+            lambda: greedy_divergence(model, engine, prompts, args.new_tokens, ks, n_hf, log=log),
+        )
 
 
 @torch.inference_mode()
@@ -385,9 +434,12 @@ def unfused_qkv_variant(model, ks, clock, reps, log) -> dict:
     reset = lambda: engine.start.fill_(256)  # noqa: E731
     reset()
     s1, s = engine.steps(1), engine.steps(K)
-    row = {"ar_step_ms": clock(lambda: (s1.verify(), s1.accept()), reps, after=reset),
-           f"draft_ms_K{K}": clock(s.draft, reps), f"verify_ms_K{K}": clock(s.verify, reps),
-           f"iteration_ms_K{K}": clock(lambda: (s.draft(), s.verify(), s.accept()), reps, after=reset)}
+    row = {
+        "ar_step_ms": clock(lambda: (s1.verify(), s1.accept()), reps, after=reset),
+        f"draft_ms_K{K}": clock(s.draft, reps),
+        f"verify_ms_K{K}": clock(s.verify, reps),
+        f"iteration_ms_K{K}": clock(lambda: (s.draft(), s.verify(), s.accept()), reps, after=reset),
+    }
     log(f"unfused qkv at ctx 256: {json.dumps({k: round(v, 3) for k, v in row.items()})}")
     del engine, s1, s
     free_memory()
@@ -428,8 +480,15 @@ def load_results(path) -> tuple[dict, list[int]]:
         for variant, rows in res.get("engine_variants", {}).items():
             res["engine_variants"][variant] = {int(c): v for c, v in rows.items()}
         res["memory"]["draft_block_kv_MiB"] = {int(k): v for k, v in res["memory"]["draft_block_kv_MiB"].items()}
-    ks = sorted({int(k.rsplit("K", 1)[1]) for res in results["shapes"] for row in res["engine"].values()
-                 for k in row if k.startswith("draft_ms_K")})
+    ks = sorted(
+        {
+            int(k.rsplit("K", 1)[1])
+            for res in results["shapes"]
+            for row in res["engine"].values()
+            for k in row
+            if k.startswith("draft_ms_K")
+        }
+    )
     results["paper_figures"] = PAPER_TOKENS_PER_ITERATION
     project(results, ks)
     return results, ks
@@ -460,9 +519,16 @@ def run_benchmark(args, out: Path, log) -> dict:
     ks = [int(k) for k in args.ks.split(",")]
     prov = provenance(device)
     results = {
-        "command": prov["command"], "commit": prov["git"]["commit"], "provenance": prov, "device": prov["device"],
-        "torch": prov["torch"], "transformers": prov["transformers"], "triton": prov["triton"],
-        "paper_figures": PAPER_TOKENS_PER_ITERATION, "targets_qwen3_8b": TARGETS_8B, "shapes": [],
+        "command": prov["command"],
+        "commit": prov["git"]["commit"],
+        "provenance": prov,
+        "device": prov["device"],
+        "torch": prov["torch"],
+        "transformers": prov["transformers"],
+        "triton": prov["triton"],
+        "paper_figures": PAPER_TOKENS_PER_ITERATION,
+        "targets_qwen3_8b": TARGETS_8B,
+        "shapes": [],
     }
     results["bandwidth_TBps"] = measure_bandwidth(clock, device) / 1e12
     log(f"{results['device']}: copy bandwidth {results['bandwidth_TBps']:.3f} TB/s")
@@ -479,11 +545,18 @@ def run_benchmark(args, out: Path, log) -> dict:
         try:
             if name == "orthrus-small":
                 results["small_model_divergence"] = small_model_divergence(
-                    args.small, [int(k) for k in args.small_ks.split(",")], args.small_prompts, args.small_hf_prompts,
-                    args.small_new_tokens, device, log)
+                    args.small,
+                    [int(k) for k in args.small_ks.split(",")],
+                    args.small_prompts,
+                    args.small_hf_prompts,
+                    args.small_new_tokens,
+                    device,
+                    log,
+                )
             else:
-                results["shapes"].append(run_shape(name, args, device, clock, budget, results["bandwidth_TBps"] * 1e12,
-                                                   log, checkpoint))
+                results["shapes"].append(
+                    run_shape(name, args, device, clock, budget, results["bandwidth_TBps"] * 1e12, log, checkpoint)
+                )
         except Exception:  # noqa: BLE001  keep the other shapes' results
             results.setdefault("errors", {})[name] = traceback.format_exc()
             log(f"[{name}] FAILED:\n{results['errors'][name]}")

@@ -70,8 +70,10 @@ def check_config(cfg: DictConfig) -> Path:
         raise ValueError(f"decode.engine={cfg.decode.engine!r}: use one of {DECODERS}")
     for k in cfg.decode.block_sizes:
         if k is not None and (not isinstance(k, int) or k < 1):
-            raise ValueError(f"decode.block_sizes has {k!r}: each entry is an integer >= 1 (1 = the AR baseline) "
-                             "or null (the checkpoint's K)")
+            raise ValueError(
+                f"decode.block_sizes has {k!r}: each entry is an integer >= 1 (1 = the AR baseline) "
+                "or null (the checkpoint's K)"
+            )
     if cfg.model.block_size is not None and cfg.model.block_size < 1:
         raise ValueError(f"model.block_size={cfg.model.block_size} must be >= 1 (null: the checkpoint's K)")
     unknown = [b for b in cfg.benchmarks if b not in cfg.prompt_sets]
@@ -84,10 +86,17 @@ def warn_if_silent(bench: str, run: DecodeRun, chat_template: bool) -> None:
     """A run whose prompts end almost at once measures nothing (TPF of a one-token output): say so."""
     mean = sum(r.num_new_tokens for r in run.results) / len(run.results)
     if mean < SILENT_TOKENS:
-        hint = ("prompt.chat_template=false if this is a base model (it reads the chat turn as text and stops)"
-                if chat_template else "a different prompt set, or check the model's EOS token")
-        log.warning("%s: the model emitted %.1f new tokens per prompt on average, too few for meaningful metrics; "
-                    "try %s", bench, mean, hint)
+        hint = (
+            "prompt.chat_template=false if this is a base model (it reads the chat turn as text and stops)"
+            if chat_template
+            else "a different prompt set, or check the model's EOS token"
+        )
+        log.warning(
+            "%s: the model emitted %.1f new tokens per prompt on average, too few for meaningful metrics; try %s",
+            bench,
+            mean,
+            hint,
+        )
 
 
 def run(cfg: DictConfig, command: list[str] | None = None) -> Path:
@@ -101,16 +110,29 @@ def run(cfg: DictConfig, command: list[str] | None = None) -> Path:
     sampling = SamplingParams(cfg.decode.temperature, cfg.decode.top_k, cfg.decode.top_p)
     block_sizes = sorted({model.config.block_size if k is None else k for k in cfg.decode.block_sizes})
     max_new = cfg.decode.max_new_tokens
-    prompts = {bench: load_prompts(PromptSpec(**OmegaConf.to_container(cfg.prompt_sets[bench], resolve=True)),
-                                   cfg.limit) for bench in cfg.benchmarks}
-    encoded = {bench: [encode_prompt(tokenizer, p.text, chat_template=chat_template,
-                                     enable_thinking=cfg.prompt.enable_thinking) for p in ps]
-               for bench, ps in prompts.items()}
+    prompts = {
+        bench: load_prompts(PromptSpec(**OmegaConf.to_container(cfg.prompt_sets[bench], resolve=True)), cfg.limit)
+        for bench in cfg.benchmarks
+    }
+    encoded = {
+        bench: [
+            encode_prompt(tokenizer, p.text, chat_template=chat_template, enable_thinking=cfg.prompt.enable_thinking)
+            for p in ps
+        ]
+        for bench, ps in prompts.items()
+    }
     longest = max([len(ids) for prompts in encoded.values() for ids in prompts] + list(cfg.context_sweep.lengths))
-    decode_fn = decode_function(cfg.decode.engine, longest + max(max_new, cfg.context_sweep.max_new_tokens)
-                                + max(block_sizes))
-    decode = dict(max_new_tokens=max_new, sampling=sampling, seed=cfg.decode.seed, warmup=cfg.decode.warmup,
-                  decode_fn=decode_fn, progress=cfg.progress)
+    decode_fn = decode_function(
+        cfg.decode.engine, longest + max(max_new, cfg.context_sweep.max_new_tokens) + max(block_sizes)
+    )
+    decode = dict(
+        max_new_tokens=max_new,
+        sampling=sampling,
+        seed=cfg.decode.seed,
+        warmup=cfg.decode.warmup,
+        decode_fn=decode_fn,
+        progress=cfg.progress,
+    )
 
     report = {
         "name": cfg.name,
@@ -124,8 +146,13 @@ def run(cfg: DictConfig, command: list[str] | None = None) -> Path:
             "num_parameters": sum(p.numel() for p in model.parameters()),
             "kv_overhead": kv_overhead(model.config, model.config.block_size, model.dtype),
         },
-        "decode": {"engine": cfg.decode.engine, "decode_fn": getattr(decode_fn, "__name__", str(decode_fn)),
-                   "max_new_tokens": max_new, "sampling": str(sampling), "block_sizes": block_sizes},
+        "decode": {
+            "engine": cfg.decode.engine,
+            "decode_fn": getattr(decode_fn, "__name__", str(decode_fn)),
+            "max_new_tokens": max_new,
+            "sampling": str(sampling),
+            "block_sizes": block_sizes,
+        },
         "timing_protocol": protocol(cfg.decode.warmup),
         "runs": [],
         "fidelity": [],
@@ -139,18 +166,29 @@ def run(cfg: DictConfig, command: list[str] | None = None) -> Path:
         references = greedy_references(cfg, model, ids, sampling)
         report["fidelity"] += [
             fidelity(cfg, model, ids, runs[K], sampling, decode_fn, references) | {"benchmark": bench}
-            for K in block_sizes if K > 1 or len(block_sizes) == 1]
+            for K in block_sizes
+            if K > 1 or len(block_sizes) == 1
+        ]
 
     if cfg.context_sweep.lengths:
         source = [t for prompts in encoded.values() for ids in prompts for t in ids]
         for length in tqdm(cfg.context_sweep.lengths, desc="context sweep", disable=not cfg.progress):
             prompt = (source * (length // len(source) + 1))[:length]
-            rows, _ = measure_block_sizes(model, [prompt], block_sizes, desc=f"ctx {length}",
-                                          **{**decode, "max_new_tokens": cfg.context_sweep.max_new_tokens})
+            rows, _ = measure_block_sizes(
+                model,
+                [prompt],
+                block_sizes,
+                desc=f"ctx {length}",
+                **{**decode, "max_new_tokens": cfg.context_sweep.max_new_tokens},
+            )
             report["context_sweep"] += [{"context_len": length, **row} for row in rows]
 
-    report = {"name": report.pop("name"), "label": report.pop("label"),
-              "provenance": provenance(model.device, command), **report}  # last: hashes every source that ran
+    report = {
+        "name": report.pop("name"),
+        "label": report.pop("label"),
+        "provenance": provenance(model.device, command),
+        **report,
+    }  # last: hashes every source that ran
     path = write_json(out / "metrics.json", report)
     atomic_write_text(out / "metrics.md", run_markdown(report))
     return path
@@ -160,28 +198,54 @@ def greedy_references(cfg: DictConfig, model, prompts: list[list[int]], sampling
     """transformers' greedy output on the first fidelity.num_prompts prompts, once for every K."""
     if not (cfg.fidelity.exact_match and sampling.greedy):
         return None
-    return [base_generate(model, torch.tensor([ids], device=model.device), cfg.decode.max_new_tokens)
-            for ids in tqdm(prompts[:cfg.fidelity.num_prompts], desc="transformers generate", disable=not cfg.progress,
-                            leave=False)]
+    return [
+        base_generate(model, torch.tensor([ids], device=model.device), cfg.decode.max_new_tokens)
+        for ids in tqdm(
+            prompts[: cfg.fidelity.num_prompts], desc="transformers generate", disable=not cfg.progress, leave=False
+        )
+    ]
 
 
-def fidelity(cfg: DictConfig, model, prompts: list[list[int]], run: DecodeRun, sampling: SamplingParams,
-             decode_fn: DecodeFn, references: list | None) -> dict:
+def fidelity(
+    cfg: DictConfig,
+    model,
+    prompts: list[list[int]],
+    run: DecodeRun,
+    sampling: SamplingParams,
+    decode_fn: DecodeFn,
+    references: list | None,
+) -> dict:
     """Exact match (greedy), the per-token sampling test and the two-sample test (sampling), as configured."""
     f, n, K = cfg.fidelity, cfg.fidelity.num_prompts, run.block_size
     row = {"dtype": cfg.model.dtype, "block_size": K, "exact_match": None, "sampling": None, "two_sample": None}
     if f.exact_match:
         candidates = [r.new_tokens.tolist() for r in run.results[:n]] if sampling.greedy else None
-        row["exact_match"] = greedy_fidelity(model, prompts[:n], cfg.decode.max_new_tokens, candidates=candidates,
-                                             references=references, block_size=K, decode_fn=decode_fn,
-                                             progress=cfg.progress)
+        row["exact_match"] = greedy_fidelity(
+            model,
+            prompts[:n],
+            cfg.decode.max_new_tokens,
+            candidates=candidates,
+            references=references,
+            block_size=K,
+            decode_fn=decode_fn,
+            progress=cfg.progress,
+        )
     if not sampling.greedy and f.sampling_test:
-        row["sampling"] = sampling_fidelity(model, run.results, sampling, alpha=f.alpha, seed=cfg.decode.seed,
-                                            progress=cfg.progress)
+        row["sampling"] = sampling_fidelity(
+            model, run.results, sampling, alpha=f.alpha, seed=cfg.decode.seed, progress=cfg.progress
+        )
     if not sampling.greedy and f.two_sample_samples:
-        row["two_sample"] = two_sample_test(model, prompts[0], sampling, max_new_tokens=f.two_sample_tokens,
-                                            num_samples=f.two_sample_samples, block_size=K, decode_fn=decode_fn,
-                                            seed=cfg.decode.seed, progress=cfg.progress)
+        row["two_sample"] = two_sample_test(
+            model,
+            prompts[0],
+            sampling,
+            max_new_tokens=f.two_sample_tokens,
+            num_samples=f.two_sample_samples,
+            block_size=K,
+            decode_fn=decode_fn,
+            seed=cfg.decode.seed,
+            progress=cfg.progress,
+        )
     return row
 
 
@@ -190,8 +254,10 @@ def evaluate_checkpoints(cfg: DictConfig) -> list[Path]:
     paths = []
     for name in cfg.reproduce.run:
         if name not in cfg.reproduce.checkpoints:
-            raise KeyError(f"reproduce.run names {name!r}, which is not in reproduce.checkpoints "
-                           f"(known: {sorted(cfg.reproduce.checkpoints)})")
+            raise KeyError(
+                f"reproduce.run names {name!r}, which is not in reproduce.checkpoints "
+                f"(known: {sorted(cfg.reproduce.checkpoints)})"
+            )
         run_cfg = OmegaConf.merge(cfg, cfg.reproduce.checkpoints[name], {"name": name})
         path = Path(run_cfg.out_dir) / name / "metrics.json"
         if not (cfg.reproduce.skip_existing and path.is_file()):
@@ -206,8 +272,13 @@ def evaluate_suite(cfg: DictConfig) -> Path:
     merged = None
     for bench in cfg.benchmarks:
         length = cfg.suite[bench].max_new_tokens if bench in cfg.suite else cfg.decode.max_new_tokens
-        part = read_json(run(OmegaConf.merge(cfg, {"name": f"{cfg.name}/{bench}", "benchmarks": [bench],
-                                                         "decode": {"max_new_tokens": length}})))
+        part = read_json(
+            run(
+                OmegaConf.merge(
+                    cfg, {"name": f"{cfg.name}/{bench}", "benchmarks": [bench], "decode": {"max_new_tokens": length}}
+                )
+            )
+        )
         if merged is None:
             merged = {**part, "name": cfg.name, "runs": [], "fidelity": [], "context_sweep": []}
             merged["config"]["benchmarks"] = list(cfg.benchmarks)
@@ -227,19 +298,33 @@ def write_tables(metrics_paths: list[Path], paper_numbers: Path, out_dir: Path) 
     paper = PaperNumbers.load(paper_numbers)
     sources: list[dict] = []
     tables = {
-        "table1": ("Table 1 layout: TPF (tokens / all forward passes), speedup and accuracy vs the base (largest K per model)",
-                   table1(reports, paper, sources)),
-        "speed": ("TPF, acceptance length and speedup in their units (largest K per model)",
-                  speed_table(reports, paper, sources)),
-        "fidelity": ("Fidelity (greedy exact match vs transformers.generate; sampling: per-token test vs the base "
-                     "sampler, and the two-sample test)",
-                     fidelity_table(reports)),
+        "table1": (
+            "Table 1 layout: TPF (tokens / all forward passes), speedup and accuracy vs the base (largest K per model)",
+            table1(reports, paper, sources),
+        ),
+        "speed": (
+            "TPF, acceptance length and speedup in their units (largest K per model)",
+            speed_table(reports, paper, sources),
+        ),
+        "fidelity": (
+            "Fidelity (greedy exact match vs transformers.generate; sampling: per-token test vs the base "
+            "sampler, and the two-sample test)",
+            fidelity_table(reports),
+        ),
         "memory": ("KV-cache overhead and peak memory", memory_table(reports, paper, sources)),
     }
     written = []
-    md = ["# Orthrus: reproduced tables\n", "Runs: " + ", ".join(
-        f"{r['name']} ({r['provenance']['git']['commit'] or 'no git'}{', dirty' if r['provenance']['git']['dirty'] else ''};"
-        f" {r['provenance']['device']})" for r in reports) + "\n"]
+    md = [
+        "# Orthrus: reproduced tables\n",
+        "Runs: "
+        + ", ".join(
+            f"{r['name']} ({r['provenance']['git']['commit'] or 'no git'}"
+            f"{', dirty' if r['provenance']['git']['dirty'] else ''};"
+            f" {r['provenance']['device']})"
+            for r in reports
+        )
+        + "\n",
+    ]
     for key, (title, (headers, rows)) in tables.items():
         units = [UNIT_NOTE + "\n"] if key in ("table1", "speed") else []
         md += [f"## {title}\n", *units, markdown_table(headers, rows)]
@@ -248,15 +333,30 @@ def write_tables(metrics_paths: list[Path], paper_numbers: Path, out_dir: Path) 
         written.append(path)
     if sources:
         md.append(sources_markdown(paper, sources))
-        rows = [[i, n["metric"], n["method"], n["model"], n["benchmark"], n["temperature"], n["value"], n["unit"],
-                 n["qualifier"], paper.source_text(n)] for i, n in enumerate(sources, 1)]
+        rows = [
+            [
+                i,
+                n["metric"],
+                n["method"],
+                n["model"],
+                n["benchmark"],
+                n["temperature"],
+                n["value"],
+                n["unit"],
+                n["qualifier"],
+                paper.source_text(n),
+            ]
+            for i, n in enumerate(sources, 1)
+        ]
         path = out_dir / "paper_sources.csv"
         headers = ["ref", "metric", "method", "model", "benchmark", "T", "value", "unit", "qualifier", "source"]
         atomic_write_text(path, to_csv(headers, rows))
         written.append(path)
-    for fig in (figures.tpf_by_benchmark(reports, paper, out_dir / "tpf_by_benchmark.png"),
-                figures.acceptance_histograms(reports, out_dir / "acceptance_histograms.png"),
-                figures.throughput_vs_context(reports, out_dir / "throughput_vs_context.png")):
+    for fig in (
+        figures.tpf_by_benchmark(reports, paper, out_dir / "tpf_by_benchmark.png"),
+        figures.acceptance_histograms(reports, out_dir / "acceptance_histograms.png"),
+        figures.throughput_vs_context(reports, out_dir / "throughput_vs_context.png"),
+    ):
         if fig is not None:
             md.append(f"![{fig.stem}]({fig.name})\n")
             written.append(fig)

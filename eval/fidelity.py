@@ -46,15 +46,25 @@ def base_generate(
     draws from the global RNG, which `seed` (default 0) reseeds."""
     kwargs = {"do_sample": False}
     if not sampling.greedy:
-        kwargs = {"do_sample": True, "temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p}
+        kwargs = {
+            "do_sample": True,
+            "temperature": sampling.temperature,
+            "top_k": sampling.top_k,
+            "top_p": sampling.top_p,
+        }
         torch.manual_seed(seed if seed is not None else 0)
     eos = eos_token_id if eos_token_id is not None else base_model.generation_config.eos_token_id
     pad = base_model.generation_config.pad_token_id
     if pad is None:
         pad = (eos[0] if isinstance(eos, list) else eos) if eos is not None else 0
     out = GenerationMixin.generate(
-        base_model, input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-        eos_token_id=eos, pad_token_id=pad, **kwargs,
+        base_model,
+        input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        **kwargs,
     )
     return out[0, input_ids.shape[1] :].tolist()
 
@@ -109,8 +119,11 @@ def greedy_fidelity(
             cands.append(out.new_tokens.tolist())
         else:
             cands.append(candidates[i])
-        refs.append(references[i] if references is not None else base_generate(
-            base_model, input_ids.to(base_model.device), max_new_tokens, eos_token_id=eos_token_id))
+        refs.append(
+            references[i]
+            if references is not None
+            else base_generate(base_model, input_ids.to(base_model.device), max_new_tokens, eos_token_id=eos_token_id)
+        )
     return exact_match(cands, refs)
 
 
@@ -126,8 +139,9 @@ FALSE_ALARM_REPS = 20000
 
 
 @torch.inference_mode()
-def token_pits(base_model, result: GenerationResult, sampling: SamplingParams,
-               generator: torch.Generator) -> tuple[torch.Tensor, int]:
+def token_pits(
+    base_model, result: GenerationResult, sampling: SamplingParams, generator: torch.Generator
+) -> tuple[torch.Tensor, int]:
     """Randomised probability integral transforms of one sampled result's new tokens under the base
     sampler, and how many tokens the base sampler could not have drawn (probability 0).
 
@@ -157,22 +171,43 @@ def pit_uniformity(u: torch.Tensor, alpha: float = FIDELITY_ALPHA, bins: int = P
     multinomial draw) rather than taken from the chi-square approximation."""
     n = u.numel()
     if n < 5 * bins:  # expected count < 5 per bin: the chi-square approximation does not hold
-        return {"num_tokens": n, "bins": bins, "pvalue": None, "alpha": alpha, "passed": None,
-                "not_run": f"{n} sampled tokens, fewer than the {5 * bins} a {bins}-bin test needs: sample more "
-                           "(more prompts or max_new_tokens)"}
+        return {
+            "num_tokens": n,
+            "bins": bins,
+            "pvalue": None,
+            "alpha": alpha,
+            "passed": None,
+            "not_run": f"{n} sampled tokens, fewer than the {5 * bins} a {bins}-bin test needs: sample more "
+            "(more prompts or max_new_tokens)",
+        }
     counts = torch.bincount((u * bins).long().clamp(max=bins - 1), minlength=bins).numpy()
     result = chisquare(counts)
     null = np.random.default_rng(0).multinomial(n, [1 / bins] * bins, size=FALSE_ALARM_REPS)
     null_pvalues = chi2.sf(((null - n / bins) ** 2 / (n / bins)).sum(1), bins - 1)
-    return {"num_tokens": n, "bins": bins, "counts": counts.tolist(), "statistic": float(result.statistic),
-            "pvalue": float(result.pvalue), "alpha": alpha, "passed": bool(result.pvalue >= alpha),
-            "false_alarm_rate_simulated": float((null_pvalues < alpha).mean()),
-            "false_alarm_simulations": FALSE_ALARM_REPS}
+    return {
+        "num_tokens": n,
+        "bins": bins,
+        "counts": counts.tolist(),
+        "statistic": float(result.statistic),
+        "pvalue": float(result.pvalue),
+        "alpha": alpha,
+        "passed": bool(result.pvalue >= alpha),
+        "false_alarm_rate_simulated": float((null_pvalues < alpha).mean()),
+        "false_alarm_simulations": FALSE_ALARM_REPS,
+    }
 
 
-def sampling_fidelity(model, results: list[GenerationResult], sampling: SamplingParams, *, base_model=None,
-                      alpha: float = FIDELITY_ALPHA, bins: int = PIT_BINS, seed: int = 0,
-                      progress: bool = True) -> dict:
+def sampling_fidelity(
+    model,
+    results: list[GenerationResult],
+    sampling: SamplingParams,
+    *,
+    base_model=None,
+    alpha: float = FIDELITY_ALPHA,
+    bins: int = PIT_BINS,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Do sampled Orthrus tokens follow the base model's sampler? A test that fails when they do not.
 
     Every emitted token of `results` is checked against the base distribution given its own prefix
@@ -189,8 +224,11 @@ def sampling_fidelity(model, results: list[GenerationResult], sampling: Sampling
         u, off = token_pits(base_model, r, sampling, g)
         pits.append(u)
         off_support += off
-    return {"test": "randomised PIT of each token under p_base(. | its prefix), chi-square vs Uniform(0, 1)",
-            **pit_uniformity(torch.cat(pits), alpha, bins), "zero_probability_tokens": off_support}
+    return {
+        "test": "randomised PIT of each token under p_base(. | its prefix), chi-square vs Uniform(0, 1)",
+        **pit_uniformity(torch.cat(pits), alpha, bins),
+        "zero_probability_tokens": off_support,
+    }
 
 
 def two_sample_test(
@@ -222,13 +260,30 @@ def two_sample_test(
     ours, theirs = [], []
     for s in tqdm(range(num_samples), desc="two-sample test", disable=not progress, leave=False):
         g = torch.Generator(device=model.device).manual_seed(seed + s)
-        out = decode_fn(model, input_ids, max_new_tokens, block_size=block_size, sampling=sampling,
-                        eos_token_id=eos_token_id, generator=g)
+        out = decode_fn(
+            model,
+            input_ids,
+            max_new_tokens,
+            block_size=block_size,
+            sampling=sampling,
+            eos_token_id=eos_token_id,
+            generator=g,
+        )
         ours.append(out.new_tokens.tolist())
-        theirs.append(base_generate(base_model, input_ids.to(base_model.device), max_new_tokens, sampling=sampling,
-                                    eos_token_id=eos_token_id, seed=seed + s))
-    pvalues = [_homogeneity_pvalue([o[t] if t < len(o) else -1 for o in ours], [h[t] if t < len(h) else -1 for h in theirs])
-               for t in range(max_new_tokens)]
+        theirs.append(
+            base_generate(
+                base_model,
+                input_ids.to(base_model.device),
+                max_new_tokens,
+                sampling=sampling,
+                eos_token_id=eos_token_id,
+                seed=seed + s,
+            )
+        )
+    pvalues = [
+        _homogeneity_pvalue([o[t] if t < len(o) else -1 for o in ours], [h[t] if t < len(h) else -1 for h in theirs])
+        for t in range(max_new_tokens)
+    ]
     return {
         "num_samples": num_samples,
         "pvalues": pvalues,
@@ -260,8 +315,9 @@ def first_diff(a: torch.Tensor, b: torch.Tensor) -> int | None:
 
 
 @torch.inference_mode()
-def greedy_divergence(model, engine, prompts: list[torch.Tensor], new_tokens: int, ks: list[int], n_hf: int,
-                      log=print) -> dict:
+def greedy_divergence(
+    model, engine, prompts: list[torch.Tensor], new_tokens: int, ks: list[int], n_hf: int, log=print
+) -> dict:
     """Greedy, on one engine: Orthrus (each K in ks) vs AR (K = 1), and, on the first n_hf prompts, the engine's
     AR vs transformers' generate. First divergence = index of the first differing new token. Also the top-1 /
     top-2 logit gap along the AR output: small gaps are where rounding differences (bf16) flip the argmax.
@@ -278,20 +334,35 @@ def greedy_divergence(model, engine, prompts: list[torch.Tensor], new_tokens: in
             rec[f"orthrus_K{K}_vs_ar"] = first_diff(out.new_tokens, ar.new_tokens)
             tpf[K].append(out.tokens_per_iteration)
         if i < n_hf:
-            hf = Qwen3ForCausalLM.generate(model, ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                           max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0,
-                                           eos_token_id=None)
+            hf = Qwen3ForCausalLM.generate(
+                model,
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                pad_token_id=0,
+                eos_token_id=None,
+            )
             rec["ar_vs_transformers"] = first_diff(ar.new_tokens, hf[0, L:])
-        top2 = model(ar.sequences[:, :-1]).logits[0, L - 1:].float().topk(2, dim=-1).values
+        top2 = model(ar.sequences[:, :-1]).logits[0, L - 1 :].float().topk(2, dim=-1).values
         gaps.append(top2[:, 0] - top2[:, 1])
         records.append(rec)
         log(f"  prompt {i}: {rec}  tokens per iteration {out.tokens_per_iteration:.2f}")
     gaps = torch.cat(gaps)
-    summary = {"prompts": len(prompts), "new_tokens": new_tokens, "block_size": max(ks), "per_prompt": records,
-               "tpf_mean": {K: statistics.mean(v) for K, v in tpf.items()},
-               "measured_tpf_mean": statistics.mean(tpf[ks[-1]]),
-               "top1_top2_logit_gap": {"median": float(gaps.median()), "p10": float(gaps.quantile(0.1)),
-                                       "fraction_below_0.0625": float((gaps < 0.0625).float().mean())}}
+    summary = {
+        "prompts": len(prompts),
+        "new_tokens": new_tokens,
+        "block_size": max(ks),
+        "per_prompt": records,
+        "tpf_mean": {K: statistics.mean(v) for K, v in tpf.items()},
+        "measured_tpf_mean": statistics.mean(tpf[ks[-1]]),
+        "top1_top2_logit_gap": {
+            "median": float(gaps.median()),
+            "p10": float(gaps.quantile(0.1)),
+            "fraction_below_0.0625": float((gaps < 0.0625).float().mean()),
+        },
+    }
     for key in sorted({k for r in records for k in r}):
         vals = [r[key] for r in records if key in r]
         firsts = [v for v in vals if v is not None]
@@ -322,8 +393,9 @@ def heldout_prompts(tokenizer, n: int, length: int) -> list[list[int]]:
     return prompts
 
 
-def small_model_divergence(folder, ks: list[int], n_prompts: int, n_hf: int, new_tokens: int, device,
-                           log=print) -> dict:
+def small_model_divergence(
+    folder, ks: list[int], n_prompts: int, n_hf: int, new_tokens: int, device, log=print
+) -> dict:
     """`greedy_divergence` on the project's trained small Qwen3 (artifacts/orthrus-small) in fp32 (n_hf // 2
     prompts, all also decoded by transformers) and bf16 (n_prompts, n_hf of them by transformers). Real
     weights give real top-1/top-2 logit gaps, which random weights do not. Uses the trained diffusion view
@@ -337,15 +409,29 @@ def small_model_divergence(folder, ks: list[int], n_prompts: int, n_hf: int, new
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer" / "tokenizer.json"))
     diffusion = folder / "diffusion"
     prompts = [torch.tensor([p], device=device) for p in heldout_prompts(tokenizer, n_prompts, 256)]
-    out = {"model": str(folder), "trained_diffusion_view": diffusion.is_dir(), "prompts": len(prompts),
-           "prompt_tokens": 256, "new_tokens": new_tokens, "prompt_source": SMALL_HELDOUT_MODULES}
+    out = {
+        "model": str(folder),
+        "trained_diffusion_view": diffusion.is_dir(),
+        "prompts": len(prompts),
+        "prompt_tokens": 256,
+        "new_tokens": new_tokens,
+        "prompt_source": SMALL_HELDOUT_MODULES,
+    }
     for dtype, n, hf in ((torch.float32, n_hf // 2, n_hf // 2), (torch.bfloat16, len(prompts), n_hf)):
-        model = load_orthrus(str(folder / "base"), str(diffusion) if diffusion.is_dir() else None,
-                             mask_token_id=tokenizer.token_to_id("<|mask|>"), dtype=dtype, device=device)
+        model = load_orthrus(
+            str(folder / "base"),
+            str(diffusion) if diffusion.is_dir() else None,
+            mask_token_id=tokenizer.token_to_id("<|mask|>"),
+            dtype=dtype,
+            device=device,
+        )
         engine = OrthrusEngine(model, 256 + new_tokens + max(ks) + 64)
-        out[str(dtype).removeprefix("torch.")] = greedy_divergence(model, engine, prompts[:n], new_tokens, ks, hf,
-                                                                     log=lambda msg: None)
-        log(f"[orthrus-small {dtype}] " + json.dumps({k: v for k, v in out[str(dtype).removeprefix('torch.')].items()
-                                                      if k != "per_prompt"}))
+        out[str(dtype).removeprefix("torch.")] = greedy_divergence(
+            model, engine, prompts[:n], new_tokens, ks, hf, log=lambda msg: None
+        )
+        log(
+            f"[orthrus-small {dtype}] "
+            + json.dumps({k: v for k, v in out[str(dtype).removeprefix("torch.")].items() if k != "per_prompt"})
+        )
         del engine, model
     return out

@@ -84,13 +84,20 @@ def throughput_vs_context(reports: list[dict], path: Path) -> Path | None:
     series = {}
     for rep in reports:
         for row in rep.get("context_sweep", []):
-            series.setdefault((_label(rep), row["block_size"]), []).append((row["context_len"], row["tokens_per_second"]))
+            series.setdefault((_label(rep), row["block_size"]), []).append(
+                (row["context_len"], row["tokens_per_second"])
+            )
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     for (label, K), points in sorted(series.items()):
         points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{label} K={K}" + (" (AR)" if K == 1 else ""))
+        ax.plot(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            marker="o",
+            label=f"{label} K={K}" + (" (AR)" if K == 1 else ""),
+        )
     ax.set_xscale("log")
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("tokens / s")
@@ -108,7 +115,8 @@ def speedup_by_k(reports: list[dict], path: Path) -> Path | None:
         for row in rep["runs"]:
             if row.get("speedup") is not None:
                 series.setdefault(f"{_label(rep)} / {row['benchmark']}", []).append(
-                    (row["block_size"], row["speedup"], row["ttft_ms"]))
+                    (row["block_size"], row["speedup"], row["ttft_ms"])
+                )
     if not series:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -137,13 +145,17 @@ def bench_figure(results: dict, ks: list[int], path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(shapes), figsize=(5.5 * len(shapes), 4.2), squeeze=False)
     for ax, res in zip(axes[0], shapes):
         ctxs = list(res["engine"])
-        series = {"transformers step": [res.get("hf_step_ms", {}).get(c, float("nan")) for c in ctxs],
-                  "engine AR step": [res["engine"][c]["ar_step_ms"] for c in ctxs],
-                  f"draft K={K}": [res["engine"][c][f"draft_ms_K{K}"] for c in ctxs],
-                  f"verify K={K}": [res["engine"][c][f"verify_ms_K{K}"] for c in ctxs],
-                  f"iteration K={K}": [res["engine"][c][f"iteration_ms_K{K}"] for c in ctxs]}
+        series = {
+            "transformers step": [res.get("hf_step_ms", {}).get(c, float("nan")) for c in ctxs],
+            "engine AR step": [res["engine"][c]["ar_step_ms"] for c in ctxs],
+            f"draft K={K}": [res["engine"][c][f"draft_ms_K{K}"] for c in ctxs],
+            f"verify K={K}": [res["engine"][c][f"verify_ms_K{K}"] for c in ctxs],
+            f"iteration K={K}": [res["engine"][c][f"iteration_ms_K{K}"] for c in ctxs],
+        }
         for variant, rows in list(res.get("engine_variants", {}).items())[1:]:
-            series[f"iteration K={K} ({variant})"] = [rows.get(c, {}).get(f"iteration_ms_K{K}", float("nan")) for c in ctxs]
+            series[f"iteration K={K} ({variant})"] = [
+                rows.get(c, {}).get(f"iteration_ms_K{K}", float("nan")) for c in ctxs
+            ]
         for label, ys in series.items():
             ax.plot(ctxs, ys, marker="o", label=label)
         ax.plot(ctxs, [res["roofline_ms"][c]["ar_step"] for c in ctxs], "k--", label="AR roofline")

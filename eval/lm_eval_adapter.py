@@ -73,8 +73,9 @@ class OrthrusLM(HFLM):
         if isinstance(pretrained, str):
             dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
             tokenizer = tokenizer or pretrained
-            pretrained = load_orthrus(pretrained, diffusion, block_size=block_size, mask_token_id=mask_token_id,
-                                      dtype=dtype, device=device)
+            pretrained = load_orthrus(
+                pretrained, diffusion, block_size=block_size, mask_token_id=mask_token_id, dtype=dtype, device=device
+            )
         elif tokenizer is None:
             raise ValueError("OrthrusLM got a model object: pass its tokenizer too (tokenizer=...)")
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
@@ -93,7 +94,9 @@ class OrthrusLM(HFLM):
         attention_mask = generation_kwargs.pop("attention_mask", None)
         sampling = sampling_params(self.model.generation_config, generation_kwargs)
         max_new = max_length - context.shape[1]
-        out = torch.full((context.shape[0], max_length), self.tokenizer.pad_token_id, dtype=torch.long, device=context.device)
+        out = torch.full(
+            (context.shape[0], max_length), self.tokenizer.pad_token_id, dtype=torch.long, device=context.device
+        )
         out[:, : context.shape[1]] = context
         for row in range(context.shape[0]):
             ids = context[row] if attention_mask is None else context[row][attention_mask[row].bool()]
@@ -103,8 +106,16 @@ class OrthrusLM(HFLM):
 
     def _decode_one(self, input_ids, max_new: int, stop: list[str], sampling: SamplingParams) -> list[int]:
         collector = _Collector()
-        self.decode_fn(self.model, input_ids, max_new, block_size=self.block_size, sampling=sampling,
-                       streamer=collector, stop_strings=stop, tokenizer=self.tokenizer)
+        self.decode_fn(
+            self.model,
+            input_ids,
+            max_new,
+            block_size=self.block_size,
+            sampling=sampling,
+            streamer=collector,
+            stop_strings=stop,
+            tokenizer=self.tokenizer,
+        )
         self.iteration_tokens += collector.chunks[1:]  # chunks[0] is the prefill token
         return collector.tokens
 
@@ -114,8 +125,9 @@ def sampling_params(generation_config: GenerationConfig, kwargs: dict) -> Sampli
     values come from the model's generation config, then HF's global defaults (top_k=50!)."""
     unknown = set(kwargs) - set(_SAMPLING_KEYS)
     if unknown:
-        raise ValueError(f"generation options {sorted(unknown)} are not supported by Orthrus decoding; "
-                         f"it supports {_SAMPLING_KEYS}")
+        raise ValueError(
+            f"generation options {sorted(unknown)} are not supported by Orthrus decoding; it supports {_SAMPLING_KEYS}"
+        )
     defaults = GenerationConfig._get_default_generation_params()
 
     def value(key):
@@ -126,8 +138,10 @@ def sampling_params(generation_config: GenerationConfig, kwargs: dict) -> Sampli
 
     for key, neutral in _NEUTRAL.items():
         if getattr(generation_config, key, None) not in (None, neutral):
-            raise ValueError(f"the model's generation config sets {key}={getattr(generation_config, key)}, which HF "
-                             "would apply and Orthrus decoding does not: reset it to compare like with like")
+            raise ValueError(
+                f"the model's generation config sets {key}={getattr(generation_config, key)}, which HF "
+                "would apply and Orthrus decoding does not: reset it to compare like with like"
+            )
     # lm-eval's own rule (HFLM._model_generate): temperature defaults to 0, which means greedy
     # unless do_sample says otherwise.
     temperature = kwargs.get("temperature", 0.0)
@@ -143,8 +157,9 @@ def sampling_params(generation_config: GenerationConfig, kwargs: dict) -> Sampli
 
 def run_tasks(lm, tasks: list[str], task_manager: TaskManager, **kwargs) -> dict:
     """lm-eval results for one model, with per-sample responses kept."""
-    return simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, log_samples=True,
-                           bootstrap_iters=0, **kwargs)
+    return simple_evaluate(
+        model=lm, tasks=tasks, task_manager=task_manager, log_samples=True, bootstrap_iters=0, **kwargs
+    )
 
 
 def compare(base_lm, orthrus_lm, tasks: list[str], task_manager: TaskManager, **kwargs) -> dict:

@@ -19,8 +19,10 @@ from eval.metrics import UNITS, mean
 
 PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.json"
 QUALIFIER_MARK = {"=": "", "up to": "≤", "about": "≈", "derived": "Σ"}
-UNIT_NOTE = (f"TPF = {UNITS['tpf']}; TPF pooled = {UNITS['tpf_token_weighted']}; accept len = "
-             f"{UNITS['acceptance_length']}; tok/iter = {UNITS['tokens_per_iteration']}; speedup = {UNITS['speedup']}.")
+UNIT_NOTE = (
+    f"TPF = {UNITS['tpf']}; TPF pooled = {UNITS['tpf_token_weighted']}; accept len = "
+    f"{UNITS['acceptance_length']}; tok/iter = {UNITS['tokens_per_iteration']}; speedup = {UNITS['speedup']}."
+)
 
 
 class PaperNumbers:
@@ -31,19 +33,37 @@ class PaperNumbers:
     def load(cls, path: str | Path = PAPER_NUMBERS) -> "PaperNumbers":
         return cls(json.loads(Path(path).read_text()))
 
-    def lookup(self, metric: str, model: str | None, benchmark: str | None, method: str = "orthrus",
-               temperature: float | None = None) -> dict | None:
+    def lookup(
+        self,
+        metric: str,
+        model: str | None,
+        benchmark: str | None,
+        method: str = "orthrus",
+        temperature: float | None = None,
+    ) -> dict | None:
         """The published entry for this row: same model preferred, else one with model unstated; same
         temperature preferred, else one whose temperature is not stated."""
-        candidates = [n for n in self.numbers if n["metric"] == metric and n["method"] == method
-                      and n["benchmark"] == benchmark and n["temperature"] in (temperature, None)]
+        candidates = [
+            n
+            for n in self.numbers
+            if n["metric"] == metric
+            and n["method"] == method
+            and n["benchmark"] == benchmark
+            and n["temperature"] in (temperature, None)
+        ]
         candidates.sort(key=lambda n: n["temperature"] is None)
         exact = [n for n in candidates if n["model"] is not None and n["model"] == model]
         unstated = [n for n in candidates if n["model"] is None]
         return (exact or unstated or [None])[0]
 
-    def cell(self, metric: str, model: str | None, benchmark: str | None, sources: list[dict],
-             temperature: float | None = None) -> str | None:
+    def cell(
+        self,
+        metric: str,
+        model: str | None,
+        benchmark: str | None,
+        sources: list[dict],
+        temperature: float | None = None,
+    ) -> str | None:
         """Display text of the paper number (with its entry appended to `sources` as a footnote)."""
         n = self.lookup(metric, model, benchmark, temperature=temperature)
         if n is None:
@@ -77,26 +97,66 @@ def _temperature(report: dict) -> float:
 
 def speed_table(reports: list[dict], paper: PaperNumbers, sources: list[dict]) -> tuple[list[str], list[list]]:
     """Every speed number in its unit beside the paper's, per model and benchmark, plus averages."""
-    headers = ["model", "benchmark", "T", "K", "TPF", "paper TPF", "TPF pooled", "accept len (tok/verify)",
-               "paper accept len", "tok/iter (diagnostic)", "AR tok/s", "Orthrus tok/s", "speedup", "paper speedup"]
+    headers = [
+        "model",
+        "benchmark",
+        "T",
+        "K",
+        "TPF",
+        "paper TPF",
+        "TPF pooled",
+        "accept len (tok/verify)",
+        "paper accept len",
+        "tok/iter (diagnostic)",
+        "AR tok/s",
+        "Orthrus tok/s",
+        "speedup",
+        "paper speedup",
+    ]
     rows = []
     for rep in reports:
         label, T = rep.get("label") or rep["name"], _temperature(rep)
         runs = largest_k_rows(rep)
         for r in runs:
             b, base = r["benchmark"], _baseline(rep, r["benchmark"])
-            rows.append([label, b, T, r["block_size"], r["tpf"], paper.cell("tpf", label, b, sources, T),
-                         r["tpf_token_weighted"], r["acceptance_length"],
-                         paper.cell("acceptance_length", label, b, sources, T), r["tokens_per_iteration"],
-                         base and base["tokens_per_second"], r["tokens_per_second"], r["speedup"],
-                         paper.cell("speedup", label, b, sources, T)])
+            rows.append(
+                [
+                    label,
+                    b,
+                    T,
+                    r["block_size"],
+                    r["tpf"],
+                    paper.cell("tpf", label, b, sources, T),
+                    r["tpf_token_weighted"],
+                    r["acceptance_length"],
+                    paper.cell("acceptance_length", label, b, sources, T),
+                    r["tokens_per_iteration"],
+                    base and base["tokens_per_second"],
+                    r["tokens_per_second"],
+                    r["speedup"],
+                    paper.cell("speedup", label, b, sources, T),
+                ]
+            )
         if len(runs) > 1:
             speedups = [r["speedup"] for r in runs if r["speedup"] is not None]
-            rows.append([label, "average", T, None, mean([r["tpf"] for r in runs]),
-                         paper.cell("tpf", label, "average", sources, T),
-                         mean([r["tpf_token_weighted"] for r in runs]), mean([r["acceptance_length"] for r in runs]),
-                         None, mean([r["tokens_per_iteration"] for r in runs]), None, None,
-                         mean(speedups) if speedups else None, paper.cell("speedup", label, "average", sources, T)])
+            rows.append(
+                [
+                    label,
+                    "average",
+                    T,
+                    None,
+                    mean([r["tpf"] for r in runs]),
+                    paper.cell("tpf", label, "average", sources, T),
+                    mean([r["tpf_token_weighted"] for r in runs]),
+                    mean([r["acceptance_length"] for r in runs]),
+                    None,
+                    mean([r["tokens_per_iteration"] for r in runs]),
+                    None,
+                    None,
+                    mean(speedups) if speedups else None,
+                    paper.cell("speedup", label, "average", sources, T),
+                ]
+            )
     return headers, rows
 
 
@@ -104,8 +164,18 @@ def table1(reports: list[dict], paper: PaperNumbers, sources: list[dict]) -> tup
     """The paper's Table 1 layout: per benchmark TPF and speedup beside the paper's, and accuracy of
     Orthrus (largest K) against the base (K=1 on the same engine); lossless decoding makes them equal
     under greedy decoding. The average rows carry both the printed paper average and the mean of its cells."""
-    headers = ["model", "benchmark", "T", "TPF", "paper TPF", "speedup", "paper speedup", "accuracy base",
-               "accuracy Orthrus", "accuracy metric"]
+    headers = [
+        "model",
+        "benchmark",
+        "T",
+        "TPF",
+        "paper TPF",
+        "speedup",
+        "paper speedup",
+        "accuracy base",
+        "accuracy Orthrus",
+        "accuracy metric",
+    ]
     rows = []
     for rep in reports:
         label, T = rep.get("label") or rep["name"], _temperature(rep)
@@ -113,14 +183,35 @@ def table1(reports: list[dict], paper: PaperNumbers, sources: list[dict]) -> tup
         for r in runs:
             base = _baseline(rep, r["benchmark"]) or {}
             acc, acc_base = r.get("accuracy") or {}, base.get("accuracy") or {}
-            rows.append([label, r["benchmark"], T, r["tpf"], paper.cell("tpf", label, r["benchmark"], sources, T),
-                         r["speedup"], paper.cell("speedup", label, r["benchmark"], sources, T),
-                         acc_base.get("score"), acc.get("score"), acc.get("metric")])
+            rows.append(
+                [
+                    label,
+                    r["benchmark"],
+                    T,
+                    r["tpf"],
+                    paper.cell("tpf", label, r["benchmark"], sources, T),
+                    r["speedup"],
+                    paper.cell("speedup", label, r["benchmark"], sources, T),
+                    acc_base.get("score"),
+                    acc.get("score"),
+                    acc.get("metric"),
+                ]
+            )
         speedups = [r["speedup"] for r in runs if r["speedup"] is not None]
-        rows.append([label, "average", T, mean([r["tpf"] for r in runs]),
-                     paper.cell("tpf", label, "average", sources, T),
-                     mean(speedups) if speedups else None, paper.cell("speedup", label, "average", sources, T),
-                     None, None, None])
+        rows.append(
+            [
+                label,
+                "average",
+                T,
+                mean([r["tpf"] for r in runs]),
+                paper.cell("tpf", label, "average", sources, T),
+                mean(speedups) if speedups else None,
+                paper.cell("speedup", label, "average", sources, T),
+                None,
+                None,
+                None,
+            ]
+        )
         cells = paper.cell("speedup", label, "average_of_cells", sources, T)
         if cells:
             rows.append([label, "average of the paper's cells", T, None, None, None, cells, None, None, None])
@@ -128,36 +219,81 @@ def table1(reports: list[dict], paper: PaperNumbers, sources: list[dict]) -> tup
 
 
 def fidelity_table(reports: list[dict]) -> tuple[list[str], list[list]]:
-    headers = ["model", "benchmark", "dtype", "K", "exact-match tokens", "exact-match sequences",
-               "sampling test p", "alpha", "sampled tokens", "zero-probability tokens", "two-sample p (Bonferroni)"]
+    headers = [
+        "model",
+        "benchmark",
+        "dtype",
+        "K",
+        "exact-match tokens",
+        "exact-match sequences",
+        "sampling test p",
+        "alpha",
+        "sampled tokens",
+        "zero-probability tokens",
+        "two-sample p (Bonferroni)",
+    ]
     rows = []
     for rep in reports:
         label = rep.get("label") or rep["name"]
         for f in rep["fidelity"]:
             em, st, ts = f.get("exact_match") or {}, f.get("sampling") or {}, f.get("two_sample") or {}
-            rows.append([label, f["benchmark"], f["dtype"], f["block_size"], em.get("token_rate"), em.get("sequence_rate"),
-                         st.get("pvalue"), st.get("alpha"), st.get("num_tokens"), st.get("zero_probability_tokens"),
-                         ts.get("bonferroni_pvalue")])
+            rows.append(
+                [
+                    label,
+                    f["benchmark"],
+                    f["dtype"],
+                    f["block_size"],
+                    em.get("token_rate"),
+                    em.get("sequence_rate"),
+                    st.get("pvalue"),
+                    st.get("alpha"),
+                    st.get("num_tokens"),
+                    st.get("zero_probability_tokens"),
+                    ts.get("bonferroni_pvalue"),
+                ]
+            )
     return headers, rows
 
 
 def memory_table(reports: list[dict], paper: PaperNumbers, sources: list[dict]) -> tuple[list[str], list[list]]:
-    headers = ["model", "dtype", "K", "persistent KV added (B)", "transient block K/V (MiB)", "paper (MiB)",
-               "base KV per token (KiB)", "peak memory (MiB)", "peak memory kind"]
+    headers = [
+        "model",
+        "dtype",
+        "K",
+        "persistent KV added (B)",
+        "transient block K/V (MiB)",
+        "paper (MiB)",
+        "base KV per token (KiB)",
+        "peak memory (MiB)",
+        "peak memory kind",
+    ]
     rows = []
     for rep in reports:
         label, kv = rep.get("label") or rep["name"], rep["model"]["kv_overhead"]
         peak = max((r for r in rep["runs"]), key=lambda r: r["peak_memory_bytes"], default=None)
-        rows.append([label, rep["model"]["dtype"], rep["model"]["block_size"], kv["persistent_bytes"],
-                     kv["diffusion_block_bytes"] / 2**20, paper.cell("kv_overhead_mib", label, None, sources),
-                     kv["kv_bytes_per_token"] / 2**10, peak and peak["peak_memory_bytes"] / 2**20, peak and peak["peak_memory_kind"]])
+        rows.append(
+            [
+                label,
+                rep["model"]["dtype"],
+                rep["model"]["block_size"],
+                kv["persistent_bytes"],
+                kv["diffusion_block_bytes"] / 2**20,
+                paper.cell("kv_overhead_mib", label, None, sources),
+                kv["kv_bytes_per_token"] / 2**10,
+                peak and peak["peak_memory_bytes"] / 2**20,
+                peak and peak["peak_memory_kind"],
+            ]
+        )
     return headers, rows
 
 
 def sources_markdown(paper: PaperNumbers, sources: list[dict]) -> str:
     lines = [f"[{i}] {paper.source_text(n)}" for i, n in enumerate(sources, 1)]
-    return ("Paper numbers (≤ up to, ≈ about, Σ derived from the printed cells):\n\n"
-            + "\n".join(f"- {line}" for line in lines) + "\n")
+    return (
+        "Paper numbers (≤ up to, ≈ about, Σ derived from the printed cells):\n\n"
+        + "\n".join(f"- {line}" for line in lines)
+        + "\n"
+    )
 
 
 def to_csv(headers: list[str], rows: list[list]) -> str:

@@ -28,12 +28,22 @@ def judge_parity(ref: list[dict], dp: list[dict], *, loss_tol: float, grad_norm_
     """
     if [r["step"] for r in ref] != [r["step"] for r in dp]:
         raise ValueError("the two runs logged different steps: compare runs with the same train.steps and log_every")
-    rows = [{
-        "step": a["step"], "loss_ref": a["loss"], "loss_dp": b["loss"], "abs_diff": abs(a["loss"] - b["loss"]),
-        "grad_norm_ref": a["grad_norm"], "grad_norm_dp": b["grad_norm"],
-        "rel_grad_norm_diff": abs(a["grad_norm"] - b["grad_norm"]) / max(abs(a["grad_norm"]), 1e-30),
-        "lr_ref": a["lr"], "lr_dp": b["lr"], "tokens_ref": a["tokens"], "tokens_dp": b["tokens"],
-    } for a, b in zip(ref, dp)]
+    rows = [
+        {
+            "step": a["step"],
+            "loss_ref": a["loss"],
+            "loss_dp": b["loss"],
+            "abs_diff": abs(a["loss"] - b["loss"]),
+            "grad_norm_ref": a["grad_norm"],
+            "grad_norm_dp": b["grad_norm"],
+            "rel_grad_norm_diff": abs(a["grad_norm"] - b["grad_norm"]) / max(abs(a["grad_norm"]), 1e-30),
+            "lr_ref": a["lr"],
+            "lr_dp": b["lr"],
+            "tokens_ref": a["tokens"],
+            "tokens_dp": b["tokens"],
+        }
+        for a, b in zip(ref, dp)
+    ]
     moved = max(abs(r["loss_ref"] - rows[0]["loss_ref"]) for r in rows)
     max_abs = max(r["abs_diff"] for r in rows)
     max_gn = max(r["rel_grad_norm_diff"] for r in rows)
@@ -42,14 +52,21 @@ def judge_parity(ref: list[dict], dp: list[dict], *, loss_tol: float, grad_norm_
     if moved == 0:
         reasons.append("the reference loss never moved: raise optim.lr or the steps so the curve can be judged")
     elif over_moved > loss_tol:
-        reasons.append(f"loss differs by {max_abs:.3g}, {over_moved:.3g} of how far it moved ({moved:.3g}); "
-                       f"tolerance {loss_tol:g}")
+        reasons.append(
+            f"loss differs by {max_abs:.3g}, {over_moved:.3g} of how far it moved ({moved:.3g}); tolerance {loss_tol:g}"
+        )
     if max_gn > grad_norm_tol:
         reasons.append(f"gradient norms differ by {max_gn:.3g} (relative); tolerance {grad_norm_tol:g}")
     if any(r["tokens_ref"] != r["tokens_dp"] or r["lr_ref"] != r["lr_dp"] for r in rows):
         reasons.append("tokens or learning rates differ between the runs")
     return {
-        "pass": not reasons, "reasons": reasons, "loss_tol": loss_tol, "grad_norm_tol": grad_norm_tol,
-        "loss_moved": moved, "max_abs_loss_diff": max_abs, "max_loss_diff_over_moved": over_moved,
-        "max_rel_grad_norm_diff": max_gn, "steps": rows,
+        "pass": not reasons,
+        "reasons": reasons,
+        "loss_tol": loss_tol,
+        "grad_norm_tol": grad_norm_tol,
+        "loss_moved": moved,
+        "max_abs_loss_diff": max_abs,
+        "max_loss_diff_over_moved": over_moved,
+        "max_rel_grad_norm_diff": max_gn,
+        "steps": rows,
     }

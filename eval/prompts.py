@@ -71,7 +71,9 @@ def _from_records(records, spec: PromptSpec, limit: int | None) -> list[Prompt]:
             break
         text = _render(record, spec) if spec.template else _get(record, spec.field)
         if not isinstance(text, str):
-            raise ValueError(f"{spec.path or spec.source}: record {i} field {spec.field!r} is {type(text).__name__}, not text")
+            raise ValueError(
+                f"{spec.path or spec.source}: record {i} field {spec.field!r} is {type(text).__name__}, not text"
+            )
         prompt_id = str(_get(record, spec.id_field)) if spec.id_field else str(i)
         prompts.append(Prompt(prompt_id, text, dict(record)))
     return prompts
@@ -129,7 +131,9 @@ def _jsonl_records(path: Path, limit: int | None) -> list[dict]:
 
 def _py_folder(folder: Path, num_lines: int, limit: int | None) -> list[Prompt]:
     if not folder.is_dir():
-        raise FileNotFoundError(f"prompt folder {folder} does not exist (source=py_folder expects a folder of .py files)")
+        raise FileNotFoundError(
+            f"prompt folder {folder} does not exist (source=py_folder expects a folder of .py files)"
+        )
     files = sorted(folder.rglob("*.py"))[:limit]
     if not files:
         raise FileNotFoundError(f"no .py files under {folder}")
@@ -164,8 +168,9 @@ def resolve_chat_template(setting: bool | str, tokenizer, eos_token_ids: set[int
     read the rendered turn as text and may stop at once, so it gets the raw prompt."""
     has_template = getattr(tokenizer, "chat_template", None) is not None
     if setting is True and not has_template:
-        raise ValueError("prompt.chat_template=true but the tokenizer has no chat template: set "
-                         "prompt.chat_template=false (or auto)")
+        raise ValueError(
+            "prompt.chat_template=true but the tokenizer has no chat template: set prompt.chat_template=false (or auto)"
+        )
     if setting in (True, False):
         return setting
     if setting != "auto":

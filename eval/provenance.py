@@ -33,15 +33,21 @@ def git_state() -> dict:
         dirty = os.environ.get("ORTHRUS_DIRTY", "").strip().lower()
         if dirty not in ("true", "false", "1", "0", ""):
             raise ValueError(f"ORTHRUS_DIRTY={dirty!r}: set it to true or false (is the launching tree dirty?)")
-        return {"commit": os.environ["ORTHRUS_COMMIT"], "dirty": dirty in ("true", "1") if dirty else None,
-                "source": "env (ORTHRUS_COMMIT/ORTHRUS_DIRTY from the launching machine)"}
+        return {
+            "commit": os.environ["ORTHRUS_COMMIT"],
+            "dirty": dirty in ("true", "1") if dirty else None,
+            "source": "env (ORTHRUS_COMMIT/ORTHRUS_DIRTY from the launching machine)",
+        }
 
     def git(*args):
         return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-                "source": "git (this checkout)"}
+        return {
+            "commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "source": "git (this checkout)",
+        }
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None, "source": "unknown (no .git and no ORTHRUS_COMMIT)"}
 

@@ -52,7 +52,8 @@ def run_markdown(report: dict) -> str:
         f"- model: {model['base']} ({model['dtype']}), K={model['block_size']}, "
         f"max_new_tokens={report['decode']['max_new_tokens']}, sampling={report['decode']['sampling']}",
         f"- KV cache: Orthrus adds 0 persistent bytes; transient diffusion-block K/V "
-        f"{model['kv_overhead']['diffusion_block_bytes']} B ({model['kv_overhead']['diffusion_block_bytes'] / MIB:.2f} MiB), "
+        f"{model['kv_overhead']['diffusion_block_bytes']} B "
+        f"({model['kv_overhead']['diffusion_block_bytes'] / MIB:.2f} MiB), "
         f"vs {model['kv_overhead']['kv_bytes_per_token']} B per context token in the base cache\n",
         "## Speed and acceptance\n",
         UNIT_NOTE + "\n",
@@ -60,34 +61,97 @@ def run_markdown(report: dict) -> str:
         "decode tok/s excludes the prefill and first token (TTFT, its own column); speedup = decode tok/s over "
         "K=1 on the same decoder; end-to-end speedup includes the prefill.\n",
         markdown_table(
-            ["benchmark", "K", "prompts", "TPF", "TPF pooled", "accept len (tok/verify)", "tok/iter (diagnostic)",
-             "decode tok/s", "speedup", "end-to-end speedup", "TTFT ms", "peak MiB"],
-            [[r["benchmark"], r["block_size"], r["num_prompts"], r["tpf"], r["tpf_token_weighted"],
-              r["acceptance_length"], r["tokens_per_iteration"], r["decode_tokens_per_second"], r["speedup"],
-              r["speedup_end_to_end"], r["ttft_ms"], r["peak_memory_bytes"] / MIB] for r in report["runs"]],
+            [
+                "benchmark",
+                "K",
+                "prompts",
+                "TPF",
+                "TPF pooled",
+                "accept len (tok/verify)",
+                "tok/iter (diagnostic)",
+                "decode tok/s",
+                "speedup",
+                "end-to-end speedup",
+                "TTFT ms",
+                "peak MiB",
+            ],
+            [
+                [
+                    r["benchmark"],
+                    r["block_size"],
+                    r["num_prompts"],
+                    r["tpf"],
+                    r["tpf_token_weighted"],
+                    r["acceptance_length"],
+                    r["tokens_per_iteration"],
+                    r["decode_tokens_per_second"],
+                    r["speedup"],
+                    r["speedup_end_to_end"],
+                    r["ttft_ms"],
+                    r["peak_memory_bytes"] / MIB,
+                ]
+                for r in report["runs"]
+            ],
         ),
     ]
     if report["fidelity"]:
-        out += ["## Fidelity\n",
-                "Sampling test: every sampled token against the base sampler given its prefix (eval/fidelity.py); "
-                "it fails (passed = False) with probability alpha for a lossless decoder (false alarms: simulated "
-                "rate beside it) and catches broken acceptance rules (tests/test_fidelity_rules.py).\n",
-                markdown_table(
-            ["benchmark", "dtype", "K", "exact-match tokens", "exact-match sequences", "sampled tokens",
-             "sampling test p", "alpha", "false alarms (sim.)", "passed", "zero-prob tokens", "two-sample p"],
-            [[f["benchmark"], f["dtype"], f["block_size"], _get(f, "exact_match", "token_rate"),
-              _get(f, "exact_match", "sequence_rate"), _get(f, "sampling", "num_tokens"), _get(f, "sampling", "pvalue"),
-              _get(f, "sampling", "alpha"), _get(f, "sampling", "false_alarm_rate_simulated"),
-              _get(f, "sampling", "passed"), _get(f, "sampling", "zero_probability_tokens"),
-              _get(f, "two_sample", "bonferroni_pvalue")] for f in report["fidelity"]],
-        )]
+        out += [
+            "## Fidelity\n",
+            "Sampling test: every sampled token against the base sampler given its prefix (eval/fidelity.py); "
+            "it fails (passed = False) with probability alpha for a lossless decoder (false alarms: simulated "
+            "rate beside it) and catches broken acceptance rules (tests/test_fidelity_rules.py).\n",
+            markdown_table(
+                [
+                    "benchmark",
+                    "dtype",
+                    "K",
+                    "exact-match tokens",
+                    "exact-match sequences",
+                    "sampled tokens",
+                    "sampling test p",
+                    "alpha",
+                    "false alarms (sim.)",
+                    "passed",
+                    "zero-prob tokens",
+                    "two-sample p",
+                ],
+                [
+                    [
+                        f["benchmark"],
+                        f["dtype"],
+                        f["block_size"],
+                        _get(f, "exact_match", "token_rate"),
+                        _get(f, "exact_match", "sequence_rate"),
+                        _get(f, "sampling", "num_tokens"),
+                        _get(f, "sampling", "pvalue"),
+                        _get(f, "sampling", "alpha"),
+                        _get(f, "sampling", "false_alarm_rate_simulated"),
+                        _get(f, "sampling", "passed"),
+                        _get(f, "sampling", "zero_probability_tokens"),
+                        _get(f, "two_sample", "bonferroni_pvalue"),
+                    ]
+                    for f in report["fidelity"]
+                ],
+            ),
+        ]
     if report["context_sweep"]:
-        out += ["## Throughput vs context length\n", markdown_table(
-            ["context", "K", "TPF", "decode tok/s", "speedup", "TTFT ms"],
-            [[r["context_len"], r["block_size"], r["tpf"], r["decode_tokens_per_second"], r["speedup"],
-              r["ttft_ms"]]
-             for r in report["context_sweep"]],
-        )]
+        out += [
+            "## Throughput vs context length\n",
+            markdown_table(
+                ["context", "K", "TPF", "decode tok/s", "speedup", "TTFT ms"],
+                [
+                    [
+                        r["context_len"],
+                        r["block_size"],
+                        r["tpf"],
+                        r["decode_tokens_per_second"],
+                        r["speedup"],
+                        r["ttft_ms"],
+                    ]
+                    for r in report["context_sweep"]
+                ],
+            ),
+        ]
     return "\n".join(out)
 
 
@@ -103,29 +167,68 @@ def speed_summary_markdown(reports: list[dict]) -> str:
         fid = {(f["benchmark"], f["block_size"]): f for f in rep["fidelity"]}
         for r in rep["runs"]:
             f = fid.get((r["benchmark"], r["block_size"]), {})
-            rows.append([rep["name"], rep["model"]["dtype"], rep["decode"]["sampling"], r["benchmark"], r["block_size"],
-                         r["num_prompts"], r["tpf"], r["acceptance_length"], r["tokens_per_iteration"],
-                         r["decode_tokens_per_second"], r["speedup"],
-                         r["speedup_end_to_end"], r["ttft_ms"], _get(f, "exact_match", "sequence_rate"),
-                         _get(f, "sampling", "pvalue"), _get(f, "sampling", "passed")])
+            rows.append(
+                [
+                    rep["name"],
+                    rep["model"]["dtype"],
+                    rep["decode"]["sampling"],
+                    r["benchmark"],
+                    r["block_size"],
+                    r["num_prompts"],
+                    r["tpf"],
+                    r["acceptance_length"],
+                    r["tokens_per_iteration"],
+                    r["decode_tokens_per_second"],
+                    r["speedup"],
+                    r["speedup_end_to_end"],
+                    r["ttft_ms"],
+                    _get(f, "exact_match", "sequence_rate"),
+                    _get(f, "sampling", "pvalue"),
+                    _get(f, "sampling", "passed"),
+                ]
+            )
         p, git = rep["provenance"], rep["provenance"]["git"]
-        prov.append(f"- {rep['name']}: `{p['command']}`; commit {git['commit']} (dirty: {git['dirty']}, from "
-                    f"{git.get('source')}); sources sha256 {p.get('source_hash', {}).get('sha256')}; {p['device']}; "
-                    f"{p['timestamp']}")
+        prov.append(
+            f"- {rep['name']}: `{p['command']}`; commit {git['commit']} (dirty: {git['dirty']}, from "
+            f"{git.get('source')}); sources sha256 {p.get('source_hash', {}).get('sha256')}; {p['device']}; "
+            f"{p['timestamp']}"
+        )
     protocols = sorted({rep["timing_protocol"] for rep in reports})
-    return "\n".join([
-        "# Decode speed and fidelity (measured)\n",
-        "Timing protocol: " + " / ".join(protocols) + ".\n",
-        UNIT_NOTE + "\n",
-        "speedup = decode tokens/s (prefill and first token excluded) "
-        "over K=1 on the same decoder in the same warm state; TTFT = time to first token; exact match = greedy "
-        "output vs transformers' generate (sequence rate); sampling p = the per-token test of sampled tokens "
-        "against the base sampler (passed at its alpha).\n",
-        markdown_table(["run", "dtype", "sampling", "benchmark", "K", "prompts", "TPF", "accept len (tok/verify)",
-                        "tok/iter (diagnostic)", "decode tok/s", "speedup",
-                        "end-to-end speedup", "TTFT ms", "exact match", "sampling p", "passed"], rows),
-        "## Provenance\n", *prov, "",
-    ])
+    return "\n".join(
+        [
+            "# Decode speed and fidelity (measured)\n",
+            "Timing protocol: " + " / ".join(protocols) + ".\n",
+            UNIT_NOTE + "\n",
+            "speedup = decode tokens/s (prefill and first token excluded) "
+            "over K=1 on the same decoder in the same warm state; TTFT = time to first token; exact match = greedy "
+            "output vs transformers' generate (sequence rate); sampling p = the per-token test of sampled tokens "
+            "against the base sampler (passed at its alpha).\n",
+            markdown_table(
+                [
+                    "run",
+                    "dtype",
+                    "sampling",
+                    "benchmark",
+                    "K",
+                    "prompts",
+                    "TPF",
+                    "accept len (tok/verify)",
+                    "tok/iter (diagnostic)",
+                    "decode tok/s",
+                    "speedup",
+                    "end-to-end speedup",
+                    "TTFT ms",
+                    "exact match",
+                    "sampling p",
+                    "passed",
+                ],
+                rows,
+            ),
+            "## Provenance\n",
+            *prov,
+            "",
+        ]
+    )
 
 
 # --- scripts/bench_decode.py ----------------------------------------------------------------
@@ -136,15 +239,21 @@ def bench_markdown(results: dict, ks: list[int]) -> str:
     memory, divergence, engine variants and matrix products; then the small model's divergence."""
     K = max(ks)
     git = results.get("provenance", {}).get("git", {})
-    lines = [f"# Orthrus engine decode benchmark ({results['device']})", "",
-             f"`{results['command']}`  ", f"commit {results['commit']} (dirty: {git.get('dirty')}, from "
-             f"{git.get('source')}; sources sha256 {results.get('provenance', {}).get('source_hash', {}).get('sha256')}), "
-             f"torch {results['torch']}, "
-             f"transformers {results['transformers']}, triton {results['triton']}; measured copy bandwidth "
-             f"{results['bandwidth_TBps']:.2f} TB/s (read + write). Random weights, bf16, batch 1; the engine "
-             "uses fused q/k/v weights (a copy, size below" + ("; the unfused numbers follow each table" if any(
-                 "unfused_qkv" in r for r in results["shapes"]) else "") + "). Times are medians "
-             "of CUDA-event timings of graph replays (ms). Roofline = (weights + KV bytes read) / copy bandwidth.", ""]
+    lines = [
+        f"# Orthrus engine decode benchmark ({results['device']})",
+        "",
+        f"`{results['command']}`  ",
+        f"commit {results['commit']} (dirty: {git.get('dirty')}, from "
+        f"{git.get('source')}; sources sha256 {results.get('provenance', {}).get('source_hash', {}).get('sha256')}), "
+        f"torch {results['torch']}, "
+        f"transformers {results['transformers']}, triton {results['triton']}; measured copy bandwidth "
+        f"{results['bandwidth_TBps']:.2f} TB/s (read + write). Random weights, bf16, batch 1; the engine "
+        "uses fused q/k/v weights (a copy, size below"
+        + ("; the unfused numbers follow each table" if any("unfused_qkv" in r for r in results["shapes"]) else "")
+        + "). Times are medians "
+        "of CUDA-event timings of graph replays (ms). Roofline = (weights + KV bytes read) / copy bandwidth.",
+        "",
+    ]
     for res in results["shapes"]:
         lines += [f"## {res['shape']}", ""]
         if not res["engine"]:
@@ -155,64 +264,101 @@ def bench_markdown(results: dict, ks: list[int]) -> str:
         paper = {label: f for label, f in results["paper_figures"].items() if f["shape"] == res["shape"]}
         head += [f"iteration roofline K={K}"]
         for f in paper.values():
-            head += [f"projected tok/s at {f['value']} tokens/iteration (paper¹, K={K})",
-                     "projected speedup vs engine AR (paper¹)"]
+            head += [
+                f"projected tok/s at {f['value']} tokens/iteration (paper¹, K={K})",
+                "projected speedup vs engine AR (paper¹)",
+            ]
         if res["engine"]:
             lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for ctx, row in res["engine"].items():
             roof = res["roofline_ms"][ctx]
             proj = res["projection"][ctx]
-            cells = [str(ctx), f"{res.get('hf_step_ms', {}).get(ctx, float('nan')):.2f}", f"{row['ar_step_ms']:.2f}",
-                     f"{roof['ar_step']:.2f}"]
+            cells = [
+                str(ctx),
+                f"{res.get('hf_step_ms', {}).get(ctx, float('nan')):.2f}",
+                f"{row['ar_step_ms']:.2f}",
+                f"{roof['ar_step']:.2f}",
+            ]
             for k in ks:
-                cells += [f"{row[f'draft_ms_K{k}']:.2f}", f"{row[f'verify_ms_K{k}']:.2f}", f"{row[f'iteration_ms_K{k}']:.2f}"]
+                cells += [
+                    f"{row[f'draft_ms_K{k}']:.2f}",
+                    f"{row[f'verify_ms_K{k}']:.2f}",
+                    f"{row[f'iteration_ms_K{k}']:.2f}",
+                ]
             cells += [f"{roof[f'iteration_K{K}']:.2f}"]
             for label in paper:
                 cells += [f"{proj[f'tokens_per_s@{label}']:.0f}", f"{proj[f'speedup_vs_engine_ar@{label}']:.2f}x"]
             lines.append("| " + " | ".join(cells) + " |")
         for f in paper.values():
-            lines += ["", f"¹ Projection, not a measurement: the paper's {f['value']} {f['unit']} ({f['model']}, "
-                          f"{f['benchmark']}; {f['source']}) over this table's measured K={K} iteration time."]
+            lines += [
+                "",
+                f"¹ Projection, not a measurement: the paper's {f['value']} {f['unit']} ({f['model']}, "
+                f"{f['benchmark']}; {f['source']}) over this table's measured K={K} iteration time.",
+            ]
         m = res["memory"]
-        lines += ["", f"Memory: diffusion view {m['diffusion_view_weights_GB']:.2f} GB "
-                      f"({100 * m['diffusion_view_fraction_of_params']:.1f}% of parameters); KV cache "
-                      f"{m['kv_cache_GB']:.2f} GB for {m['kv_cache_rows']} rows; draft block keys/values "
-                      f"{m['draft_block_kv_MiB'][K]:.2f} MiB at K={K}; CUDA-graph pools (activations of all steps, reserved) "
-                      f"{m.get('graph_pools_reserved_MB', float('nan')):.0f} MB; fused q/k/v weight copy "
-                      f"{m['fused_qkv_copy_GB']:.2f} GB."]
+        lines += [
+            "",
+            f"Memory: diffusion view {m['diffusion_view_weights_GB']:.2f} GB "
+            f"({100 * m['diffusion_view_fraction_of_params']:.1f}% of parameters); KV cache "
+            f"{m['kv_cache_GB']:.2f} GB for {m['kv_cache_rows']} rows; draft block keys/values "
+            f"{m['draft_block_kv_MiB'][K]:.2f} MiB at K={K}; CUDA-graph pools (activations of all steps, reserved) "
+            f"{m.get('graph_pools_reserved_MB', float('nan')):.0f} MB; fused q/k/v weight copy "
+            f"{m['fused_qkv_copy_GB']:.2f} GB.",
+        ]
         if "hf_generate_ms_per_token_ctx256" in res:
-            lines.append(f"transformers `generate` (greedy, ctx 256): {res['hf_generate_ms_per_token_ctx256']:.2f} ms/token.")
+            lines.append(
+                f"transformers `generate` (greedy, ctx 256): {res['hf_generate_ms_per_token_ctx256']:.2f} ms/token."
+            )
         if "unfused_qkv" in res:
-            lines.append("Without the fused q/k/v copy, ctx 256: " + ", ".join(
-                f"{k} {v:.2f}" for k, v in res["unfused_qkv"].items()) + ".")
+            lines.append(
+                "Without the fused q/k/v copy, ctx 256: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in res["unfused_qkv"].items())
+                + "."
+            )
         if "backend_cross_check" in res:
-            lines.append(f"Triton vs PyTorch path on the same inputs (logits: relative error, argmax agreement): "
-                         f"{res['backend_cross_check']}.")
+            lines.append(
+                f"Triton vs PyTorch path on the same inputs (logits: relative error, argmax agreement): "
+                f"{res['backend_cross_check']}."
+            )
         for key in (k for k in res if k.startswith("divergence_bf16")):
             d = res[key]
-            lines.append(f"bf16 divergence ({key.removeprefix('divergence_bf16').strip('_') or 'engine'}) over "
-                         f"{d['prompts']} random prompts x {d['new_tokens']} tokens: "
-                         + "; ".join(f"{k}: {100 * d[k]['fraction_diverged']:.0f}% of prompts, first at {d[k]['first_divergence']}"
-                                     for k in d if isinstance(d[k], dict) and "fraction_diverged" in d[k])
-                         + f"; top-1/top-2 logit gap {d['top1_top2_logit_gap']}; measured TPF {d['measured_tpf_mean']:.2f}.")
+            lines.append(
+                f"bf16 divergence ({key.removeprefix('divergence_bf16').strip('_') or 'engine'}) over "
+                f"{d['prompts']} random prompts x {d['new_tokens']} tokens: "
+                + "; ".join(
+                    f"{k}: {100 * d[k]['fraction_diverged']:.0f}% of prompts, first at {d[k]['first_divergence']}"
+                    for k in d
+                    if isinstance(d[k], dict) and "fraction_diverged" in d[k]
+                )
+                + f"; top-1/top-2 logit gap {d['top1_top2_logit_gap']}; measured TPF {d['measured_tpf_mean']:.2f}."
+            )
         lines += variants_table(res, ks) + gemm_table(res)
         lines.append("")
     small = results.get("small_model_divergence")
     if small:
-        lines += [f"## Greedy divergence on the trained small model ({small['model']})", "",
-                  f"{small['prompts']} prompts of {small['prompt_tokens']} tokens from held-out modules "
-                  f"{', '.join(small['prompt_source'])}, {small['new_tokens']} new tokens each; trained diffusion view: "
-                  f"{small['trained_diffusion_view']}. First divergence = index of the first differing new token.", "",
-                  "| dtype | comparison | prompts | diverged | first divergence at |", "|---|---|---|---|---|"]
+        lines += [
+            f"## Greedy divergence on the trained small model ({small['model']})",
+            "",
+            f"{small['prompts']} prompts of {small['prompt_tokens']} tokens from held-out modules "
+            f"{', '.join(small['prompt_source'])}, {small['new_tokens']} new tokens each; trained diffusion view: "
+            f"{small['trained_diffusion_view']}. First divergence = index of the first differing new token.",
+            "",
+            "| dtype | comparison | prompts | diverged | first divergence at |",
+            "|---|---|---|---|---|",
+        ]
         for dtype in ("float32", "bfloat16"):
             d = small.get(dtype, {})
             for key in sorted(k for k in d if isinstance(d[k], dict) and "fraction_diverged" in d[k]):
-                lines.append(f"| {dtype} | {key} | {d[key]['prompts']} | {100 * d[key]['fraction_diverged']:.0f}% "
-                             f"| {sorted(d[key]['first_divergence'])} |")
+                lines.append(
+                    f"| {dtype} | {key} | {d[key]['prompts']} | {100 * d[key]['fraction_diverged']:.0f}% "
+                    f"| {sorted(d[key]['first_divergence'])} |"
+                )
         for dtype in ("float32", "bfloat16"):
             if dtype in small:
-                lines.append(f"\n{dtype}: tokens per iteration {small[dtype]['tpf_mean']}; top-1/top-2 logit gap along the AR "
-                             f"output {small[dtype]['top1_top2_logit_gap']}.")
+                lines.append(
+                    f"\n{dtype}: tokens per iteration {small[dtype]['tpf_mean']}; top-1/top-2 logit gap along the AR "
+                    f"output {small[dtype]['top1_top2_logit_gap']}."
+                )
         lines.append("")
     return "\n".join(lines)
 
@@ -224,13 +370,25 @@ def variants_table(res, ks) -> list[str]:
         return []
     head = ["variant", "ctx", "AR step"] + [f"{s} K={k}" for k in ks for s in ("draft", "verify", "iteration")]
     pdl = res.get("variant_pdl", {})
-    lines = ["", "Engine variants (auto: the default engine; invariant: batch_invariant=True; torch: cuBLAS only; "
-             "triton: skinny Triton products only; nopdl: the default engine without Programmatic Dependent Launch; "
-             f"PDL on in: {', '.join(v for v in variants if pdl.get(v)) or 'none'}):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        "",
+        "Engine variants (auto: the default engine; invariant: batch_invariant=True; torch: cuBLAS only; "
+        "triton: skinny Triton products only; nopdl: the default engine without Programmatic Dependent Launch; "
+        f"PDL on in: {', '.join(v for v in variants if pdl.get(v)) or 'none'}):",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for variant, rows in variants.items():
         for ctx, row in rows.items():
-            lines.append("| " + " | ".join([variant, str(ctx), f"{row['ar_step_ms']:.2f}"] + [
-                f"{row[f'{s}_ms_K{k}']:.2f}" for k in ks for s in ("draft", "verify", "iteration")]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [variant, str(ctx), f"{row['ar_step_ms']:.2f}"]
+                    + [f"{row[f'{s}_ms_K{k}']:.2f}" for k in ks for s in ("draft", "verify", "iteration")]
+                )
+                + " |"
+            )
     return lines
 
 
@@ -238,9 +396,16 @@ def gemm_table(res) -> list[str]:
     """The matrix-product probe: time and weight bandwidth per implementation."""
     if not res.get("gemm_probe"):
         return []
-    lines = ["", "Matrix products at decode shapes (kernel time in CUDA graphs, weights read from device memory):", "",
-             "| matrix | N x K | rows | impl | us | weight TB/s | config |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "Matrix products at decode shapes (kernel time in CUDA graphs, weights read from device memory):",
+        "",
+        "| matrix | N x K | rows | impl | us | weight TB/s | config |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in res["gemm_probe"]:
-        lines.append(f"| {r['matrix']} | {r['out_features']} x {r['in_features']} | {r['rows']} | {r['impl']} | "
-                     f"{r['us']:.1f} | {r['weight_TBps']:.2f} | {r['config']} |")
+        lines.append(
+            f"| {r['matrix']} | {r['out_features']} x {r['in_features']} | {r['rows']} | {r['impl']} | "
+            f"{r['us']:.1f} | {r['weight_TBps']:.2f} | {r['config']} |"
+        )
     return lines

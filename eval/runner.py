@@ -74,9 +74,19 @@ def decode_prompts(
     for i, ids in enumerate(tqdm(prompts, desc=desc, disable=not progress, leave=False)):
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)
         generator = torch.Generator(device=device).manual_seed(seed + i)
-        result, timing = timed_call(lambda streamer: decode_fn(
-            model, input_ids, max_new_tokens, block_size=block_size, sampling=sampling, eos_token_id=eos_token_id,
-            generator=generator, streamer=streamer), clock)
+        result, timing = timed_call(
+            lambda streamer: decode_fn(
+                model,
+                input_ids,
+                max_new_tokens,
+                block_size=block_size,
+                sampling=sampling,
+                eos_token_id=eos_token_id,
+                generator=generator,
+                streamer=streamer,
+            ),
+            clock,
+        )
         run.results.append(result)
         run.timings.append(timing)
     return run
@@ -114,12 +124,26 @@ def measure_block_sizes(
     rows, runs = [], {}
     for K in Ks:
         reset_peak_memory(device)
-        run = decode_prompts(model, prompts, block_size=K, max_new_tokens=max_new_tokens, progress=progress,
-                             desc=f"{desc} K={K}".strip(), **common)
+        run = decode_prompts(
+            model,
+            prompts,
+            block_size=K,
+            max_new_tokens=max_new_tokens,
+            progress=progress,
+            desc=f"{desc} K={K}".strip(),
+            **common,
+        )
         memory = peak_memory(device)
         runs[K] = run
-        rows.append({"block_size": K, **summarize(run.results, run.timings), **speed(run.results, run.timings),
-                     "warmup_prompts": len(warm), "peak_memory_bytes": memory["bytes"],
-                     "peak_memory_kind": memory["kind"]})
+        rows.append(
+            {
+                "block_size": K,
+                **summarize(run.results, run.timings),
+                **speed(run.results, run.timings),
+                "warmup_prompts": len(warm),
+                "peak_memory_bytes": memory["bytes"],
+                "peak_memory_kind": memory["kind"],
+            }
+        )
     add_speedups(rows)
     return rows, runs

@@ -41,8 +41,17 @@ def _wall_s(fn, device) -> tuple[float, object]:
 
 
 @torch.inference_mode()
-def time_iterations(engine: OrthrusEngine, ks, ctx: int, clock, *, reps: int = 20, new_tokens: int = 200,
-                    sampling: SamplingParams = QWEN3_THINKING, log=print) -> dict:
+def time_iterations(
+    engine: OrthrusEngine,
+    ks,
+    ctx: int,
+    clock,
+    *,
+    reps: int = 20,
+    new_tokens: int = 200,
+    sampling: SamplingParams = QWEN3_THINKING,
+    log=print,
+) -> dict:
     """Greedy vs sampled iteration at context ctx for each K (keys: iteration_ms_K{K},
     sampling_iteration_ms_K{K} (sampled drafts), sampling_greedy_drafts_iteration_ms_K{K},
     e2e_iteration_ms_K{K}, e2e_sampling_iteration_ms_K{K}). The engine needs ctx + new_tokens + 2 K rows.
@@ -84,6 +93,7 @@ def time_iterations(engine: OrthrusEngine, ks, ctx: int, clock, *, reps: int = 2
             key = "sampling_iteration_ms" if drafts == "sampled" else "sampling_greedy_drafts_iteration_ms"
             out[f"{key}_K{K}"] = clock(sampled, reps, after=reset)
         for name, params in (("e2e_iteration_ms", SamplingParams()), ("e2e_sampling_iteration_ms", sampling)):
+
             def run(n):
                 return e.generate(prompt, n, block_size=K, sampling=params, generator=torch.Generator().manual_seed(0))
 
@@ -107,28 +117,53 @@ def engine_decode(engine: OrthrusEngine, drafts: str):
     return decode
 
 
-def speedups(engine: OrthrusEngine, prompts: list[list[int]], ks, new_tokens: int, *, settings=None,
-             budget_s: float = float("inf"), log=print) -> list[dict]:
+def speedups(
+    engine: OrthrusEngine,
+    prompts: list[list[int]],
+    ks,
+    new_tokens: int,
+    *,
+    settings=None,
+    budget_s: float = float("inf"),
+    log=print,
+) -> list[dict]:
     """Rows of (setting, drafts, K, decode tokens/s, speedup over K = 1 on the same engine and mode,
     tokens/iteration, TPF, TTFT, target speedup), timed by eval/timing.py's protocol (every prompt-length
     bucket and K warmed first; TTFT apart from decode throughput)."""
     settings = settings or SETTINGS
     t_start, rows = time.time(), []
     for name, params in settings.items():
-        for drafts in (["sampled"] if params.greedy else list(DRAFT_MODES)):
+        for drafts in ["sampled"] if params.greedy else list(DRAFT_MODES):
             if time.time() - t_start > budget_s:
                 log(f"budget: skipping {name} drafts={drafts}")
                 continue
-            measured, _ = measure_block_sizes(engine.model, prompts, [1, *ks], max_new_tokens=new_tokens,
-                                              sampling=params, decode_fn=engine_decode(engine, drafts), progress=False)
+            measured, _ = measure_block_sizes(
+                engine.model,
+                prompts,
+                [1, *ks],
+                max_new_tokens=new_tokens,
+                sampling=params,
+                decode_fn=engine_decode(engine, drafts),
+                progress=False,
+            )
             for r in measured:
-                row = {"setting": name, "drafts": "-" if params.greedy else drafts, "K": r["block_size"],
-                       "prompts": len(prompts), "tokens": r["new_tokens"],
-                       "decode_tokens_per_second": r["decode_tokens_per_second"], "speedup": r["speedup"],
-                       "tokens_per_iteration": r["tokens_per_iteration"], "tpf": r["tpf"], "ttft_ms": r["ttft_ms"]}
+                row = {
+                    "setting": name,
+                    "drafts": "-" if params.greedy else drafts,
+                    "K": r["block_size"],
+                    "prompts": len(prompts),
+                    "tokens": r["new_tokens"],
+                    "decode_tokens_per_second": r["decode_tokens_per_second"],
+                    "speedup": r["speedup"],
+                    "tokens_per_iteration": r["tokens_per_iteration"],
+                    "tpf": r["tpf"],
+                    "ttft_ms": r["ttft_ms"],
+                }
                 rows.append(row)
-                log(f"{name} drafts={row['drafts']} K={row['K']}: {row['decode_tokens_per_second']:.1f} tok/s, "
-                    f"speedup {row['speedup']:.2f}, {row['tokens_per_iteration']:.2f} tokens/iteration")
+                log(
+                    f"{name} drafts={row['drafts']} K={row['K']}: {row['decode_tokens_per_second']:.1f} tok/s, "
+                    f"speedup {row['speedup']:.2f}, {row['tokens_per_iteration']:.2f} tokens/iteration"
+                )
     greedy = {r["K"]: r for r in rows if r["setting"] == "greedy"}
     for r in rows:
         g = greedy.get(r["K"])
@@ -138,8 +173,9 @@ def speedups(engine: OrthrusEngine, prompts: list[list[int]], ks, new_tokens: in
     return rows
 
 
-def micro_sampler(vocab: int, rows: int, device, clock, *, params: SamplingParams = QWEN3_THINKING,
-                  reps: int = 50) -> dict:
+def micro_sampler(
+    vocab: int, rows: int, device, clock, *, params: SamplingParams = QWEN3_THINKING, reps: int = 50
+) -> dict:
     """The sampler alone on random bf16 logits (rows x vocab): transform, draft sampling, acceptance (us)."""
     import kernels.sample as ks
 
@@ -154,8 +190,9 @@ def micro_sampler(vocab: int, rows: int, device, clock, *, params: SamplingParam
     steps = {
         "transform_us": lambda: ks.transform_stats(p, T, k, top_p),
         "sample_rows_us": lambda: ks.sample_rows(q, q_stats, T, rng, ks.DRAFT, use_triton=triton),
-        "accept_us": lambda: ks.accept(p, ks.transform_stats(p, T, k, top_p), q, q_stats, draft, T, rng,
-                                       use_triton=triton),
+        "accept_us": lambda: ks.accept(
+            p, ks.transform_stats(p, T, k, top_p), q, q_stats, draft, T, rng, use_triton=triton
+        ),
     }
     out = {"rows": rows, "vocab": vocab, "sampling": str(params)}
     for name, fn in steps.items():

@@ -26,13 +26,18 @@ def compare(model, prompts: list[list[int]], lengths: list[int], block_size: int
             eng.append(engine.generate(input_ids, max_new, block_size=block_size))
             if not torch.equal(ref[-1].sequences, eng[-1].sequences):
                 raise AssertionError("engine and reference loop emitted different tokens")
-        rows.append({
-            "max_new_tokens": max_new, "prompts": len(prompts), "block_size": block_size,
-            "finished_by_eos": sum(r.finished_by_eos for r in ref),
-            "tokens_per_iteration_official_clip": tokens_per_iteration(ref),
-            "tokens_per_iteration_engine_always_k": tokens_per_iteration(eng),
-            "tpf_official_clip": tpf(ref), "tpf_engine_always_k": tpf(eng),
-            "iterations_official_clip": sum(len(r.emitted) for r in ref),
-            "iterations_engine_always_k": sum(len(r.emitted) for r in eng),
-        })
+        rows.append(
+            {
+                "max_new_tokens": max_new,
+                "prompts": len(prompts),
+                "block_size": block_size,
+                "finished_by_eos": sum(r.finished_by_eos for r in ref),
+                "tokens_per_iteration_official_clip": tokens_per_iteration(ref),
+                "tokens_per_iteration_engine_always_k": tokens_per_iteration(eng),
+                "tpf_official_clip": tpf(ref),
+                "tpf_engine_always_k": tpf(eng),
+                "iterations_official_clip": sum(len(r.emitted) for r in ref),
+                "iterations_engine_always_k": sum(len(r.emitted) for r in eng),
+            }
+        )
     return rows

@@ -35,9 +35,11 @@ PROTOCOL = (
     "decode tokens/s = (new tokens - 1) / (seconds - TTFT) pooled over prompts; speedup = decode tokens/s at K "
     "over K=1 on the same decoder; end-to-end tokens/s (prefill included) kept beside it"
 )
-WARMUPS = {"buckets": "one prompt per prompt-length bucket, {tokens} new tokens",
-           "all": "an untimed pass over every prompt at every K",
-           "none": "NO warm-up: first-call compilation is inside the timed pass"}
+WARMUPS = {
+    "buckets": "one prompt per prompt-length bucket, {tokens} new tokens",
+    "all": "an untimed pass over every prompt at every K",
+    "none": "NO warm-up: first-call compilation is inside the timed pass",
+}
 
 
 def protocol(warmup: str, warm_tokens: str = "2K+1") -> str:
@@ -104,8 +106,10 @@ def timed_call(decode: Callable, clock) -> tuple[object, Timing]:
     result = decode(streamer)
     seconds = clock.now() - start
     if streamer.first is None:
-        raise RuntimeError("the decode function never called streamer.put with the first token; TTFT needs it "
-                           "(put the prompt, then each batch of new tokens, as transformers' streamers expect)")
+        raise RuntimeError(
+            "the decode function never called streamer.put with the first token; TTFT needs it "
+            "(put the prompt, then each batch of new tokens, as transformers' streamers expect)"
+        )
     return result, Timing(seconds=seconds, first_token_seconds=streamer.first)
 
 
@@ -126,8 +130,9 @@ def add_speedups(rows: list[dict]) -> None:
     base = next((r for r in rows if r["block_size"] == 1), None)
     for row in rows:
         row["speedup"] = row["decode_tokens_per_second"] / base["decode_tokens_per_second"] if base else None
-        row["speedup_end_to_end"] = (row["end_to_end_tokens_per_second"] / base["end_to_end_tokens_per_second"]
-                                     if base else None)
+        row["speedup_end_to_end"] = (
+            row["end_to_end_tokens_per_second"] / base["end_to_end_tokens_per_second"] if base else None
+        )
 
 
 def median_ms(fn: Callable, reps: int, device: torch.device, warmup: int = 3, after: Callable | None = None) -> float:

@@ -15,9 +15,17 @@ from kernels.pdl import launch_options
 
 @triton.jit
 def _greedy_accept_kernel(
-    draft_ptr, ar_ptr, accept_len_ptr, bonus_ptr,
-    stride_db, stride_dt, stride_ab, stride_at,
-    BLOCK_LEN: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
+    draft_ptr,
+    ar_ptr,
+    accept_len_ptr,
+    bonus_ptr,
+    stride_db,
+    stride_dt,
+    stride_ab,
+    stride_at,
+    BLOCK_LEN: tl.constexpr,
+    BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """One program per sequence: the first mismatch among the K - 1 drafted positions (K - 1 if none)."""
     if USE_PDL:
@@ -56,7 +64,14 @@ def greedy_accept(draft: torch.Tensor, ar: torch.Tensor, pdl: bool = False):
     accept_len = torch.empty(batch, device=ar.device, dtype=torch.int64)
     bonus = torch.empty(batch, device=ar.device, dtype=ar.dtype)
     _greedy_accept_kernel[(batch,)](
-        draft, ar, accept_len, bonus, *draft.stride(), *ar.stride(),
-        BLOCK_LEN=block_len, BLOCK=triton.next_power_of_2(block_len), **launch_options(pdl, ar.device),
+        draft,
+        ar,
+        accept_len,
+        bonus,
+        *draft.stride(),
+        *ar.stride(),
+        BLOCK_LEN=block_len,
+        BLOCK=triton.next_power_of_2(block_len),
+        **launch_options(pdl, ar.device),
     )
     return accept_len, bonus

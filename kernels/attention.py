@@ -81,8 +81,17 @@ def _online_softmax_step(q, k_t, v, mask, m_i, l_i, acc, qk_scale, DOT_PRECISION
 
 
 @triton.jit
-def _load_query_rows(q_ptr, stride_qb, stride_qh, stride_qt, num_kv_heads,
-                     GROUP: tl.constexpr, BLOCK_LEN: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+def _load_query_rows(
+    q_ptr,
+    stride_qb,
+    stride_qh,
+    stride_qt,
+    num_kv_heads,
+    GROUP: tl.constexpr,
+    BLOCK_LEN: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     """This program's (batch, KV head, row block) and its BLOCK_M query rows g * K + i (zero padded)."""
     batch = tl.program_id(0) // num_kv_heads
     kv_head = tl.program_id(0) % num_kv_heads
@@ -98,10 +107,28 @@ def _load_query_rows(q_ptr, stride_qb, stride_qh, stride_qt, num_kv_heads,
 
 @triton.jit
 def _store_result(
-    out_ptr, o_part_ptr, m_part_ptr, l_part_ptr, acc, m_i, l_i,
-    batch, head, pos, offs_m, row_mask, offs_d, num_splits, used_splits,
-    stride_ob, stride_oh, stride_ot,
-    GROUP: tl.constexpr, BLOCK_LEN: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    out_ptr,
+    o_part_ptr,
+    m_part_ptr,
+    l_part_ptr,
+    acc,
+    m_i,
+    l_i,
+    batch,
+    head,
+    pos,
+    offs_m,
+    row_mask,
+    offs_d,
+    num_splits,
+    used_splits,
+    stride_ob,
+    stride_oh,
+    stride_ot,
+    GROUP: tl.constexpr,
+    BLOCK_LEN: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
     WRITE_FINAL: tl.constexpr,
 ):
     """Write the normalised output (single split) or this split's partial for the combine kernel.
@@ -124,18 +151,47 @@ def _store_result(
 
 @triton.jit(do_not_specialize=["ctx_len"])
 def _diffusion_attention_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, k_blk_ptr, v_blk_ptr, ctx_len,
-    out_ptr, o_part_ptr, m_part_ptr, l_part_ptr,
-    stride_qb, stride_qh, stride_qt,
-    stride_kcb, stride_kch, stride_kct,
-    stride_vcb, stride_vch, stride_vct,
-    stride_kbb, stride_kbh, stride_kbt,
-    stride_vbb, stride_vbh, stride_vbt,
-    stride_ob, stride_oh, stride_ot,
-    num_kv_heads, num_splits, qk_scale,
-    GROUP: tl.constexpr, BLOCK_LEN: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
-    LEN_ON_DEVICE: tl.constexpr, WRITE_FINAL: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    k_blk_ptr,
+    v_blk_ptr,
+    ctx_len,
+    out_ptr,
+    o_part_ptr,
+    m_part_ptr,
+    l_part_ptr,
+    stride_qb,
+    stride_qh,
+    stride_qt,
+    stride_kcb,
+    stride_kch,
+    stride_kct,
+    stride_vcb,
+    stride_vch,
+    stride_vct,
+    stride_kbb,
+    stride_kbh,
+    stride_kbt,
+    stride_vbb,
+    stride_vbh,
+    stride_vbt,
+    stride_ob,
+    stride_oh,
+    stride_ot,
+    num_kv_heads,
+    num_splits,
+    qk_scale,
+    GROUP: tl.constexpr,
+    BLOCK_LEN: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    LEN_ON_DEVICE: tl.constexpr,
+    WRITE_FINAL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """Grid (B * Hkv, row blocks, num_splits). Cache tiles [0, ctx_len) are dealt to the splits;
     split 0 also takes the K block keys. No mask between block queries and block keys."""
@@ -143,7 +199,8 @@ def _diffusion_attention_kernel(
         tl.extra.cuda.gdc_launch_dependents()  # see _verify_attention_kernel
         tl.extra.cuda.gdc_wait()  # q, the caches and the length all come from earlier kernels
     batch, kv_head, offs_m, offs_d, row_mask, head, pos, q = _load_query_rows(
-        q_ptr, stride_qb, stride_qh, stride_qt, num_kv_heads, GROUP, BLOCK_LEN, HEAD_DIM, BLOCK_M)
+        q_ptr, stride_qb, stride_qh, stride_qt, num_kv_heads, GROUP, BLOCK_LEN, HEAD_DIM, BLOCK_M
+    )
     m_i = tl.full([BLOCK_M], _M_INIT, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
@@ -171,25 +228,67 @@ def _diffusion_attention_kernel(
         m_i, l_i, acc = _online_softmax_step(q, k_t, v, blk_mask[None, :], m_i, l_i, acc, qk_scale, DOT_PRECISION)
 
     _store_result(
-        out_ptr, o_part_ptr, m_part_ptr, l_part_ptr, acc, m_i, l_i,
-        batch, head, pos, offs_m, row_mask, offs_d, num_splits, used_splits,
-        stride_ob, stride_oh, stride_ot, GROUP, BLOCK_LEN, HEAD_DIM, BLOCK_M, WRITE_FINAL,
+        out_ptr,
+        o_part_ptr,
+        m_part_ptr,
+        l_part_ptr,
+        acc,
+        m_i,
+        l_i,
+        batch,
+        head,
+        pos,
+        offs_m,
+        row_mask,
+        offs_d,
+        num_splits,
+        used_splits,
+        stride_ob,
+        stride_oh,
+        stride_ot,
+        GROUP,
+        BLOCK_LEN,
+        HEAD_DIM,
+        BLOCK_M,
+        WRITE_FINAL,
     )
 
 
 @triton.jit(do_not_specialize=["start"])
 def _verify_attention_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, start,
-    out_ptr, o_part_ptr, m_part_ptr, l_part_ptr,
-    stride_qb, stride_qh, stride_qt,
-    stride_kcb, stride_kch, stride_kct,
-    stride_vcb, stride_vch, stride_vct,
-    stride_ob, stride_oh, stride_ot,
-    num_kv_heads, num_splits, qk_scale,
-    GROUP: tl.constexpr, BLOCK_LEN: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    LEN_ON_DEVICE: tl.constexpr, WRITE_FINAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    LEN_PER_BATCH: tl.constexpr, USE_PDL: tl.constexpr,
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    start,
+    out_ptr,
+    o_part_ptr,
+    m_part_ptr,
+    l_part_ptr,
+    stride_qb,
+    stride_qh,
+    stride_qt,
+    stride_kcb,
+    stride_kch,
+    stride_kct,
+    stride_vcb,
+    stride_vch,
+    stride_vct,
+    stride_ob,
+    stride_oh,
+    stride_ot,
+    num_kv_heads,
+    num_splits,
+    qk_scale,
+    GROUP: tl.constexpr,
+    BLOCK_LEN: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    LEN_ON_DEVICE: tl.constexpr,
+    WRITE_FINAL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    LEN_PER_BATCH: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """Grid (B * Hkv, row blocks, num_splits). Cache tiles [0, start + K) are dealt to the splits;
     block query i attends to keys [0, start + i]. With LEN_PER_BATCH, batch element b starts at
@@ -201,7 +300,8 @@ def _verify_attention_kernel(
         tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()  # q, the cache (this block's keys/values too) and start come from earlier kernels
     batch, kv_head, offs_m, offs_d, row_mask, head, pos, q = _load_query_rows(
-        q_ptr, stride_qb, stride_qh, stride_qt, num_kv_heads, GROUP, BLOCK_LEN, HEAD_DIM, BLOCK_M)
+        q_ptr, stride_qb, stride_qh, stride_qt, num_kv_heads, GROUP, BLOCK_LEN, HEAD_DIM, BLOCK_M
+    )
     m_i = tl.full([BLOCK_M], _M_INIT, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
@@ -225,20 +325,55 @@ def _verify_attention_kernel(
         m_i, l_i, acc = _online_softmax_step(q, k_t, v, causal, m_i, l_i, acc, qk_scale, DOT_PRECISION)
 
     _store_result(
-        out_ptr, o_part_ptr, m_part_ptr, l_part_ptr, acc, m_i, l_i,
-        batch, head, pos, offs_m, row_mask, offs_d, num_splits, used_splits,
-        stride_ob, stride_oh, stride_ot, GROUP, BLOCK_LEN, HEAD_DIM, BLOCK_M, WRITE_FINAL,
+        out_ptr,
+        o_part_ptr,
+        m_part_ptr,
+        l_part_ptr,
+        acc,
+        m_i,
+        l_i,
+        batch,
+        head,
+        pos,
+        offs_m,
+        row_mask,
+        offs_d,
+        num_splits,
+        used_splits,
+        stride_ob,
+        stride_oh,
+        stride_ot,
+        GROUP,
+        BLOCK_LEN,
+        HEAD_DIM,
+        BLOCK_M,
+        WRITE_FINAL,
     )
 
 
 @triton.jit(do_not_specialize=["length"])
 def _combine_splits_kernel(
-    o_part_ptr, m_part_ptr, l_part_ptr, out_ptr, length,
-    stride_ob, stride_oh, stride_ot,
-    num_kv_heads, num_splits,
-    GROUP: tl.constexpr, BLOCK_LEN: tl.constexpr, HEAD_DIM: tl.constexpr, ROWS_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
-    LEN_ON_DEVICE: tl.constexpr, BLOCK_IN_CACHE: tl.constexpr, LEN_PER_BATCH: tl.constexpr, USE_PDL: tl.constexpr,
+    o_part_ptr,
+    m_part_ptr,
+    l_part_ptr,
+    out_ptr,
+    length,
+    stride_ob,
+    stride_oh,
+    stride_ot,
+    num_kv_heads,
+    num_splits,
+    GROUP: tl.constexpr,
+    BLOCK_LEN: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    ROWS_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    LEN_ON_DEVICE: tl.constexpr,
+    BLOCK_IN_CACHE: tl.constexpr,
+    LEN_PER_BATCH: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """Grid (B * Hkv, row blocks of BLOCK_R): merge the per-split partials of BLOCK_R query rows.
 
@@ -300,8 +435,9 @@ def _check_length(name: str, length, device: torch.device, hi: int):
     (whose value cannot be checked without a host sync). Returns (kernel argument, on_device)."""
     if isinstance(length, torch.Tensor):
         if length.numel() != 1 or length.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"{name} tensor must hold one int32/int64 value, "
-                             f"got shape {tuple(length.shape)} {length.dtype}")
+            raise ValueError(
+                f"{name} tensor must hold one int32/int64 value, got shape {tuple(length.shape)} {length.dtype}"
+            )
         if length.device != device:
             raise ValueError(f"{name} tensor is on {length.device} but the inputs are on {device}")
         return length, True
@@ -314,8 +450,10 @@ def _check_length(name: str, length, device: torch.device, hi: int):
 def _check_qkv(q, k_cache, v_cache, tensors: dict):
     """Shape/dtype/layout checks shared by both wrappers. Returns (B, H, K, D, Hkv, S_max)."""
     if q.dim() != 4 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
-        raise ValueError(f"expected q (B, H, K, D) and equal k/v caches (B, Hkv, S_max, D), got "
-                         f"{tuple(q.shape)}, {tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
+        raise ValueError(
+            f"expected q (B, H, K, D) and equal k/v caches (B, Hkv, S_max, D), got "
+            f"{tuple(q.shape)}, {tuple(k_cache.shape)}, {tuple(v_cache.shape)}"
+        )
     batch, heads, block_len, head_dim = q.shape
     kv_heads, max_len = k_cache.shape[1], k_cache.shape[2]
     if k_cache.shape[0] != batch or k_cache.shape[3] != head_dim:
@@ -383,8 +521,19 @@ def _outputs(q, kv_heads: int, launch: _Launch):
     return out, o_part, m_part, l_part
 
 
-def _combine(out, o_part, m_part, l_part, length, on_device: bool, block_in_cache: bool,
-             kv_heads: int, launch: _Launch, per_batch: bool = False, pdl: bool = False):
+def _combine(
+    out,
+    o_part,
+    m_part,
+    l_part,
+    length,
+    on_device: bool,
+    block_in_cache: bool,
+    kv_heads: int,
+    launch: _Launch,
+    per_batch: bool = False,
+    pdl: bool = False,
+):
     """Merge the split partials into `out` (nothing to do with one split: `out` is already written).
     per_batch: batch element b has length + b, and the rows per program are chosen as for one batch
     element (so each element is combined exactly as it would be alone)."""
@@ -398,10 +547,24 @@ def _combine(out, o_part, m_part, l_part, length, on_device: bool, block_in_cach
     while block_r > 1 and tiling_batch * kv_heads * triton.cdiv(launch.rows, block_r) < sm_count(out.device):
         block_r //= 2
     _combine_splits_kernel[(batch * kv_heads, triton.cdiv(launch.rows, block_r))](
-        o_part, m_part, l_part, out, length, *out.stride()[:3], kv_heads, launch.num_splits,
-        GROUP=launch.group, BLOCK_LEN=block_len, HEAD_DIM=head_dim, ROWS_PAD=launch.rows_pad,
-        BLOCK_N=launch.block_n, BLOCK_R=block_r, BLOCK_S=triton.next_power_of_2(launch.num_splits),
-        LEN_ON_DEVICE=on_device, BLOCK_IN_CACHE=block_in_cache, LEN_PER_BATCH=per_batch,
+        o_part,
+        m_part,
+        l_part,
+        out,
+        length,
+        *out.stride()[:3],
+        kv_heads,
+        launch.num_splits,
+        GROUP=launch.group,
+        BLOCK_LEN=block_len,
+        HEAD_DIM=head_dim,
+        ROWS_PAD=launch.rows_pad,
+        BLOCK_N=launch.block_n,
+        BLOCK_R=block_r,
+        BLOCK_S=triton.next_power_of_2(launch.num_splits),
+        LEN_ON_DEVICE=on_device,
+        BLOCK_IN_CACHE=block_in_cache,
+        LEN_PER_BATCH=per_batch,
         **launch_options(pdl, out.device),
     )
     return out
@@ -412,8 +575,9 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def diffusion_attention(q, k_cache, v_cache, ctx_len, k_blk, v_blk, scale: float, num_splits: int | None = None,
-                        pdl: bool = False):
+def diffusion_attention(
+    q, k_cache, v_cache, ctx_len, k_blk, v_blk, scale: float, num_splits: int | None = None, pdl: bool = False
+):
     """Draft-pass attention: each of the K block queries sees cache keys [0, ctx_len) and all K block keys.
 
     q: (B, H, K, D); k_cache, v_cache: (B, Hkv, S_max, D), of which the first ctx_len entries are valid
@@ -425,28 +589,61 @@ def diffusion_attention(q, k_cache, v_cache, ctx_len, k_blk, v_blk, scale: float
     Returns (B, H, K, D) in q's dtype.
     """
     batch, heads, block_len, head_dim, kv_heads, max_len = _check_qkv(
-        q, k_cache, v_cache, {"k_cache": k_cache, "v_cache": v_cache, "k_blk": k_blk, "v_blk": v_blk})
+        q, k_cache, v_cache, {"k_cache": k_cache, "v_cache": v_cache, "k_blk": k_blk, "v_blk": v_blk}
+    )
     if k_blk.shape != (batch, kv_heads, block_len, head_dim) or v_blk.shape != k_blk.shape:
-        raise ValueError(f"k_blk/v_blk must be {(batch, kv_heads, block_len, head_dim)}, "
-                         f"got {tuple(k_blk.shape)}, {tuple(v_blk.shape)}")
+        raise ValueError(
+            f"k_blk/v_blk must be {(batch, kv_heads, block_len, head_dim)}, "
+            f"got {tuple(k_blk.shape)}, {tuple(v_blk.shape)}"
+        )
     length, on_device = _check_length("ctx_len", ctx_len, q.device, max_len)
     launch = _plan(q, kv_heads, max_len if on_device else length, num_splits)
     out, o_part, m_part, l_part = _outputs(q, kv_heads, launch)
     _diffusion_attention_kernel[(batch * kv_heads, launch.rows_pad // launch.block_m, launch.num_splits)](
-        q, k_cache, v_cache, k_blk, v_blk, length, out, o_part, m_part, l_part,
-        *q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3],
-        *k_blk.stride()[:3], *v_blk.stride()[:3], *out.stride()[:3],
-        kv_heads, launch.num_splits, scale * LOG2E,
-        GROUP=launch.group, BLOCK_LEN=block_len, HEAD_DIM=head_dim,
-        BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, BLOCK_B=max(16, triton.next_power_of_2(block_len)),
-        LEN_ON_DEVICE=on_device, WRITE_FINAL=launch.num_splits == 1, DOT_PRECISION=_dot_precision(q.dtype),
-        num_warps=launch.num_warps, **launch_options(pdl, q.device),
+        q,
+        k_cache,
+        v_cache,
+        k_blk,
+        v_blk,
+        length,
+        out,
+        o_part,
+        m_part,
+        l_part,
+        *q.stride()[:3],
+        *k_cache.stride()[:3],
+        *v_cache.stride()[:3],
+        *k_blk.stride()[:3],
+        *v_blk.stride()[:3],
+        *out.stride()[:3],
+        kv_heads,
+        launch.num_splits,
+        scale * LOG2E,
+        GROUP=launch.group,
+        BLOCK_LEN=block_len,
+        HEAD_DIM=head_dim,
+        BLOCK_M=launch.block_m,
+        BLOCK_N=launch.block_n,
+        BLOCK_B=max(16, triton.next_power_of_2(block_len)),
+        LEN_ON_DEVICE=on_device,
+        WRITE_FINAL=launch.num_splits == 1,
+        DOT_PRECISION=_dot_precision(q.dtype),
+        num_warps=launch.num_warps,
+        **launch_options(pdl, q.device),
     )
     return _combine(out, o_part, m_part, l_part, length, on_device, False, kv_heads, launch, pdl=pdl)
 
 
-def verify_attention(q, k_cache, v_cache, start, scale: float, num_splits: int | None = None,
-                     per_position: bool = False, pdl: bool = False):
+def verify_attention(
+    q,
+    k_cache,
+    v_cache,
+    start,
+    scale: float,
+    num_splits: int | None = None,
+    per_position: bool = False,
+    pdl: bool = False,
+):
     """Verify-pass (AR) attention over a block already written to the cache at [start, start + K):
     block query i sees cache keys [0, start + i] (nothing beyond start + K is read).
 
@@ -466,9 +663,16 @@ def verify_attention(q, k_cache, v_cache, start, scale: float, num_splits: int |
         if q.shape[0] != 1:
             raise ValueError("per_position needs batch 1")
         positions = q.shape[2]
-        out = _verify_attention(q.permute(2, 1, 0, 3), k_cache.expand(positions, -1, -1, -1),
-                                v_cache.expand(positions, -1, -1, -1), start, scale, num_splits, per_batch=True,
-                                pdl=pdl)
+        out = _verify_attention(
+            q.permute(2, 1, 0, 3),
+            k_cache.expand(positions, -1, -1, -1),
+            v_cache.expand(positions, -1, -1, -1),
+            start,
+            scale,
+            num_splits,
+            per_batch=True,
+            pdl=pdl,
+        )
         return out.permute(2, 1, 0, 3)
     return _verify_attention(q, k_cache, v_cache, start, scale, num_splits, pdl=pdl)
 
@@ -476,17 +680,37 @@ def verify_attention(q, k_cache, v_cache, start, scale: float, num_splits: int |
 def _verify_attention(q, k_cache, v_cache, start, scale, num_splits, per_batch=False, pdl=False):
     """`verify_attention`; per_batch: batch element b starts at start + b and is tiled as if alone."""
     batch, heads, block_len, head_dim, kv_heads, max_len = _check_qkv(
-        q, k_cache, v_cache, {"k_cache": k_cache, "v_cache": v_cache})
+        q, k_cache, v_cache, {"k_cache": k_cache, "v_cache": v_cache}
+    )
     length, on_device = _check_length("start", start, q.device, max_len - block_len - (batch - 1) * per_batch)
     launch = _plan(q[:1] if per_batch else q, kv_heads, max_len if on_device else length + block_len, num_splits)
     out, o_part, m_part, l_part = _outputs(q, kv_heads, launch)
     _verify_attention_kernel[(batch * kv_heads, launch.rows_pad // launch.block_m, launch.num_splits)](
-        q, k_cache, v_cache, length, out, o_part, m_part, l_part,
-        *q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3], *out.stride()[:3],
-        kv_heads, launch.num_splits, scale * LOG2E,
-        GROUP=launch.group, BLOCK_LEN=block_len, HEAD_DIM=head_dim,
-        BLOCK_M=launch.block_m, BLOCK_N=launch.block_n,
-        LEN_ON_DEVICE=on_device, WRITE_FINAL=launch.num_splits == 1, DOT_PRECISION=_dot_precision(q.dtype),
-        LEN_PER_BATCH=per_batch, num_warps=launch.num_warps, **launch_options(pdl, q.device),
+        q,
+        k_cache,
+        v_cache,
+        length,
+        out,
+        o_part,
+        m_part,
+        l_part,
+        *q.stride()[:3],
+        *k_cache.stride()[:3],
+        *v_cache.stride()[:3],
+        *out.stride()[:3],
+        kv_heads,
+        launch.num_splits,
+        scale * LOG2E,
+        GROUP=launch.group,
+        BLOCK_LEN=block_len,
+        HEAD_DIM=head_dim,
+        BLOCK_M=launch.block_m,
+        BLOCK_N=launch.block_n,
+        LEN_ON_DEVICE=on_device,
+        WRITE_FINAL=launch.num_splits == 1,
+        DOT_PRECISION=_dot_precision(q.dtype),
+        LEN_PER_BATCH=per_batch,
+        num_warps=launch.num_warps,
+        **launch_options(pdl, q.device),
     )
     return _combine(out, o_part, m_part, l_part, length, on_device, True, kv_heads, launch, per_batch, pdl)

@@ -27,15 +27,22 @@ def add_rms_norm(x, residual, weight, eps, pdl=False):
     out = torch.empty_like(x)
     res_out = x if residual is None else torch.empty_like(x)
     _add_rms_norm_kernel[(T,)](
-        x, x if residual is None else residual, weight, out, res_out, N, eps,
-        HAS_RESIDUAL=residual is not None, BLOCK=triton.next_power_of_2(N), num_warps=4 if N <= 2048 else 8,
+        x,
+        x if residual is None else residual,
+        weight,
+        out,
+        res_out,
+        N,
+        eps,
+        HAS_RESIDUAL=residual is not None,
+        BLOCK=triton.next_power_of_2(N),
+        num_warps=4 if N <= 2048 else 8,
         **launch_options(pdl, x.device),
     )
     return out, res_out
 
 
-def qkv_norm_rope(q, k, v, q_weight, k_weight, cos_table, sin_table, start, k_dst, v_dst, dst_at_start, eps,
-                  pdl=False):
+def qkv_norm_rope(q, k, v, q_weight, k_weight, cos_table, sin_table, start, k_dst, v_dst, dst_at_start, eps, pdl=False):
     """Per-head RMSNorm of q and k, RoPE at positions start + t, k/v stored into k_dst/v_dst at rows
     start + t (the cache) or t (a block buffer). Returns q as (1, H, T, D)."""
     T, D = q.shape[0], cos_table.shape[-1]
@@ -45,10 +52,32 @@ def qkv_norm_rope(q, k, v, q_weight, k_weight, cos_table, sin_table, start, k_ds
             raise ValueError(f"{name} must be contiguous in its last dim")
     q_out = torch.empty(T, H, D, dtype=q.dtype, device=q.device)
     _qkv_norm_rope_kernel[(T,)](
-        q, k, v, q.stride(0), k.stride(0), v.stride(0), q_weight, k_weight, cos_table, sin_table, start,
-        q_out, k_dst, v_dst, k_dst.stride(1), k_dst.stride(2), v_dst.stride(1), v_dst.stride(2),
-        eps, H, Hkv, DST_AT_START=dst_at_start, HEAD_DIM=D,
-        BLOCK_H=triton.next_power_of_2(H), BLOCK_KV=triton.next_power_of_2(Hkv), num_warps=4,
+        q,
+        k,
+        v,
+        q.stride(0),
+        k.stride(0),
+        v.stride(0),
+        q_weight,
+        k_weight,
+        cos_table,
+        sin_table,
+        start,
+        q_out,
+        k_dst,
+        v_dst,
+        k_dst.stride(1),
+        k_dst.stride(2),
+        v_dst.stride(1),
+        v_dst.stride(2),
+        eps,
+        H,
+        Hkv,
+        DST_AT_START=dst_at_start,
+        HEAD_DIM=D,
+        BLOCK_H=triton.next_power_of_2(H),
+        BLOCK_KV=triton.next_power_of_2(Hkv),
+        num_warps=4,
         **launch_options(pdl, q.device),
     )
     return q_out[None].transpose(1, 2)
@@ -65,8 +94,18 @@ def silu_mul(gate, up, pdl=False):
 
 
 @triton.jit
-def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
-                         HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+def _add_rms_norm_kernel(
+    x_ptr,
+    res_ptr,
+    w_ptr,
+    out_ptr,
+    res_out_ptr,
+    n_cols,
+    eps,
+    HAS_RESIDUAL: tl.constexpr,
+    BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):
     """One row per program: residual add (rounded to the model dtype, as torch's add), RMSNorm in fp32,
     cast, then the weight product rounded again (as `weight * h.to(dtype)`)."""
     if USE_PDL:
@@ -114,10 +153,31 @@ def _norm_rope_heads(src, w_ptr, cos, sin, n_heads, eps, BLOCK_H: tl.constexpr, 
 
 @triton.jit
 def _qkv_norm_rope_kernel(
-    q_ptr, k_ptr, v_ptr, stride_q, stride_k, stride_v, qw_ptr, kw_ptr, cos_ptr, sin_ptr, start_ptr,
-    q_out_ptr, k_dst_ptr, v_dst_ptr, stride_kd_h, stride_kd_t, stride_vd_h, stride_vd_t,
-    eps, num_heads, num_kv_heads,
-    DST_AT_START: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    stride_q,
+    stride_k,
+    stride_v,
+    qw_ptr,
+    kw_ptr,
+    cos_ptr,
+    sin_ptr,
+    start_ptr,
+    q_out_ptr,
+    k_dst_ptr,
+    v_dst_ptr,
+    stride_kd_h,
+    stride_kd_t,
+    stride_vd_h,
+    stride_vd_t,
+    eps,
+    num_heads,
+    num_kv_heads,
+    DST_AT_START: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_KV: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     """One token per program. Query heads are normed, rotated and written to q_out (T, H, D); key heads

@@ -76,10 +76,27 @@ def _finish(acc, acc2, dtype: tl.constexpr, GATE_UP: tl.constexpr):
 
 @triton.jit(do_not_specialize=["M", "pf_tiles"])
 def _skinny_matmul_kernel(
-    x_ptr, w_ptr, w2_ptr, out_ptr, part_ptr, M, N, K, stride_xm, stride_wn, stride_w2n, stride_om,
-    k_tiles_per_split, pf_tiles,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GATE_UP: tl.constexpr, PARTIAL: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    w2_ptr,
+    out_ptr,
+    part_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_wn,
+    stride_w2n,
+    stride_om,
+    k_tiles_per_split,
+    pf_tiles,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GATE_UP: tl.constexpr,
+    PARTIAL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    USE_PDL: tl.constexpr,
     SWAP_AB: tl.constexpr,
 ):
     """Grid (column tiles, splits, row tiles). Split s sums K tiles [s * k_tiles_per_split, ...) and,
@@ -156,8 +173,9 @@ def _skinny_matmul_kernel(
 
 
 @triton.jit(do_not_specialize=["M"])
-def _split_sum_kernel(part_ptr, out_ptr, M, N, splits, stride_om, GATE_UP: tl.constexpr, BLOCK: tl.constexpr,
-                      USE_PDL: tl.constexpr):
+def _split_sum_kernel(
+    part_ptr, out_ptr, M, N, splits, stride_om, GATE_UP: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr
+):
     """Add the splits' partials in split order (deterministic) and finish like the one-split kernel."""
     if USE_PDL:
         # A short kernel: let the next one launch at once and load its weights meanwhile (it still
@@ -176,8 +194,9 @@ def _split_sum_kernel(part_ptr, out_ptr, M, N, splits, stride_om, GATE_UP: tl.co
     tl.store(out_ptr + (offs // N) * stride_om + offs % N, out, mask=mask)
 
 
-def skinny_matmul(x: torch.Tensor, w: torch.Tensor, config: MatmulConfig, w2: torch.Tensor | None = None,
-                  pdl: bool = False):
+def skinny_matmul(
+    x: torch.Tensor, w: torch.Tensor, config: MatmulConfig, w2: torch.Tensor | None = None, pdl: bool = False
+):
     """x (M, K) @ w (N, K)^T, or with w2: silu(x @ w^T) * (x @ w2^T). Rows of x and w contiguous in K.
     pdl: launch both kernels with Programmatic Dependent Launch (CUDA sm_90+ only, kernels/pdl.py);
     the result is bitwise the same either way."""
@@ -185,8 +204,10 @@ def skinny_matmul(x: torch.Tensor, w: torch.Tensor, config: MatmulConfig, w2: to
     N = w.shape[0]
     for name, t in (("x", x), ("w", w), ("w2", w2)):
         if t is not None and (t.dim() != 2 or t.shape[1] != K or t.stride(1) != 1 or t.dtype != x.dtype):
-            raise ValueError(f"{name}: expected (rows, {K}) contiguous in the last dim, dtype {x.dtype}; "
-                             f"got {tuple(t.shape)} {t.dtype} strides {t.stride()}")
+            raise ValueError(
+                f"{name}: expected (rows, {K}) contiguous in the last dim, dtype {x.dtype}; "
+                f"got {tuple(t.shape)} {t.dtype} strides {t.stride()}"
+            )
     if w2 is not None and w2.shape != w.shape:
         raise ValueError(f"gate {tuple(w.shape)} and up {tuple(w2.shape)} differ")
     c = config
@@ -194,23 +215,47 @@ def skinny_matmul(x: torch.Tensor, w: torch.Tensor, config: MatmulConfig, w2: to
     per_split = triton.cdiv(k_tiles, c.split_k)
     splits = triton.cdiv(k_tiles, per_split)  # no empty splits
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    part = torch.empty((2 if w2 is not None else 1) * splits * M * N, dtype=torch.float32, device=x.device) \
-        if splits > 1 else out
+    part = (
+        torch.empty((2 if w2 is not None else 1) * splits * M * N, dtype=torch.float32, device=x.device)
+        if splits > 1
+        else out
+    )
     gate_up = w2 is not None
     w2 = w if w2 is None else w2
     pdl_options = launch_options(pdl, x.device)
     grid = (triton.cdiv(N, c.block_n), splits, triton.cdiv(M, c.block_m))
     prefetch = prefetch_tiles(grid, c, per_split, (2 if gate_up else 1) * w.element_size(), x.device) if pdl else 0
     _skinny_matmul_kernel[grid](
-        x, w, w2, out, part, M, N, K, x.stride(0), w.stride(0), w2.stride(0), out.stride(0), per_split, prefetch,
-        BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, GATE_UP=gate_up, PARTIAL=splits > 1, SWAP_AB=c.swap_ab,
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=c.num_warps, num_stages=c.num_stages,
+        x,
+        w,
+        w2,
+        out,
+        part,
+        M,
+        N,
+        K,
+        x.stride(0),
+        w.stride(0),
+        w2.stride(0),
+        out.stride(0),
+        per_split,
+        prefetch,
+        BLOCK_M=c.block_m,
+        BLOCK_N=c.block_n,
+        BLOCK_K=c.block_k,
+        GATE_UP=gate_up,
+        PARTIAL=splits > 1,
+        SWAP_AB=c.swap_ab,
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        num_warps=c.num_warps,
+        num_stages=c.num_stages,
         **pdl_options,
     )
     if splits > 1:
         block = 1024
-        _split_sum_kernel[(triton.cdiv(M * N, block),)](part, out, M, N, splits, out.stride(0), GATE_UP=gate_up,
-                                                         BLOCK=block, **pdl_options)
+        _split_sum_kernel[(triton.cdiv(M * N, block),)](
+            part, out, M, N, splits, out.stride(0), GATE_UP=gate_up, BLOCK=block, **pdl_options
+        )
     return out
 
 
@@ -223,8 +268,9 @@ def prefetch_tiles(grid, config: MatmulConfig, per_split: int, bytes_per_element
     return min(per_split, PREFETCH_BYTES // (first_wave * tile_bytes))
 
 
-def candidate_configs(block_m: int, N: int, K: int, sm_count: int, gate_up: bool = False,
-                      elem_bytes: int = 2) -> list[MatmulConfig]:
+def candidate_configs(
+    block_m: int, N: int, K: int, sm_count: int, gate_up: bool = False, elem_bytes: int = 2
+) -> list[MatmulConfig]:
     """A short list to time: column tiles of 32/64/128 by K tiles of 128/256, each with the split counts
     (powers of two) that give between half a wave and two waves of programs with >= 2 K tiles per
     split, pipelined as deep as shared memory allows (<= 160 KB of `elem_bytes` values, 2 to 4 stages;
@@ -242,8 +288,11 @@ def candidate_configs(block_m: int, N: int, K: int, sm_count: int, gate_up: bool
             k_tiles, tiles_n = triton.cdiv(K, block_k), triton.cdiv(N, block_n)
             splits = [s for s in (1, 2, 4, 8, 16) if s == 1 or k_tiles // s >= 2]
             splits = [s for s in splits if sm_count // 2 <= tiles_n * s <= 2 * sm_count] or splits[:1]
-            out += [MatmulConfig(block_m, block_n, block_k, s, 4, stages, swap_ab) for s in splits
-                    for swap_ab in ((False, True) if elem_bytes == 2 and block_n >= 64 else (False,))]
+            out += [
+                MatmulConfig(block_m, block_n, block_k, s, 4, stages, swap_ab)
+                for s in splits
+                for swap_ab in ((False, True) if elem_bytes == 2 and block_n >= 64 else (False,))
+            ]
     return out
 
 
@@ -361,5 +410,7 @@ class Matmul:
     def report(cls) -> dict:
         """The four fastest candidates of every tuned (row tile, N, K, gate_up) and their times (ms);
         timings taken with PDL on are listed under the same key plus " pdl"."""
-        return {str(k[:4]) + (" pdl" if k[-1] else ""): [(round(ms, 4), str(c) if c else "cublas") for ms, c in v[:4]]
-                for k, v in cls._timed.items()}
+        return {
+            str(k[:4]) + (" pdl" if k[-1] else ""): [(round(ms, 4), str(c) if c else "cublas") for ms, c in v[:4]]
+            for k, v in cls._timed.items()
+        }

@@ -81,5 +81,6 @@ def launch_options(pdl: bool, device: torch.device) -> dict:
 def prefetch_l2(ptrs):
     """Ask L2 for the lines at `ptrs` (PTX prefetch.global.L2): no registers, no result, no fault on
     the memory model; used before gdc_wait() on weights, which no earlier kernel writes."""
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
-                              is_pure=False, pack=1)
+    tl.inline_asm_elementwise(
+        "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
+    )

@@ -1,6 +1,7 @@
 """Float64 PyTorch references for the decode kernels.
 
-Deliberately naive (explicit masks from `models/masks.py`, explicit softmax, `repeat_interleave` for GQA) so they are easy to
+Deliberately naive (explicit masks from `models/masks.py`, explicit softmax, `repeat_interleave` for GQA)
+so they are easy to
 check by eye; the Triton kernels in `kernels/attention.py` and `kernels/accept.py` are tested against them.
 """
 

@@ -58,6 +58,7 @@ def _rule_id() -> int:
 
 # --- the transform ------------------------------------------------------------------------------
 
+
 def inverse_temperature(temperature: float) -> float:
     """1 / temperature rounded to float32: scores are logits.float() times this, in PyTorch and in the
     kernels alike. A division would not do: PyTorch on CUDA divides by a scalar as a multiplication by
@@ -109,6 +110,7 @@ def log_probs_from_stats(logits: torch.Tensor, temperature: float, stats: torch.
 
 # --- random numbers -------------------------------------------------------------------------------
 
+
 def _mulhilo(a: int, b: torch.Tensor):
     """(hi, lo) 32-bit words of a * b for a 32-bit constant a and int64 tensors b holding 32-bit values,
     from two products that fit in 48 bits."""
@@ -124,7 +126,8 @@ def philox_ref(seed: int | torch.Tensor, c0, c1, c2, c3) -> torch.Tensor:
     seed = torch.as_tensor(seed, dtype=torch.int64, device=device)
     k0, k1 = seed & _U32, (seed >> 32) & _U32
     c0, c1, c2, c3 = torch.broadcast_tensors(
-        *(torch.as_tensor(c, dtype=torch.int64, device=device) & _U32 for c in (c0, c1, c2, c3)))
+        *(torch.as_tensor(c, dtype=torch.int64, device=device) & _U32 for c in (c0, c1, c2, c3))
+    )
     for _ in range(10):
         hi_b, lo_b = _mulhilo(0xCD9E8D57, c2)
         hi_a, lo_a = _mulhilo(0xD2511F53, c0)
@@ -135,7 +138,7 @@ def philox_ref(seed: int | torch.Tensor, c0, c1, c2, c3) -> torch.Tensor:
 
 def uniform_ref(seed, c0, c1, c2, c3) -> torch.Tensor:
     """float32 uniforms in (0, 1), never 0 or 1: (23 random bits + 0.5) / 2^23, as `_uniform`."""
-    return ((philox_ref(seed, c0, c1, c2, c3) >> 9).float() + 0.5) * 2.0 ** -23
+    return ((philox_ref(seed, c0, c1, c2, c3) >> 9).float() + 0.5) * 2.0**-23
 
 
 def _gumbel_ref(u):
@@ -160,9 +163,21 @@ def _log_prob(x, inv_temperature, stats_ptr, row, mask, row_mask):
 
 # --- sampling rows --------------------------------------------------------------------------------
 
+
 @triton.jit
-def _sample_rows_kernel(logits_ptr, stride, stats_ptr, rng_ptr, key_ptr, idx_ptr, V, inv_temperature,
-                        PURPOSE: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+def _sample_rows_kernel(
+    logits_ptr,
+    stride,
+    stats_ptr,
+    rng_ptr,
+    key_ptr,
+    idx_ptr,
+    V,
+    inv_temperature,
+    PURPOSE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):
     """Program (row, chunk): the best Gumbel key (s + G over kept tokens) of the chunk and its token."""
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()
@@ -204,18 +219,49 @@ def sample_rows(logits, stats, temperature: float, rng, purpose: int, *, use_tri
     chunks = triton.cdiv(V, BLOCK_V)
     keys = torch.empty(R, chunks, dtype=torch.float32, device=logits.device)
     idx = torch.empty(R, chunks, dtype=torch.int64, device=logits.device)
-    _sample_rows_kernel[(R, chunks)](logits, logits.stride(0), stats, rng, keys, idx, V, inverse_temperature(temperature),
-                                     PURPOSE=purpose, BLOCK=BLOCK_V, **launch_options(pdl, logits.device))
+    _sample_rows_kernel[(R, chunks)](
+        logits,
+        logits.stride(0),
+        stats,
+        rng,
+        keys,
+        idx,
+        V,
+        inverse_temperature(temperature),
+        PURPOSE=purpose,
+        BLOCK=BLOCK_V,
+        **launch_options(pdl, logits.device),
+    )
     return _pick(keys, idx)
 
 
 # --- acceptance and the residual ------------------------------------------------------------------
 
+
 @triton.jit
-def _accept_kernel(p_ptr, p_stride, p_stats_ptr, q_ptr, q_stride, q_stats_ptr, draft_ptr, n_drafts, rng_ptr,
-                   n_acc_ptr, key_ptr, idx_ptr, pkey_ptr, pidx_ptr, V, inv_temperature,
-                   ONE_HOT: tl.constexpr, RULE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr,
-                   USE_PDL: tl.constexpr):
+def _accept_kernel(
+    p_ptr,
+    p_stride,
+    p_stats_ptr,
+    q_ptr,
+    q_stride,
+    q_stats_ptr,
+    draft_ptr,
+    n_drafts,
+    rng_ptr,
+    n_acc_ptr,
+    key_ptr,
+    idx_ptr,
+    pkey_ptr,
+    pidx_ptr,
+    V,
+    inv_temperature,
+    ONE_HOT: tl.constexpr,
+    RULE: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):
     """Program `chunk`: every program decides the accepted length n (K - 1 scalar gathers; cheaper than
     another launch), then over its vocabulary chunk the best Gumbel key of the residual
     max(0, p_n - q_n) (q = 0 when n = n_drafts) and, as a fallback for an all-zero residual, of p_n."""
@@ -229,13 +275,29 @@ def _accept_kernel(p_ptr, p_stride, p_stats_ptr, q_ptr, q_stride, q_stats_ptr, d
     i = tl.arange(0, BLOCK_D)
     in_d = i < n_drafts
     d = tl.load(draft_ptr + i, mask=in_d, other=0)
-    p_d = tl.exp(_log_prob(tl.load(p_ptr + i.to(tl.int64) * p_stride + d, mask=in_d, other=0.0), inv_temperature,
-                           p_stats_ptr, i, in_d, in_d))
+    p_d = tl.exp(
+        _log_prob(
+            tl.load(p_ptr + i.to(tl.int64) * p_stride + d, mask=in_d, other=0.0),
+            inv_temperature,
+            p_stats_ptr,
+            i,
+            in_d,
+            in_d,
+        )
+    )
     if ONE_HOT:
         q_d = tl.full((BLOCK_D,), 1.0, tl.float32)
     else:
-        q_d = tl.exp(_log_prob(tl.load(q_ptr + i.to(tl.int64) * q_stride + d, mask=in_d, other=0.0), inv_temperature,
-                               q_stats_ptr, i, in_d, in_d))
+        q_d = tl.exp(
+            _log_prob(
+                tl.load(q_ptr + i.to(tl.int64) * q_stride + d, mask=in_d, other=0.0),
+                inv_temperature,
+                q_stats_ptr,
+                i,
+                in_d,
+                in_d,
+            )
+        )
     keep = _uniform(seed, i, 0, it, 1) * q_d < p_d
     if RULE == 1:  # broken: accept every draft
         keep = in_d
@@ -248,15 +310,29 @@ def _accept_kernel(p_ptr, p_stride, p_stats_ptr, q_ptr, q_stride, q_stats_ptr, d
     has_q = n < n_drafts
     t = chunk * BLOCK + tl.arange(0, BLOCK)
     mask = t < V
-    lp = _log_prob(tl.load(p_ptr + n.to(tl.int64) * p_stride + t, mask=mask, other=0.0), inv_temperature,
-                   p_stats_ptr, n, mask, n >= 0)
+    lp = _log_prob(
+        tl.load(p_ptr + n.to(tl.int64) * p_stride + t, mask=mask, other=0.0),
+        inv_temperature,
+        p_stats_ptr,
+        n,
+        mask,
+        n >= 0,
+    )
     p = tl.exp(lp)
     q_mask = mask & (tl.zeros_like(t) + n < n_drafts)  # a block-shaped mask (the interpreter rejects scalar & block)
     if ONE_HOT:
         q = tl.where(q_mask & (t == tl.load(draft_ptr + n, mask=has_q, other=-1)), 1.0, 0.0)
     else:
-        q = tl.exp(_log_prob(tl.load(q_ptr + n.to(tl.int64) * q_stride + t, mask=q_mask, other=0.0),
-                             inv_temperature, q_stats_ptr, n, q_mask, has_q))
+        q = tl.exp(
+            _log_prob(
+                tl.load(q_ptr + n.to(tl.int64) * q_stride + t, mask=q_mask, other=0.0),
+                inv_temperature,
+                q_stats_ptr,
+                n,
+                q_mask,
+                has_q,
+            )
+        )
     r = tl.maximum(p - q, 0.0)
     if RULE == 2:  # broken: emit a sample of q (p after the last draft)
         r = tl.where(has_q, q, p)
@@ -307,8 +383,9 @@ def _accept_ref(p_logits, p_stats, q_logits, q_stats, draft, temperature, rng, o
     return n, key[None], (lp + g)[None]
 
 
-def accept(p_logits, p_stats, q_logits, q_stats, draft, temperature: float, rng, *, use_triton: bool,
-           pdl: bool = False):
+def accept(
+    p_logits, p_stats, q_logits, q_stats, draft, temperature: float, rng, *, use_triton: bool, pdl: bool = False
+):
     """Speculative rejection sampling of one block, on the device.
 
     p_logits (K, V) and p_stats: the AR view's rows; draft (K - 1,) tokens; q_logits (K - 1, V) and
@@ -333,9 +410,27 @@ def accept(p_logits, p_stats, q_logits, q_stats, draft, temperature: float, rng,
         idx, cidx = (torch.empty(1, chunks, dtype=torch.int64, device=dev) for _ in range(2))
         q, qs = (p_logits, p_stats) if one_hot else (q_logits, q_stats)
         _accept_kernel[(chunks,)](
-            p_logits, p_logits.stride(0), p_stats, q, q.stride(0), qs, draft, n_drafts, rng, n, keys, idx, pkeys, cidx,
-            V, inverse_temperature(temperature), ONE_HOT=one_hot, RULE=rule, BLOCK_D=triton.next_power_of_2(max(n_drafts, 1)),
-            BLOCK=BLOCK_V, **launch_options(pdl, dev),
+            p_logits,
+            p_logits.stride(0),
+            p_stats,
+            q,
+            q.stride(0),
+            qs,
+            draft,
+            n_drafts,
+            rng,
+            n,
+            keys,
+            idx,
+            pkeys,
+            cidx,
+            V,
+            inverse_temperature(temperature),
+            ONE_HOT=one_hot,
+            RULE=rule,
+            BLOCK_D=triton.next_power_of_2(max(n_drafts, 1)),
+            BLOCK=BLOCK_V,
+            **launch_options(pdl, dev),
         )
     # the residual is all zero only when p_n == q_n to the last bit, where a rejection cannot happen
     token = torch.where(keys.amax(-1) > float("-inf"), _pick(keys, idx), _pick(pkeys, cidx))

@@ -53,10 +53,16 @@ def load_orthrus(
         block_size = meta.get("block_size") or getattr(source_config, "block_size", None)
     overrides = {
         "block_size": block_size,
-        "mask_token_id": mask_token_id if mask_token_id is not None else meta.get("mask_token_id", getattr(source_config, "mask_token_id", None)),
+        "mask_token_id": mask_token_id
+        if mask_token_id is not None
+        else meta.get("mask_token_id", getattr(source_config, "mask_token_id", None)),
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    fields = {k: v for k, v in source_config.to_dict().items() if k not in ("model_type", "transformers_version", "architectures", "auto_map")}
+    fields = {
+        k: v
+        for k, v in source_config.to_dict().items()
+        if k not in ("model_type", "transformers_version", "architectures", "auto_map")
+    }
     config = OrthrusConfig(**{**fields, **overrides})
     # A plain Qwen3 checkpoint has no diffusion tensors; transformers reports them as missing,
     # which is expected here: they are set from the AR view right after.
@@ -78,7 +84,7 @@ def load_orthrus(
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto": the first CUDA device when there is one, else the CPU; anything else as given."""
+    """ "auto": the first CUDA device when there is one, else the CPU; anything else as given."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -135,8 +141,10 @@ def load_diffusion_view(model: OrthrusForCausalLM, path: str | os.PathLike) -> N
     try:
         state = load_file(str(file))
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"diffusion view {file} is not a readable safetensors file ({err}): it is truncated or "
-                         "not a diffusion view; re-export it (save_diffusion_view) or pass the right file") from None
+        raise ValueError(
+            f"diffusion view {file} is not a readable safetensors file ({err}): it is truncated or "
+            "not a diffusion view; re-export it (save_diffusion_view) or pass the right file"
+        ) from None
     expected = diffusion_state_dict(model)
     missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
     if missing or unexpected:
@@ -147,7 +155,9 @@ def load_diffusion_view(model: OrthrusForCausalLM, path: str | os.PathLike) -> N
         )
     for name, tensor in state.items():
         if tensor.shape != expected[name].shape:
-            raise ValueError(f"{file}: {name} has shape {tuple(tensor.shape)}, model expects {tuple(expected[name].shape)}")
+            raise ValueError(
+                f"{file}: {name} has shape {tuple(tensor.shape)}, model expects {tuple(expected[name].shape)}"
+            )
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in state.items():
@@ -187,8 +197,11 @@ def save_base(model: OrthrusForCausalLM, folder: str | os.PathLike, tokenizer=No
     """The AR view alone as a plain Qwen3 checkpoint (model_type "qwen3"), e.g. a pretrained base."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    fields = {k: v for k, v in model.config.to_dict().items()
-              if k not in ("model_type", "block_size", "mask_token_id", "architectures", "transformers_version")}
+    fields = {
+        k: v
+        for k, v in model.config.to_dict().items()
+        if k not in ("model_type", "block_size", "mask_token_id", "architectures", "transformers_version")
+    }
     with torch.device("meta"):
         base = Qwen3ForCausalLM(Qwen3Config(**fields))
     state = {k: v for k, v in model.state_dict().items() if not is_diffusion_param(k)}

@@ -96,8 +96,11 @@ class _AttnWeights:
         def w(name):
             return getattr(attn, name + view).weight
 
-        self.qkv = (torch.cat([w("q_proj"), w("k_proj"), w("v_proj")]),) if fuse_qkv else (
-            w("q_proj"), w("k_proj"), w("v_proj"))
+        self.qkv = (
+            (torch.cat([w("q_proj"), w("k_proj"), w("v_proj")]),)
+            if fuse_qkv
+            else (w("q_proj"), w("k_proj"), w("v_proj"))
+        )
         self.q_norm, self.k_norm, self.o = w("q_norm"), w("k_norm"), w("o_proj")
 
 
@@ -131,9 +134,18 @@ class OrthrusEngine:
       Triton's interpreter); True where that does not hold is a ValueError.
     """
 
-    def __init__(self, model: OrthrusForCausalLM, max_seq_len: int, *, backend: str | None = None,
-                 cuda_graphs: bool | None = None, fuse_qkv: bool = False, matmul: str | None = None,
-                 batch_invariant: bool = False, pdl: bool | None = None):
+    def __init__(
+        self,
+        model: OrthrusForCausalLM,
+        max_seq_len: int,
+        *,
+        backend: str | None = None,
+        cuda_graphs: bool | None = None,
+        fuse_qkv: bool = False,
+        matmul: str | None = None,
+        batch_invariant: bool = False,
+        pdl: bool | None = None,
+    ):
         config = model.config
         _check_supported(model)
         self.model, self.config = model, config
@@ -149,8 +161,13 @@ class OrthrusEngine:
         self.batch_invariant = batch_invariant
         self.pdl = _resolve_pdl(pdl, backend, self.device)
         if matmul is None:
-            matmul = "invariant" if batch_invariant else "auto" if backend == "triton" and self.device.type == "cuda" \
+            matmul = (
+                "invariant"
+                if batch_invariant
+                else "auto"
+                if backend == "triton" and self.device.type == "cuda"
                 else "torch"
+            )
         self.mm = Matmul(matmul, lambda gate, up: self.ops.silu_mul(gate, up, pdl=self.pdl), pdl=self.pdl)
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if self.cuda_graphs and self.device.type != "cuda":
@@ -161,13 +178,16 @@ class OrthrusEngine:
         self.head_dim, self.scale, self.eps = attn.head_dim, attn.scaling, config.rms_norm_eps
         with torch.no_grad():
             self.layers = [_LayerWeights(layer, fuse_qkv) for layer in model.model.layers]
-            self.fused_weight_bytes = sum(
-                t.numel() * t.element_size() for lw in self.layers for v in (lw.ar, lw.diff) for t in v.qkv
-            ) if fuse_qkv else 0
+            self.fused_weight_bytes = (
+                sum(t.numel() * t.element_size() for lw in self.layers for v in (lw.ar, lw.diff) for t in v.qkv)
+                if fuse_qkv
+                else 0
+            )
             self.embed, self.final_norm = model.model.embed_tokens.weight, model.model.norm.weight
             self.lm_head = model.lm_head.weight
-            self.cache = StaticKVCache(config.num_hidden_layers, self.num_kv_heads, max_seq_len, self.head_dim,
-                                       self.dtype, self.device)
+            self.cache = StaticKVCache(
+                config.num_hidden_layers, self.num_kv_heads, max_seq_len, self.head_dim, self.dtype, self.device
+            )
             # RoPE tables from the model's own rotary module: the same values `transformers` uses.
             positions = torch.arange(max_seq_len, device=self.device)[None]
             cos, sin = model.model.rotary_emb(self.embed[:1], positions)
@@ -201,14 +221,23 @@ class OrthrusEngine:
                 v_dst = torch.empty_like(k_dst)
             else:
                 k_dst, v_dst = cache.keys(i), cache.values(i)
-            q = ops.qkv_norm_rope(q, k, v, w.q_norm, w.k_norm, self.cos, self.sin, self.start, k_dst, v_dst,
-                                  not draft, self.eps, pdl=pdl)
+            q = ops.qkv_norm_rope(
+                q, k, v, w.q_norm, w.k_norm, self.cos, self.sin, self.start, k_dst, v_dst, not draft, self.eps, pdl=pdl
+            )
             if draft:
-                o = ops.diffusion_attention(q, cache.keys(i), cache.values(i), self.start, k_dst, v_dst, self.scale,
-                                            pdl=pdl)
+                o = ops.diffusion_attention(
+                    q, cache.keys(i), cache.values(i), self.start, k_dst, v_dst, self.scale, pdl=pdl
+                )
             else:
-                o = ops.verify_attention(q, cache.keys(i), cache.values(i), self.start, self.scale,
-                                         per_position=self.batch_invariant, pdl=pdl)
+                o = ops.verify_attention(
+                    q,
+                    cache.keys(i),
+                    cache.values(i),
+                    self.start,
+                    self.scale,
+                    per_position=self.batch_invariant,
+                    pdl=pdl,
+                )
             x = self.mm.linear(o.transpose(1, 2).reshape(T, -1), w.o)
             h, residual = ops.add_rms_norm(x, residual, lw.post_norm, self.eps, pdl=pdl)
             x = self.mm.linear(self.mm.gate_up(h, lw.gate, lw.up), lw.down)
@@ -222,7 +251,7 @@ class OrthrusEngine:
             return tuple(self.mm.linear(h, m) for m in w.qkv)
         qkv = self.mm.linear(h, w.qkv[0])
         nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        return qkv[:, :nq], qkv[:, nq:nq + nkv], qkv[:, nq + nkv:]
+        return qkv[:, :nq], qkv[:, nq : nq + nkv], qkv[:, nq + nkv :]
 
     @torch.no_grad()
     def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
@@ -237,7 +266,7 @@ class OrthrusEngine:
         L = prompt.shape[0]
         logits = None
         for lo in range(0, L, PREFILL_CHUNK):
-            chunk = prompt[lo:lo + PREFILL_CHUNK]
+            chunk = prompt[lo : lo + PREFILL_CHUNK]
             n = chunk.shape[0]
             padded = min(max(16, 1 << (n - 1).bit_length()), self.cache.max_seq_len - lo)
             chunk = F.pad(chunk, (0, padded - n), value=self.config.mask_token_id)
@@ -287,8 +316,10 @@ class OrthrusEngine:
         L = input_ids.shape[1]
         need = max(L, L + max_new_tokens + K - 2)
         if need > self.cache.max_seq_len:
-            raise ValueError(f"prompt {L} + max_new_tokens {max_new_tokens} with block_size {K} needs {need} cache "
-                             f"rows; this engine has max_seq_len={self.cache.max_seq_len}. Build it with a larger one.")
+            raise ValueError(
+                f"prompt {L} + max_new_tokens {max_new_tokens} with block_size {K} needs {need} cache "
+                f"rows; this engine has max_seq_len={self.cache.max_seq_len}. Build it with a larger one."
+            )
         steps = self.steps(K)
         sampler = None if sampling.greedy else steps.sampler(sampling, drafts)
         stopper = Stopper(_eos_ids(self.model, eos_token_id), stop_strings, tokenizer)
@@ -334,11 +365,14 @@ class OrthrusEngine:
         rows = L  # the device's `start` after the iterations read so far
         while not finished():
             # Launch ahead while every launched iteration may still be needed and fits the cache.
-            while (len(reader) < IN_FLIGHT and len(out) + len(reader) < max_new_tokens
-                   and rows + (len(reader) + 1) * K <= self.cache.max_seq_len):
+            while (
+                len(reader) < IN_FLIGHT
+                and len(out) + len(reader) < max_new_tokens
+                and rows + (len(reader) + 1) * K <= self.cache.max_seq_len
+            ):
                 launch()
             packed = reader.pop()  # [n_acc, tokens (K)]: the iteration's one read-back
-            n_acc, tokens = packed[0], packed[1:packed[0] + 2]
+            n_acc, tokens = packed[0], packed[1 : packed[0] + 2]
             rows += n_acc + 1
             result.accepted.append(n_acc)
             result.proposed.append(K)  # always the whole block: emitted tokens are clipped instead
@@ -477,26 +511,51 @@ class _Sampler:
     def first_token(self, logits: torch.Tensor) -> torch.Tensor:
         """The prefill's token: one draw from p (eager; once per request)."""
         e = self.steps.engine
-        return kernels.sample.sample_rows(logits, self._stats(logits), self.params.temperature, e.rng,
-                                          kernels.sample.FIRST, use_triton=self.triton, pdl=e.pdl)
+        return kernels.sample.sample_rows(
+            logits,
+            self._stats(logits),
+            self.params.temperature,
+            e.rng,
+            kernels.sample.FIRST,
+            use_triton=self.triton,
+            pdl=e.pdl,
+        )
 
     def _draft(self):
         e, steps = self.steps.engine, self.steps
         logits = steps._outputs["draft"]
         self.q_stats = self._stats(logits)
-        steps.block[1:].copy_(kernels.sample.sample_rows(logits, self.q_stats, self.params.temperature, e.rng,
-                                                         kernels.sample.DRAFT, use_triton=self.triton, pdl=e.pdl))
+        steps.block[1:].copy_(
+            kernels.sample.sample_rows(
+                logits,
+                self.q_stats,
+                self.params.temperature,
+                e.rng,
+                kernels.sample.DRAFT,
+                use_triton=self.triton,
+                pdl=e.pdl,
+            )
+        )
         return steps.block
 
     def _accept(self):
         e, steps = self.steps.engine, self.steps
         p_logits = steps._outputs["verify"]
         q_logits, q_stats = (steps._outputs["draft"], self.q_stats) if self.sampled_drafts else (None, None)
-        n, token = kernels.sample.accept(p_logits, self._stats(p_logits), q_logits, q_stats, steps.block[1:],
-                                         self.params.temperature, e.rng, use_triton=self.triton, pdl=e.pdl)
+        n, token = kernels.sample.accept(
+            p_logits,
+            self._stats(p_logits),
+            q_logits,
+            q_stats,
+            steps.block[1:],
+            self.params.temperature,
+            e.rng,
+            use_triton=self.triton,
+            pdl=e.pdl,
+        )
         packed = steps.packed
         packed[:1].copy_(n)
-        packed[1:steps.K].copy_(steps.block[1:])
+        packed[1 : steps.K].copy_(steps.block[1:])
         packed.scatter_(0, n + 1, token)
         e.start.add_(n + 1)
         e.last.copy_(token)
@@ -557,8 +616,10 @@ def _resolve_pdl(pdl: bool | None, backend: str, device: torch.device) -> bool:
     if pdl is None:
         return reason is None
     if pdl and reason is not None:
-        raise ValueError(f"pdl=True needs the Triton backend on a CUDA GPU of compute capability >= 9.0, but {reason}. "
-                         "Pass pdl=False, or leave pdl=None to use it only where it is supported.")
+        raise ValueError(
+            f"pdl=True needs the Triton backend on a CUDA GPU of compute capability >= 9.0, but {reason}. "
+            "Pass pdl=False, or leave pdl=None to use it only where it is supported."
+        )
     return bool(pdl)
 
 
@@ -572,8 +633,10 @@ def _check_supported(model: OrthrusForCausalLM) -> None:
         problems.append(f"hidden_act={c.hidden_act!r} (the engine's MLP is SwiGLU)")
     rope_type = (getattr(c, "rope_parameters", None) or {}).get("rope_type", "default")
     if rope_type in ("dynamic", "longrope"):
-        problems.append(f"rope_type={rope_type!r} (its frequencies depend on the sequence length; the engine "
-                        "precomputes one RoPE table)")
+        problems.append(
+            f"rope_type={rope_type!r} (its frequencies depend on the sequence length; the engine "
+            "precomputes one RoPE table)"
+        )
     dtypes = {p.dtype for p in model.parameters()}
     if len(dtypes) != 1:
         problems.append(f"mixed parameter dtypes {sorted(map(str, dtypes))}; cast the model to one dtype")

@@ -32,8 +32,9 @@ class TorchOps:
         return _rms_norm(x, weight, eps), x
 
     @staticmethod
-    def qkv_norm_rope(q, k, v, q_weight, k_weight, cos_table, sin_table, start, k_dst, v_dst, dst_at_start, eps,
-                      pdl=False):
+    def qkv_norm_rope(
+        q, k, v, q_weight, k_weight, cos_table, sin_table, start, k_dst, v_dst, dst_at_start, eps, pdl=False
+    ):
         """Per-head RMSNorm of q and k, RoPE at positions start + t, and k/v stored into k_dst/v_dst
         at rows start + t (the cache) or t (a block buffer). q: (T, H*D), k, v: (T, Hkv*D), any row
         stride. Returns q as (1, H, T, D)."""

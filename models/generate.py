@@ -237,8 +237,10 @@ def check_request(input_ids: torch.LongTensor, max_new_tokens: int, block_size: 
     if block_size is None:
         block_size = config.block_size
     if block_size < 1:
-        raise ValueError(f"block_size={block_size} must be >= 1 (1 = plain AR decoding; None = the checkpoint's "
-                         f"K={config.block_size})")
+        raise ValueError(
+            f"block_size={block_size} must be >= 1 (1 = plain AR decoding; None = the checkpoint's "
+            f"K={config.block_size})"
+        )
     need, positions = input_ids.shape[1] + max_new_tokens, config.max_position_embeddings
     if need > positions:
         raise ValueError(

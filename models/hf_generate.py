@@ -27,11 +27,30 @@ logger = logging.getLogger(__name__)
 # Call arguments that are not generation-config fields.
 _CALL_ARGS = ("attention_mask", "tokenizer", "block_size", "generator", "streamer", "generation_config")
 # Generation-config fields Orthrus decoding honours (the rest must keep transformers' defaults).
-_CONFIG_ARGS = ("max_new_tokens", "max_length", "do_sample", "temperature", "top_k", "top_p", "eos_token_id",
-                "pad_token_id", "bos_token_id", "stop_strings", "return_dict_in_generate", "use_cache")
+_CONFIG_ARGS = (
+    "max_new_tokens",
+    "max_length",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "eos_token_id",
+    "pad_token_id",
+    "bos_token_id",
+    "stop_strings",
+    "return_dict_in_generate",
+    "use_cache",
+)
 # Defaults that change nothing when Orthrus cannot honour them (beam-search-only or assistant settings).
-_INERT = ("early_stopping", "length_penalty", "num_assistant_tokens", "num_assistant_tokens_schedule",
-          "assistant_confidence_threshold", "assistant_lookbehind", "target_lookbehind")
+_INERT = (
+    "early_stopping",
+    "length_penalty",
+    "num_assistant_tokens",
+    "num_assistant_tokens_schedule",
+    "assistant_confidence_threshold",
+    "assistant_lookbehind",
+    "target_lookbehind",
+)
 
 
 @dataclass
@@ -55,32 +74,50 @@ def orthrus_generate(model, inputs: torch.LongTensor | None = None, **kwargs):
     fields = GenerationConfig().to_dict()
     unknown = sorted(k for k in kwargs if k not in _CALL_ARGS and k not in fields)
     if unknown:
-        raise ValueError(f"OrthrusForCausalLM.generate does not support {unknown}: Orthrus decoding takes "
-                         f"{sorted(_CONFIG_ARGS + _CALL_ARGS)}. For the plain base model's generate with every "
-                         "transformers option, call transformers.GenerationMixin.generate(model, ...).")
+        raise ValueError(
+            f"OrthrusForCausalLM.generate does not support {unknown}: Orthrus decoding takes "
+            f"{sorted(_CONFIG_ARGS + _CALL_ARGS)}. For the plain base model's generate with every "
+            "transformers option, call transformers.GenerationMixin.generate(model, ...)."
+        )
     call = {k: kwargs.pop(k) for k in _CALL_ARGS if k in kwargs}
     config = copy.deepcopy(call.pop("generation_config", None) or model.generation_config)
     config.update(**kwargs)
     _check_config(config)
     mask = call.pop("attention_mask", None)
     if inputs.dim() != 2 or inputs.shape[0] != 1 or (mask is not None and not bool(mask.all())):
-        raise ValueError(f"Orthrus decoding takes one unpadded sequence (input_ids of shape (1, L)); got shape "
-                         f"{tuple(inputs.shape)}{' with padding' if mask is not None and not mask.all() else ''}: "
-                         "decode the rows one at a time.")
+        raise ValueError(
+            f"Orthrus decoding takes one unpadded sequence (input_ids of shape (1, L)); got shape "
+            f"{tuple(inputs.shape)}{' with padding' if mask is not None and not mask.all() else ''}: "
+            "decode the rows one at a time."
+        )
     defaults = GenerationConfig._get_default_generation_params()
     if config.max_new_tokens is not None:
         max_new = config.max_new_tokens
     else:
         max_new = (config.max_length or defaults["max_length"]) - inputs.shape[1]
     _announce(model)
-    result = generate(model, inputs, max_new, block_size=call.get("block_size"), sampling=_sampling(config, defaults),
-                      eos_token_id=config.eos_token_id, generator=call.get("generator"),
-                      streamer=call.get("streamer"), stop_strings=config.stop_strings, tokenizer=call.get("tokenizer"))
+    result = generate(
+        model,
+        inputs,
+        max_new,
+        block_size=call.get("block_size"),
+        sampling=_sampling(config, defaults),
+        eos_token_id=config.eos_token_id,
+        generator=call.get("generator"),
+        streamer=call.get("streamer"),
+        stop_strings=config.stop_strings,
+        tokenizer=call.get("tokenizer"),
+    )
     if not config.return_dict_in_generate:
         return result.sequences
-    return OrthrusGenerateOutput(sequences=result.sequences, tpf=result.tpf, acceptance_length=result.acceptance_length,
-                                 tokens_per_iteration=result.tokens_per_iteration, accepted=result.accepted,
-                                 emitted=result.emitted)
+    return OrthrusGenerateOutput(
+        sequences=result.sequences,
+        tpf=result.tpf,
+        acceptance_length=result.acceptance_length,
+        tokens_per_iteration=result.tokens_per_iteration,
+        accepted=result.accepted,
+        emitted=result.emitted,
+    )
 
 
 def _check_config(config: GenerationConfig) -> None:
@@ -89,14 +126,26 @@ def _check_config(config: GenerationConfig) -> None:
         value = getattr(config, key, None)
         if key in _CONFIG_ARGS or key in _INERT or value is None or value == default:
             continue
-        raise ValueError(f"generation setting {key}={value!r} is not supported by Orthrus decoding (it would "
-                         f"change the output); use {key}={default!r}, or transformers.GenerationMixin.generate(model, "
-                         "...) for the plain base model")
-    for key in ("min_p", "min_new_tokens", "output_scores", "output_logits", "output_attentions",
-                "output_hidden_states", "watermarking_config", "cache_implementation"):
+        raise ValueError(
+            f"generation setting {key}={value!r} is not supported by Orthrus decoding (it would "
+            f"change the output); use {key}={default!r}, or transformers.GenerationMixin.generate(model, "
+            "...) for the plain base model"
+        )
+    for key in (
+        "min_p",
+        "min_new_tokens",
+        "output_scores",
+        "output_logits",
+        "output_attentions",
+        "output_hidden_states",
+        "watermarking_config",
+        "cache_implementation",
+    ):
         if getattr(config, key, None) not in (None, False):
-            raise ValueError(f"generation setting {key}={getattr(config, key)!r} is not supported by Orthrus "
-                             "decoding; unset it, or use transformers.GenerationMixin.generate(model, ...)")
+            raise ValueError(
+                f"generation setting {key}={getattr(config, key)!r} is not supported by Orthrus "
+                "decoding; unset it, or use transformers.GenerationMixin.generate(model, ...)"
+            )
 
 
 def _sampling(config: GenerationConfig, defaults: dict) -> SamplingParams:
@@ -113,5 +162,8 @@ def _sampling(config: GenerationConfig, defaults: dict) -> SamplingParams:
 def _announce(model) -> None:
     if not getattr(model, "_orthrus_announced", False):
         model._orthrus_announced = True
-        logger.info("OrthrusForCausalLM.generate: Orthrus decoding (diffusion-view drafts of K=%d tokens verified "
-                    "by the AR view): the output is the base model's, losslessly", model.config.block_size)
+        logger.info(
+            "OrthrusForCausalLM.generate: Orthrus decoding (diffusion-view drafts of K=%d tokens verified "
+            "by the AR view): the output is the base model's, losslessly",
+            model.config.block_size,
+        )

@@ -19,12 +19,30 @@ _COMMON = dict(
 )
 
 QWEN3_SHAPES: dict[str, dict] = {
-    "qwen3_1.7b": dict(_COMMON, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
-                       num_attention_heads=16, tie_word_embeddings=True),
-    "qwen3_4b": dict(_COMMON, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
-                     num_attention_heads=32, tie_word_embeddings=True),
-    "qwen3_8b": dict(_COMMON, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-                     num_attention_heads=32, tie_word_embeddings=False),
+    "qwen3_1.7b": dict(
+        _COMMON,
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        tie_word_embeddings=True,
+    ),
+    "qwen3_4b": dict(
+        _COMMON,
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        tie_word_embeddings=True,
+    ),
+    "qwen3_8b": dict(
+        _COMMON,
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        tie_word_embeddings=False,
+    ),
 }
 
 

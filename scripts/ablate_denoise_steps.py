@@ -1,7 +1,8 @@
 """Decode-time ablation: single-step vs multi-step denoising of the draft (orthrus-small, CPU).
 
 The paper (arXiv 2605.12825) reports single-step denoising at TPF 6.35 against 3.53 for multi-step,
-in TPF units (tokens / all forward passes: the multi-step arm pays for its extra draft passes). Here the shipped small model drafts each block in S diffusion
+in TPF units (tokens / all forward passes: the multi-step arm pays for its extra draft passes). Here the
+shipped small model drafts each block in S diffusion
 passes (`generate(..., denoise_steps=S)`, confidence-ordered unmasking) and is decoded greedily;
 greedy output is the base model's whatever S, so exact match vs S=1 must be 1.0.
 
@@ -30,8 +31,11 @@ from models.generate import generate
 
 def paper_tpf() -> dict[str, float]:
     numbers = json.loads((REPO_ROOT / "eval/paper_numbers.json").read_text())["numbers"]
-    return {n["method"].rsplit("_", 2)[-2]: n["value"] for n in numbers
-            if n["method"] in ("orthrus_ablation_single_step", "orthrus_ablation_multi_step")}
+    return {
+        n["method"].rsplit("_", 2)[-2]: n["value"]
+        for n in numbers
+        if n["method"] in ("orthrus_ablation_single_step", "orthrus_ablation_multi_step")
+    }
 
 
 def main(argv=None):
@@ -50,10 +54,15 @@ def main(argv=None):
 
     model = load_orthrus(str(art / "base"), str(art / "diffusion"), dtype=torch.float32, device="cpu").eval()
     tok = load_tokenizer(str(art / "tokenizer"))
-    sets = {"humaneval": PromptSpec(source="humaneval"),
-            "heldout": PromptSpec(source="jsonl", path=str(art / "heldout_prompts.jsonl"))}
-    prompts = [(name, encode_prompt(tok, p.text, chat_template=False))
-               for name, spec in sets.items() for p in load_prompts(spec, args.n)]
+    sets = {
+        "humaneval": PromptSpec(source="humaneval"),
+        "heldout": PromptSpec(source="jsonl", path=str(art / "heldout_prompts.jsonl")),
+    }
+    prompts = [
+        (name, encode_prompt(tok, p.text, chat_template=False))
+        for name, spec in sets.items()
+        for p in load_prompts(spec, args.n)
+    ]
 
     runs = {}
     for S in steps:
@@ -61,9 +70,17 @@ def main(argv=None):
         for name, ids in prompts:
             t = time.perf_counter()
             r = generate(model, torch.tensor([ids]), args.max_new_tokens, block_size=args.block_size, denoise_steps=S)
-            rows.append({"set": name, "tokens": r.new_tokens.tolist(), "emitted": sum(r.emitted),
-                         "iterations": len(r.emitted), "forwards": r.ar_forwards + r.diffusion_forwards,
-                         "new": r.num_new_tokens, "seconds": time.perf_counter() - t})
+            rows.append(
+                {
+                    "set": name,
+                    "tokens": r.new_tokens.tolist(),
+                    "emitted": sum(r.emitted),
+                    "iterations": len(r.emitted),
+                    "forwards": r.ar_forwards + r.diffusion_forwards,
+                    "new": r.num_new_tokens,
+                    "seconds": time.perf_counter() - t,
+                }
+            )
         runs[S] = (rows, time.perf_counter() - t0)
         print(f"S={S}: {runs[S][1]:.1f} s", flush=True)
 
@@ -73,21 +90,32 @@ def main(argv=None):
         for subset in ("all", *sets):
             sel = [r for r in rows if subset == "all" or r["set"] == subset]
             match = [r["tokens"] == ref[i] for i, r in enumerate(rows) if subset == "all" or r["set"] == subset]
-            results.append({
-                "denoise_steps": S, "prompts": subset, "n": len(sel),
-                "tokens_per_iteration": sum(r["emitted"] for r in sel) / sum(r["iterations"] for r in sel),
-                "tokens_per_forward": sum(r["new"] for r in sel) / sum(r["forwards"] for r in sel),
-                "exact_match_vs_s1": sum(match) / len(match),
-                "wall_s": sum(r["seconds"] for r in sel),
-            })
+            results.append(
+                {
+                    "denoise_steps": S,
+                    "prompts": subset,
+                    "n": len(sel),
+                    "tokens_per_iteration": sum(r["emitted"] for r in sel) / sum(r["iterations"] for r in sel),
+                    "tokens_per_forward": sum(r["new"] for r in sel) / sum(r["forwards"] for r in sel),
+                    "exact_match_vs_s1": sum(match) / len(match),
+                    "wall_s": sum(r["seconds"] for r in sel),
+                }
+            )
     assert all(r["exact_match_vs_s1"] == 1.0 for r in results), "greedy decoding must not depend on S"
 
     paper = paper_tpf()
     report = {
         "about": "Decode-time denoising steps S (drafting each block in S diffusion passes), orthrus-small, greedy.",
         "provenance": provenance("cpu"),
-        "setup": {"block_size": args.block_size, "max_new_tokens": args.max_new_tokens, "n_per_set": args.n,
-                  "dtype": "float32", "prompt_sets": list(sets), "chat_template": False, "decode": "models.generate (reference loop)"},
+        "setup": {
+            "block_size": args.block_size,
+            "max_new_tokens": args.max_new_tokens,
+            "n_per_set": args.n,
+            "dtype": "float32",
+            "prompt_sets": list(sets),
+            "chat_template": False,
+            "decode": "models.generate (reference loop)",
+        },
         "paper_tpf": {**paper, "source": "eval/paper_numbers.json (arXiv 2605.12825 ablation)"},
         "results": results,
     }
@@ -96,27 +124,49 @@ def main(argv=None):
 
     prov = report["provenance"]
     table = markdown_table(
-        ["S (passes/draft)", "prompts", "n", "tok/iter (diagnostic)", "TPF pooled (tok / all passes)", "exact match vs S=1",
-         "wall s"],
-        [[r["denoise_steps"], r["prompts"], r["n"], r["tokens_per_iteration"], r["tokens_per_forward"],
-          r["exact_match_vs_s1"], r["wall_s"]] for r in results])
-    md = (f"# Decode-time denoising steps (orthrus-small, CPU)\n\n"
-          f"Greedy, fp32, K={args.block_size}, max_new_tokens={args.max_new_tokens}, first {args.n} HumanEval + "
-          f"first {args.n} held-out prompts (raw, no chat template), reference loop `models/generate.py`. "
-          f"S=1 is the shipped single-step drafter; S>1 drafts each block in S diffusion passes, fixing the most "
-          f"confident masked slots after each pass. The diffusion view was trained for one step only.\n\n{table}\n"
-          f"TPF pooled = total tokens / all forward passes (prefill, verify and every diffusion pass): the paper's "
-          f"unit, pooled over prompts; tok/iter = tokens per draft+verify iteration, a diagnostic only.\n\n"
-          f"Paper (arXiv 2605.12825 ablation, `eval/paper_numbers.json`): single-step {paper['single']} vs "
-          f"multi-step {paper['multi']} TPF (its model and setup, not this one's).\n\n"
-          f"Command: `{prov['command']}`; commit `{prov['git']['commit']}` (dirty: {prov['git']['dirty']}); "
-          f"{prov['device']}; torch {prov['torch']}.\n\n![TPF by S](tpf_by_steps.png)\n")
+        [
+            "S (passes/draft)",
+            "prompts",
+            "n",
+            "tok/iter (diagnostic)",
+            "TPF pooled (tok / all passes)",
+            "exact match vs S=1",
+            "wall s",
+        ],
+        [
+            [
+                r["denoise_steps"],
+                r["prompts"],
+                r["n"],
+                r["tokens_per_iteration"],
+                r["tokens_per_forward"],
+                r["exact_match_vs_s1"],
+                r["wall_s"],
+            ]
+            for r in results
+        ],
+    )
+    md = (
+        f"# Decode-time denoising steps (orthrus-small, CPU)\n\n"
+        f"Greedy, fp32, K={args.block_size}, max_new_tokens={args.max_new_tokens}, first {args.n} HumanEval + "
+        f"first {args.n} held-out prompts (raw, no chat template), reference loop `models/generate.py`. "
+        f"S=1 is the shipped single-step drafter; S>1 drafts each block in S diffusion passes, fixing the most "
+        f"confident masked slots after each pass. The diffusion view was trained for one step only.\n\n{table}\n"
+        f"TPF pooled = total tokens / all forward passes (prefill, verify and every diffusion pass): the paper's "
+        f"unit, pooled over prompts; tok/iter = tokens per draft+verify iteration, a diagnostic only.\n\n"
+        f"Paper (arXiv 2605.12825 ablation, `eval/paper_numbers.json`): single-step {paper['single']} vs "
+        f"multi-step {paper['multi']} TPF (its model and setup, not this one's).\n\n"
+        f"Command: `{prov['command']}`; commit `{prov['git']['commit']}` (dirty: {prov['git']['dirty']}); "
+        f"{prov['device']}; torch {prov['torch']}.\n\n![TPF by S](tpf_by_steps.png)\n"
+    )
     atomic_write_text(out_dir / "README.md", md)
 
     allr = [r for r in results if r["prompts"] == "all"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     x = range(len(allr))
-    ax.bar([i - 0.2 for i in x], [r["tokens_per_iteration"] for r in allr], 0.4, label="tokens / iteration (diagnostic)")
+    ax.bar(
+        [i - 0.2 for i in x], [r["tokens_per_iteration"] for r in allr], 0.4, label="tokens / iteration (diagnostic)"
+    )
     ax.bar([i + 0.2 for i in x], [r["tokens_per_forward"] for r in allr], 0.4, label="TPF pooled (tokens / all passes)")
     ax.set_xticks(list(x), [f"S={r['denoise_steps']}" for r in allr])
     ax.axhline(paper["single"], ls="--", c="g", lw=1, label=f"paper single-step TPF {paper['single']}")

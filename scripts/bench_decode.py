@@ -19,8 +19,11 @@ from models.shapes import QWEN3_SHAPES
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", default="qwen3_8b,orthrus-small,qwen3_1.7b,qwen3_4b",
-                   help=f"from {sorted(QWEN3_SHAPES)}, 'tiny', or 'orthrus-small' (the divergence run on --small)")
+    p.add_argument(
+        "--shapes",
+        default="qwen3_8b,orthrus-small,qwen3_1.7b,qwen3_4b",
+        help=f"from {sorted(QWEN3_SHAPES)}, 'tiny', or 'orthrus-small' (the divergence run on --small)",
+    )
     p.add_argument("--ks", default="8,16,32")
     p.add_argument("--ctx", default="256,1024,4096,16384,32768")
     p.add_argument("--reps", type=int, default=20)
@@ -30,14 +33,19 @@ def parse_args():
     p.add_argument("--small", default="artifacts/orthrus-small", help="trained small model for the divergence run")
     p.add_argument("--small-ks", default="8,32")
     p.add_argument("--small-prompts", type=int, default=24)
-    p.add_argument("--small-hf-prompts", type=int, default=8,
-                   help="bf16 prompts also decoded by transformers (half in fp32)")
+    p.add_argument(
+        "--small-hf-prompts", type=int, default=8, help="bf16 prompts also decoded by transformers (half in fp32)"
+    )
     p.add_argument("--small-new-tokens", type=int, default=256)
-    p.add_argument("--variants", default="auto,nopdl,invariant,torch,triton",
-                   help=f"engine variants to time, from {sorted(VARIANTS)}; the first is the main table")
+    p.add_argument(
+        "--variants",
+        default="auto,nopdl,invariant,torch,triton",
+        help=f"engine variants to time, from {sorted(VARIANTS)}; the first is the main table",
+    )
     p.add_argument("--divergence-variants", default="auto,invariant", help="variants whose bf16 divergence is measured")
-    p.add_argument("--skip", default="", help="phases to leave out: hf_step_ms, hf_generate, gemm_probe, profile, "
-                   "unfused_qkv")
+    p.add_argument(
+        "--skip", default="", help="phases to leave out: hf_step_ms, hf_generate, gemm_probe, profile, unfused_qkv"
+    )
     p.add_argument("--budget-s", type=float, default=420, help="stop starting new work after this many seconds")
     p.add_argument("--out", required=True)
     p.add_argument("--from-json", help="bench.md and bench.png again from an earlier bench.json into --out (no timing)")
@@ -52,6 +60,7 @@ def main():
         render(*load_results(args.from_json), out)
         return
     with open(out / "bench.log", "a") as log_file:
+
         def log(msg):
             print(msg, flush=True)
             log_file.write(msg + "\n")

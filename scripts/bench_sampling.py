@@ -9,7 +9,8 @@
    iteration, greedy, T=0.6/top-k 20/top-p 0.95 and T=1, sampled and greedy drafts.
 
     PYTHONUNBUFFERED=1 python -m scripts.bench_sampling --out results/engine_sampling_<gpu>_<date>
-    TRITON_INTERPRET=1 python -m scripts.bench_sampling --shape tiny --ks 4 --ctx 32 --small '' --out /tmp/bs  # CPU smoke
+    TRITON_INTERPRET=1 python -m scripts.bench_sampling --shape tiny --ks 4 --ctx 32 --small '' \
+        --out /tmp/bs  # CPU smoke
 """
 
 import argparse
@@ -52,7 +53,9 @@ def small_prompts(folder: Path, limit):
     from eval.prompts import PromptSpec, encode_prompt, load_prompts
 
     tok = load_tokenizer(str(folder / "tokenizer"))
-    return [encode_prompt(tok, p.text, chat_template=False) for p in load_prompts(PromptSpec(source="humaneval"), limit)]
+    return [
+        encode_prompt(tok, p.text, chat_template=False) for p in load_prompts(PromptSpec(source="humaneval"), limit)
+    ]
 
 
 def main():
@@ -94,8 +97,9 @@ def main():
 
         def small():
             prompts = small_prompts(folder, args.small_limit)
-            model = load_orthrus(str(folder / "base"), str(folder / "diffusion"), dtype=getattr(torch, args.small_dtype),
-                                 device=device).eval()
+            model = load_orthrus(
+                str(folder / "base"), str(folder / "diffusion"), dtype=getattr(torch, args.small_dtype), device=device
+            ).eval()
             engine = OrthrusEngine(model, max(map(len, prompts)) + args.small_new_tokens + 2 * 32 + 16)
             small_ks = [int(k) for k in args.small_ks.split(",")]
             return speedups(engine, prompts, small_ks, args.small_new_tokens, budget_s=args.budget_s)

@@ -72,7 +72,13 @@ def shape_overrides(shape: str) -> list[str]:
         return ["model=tiny", "data=synthetic"]
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}: choose from {SHAPES}")
-    return [f"+exp={shape}", "model.base=null", f"model.shape={shape}", "data=synthetic", "~data.load_tokenized_dataset"]
+    return [
+        f"+exp={shape}",
+        "model.base=null",
+        f"model.shape={shape}",
+        "data=synthetic",
+        "~data.load_tokenized_dataset",
+    ]
 
 
 def synthetic_data_overrides(seq_len: int, rows: int, seed: int = 0) -> list[str]:
@@ -179,7 +185,11 @@ def release_zero3_globals() -> None:
     stack = getattr(parameter_offload, "FWD_MODULE_STACK", None)
     if isinstance(stack, list):
         stack.clear()
-    fn = getattr(partitioned_param_coordinator.PartitionedParameterCoordinator, "_PartitionedParameterCoordinator__params_to_release", None)
+    fn = getattr(
+        partitioned_param_coordinator.PartitionedParameterCoordinator,
+        "_PartitionedParameterCoordinator__params_to_release",
+        None,
+    )
     for f in (fn, *(c.cell_contents for c in (getattr(fn, "__closure__", None) or ()))):
         if hasattr(f, "cache_clear"):
             f.cache_clear()
@@ -221,8 +231,12 @@ class Shape:
         free_memory()
         start = time.perf_counter()
         self.model = build_model(
-            self.model_cfg, dtype=self._dtype, device=self.dist.device, seed=self.seed,
-            mask_token_id=self.mask_token_id, master_fp32=not self.ds_cfg.enabled,
+            self.model_cfg,
+            dtype=self._dtype,
+            device=self.dist.device,
+            seed=self.seed,
+            mask_token_id=self.mask_token_id,
+            master_fp32=not self.ds_cfg.enabled,
         )
         if self.dist.device.type == "cuda":
             torch.cuda.synchronize()
@@ -261,12 +275,16 @@ def run_setting(shape: Shape, seq_len: int, checkpointing: bool, attention: str,
     model = shape.model if shape.model is not None else shape.build()
     K = model.config.block_size
     blocks_per_row = args.blocks_per_row or max(1, int(seq_len * args.diffusion_fraction) // K)
-    obj_cfg = ObjectiveConfig(**{**shape.objective, "blocks_per_row": blocks_per_row, "attention": ATTENTION[attention]})
+    obj_cfg = ObjectiveConfig(
+        **{**shape.objective, "blocks_per_row": blocks_per_row, "attention": ATTENTION[attention]}
+    )
     total_steps = args.warmup + args.steps
     rows = total_steps * m * G * dist.world_size
     dataset = build_dataset(
         OmegaConf.create(synthetic_data(seq_len, max(rows, 4 * dist.world_size), seed=shape.seed)),
-        vocab_size=model.config.vocab_size, mask_token_id=model.config.mask_token_id, dist=dist,
+        vocab_size=model.config.vocab_size,
+        mask_token_id=model.config.mask_token_id,
+        dist=dist,
     )
     data = batches(dataset, m)
     for p in model.parameters():  # no stale gradients from an earlier setting (e.g. one that ran out of memory)
@@ -280,12 +298,22 @@ def run_setting(shape: Shape, seq_len: int, checkpointing: bool, attention: str,
     try:
         if shape.ds_cfg.enabled:  # as train.loop.Trainer builds it
             backend = DeepSpeedBackend(
-                objective, shape.ds_cfg, shape.optim_cfg, total_steps=total_steps, micro_batch_size=m,
-                grad_accum=G, world_size=dist.world_size, bf16=shape.bf16,
+                objective,
+                shape.ds_cfg,
+                shape.optim_cfg,
+                total_steps=total_steps,
+                micro_batch_size=m,
+                grad_accum=G,
+                world_size=dist.world_size,
+                bf16=shape.bf16,
             )
         else:
             backend = TorchBackend(
-                objective, shape.optim_cfg, total_steps=total_steps, grad_accum=G, autocast=shape.bf16,
+                objective,
+                shape.optim_cfg,
+                total_steps=total_steps,
+                grad_accum=G,
+                autocast=shape.bf16,
                 distributed=dist.world_size > 1,
             )
         flops = dict.fromkeys(FLOP_PARTS, 0.0)
@@ -307,11 +335,17 @@ def run_setting(shape: Shape, seq_len: int, checkpointing: bool, attention: str,
                 for micro in range(G):  # the micro-step of train.loop.Trainer.train
                     batch = next(data)
                     blocks = sample_blocks(
-                        batch, blocks_per_row=blocks_per_row, block_size=K, mask_token_id=model.config.mask_token_id,
-                        num_denoise_steps=obj_cfg.num_denoise_steps, seed=block_seed(shape.seed, step, micro * dist.world_size + dist.rank),
+                        batch,
+                        blocks_per_row=blocks_per_row,
+                        block_size=K,
+                        mask_token_id=model.config.mask_token_id,
+                        num_denoise_steps=obj_cfg.num_denoise_steps,
+                        seed=block_seed(shape.seed, step, micro * dist.world_size + dist.rank),
                     )
                     if timed:
-                        for k, v in micro_batch_flops_breakdown(model.config, batch["doc_ids"], blocks, shape.model_cfg.trainable).items():
+                        for k, v in micro_batch_flops_breakdown(
+                            model.config, batch["doc_ids"], blocks, shape.model_cfg.trainable
+                        ).items():
                             flops[k] += v
                     batch = {k: v.to(dist.device, non_blocking=True) for k, v in batch.items()}
                     loss, _ = backend.micro_step(batch, blocks.to(dist.device), last=micro == G - 1)
@@ -410,16 +444,27 @@ def write_reports(report: dict, out: Path) -> None:
 def markdown(report: dict) -> str:
     env, s = report["environment"], report["settings"]
     lines = [
-        "# Training throughput", "",
+        "# Training throughput",
+        "",
         f"{env['device']} x {report['world_size']} (world size), torch {env['torch']}, DeepSpeed {env['deepspeed']}, "
         f"backend `{s['deepspeed']}`, {s['precision']}; commit `{env['commit']}`.",
         f"Per setting: {s['warmup']} warm-up + {s['steps']} timed steps of micro_batch_size {s['micro_batch_size']} x "
         f"grad_accum {s['grad_accum']} rows per GPU; MFU against {s['peak_flops_per_gpu']:.3g} FLOP/s per GPU "
-        "(model FLOPs of train/flops.py, recomputation not counted).", "",
-        f"Command: `{report['command']}`", "",
-        *([f"FLOPs and MFU recounted from the stored step times by `{report['mfu_recount']['command']}` "
-           f"(commit `{report['mfu_recount']['commit']}`).", ""] if "mfu_recount" in report else []),
-        "| shape | seq | GC | attention | status | tokens/s/GPU | MFU | step (s) | peak GiB | TFLOP/step: AR fwd / diff fwd / diff bwd | MFU: AR / fwd / bwd |",
+        "(model FLOPs of train/flops.py, recomputation not counted).",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        *(
+            [
+                f"FLOPs and MFU recounted from the stored step times by `{report['mfu_recount']['command']}` "
+                f"(commit `{report['mfu_recount']['commit']}`).",
+                "",
+            ]
+            if "mfu_recount" in report
+            else []
+        ),
+        "| shape | seq | GC | attention | status | tokens/s/GPU | MFU | step (s) | peak GiB | "
+        "TFLOP/step: AR fwd / diff fwd / diff bwd | MFU: AR / fwd / bwd |",
         "|---|---:|---|---|---|---:|---:|---:|---:|---|---|",
     ]
     for r in report["results"]:
@@ -430,15 +475,24 @@ def markdown(report: dict) -> str:
             continue
         f, mp = r["flops_per_step_per_gpu"], r["mfu_by_part"]
         lines.append(
-            f"{head} {r['tokens_per_s_per_gpu']:,.0f} | {r['mfu']:.3f} | {r['step_time_s']:.3f} | {_gib(r['max_memory_gib'])} | "
-            f"{f['ar_forward'] / 1e12:.1f} / {f['diffusion_forward'] / 1e12:.1f} / {f['diffusion_backward'] / 1e12:.1f} | "
+            f"{head} {r['tokens_per_s_per_gpu']:,.0f} | {r['mfu']:.3f} | "
+            f"{r['step_time_s']:.3f} | {_gib(r['max_memory_gib'])} | "
+            f"{f['ar_forward'] / 1e12:.1f} / {f['diffusion_forward'] / 1e12:.1f} / "
+            f"{f['diffusion_backward'] / 1e12:.1f} | "
             f"{mp['ar_forward']:.3f} / {mp['diffusion_forward']:.3f} / {mp['diffusion_backward']:.3f} |"
         )
-    lines += ["", f"Complete: {report['complete']} (elapsed {report['elapsed_s']:.0f} s of a {s['budget_s']:.0f} s budget).", ""]
+    lines += [
+        "",
+        f"Complete: {report['complete']} (elapsed {report['elapsed_s']:.0f} s of a {s['budget_s']:.0f} s budget).",
+        "",
+    ]
     if report.get("models"):
         lines += ["| shape | parameters | trainable | build (s) |", "|---|---:|---:|---:|"]
         for name, mdl in report["models"].items():
-            lines.append(f"| {name} | {mdl['params_total'] / 1e9:.3f} B | {mdl['params_trainable'] / 1e9:.3f} B | {mdl['build_s']:.1f} |")
+            lines.append(
+                f"| {name} | {mdl['params_total'] / 1e9:.3f} B | "
+                f"{mdl['params_trainable'] / 1e9:.3f} B | {mdl['build_s']:.1f} |"
+            )
         lines.append("")
     lines.append("![throughput](bench.png)\n")
     return "\n".join(lines)
@@ -460,8 +514,14 @@ def plot(report: dict, path: Path) -> None:
     for col, shape in enumerate(shapes):
         settings = dict.fromkeys((r["gradient_checkpointing"], r["attention"]) for r in ok if r["shape"] == shape)
         for gc_, attn in settings:
-            rs = sorted((r for r in ok if r["shape"] == shape and r["gradient_checkpointing"] == gc_ and r["attention"] == attn),
-                        key=lambda r: r["seq_len"])
+            rs = sorted(
+                (
+                    r
+                    for r in ok
+                    if r["shape"] == shape and r["gradient_checkpointing"] == gc_ and r["attention"] == attn
+                ),
+                key=lambda r: r["seq_len"],
+            )
             for row, (key, _) in enumerate(rows):
                 points = [(r["seq_len"], r[key]) for r in rs if r[key] is not None]
                 if points:
@@ -476,7 +536,9 @@ def plot(report: dict, path: Path) -> None:
             ax.set_xscale("log", base=2)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
-    fig.suptitle(f"{report['environment']['device']}, {report['settings']['deepspeed']}; red x: out of memory", fontsize=9)
+    fig.suptitle(
+        f"{report['environment']['device']}, {report['settings']['deepspeed']}; red x: out of memory", fontsize=9
+    )
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
 
@@ -495,15 +557,25 @@ def parse_args(argv):
     ap.add_argument("--precision", default="auto", help="auto (the config's: bf16 on GPU, fp32 on CPU) | bf16 | fp32")
     ap.add_argument("--micro-batch-size", type=int, default=1, help="rows per micro-batch and GPU")
     ap.add_argument("--grad-accum", type=int, default=1)
-    ap.add_argument("--diffusion-fraction", type=float, default=0.5, help="diffusion tokens per row / seq_len (recipe: 0.5)")
-    ap.add_argument("--blocks-per-row", type=int, default=None, help="fixed blocks per row (overrides --diffusion-fraction)")
+    ap.add_argument(
+        "--diffusion-fraction", type=float, default=0.5, help="diffusion tokens per row / seq_len (recipe: 0.5)"
+    )
+    ap.add_argument(
+        "--blocks-per-row", type=int, default=None, help="fixed blocks per row (overrides --diffusion-fraction)"
+    )
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--budget-s", type=float, default=540.0, help="wall-clock budget of the whole sweep")
-    ap.add_argument("--peak-flops", type=float, default=None, help="per GPU; default logging.peak_flops_per_gpu (989e12)")
-    ap.add_argument("--pg-timeout-s", type=float, default=300.0, help="collective timeout (a rank that runs out of memory alone)")
+    ap.add_argument(
+        "--peak-flops", type=float, default=None, help="per GPU; default logging.peak_flops_per_gpu (989e12)"
+    )
+    ap.add_argument(
+        "--pg-timeout-s", type=float, default=300.0, help="collective timeout (a rank that runs out of memory alone)"
+    )
     ap.add_argument("--commit", default=None, help="default: $ORTHRUS_COMMIT, else git rev-parse HEAD")
-    ap.add_argument("--override", action="append", default=[], help="extra Hydra override, e.g. objective.chunk_size=2048")
+    ap.add_argument(
+        "--override", action="append", default=[], help="extra Hydra override, e.g. objective.chunk_size=2048"
+    )
     args = ap.parse_args(argv)
     args.shapes = _list(args.shapes)
     args.seq_lens = [int(x) for x in _list(args.seq_lens)]
@@ -576,9 +648,16 @@ def main(argv: list[str] | None = None) -> dict | None:
         "environment": environment(args.commit),
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "settings": {
-            "deepspeed": args.deepspeed, "precision": precision, "micro_batch_size": args.micro_batch_size,
-            "grad_accum": args.grad_accum, "diffusion_fraction": args.diffusion_fraction, "blocks_per_row": args.blocks_per_row,
-            "warmup": args.warmup, "steps": args.steps, "budget_s": args.budget_s, "peak_flops_per_gpu": peak_flops,
+            "deepspeed": args.deepspeed,
+            "precision": precision,
+            "micro_batch_size": args.micro_batch_size,
+            "grad_accum": args.grad_accum,
+            "diffusion_fraction": args.diffusion_fraction,
+            "blocks_per_row": args.blocks_per_row,
+            "warmup": args.warmup,
+            "steps": args.steps,
+            "budget_s": args.budget_s,
+            "peak_flops_per_gpu": peak_flops,
             "overrides": args.override,
         },
         "models": {},
@@ -599,7 +678,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     for shape_name in args.shapes:
         shape = None
         for seq_len, checkpointing, attention in settings:
-            base = {"shape": shape_name, "seq_len": seq_len, "gradient_checkpointing": checkpointing, "attention": attention}
+            base = {
+                "shape": shape_name,
+                "seq_len": seq_len,
+                "gradient_checkpointing": checkpointing,
+                "attention": attention,
+            }
             if dist.device.type == "cpu" and attention != "sdpa":
                 reason = "flex attention has no backward on the CPU (PyTorch); CUDA only"
                 report["results"].append({**base, "status": "unsupported", "reason": reason})
@@ -608,7 +692,11 @@ def main(argv: list[str] | None = None) -> dict | None:
             elapsed = time.perf_counter() - start
             # the shape's latest setting scaled by seq_len; a shape not run yet: the costliest setting so far
             seen = last_cost.get(shape_name)
-            estimate = seen[1] * seq_len / seen[0] if seen else max((w * seq_len / s for s, w in last_cost.values()), default=0.0)
+            estimate = (
+                seen[1] * seq_len / seen[0]
+                if seen
+                else max((w * seq_len / s for s, w in last_cost.values()), default=0.0)
+            )
             go = broadcast_object(elapsed + estimate < args.budget_s)  # rank 0 decides for all
             if not go:
                 report["results"].append({**base, "status": "skipped", "reason": "wall-clock budget"})
@@ -621,9 +709,16 @@ def main(argv: list[str] | None = None) -> dict | None:
                     shape = Shape(shape_name, args, dist)
                 if shape.model is None:
                     shape.build()
-                    report["models"][shape_name] = {"params_total": shape.params_total, "params_trainable": shape.params_trainable,
-                                                    "build_s": shape.build_s}
-                    say(f"[bench] built {shape_name}: {shape.params_total / 1e9:.2f} B parameters in {shape.build_s:.1f} s", flush=True)
+                    report["models"][shape_name] = {
+                        "params_total": shape.params_total,
+                        "params_trainable": shape.params_trainable,
+                        "build_s": shape.build_s,
+                    }
+                    say(
+                        f"[bench] built {shape_name}: {shape.params_total / 1e9:.2f} B parameters "
+                        f"in {shape.build_s:.1f} s",
+                        flush=True,
+                    )
                 local = run_setting(shape, seq_len, checkpointing, attention, args)
             except Exception as e:  # noqa: BLE001  (recorded; the sweep goes on)
                 status = "oom" if is_oom(e) else "error"
@@ -636,10 +731,16 @@ def main(argv: list[str] | None = None) -> dict | None:
             statuses = gather((status, error, local), dist)
             wall = time.perf_counter() - t0
             last_cost[shape_name] = (seq_len, wall)
-            worst = "error" if any(s == "error" for s, _, _ in statuses) else ("oom" if any(s == "oom" for s, _, _ in statuses) else "ok")
+            worst = (
+                "error"
+                if any(s == "error" for s, _, _ in statuses)
+                else ("oom" if any(s == "oom" for s, _, _ in statuses) else "ok")
+            )
             result = {**base, "status": worst, "wall_s": wall}
             if worst == "ok":
-                result.update(summarize([loc for _, _, loc in statuses], seq_len=seq_len, args=args, peak_flops=peak_flops))
+                result.update(
+                    summarize([loc for _, _, loc in statuses], seq_len=seq_len, args=args, peak_flops=peak_flops)
+                )
             else:
                 result["errors"] = {str(rank): err for rank, (s, err, _) in enumerate(statuses) if err}  # JSON keys
                 if torch.cuda.is_available():
@@ -647,12 +748,18 @@ def main(argv: list[str] | None = None) -> dict | None:
             report["results"].append(result)
             publish()
             if worst == "ok":
-                say(f"[bench] {shape_name} seq {seq_len} GC {'on' if checkpointing else 'off'} {attention}: "
+                say(
+                    f"[bench] {shape_name} seq {seq_len} GC {'on' if checkpointing else 'off'} {attention}: "
                     f"{result['tokens_per_s_per_gpu']:,.0f} tokens/s/GPU, MFU {result['mfu']:.3f}, "
-                    f"peak {_gib(result['max_memory_gib']) or '-'} GiB, {wall:.0f} s", flush=True)
+                    f"peak {_gib(result['max_memory_gib']) or '-'} GiB, {wall:.0f} s",
+                    flush=True,
+                )
             else:
-                say(f"[bench] {shape_name} seq {seq_len} GC {'on' if checkpointing else 'off'} {attention}: {worst} "
-                    f"{next(iter(result['errors'].values()), '')[:200]}", flush=True)
+                say(
+                    f"[bench] {shape_name} seq {seq_len} GC {'on' if checkpointing else 'off'} {attention}: {worst} "
+                    f"{next(iter(result['errors'].values()), '')[:200]}",
+                    flush=True,
+                )
         if shape is not None:
             shape.drop_model()
     report["complete"] = all(r["status"] != "skipped" for r in report["results"])

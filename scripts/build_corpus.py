@@ -1,7 +1,7 @@
 """Build the offline Python-source corpus (see data/corpus.py).
 
-    python -m scripts.build_corpus --out-dir corpora/python --heldout-fraction 0.05
-    python -m scripts.build_corpus --out-dir /tmp/tiny --max-bytes 1000000   # seconds
+python -m scripts.build_corpus --out-dir corpora/python --heldout-fraction 0.05
+python -m scripts.build_corpus --out-dir /tmp/tiny --max-bytes 1000000   # seconds
 """
 
 from __future__ import annotations

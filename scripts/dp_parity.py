@@ -64,7 +64,6 @@ BACKENDS = {"none": "deepspeed=none", "zero2": "deepspeed=zero2", "zero3": "deep
 TRACE_FILE = "trace_rank{rank}.json"
 
 
-
 # --------------------------------------------------------------------------- worker (one rank)
 
 
@@ -107,15 +106,29 @@ def worker(run_dir: Path, overrides: list[str], save: bool) -> None:
 
 
 def launch(nproc: int, run_dir: Path, overrides: list[str], flags: list[str], log) -> float:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "scripts.dp_parity", "--worker", str(run_dir), *flags, "--", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "scripts.dp_parity",
+        "--worker",
+        str(run_dir),
+        *flags,
+        "--",
+        *overrides,
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("OMP_NUM_THREADS", "1")
     print("+", " ".join(cmd), file=log, flush=True)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
-        raise RuntimeError(f"world size {nproc} run failed (exit {proc.returncode}); see {getattr(log, 'name', 'the log')}")
+        raise RuntimeError(
+            f"world size {nproc} run failed (exit {proc.returncode}); see {getattr(log, 'name', 'the log')}"
+        )
     return time.perf_counter() - start
 
 
@@ -142,8 +155,10 @@ def plot(results: dict, path: Path, title: str) -> None:
         if "steps" not in res:
             continue
         steps = [r["step"] for r in res["steps"]]
-        line, = a.plot(steps, [r["loss_ref"] for r in res["steps"]], label=f"{backend}: world 1")
-        a.plot(steps, [r["loss_dp"] for r in res["steps"]], "o", ms=3, color=line.get_color(), label=f"{backend}: world N")
+        (line,) = a.plot(steps, [r["loss_ref"] for r in res["steps"]], label=f"{backend}: world 1")
+        a.plot(
+            steps, [r["loss_dp"] for r in res["steps"]], "o", ms=3, color=line.get_color(), label=f"{backend}: world N"
+        )
         b.semilogy(steps, [max(r["abs_diff"], 1e-12) for r in res["steps"]], "o-", ms=3, label=backend)
     a.set(xlabel="step", ylabel="loss", title=title)
     b.set(xlabel="step", ylabel="|loss(world N) - loss(world 1)|", title="difference (1e-12 floor)")
@@ -176,10 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--micro-batch-size", type=int, default=1)
     ap.add_argument("--precision", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16")
     ap.add_argument("--lr", type=float, default=None, help="default: the config's")
-    ap.add_argument("--loss-tol", type=float, default=None,
-                    help="max loss difference over how far the loss moved; default eval.parity.TOLERANCES")
-    ap.add_argument("--grad-norm-tol", type=float, default=None,
-                    help="max relative grad-norm difference; default eval.parity.TOLERANCES")
+    ap.add_argument(
+        "--loss-tol",
+        type=float,
+        default=None,
+        help="max loss difference over how far the loss moved; default eval.parity.TOLERANCES",
+    )
+    ap.add_argument(
+        "--grad-norm-tol",
+        type=float,
+        default=None,
+        help="max relative grad-norm difference; default eval.parity.TOLERANCES",
+    )
     ap.add_argument("--work-dir", type=Path, default=None, help="run folders (default OUT_DIR/runs)")
     ap.add_argument("--commit", default=None, help="default: $ORTHRUS_COMMIT, else git rev-parse HEAD")
     ap.add_argument("--save", action="store_true", help="let the runs write checkpoints (skipped by default)")
@@ -210,11 +233,20 @@ def main(argv: list[str] | None = None) -> int:
     blocks_per_row = args.blocks_per_row or max(1, args.seq_len // (2 * block_size))
     rows_needed = args.steps * B
     common = [
-        *shape_overrides(args.shape), *synthetic_data_overrides(args.seq_len, 2 * rows_needed),
-        f"objective.blocks_per_row={blocks_per_row}", f"train.steps={args.steps}", f"train.micro_batch_size={m}",
-        f"train.precision={precision}", f"train.checkpoint_every={args.steps}", "train.keep_last=1", "train.seed=0",
-        "logging.log_every=1", "logging.wandb.mode=disabled", "logging.progress_bar=false",
-        *([f"optim.lr={args.lr}"] if args.lr is not None else []), *extra,
+        *shape_overrides(args.shape),
+        *synthetic_data_overrides(args.seq_len, 2 * rows_needed),
+        f"objective.blocks_per_row={blocks_per_row}",
+        f"train.steps={args.steps}",
+        f"train.micro_batch_size={m}",
+        f"train.precision={precision}",
+        f"train.checkpoint_every={args.steps}",
+        "train.keep_last=1",
+        "train.seed=0",
+        "logging.log_every=1",
+        "logging.wandb.mode=disabled",
+        "logging.progress_bar=false",
+        *([f"optim.lr={args.lr}"] if args.lr is not None else []),
+        *extra,
     ]
     # the rows the runs consume must lie in the first epoch of both world sizes
     from models.shapes import QWEN3_SHAPES
@@ -228,19 +260,30 @@ def main(argv: list[str] | None = None) -> int:
     one = build_dataset(cfg.data, vocab_size=vocab, mask_token_id=mask, dist=Dist(0, 1, 0, torch.device("cpu")))
     first_epoch = (len(one.rows) // N) * N
     if rows_needed > first_epoch:
-        raise SystemExit(f"{rows_needed} rows needed but the first epoch of world size {N} has {first_epoch}: "
-                         "raise data.synthetic_documents.num_documents")
+        raise SystemExit(
+            f"{rows_needed} rows needed but the first epoch of world size {N} has {first_epoch}: "
+            "raise data.synthetic_documents.num_documents"
+        )
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     work = args.work_dir or args.out_dir / "runs"
     work.mkdir(parents=True, exist_ok=True)
     log_path = work / "parity.log"
     report = {
-        "command": command, **environment(args.commit), "world_size": N, "shape": args.shape, "seq_len": args.seq_len,
-        "blocks_per_row": blocks_per_row, "steps": args.steps, "global_batch": B, "micro_batch_size": m,
-        "grad_accum": {"world_1": accum_ref, f"world_{N}": accum_dp}, "precision": precision,
+        "command": command,
+        **environment(args.commit),
+        "world_size": N,
+        "shape": args.shape,
+        "seq_len": args.seq_len,
+        "blocks_per_row": blocks_per_row,
+        "steps": args.steps,
+        "global_batch": B,
+        "micro_batch_size": m,
+        "grad_accum": {"world_1": accum_ref, f"world_{N}": accum_dp},
+        "precision": precision,
         "exact_setup": m == 1,
-        "overrides": common, "backends": {},
+        "overrides": common,
+        "backends": {},
     }
     from data._io import atomic_write_text
 
@@ -252,12 +295,15 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 wall = {}
                 for n, accum in ((1, accum_ref), (N, accum_dp)):
-                    wall[f"world_{n}"] = launch(n, runs[n], [*common, BACKENDS[backend], f"train.grad_accum={accum}"], flags, log)
+                    wall[f"world_{n}"] = launch(
+                        n, runs[n], [*common, BACKENDS[backend], f"train.grad_accum={accum}"], flags, log
+                    )
                 res = judge_parity(read_records(runs[1]), read_records(runs[N]), **tol)
                 t_ref, t_dp = read_trace(runs[1], 1), read_trace(runs[N], N)
                 res["same_micro_batches_per_step"] = t_ref == t_dp  # rows and block seeds, as consumed
                 res["same_rows_per_step"] = {s: sorted(r for mb, _ in v for r in mb) for s, v in t_ref.items()} == {
-                    s: sorted(r for mb, _ in v for r in mb) for s, v in t_dp.items()}
+                    s: sorted(r for mb, _ in v for r in mb) for s, v in t_dp.items()
+                }
                 if report["exact_setup"] and not res["same_micro_batches_per_step"]:
                     res["pass"] = False
                     res["reasons"].append("the runs trained on different micro-batches (rows or block seeds)")
@@ -268,12 +314,18 @@ def main(argv: list[str] | None = None) -> int:
             report["backends"][backend] = res
             report["pass"] = all(r.get("pass") for r in report["backends"].values())
             atomic_write_text(args.out_dir / "parity.json", json.dumps(report, indent=2) + "\n")
-            print(f"{backend}: " + (f"pass={res['pass']} max |dloss|={res['max_abs_loss_diff']:.3g} "
-                                    f"= {res['max_loss_diff_over_moved']:.3g} of the loss movement, grad norms "
-                                    f"{res['max_rel_grad_norm_diff']:.3g} (tolerances {tol}) {'; '.join(res['reasons'])}"
-                                    if "steps" in res else res["error"]), flush=True)
-    plot(report["backends"], args.out_dir / "parity.png",
-         f"{args.shape}, {precision}, B={B}: world 1 vs {N}")
+            print(
+                f"{backend}: "
+                + (
+                    f"pass={res['pass']} max |dloss|={res['max_abs_loss_diff']:.3g} "
+                    f"= {res['max_loss_diff_over_moved']:.3g} of the loss movement, grad norms "
+                    f"{res['max_rel_grad_norm_diff']:.3g} (tolerances {tol}) {'; '.join(res['reasons'])}"
+                    if "steps" in res
+                    else res["error"]
+                ),
+                flush=True,
+            )
+    plot(report["backends"], args.out_dir / "parity.png", f"{args.shape}, {precision}, B={B}: world 1 vs {N}")
     return 0 if report["pass"] else 1
 
 

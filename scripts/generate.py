@@ -53,27 +53,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None):
     args = parse_args(argv)
     sampling = SamplingParams(args.temperature, args.top_k, args.top_p)  # bad values fail before loading
-    model = load_orthrus(args.base, args.diffusion, block_size=args.block_size, dtype=getattr(torch, args.dtype),
-                         device=args.device)
+    model = load_orthrus(
+        args.base, args.diffusion, block_size=args.block_size, dtype=getattr(torch, args.dtype), device=args.device
+    )
     tokenizer = load_tokenizer(args.tokenizer)
-    chat = resolve_chat_template({"true": True, "false": False}.get(args.chat_template, "auto"), tokenizer,
-                                 _eos_ids(model, None))
+    chat = resolve_chat_template(
+        {"true": True, "false": False}.get(args.chat_template, "auto"), tokenizer, _eos_ids(model, None)
+    )
     ids = torch.tensor([encode_prompt(tokenizer, args.prompt, chat_template=chat)], device=model.device)
     K = args.block_size or model.config.block_size
-    decode = OrthrusEngine(model, ids.shape[1] + args.max_new_tokens + K).generate if args.engine else \
-        lambda *a, **kw: generate(model, *a, **kw)
+    decode = (
+        OrthrusEngine(model, ids.shape[1] + args.max_new_tokens + K).generate
+        if args.engine
+        else lambda *a, **kw: generate(model, *a, **kw)
+    )
     generator = torch.Generator(device=model.device).manual_seed(args.seed)
     streamer = TextStreamer(tokenizer, skip_prompt=chat)  # a raw completion shows its prompt
     start = time.perf_counter()
-    result = decode(ids, args.max_new_tokens, block_size=K, sampling=sampling, generator=generator, streamer=streamer,
-                    stop_strings=args.stop, tokenizer=tokenizer)
+    result = decode(
+        ids,
+        args.max_new_tokens,
+        block_size=K,
+        sampling=sampling,
+        generator=generator,
+        streamer=streamer,
+        stop_strings=args.stop,
+        tokenizer=tokenizer,
+    )
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
     seconds = time.perf_counter() - start
     forwards = result.ar_forwards + result.diffusion_forwards
-    print(f"\n[{result.num_new_tokens} tokens, K={K}, TPF {result.num_new_tokens / forwards:.2f} "
-          f"({forwards} forward passes: {result.ar_forwards} AR, {result.diffusion_forwards} diffusion), "
-          f"{result.num_new_tokens / seconds:.1f} tokens/s incl. prefill, {model.device.type}]", file=sys.stderr)
+    print(
+        f"\n[{result.num_new_tokens} tokens, K={K}, TPF {result.num_new_tokens / forwards:.2f} "
+        f"({forwards} forward passes: {result.ar_forwards} AR, {result.diffusion_forwards} diffusion), "
+        f"{result.num_new_tokens / seconds:.1f} tokens/s incl. prefill, {model.device.type}]",
+        file=sys.stderr,
+    )
     return result
 
 

@@ -45,13 +45,25 @@ def main(argv: list[str] | None = None) -> int:
     base_lm = HFLM(pretrained=args.base or args.orthrus, **common)
     orthrus_lm = OrthrusLM(pretrained=args.orthrus, diffusion=args.diffusion, block_size=args.block_size, **common)
     task_manager = TaskManager(include_path=args.include_path)
-    report = compare(base_lm, orthrus_lm, args.tasks, task_manager, limit=args.limit,
-                     num_fewshot=args.num_fewshot, apply_chat_template=args.apply_chat_template)
+    report = compare(
+        base_lm,
+        orthrus_lm,
+        args.tasks,
+        task_manager,
+        limit=args.limit,
+        num_fewshot=args.num_fewshot,
+        apply_chat_template=args.apply_chat_template,
+    )
     report["provenance"] = provenance(args.device)
     for task, r in report["tasks"].items():
-        print(f"{task}: hf={r['hf']} orthrus={r['orthrus']} differing samples={len(r['differing_doc_ids'])}/{r['num_samples']}")
-    print("Orthrus tokens per draft+verify iteration (diagnostic, ~2x the paper's TPF) on generation requests: "
-          f"{report['orthrus_tokens_per_iteration']:.2f}")
+        print(
+            f"{task}: hf={r['hf']} orthrus={r['orthrus']} "
+            f"differing samples={len(r['differing_doc_ids'])}/{r['num_samples']}"
+        )
+    print(
+        "Orthrus tokens per draft+verify iteration (diagnostic, ~2x the paper's TPF) on generation requests: "
+        f"{report['orthrus_tokens_per_iteration']:.2f}"
+    )
     print("IDENTICAL" if report["identical"] else "DIFFERENT")
     if args.out:
         atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")

@@ -17,6 +17,12 @@ from eval.tail_clipping import compare
 from models.checkpoint import load_orthrus
 
 
+def _change(row: dict) -> str:
+    """Tokens per iteration of the engine's always-K tail relative to the official clipping."""
+    ratio = row["tokens_per_iteration_engine_always_k"] / row["tokens_per_iteration_official_clip"]
+    return f"{100 * (ratio - 1):+.1f}%"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--artifacts", default="artifacts/orthrus-small")
@@ -35,20 +41,45 @@ def main(argv=None):
     prov = provenance(model.device, None)
     write_json(out / "results.json", {"provenance": prov, "rows": rows})
     table = markdown_table(
-        ["max_new_tokens", "prompts", "K", "ended at EOS", "tok/iter official clip", "tok/iter engine (always K)",
-         "change", "TPF official clip", "TPF engine"],
-        [[r["max_new_tokens"], r["prompts"], r["block_size"], r["finished_by_eos"],
-          r["tokens_per_iteration_official_clip"], r["tokens_per_iteration_engine_always_k"],
-          f"{100 * (r['tokens_per_iteration_engine_always_k'] / r['tokens_per_iteration_official_clip'] - 1):+.1f}%",
-          r["tpf_official_clip"], r["tpf_engine_always_k"]] for r in rows])
-    atomic_write_text(out / "README.md", (
-        "# Tail blocks: official clipping (reference loop) vs always K (engine)\n\n"
-        "orthrus-small, greedy, fp32, CPU; first held-out prompts (raw, first "
-        f"{args.prompt_tokens} tokens). Tokens per iteration = emitted tokens / draft+verify iterations (a "
-        "diagnostic); TPF = tokens / all forward passes (the paper's). Both decoders emit the same tokens "
-        "(checked); only the blocks that run into max_new_tokens differ.\n\n" + table +
-        f"\nCommand: `{prov['command']}`; commit `{prov['git']['commit']}` (dirty: {prov['git']['dirty']}); "
-        f"{prov['device']}; torch {prov['torch']}.\n"))
+        [
+            "max_new_tokens",
+            "prompts",
+            "K",
+            "ended at EOS",
+            "tok/iter official clip",
+            "tok/iter engine (always K)",
+            "change",
+            "TPF official clip",
+            "TPF engine",
+        ],
+        [
+            [
+                r["max_new_tokens"],
+                r["prompts"],
+                r["block_size"],
+                r["finished_by_eos"],
+                r["tokens_per_iteration_official_clip"],
+                r["tokens_per_iteration_engine_always_k"],
+                _change(r),
+                r["tpf_official_clip"],
+                r["tpf_engine_always_k"],
+            ]
+            for r in rows
+        ],
+    )
+    atomic_write_text(
+        out / "README.md",
+        (
+            "# Tail blocks: official clipping (reference loop) vs always K (engine)\n\n"
+            "orthrus-small, greedy, fp32, CPU; first held-out prompts (raw, first "
+            f"{args.prompt_tokens} tokens). Tokens per iteration = emitted tokens / draft+verify iterations (a "
+            "diagnostic); TPF = tokens / all forward passes (the paper's). Both decoders emit the same tokens "
+            "(checked); only the blocks that run into max_new_tokens differ.\n\n"
+            + table
+            + f"\nCommand: `{prov['command']}`; commit `{prov['git']['commit']}` (dirty: {prov['git']['dirty']}); "
+            f"{prov['device']}; torch {prov['torch']}.\n"
+        ),
+    )
     print(table)
 
 

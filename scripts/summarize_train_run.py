@@ -45,20 +45,34 @@ def main():
     records = [json.loads(line) for line in args.metrics.read_text().splitlines() if line.strip()]
     if not records:
         raise SystemExit(f"{args.metrics} has no records: did the run log anything (logging.log_every)?")
-    summary = {**summarize(records, args.skip_steps), "device": args.device, "command": args.command, "commit": args.commit}
+    summary = {
+        **summarize(records, args.skip_steps),
+        "device": args.device,
+        "command": args.command,
+        "commit": args.commit,
+    }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
     mfu = "n/a" if summary["mfu"] is None else f"{summary['mfu']:.3f}"
-    rows = [("steps", summary["steps"]), ("tokens seen", summary["tokens_seen"]),
-            ("tokens/s/GPU", f"{summary['tokens_per_s_per_gpu']:.0f}"), ("MFU", mfu),
-            ("loss first → last", f"{summary['loss_first']:.4f} → {summary['loss_last']:.4f}"),
-            ("peak memory (GiB)", f"{summary['max_memory_gib']:.1f}")]
+    rows = [
+        ("steps", summary["steps"]),
+        ("tokens seen", summary["tokens_seen"]),
+        ("tokens/s/GPU", f"{summary['tokens_per_s_per_gpu']:.0f}"),
+        ("MFU", mfu),
+        ("loss first → last", f"{summary['loss_first']:.4f} → {summary['loss_last']:.4f}"),
+        ("peak memory (GiB)", f"{summary['max_memory_gib']:.1f}"),
+    ]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    atomic_write_text(args.out_dir / "summary.md", (
-        f"# Training run\n\n| metric | value |\n|---|---|\n{table}\n\n"
-        f"Throughput averaged over steps {summary['averaged_over_steps'][0]}–{summary['averaged_over_steps'][1]}.\n\n"
-        f"- device: {args.device}\n- commit: {args.commit}\n- command: `{args.command}`\n\n![curves](curves.png)\n"))
+    atomic_write_text(
+        args.out_dir / "summary.md",
+        (
+            f"# Training run\n\n| metric | value |\n|---|---|\n{table}\n\n"
+            f"Throughput averaged over steps {summary['averaged_over_steps'][0]}–"
+            f"{summary['averaged_over_steps'][1]}.\n\n"
+            f"- device: {args.device}\n- commit: {args.commit}\n- command: `{args.command}`\n\n![curves](curves.png)\n"
+        ),
+    )
 
     steps = [r["step"] for r in records]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))

@@ -1,6 +1,6 @@
 """Train the byte-level BPE tokenizer on a corpus built by scripts/build_corpus.py (see data/tokenizer.py).
 
-    python -m scripts.train_tokenizer --corpus-dir corpora/python --out-dir tokenizers/python-8k --vocab-size 8192
+python -m scripts.train_tokenizer --corpus-dir corpora/python --out-dir tokenizers/python-8k --vocab-size 8192
 """
 
 from __future__ import annotations

@@ -54,7 +54,11 @@ def install(monkeypatch, rule) -> list[str]:
     return patched
 
 
-ENGINE_RULES = {"accept_all": "accept_all", "reject_all_sample_draft": "reject_all_sample_q", "residual_p": "residual_p"}
+ENGINE_RULES = {
+    "accept_all": "accept_all",
+    "reject_all_sample_draft": "reject_all_sample_q",
+    "residual_p": "residual_p",
+}
 
 
 def install_engine(monkeypatch, name: str) -> None:

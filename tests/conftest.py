@@ -18,8 +18,10 @@ from models.orthrus import OrthrusForCausalLM  # noqa: E402
 from tests.tiny import TINY_QWEN3  # noqa: E402
 
 if not torch.cuda.is_available() and not isinstance(tl.zeros, InterpretedFunction):
-    raise RuntimeError("triton was imported before TRITON_INTERPRET=1 took effect, so its kernels cannot run "
-                       "on the CPU: set TRITON_INTERPRET=1 in the environment before running pytest.")
+    raise RuntimeError(
+        "triton was imported before TRITON_INTERPRET=1 took effect, so its kernels cannot run "
+        "on the CPU: set TRITON_INTERPRET=1 in the environment before running pytest."
+    )
 
 
 def tiny_config(**overrides) -> OrthrusConfig:
@@ -59,9 +61,10 @@ def one_thread():
 @pytest.fixture
 def interpreted_pdl(monkeypatch):
     """Run the kernels' PDL variants (USE_PDL=True) in Triton's interpreter, where the gdc_* calls become
-    no-ops: they only order kernels on a GPU, and the interpreter runs one kernel at a time anyway. What
-    this checks is everything else the PDL path changes (the matrix product's prefetch addressing, the
-    order of the other kernels' loads; the L2 prefetch itself is inline PTX and becomes a no-op too). Only off the GPU: on CUDA the real PDL tests run instead."""
+        no-ops: they only order kernels on a GPU, and the interpreter runs one kernel at a time anyway. What
+        this checks is everything else the PDL path changes (the matrix product's prefetch addressing, the
+        order of the other kernels' loads; the L2 prefetch itself is inline PTX and becomes a no-op too). Only off the
+    GPU: on CUDA the real PDL tests run instead."""
     if torch.cuda.is_available():
         pytest.skip("interpreter-only check; on CUDA the PDL tests run on the GPU")
     import kernels.matmul

@@ -17,8 +17,15 @@ from train.loop import Trainer
 from train.optim import OptimConfig
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_QWEN3 = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+TINY_QWEN3 = dict(
+    vocab_size=96,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+)
 
 
 @pytest.fixture
@@ -45,15 +52,16 @@ def test_missing_local_folder_is_not_a_hub_error(name):
 
 
 def test_hub_like_name_that_is_not_a_folder_says_both(monkeypatch):
-    """"org/name" could be either: the error says it is no local folder and the hub failed."""
+    """ "org/name" could be either: the error says it is no local folder and the hub failed."""
     with pytest.raises(OSError, match="is not a local folder .* could not be loaded from the hub"):
         load_orthrus("no-such-org-xyz/no-such-model", mask_token_id=1, device="cpu")
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_unreadable_diffusion_view_names_the_file(qwen3_dir, tmp_path, damage):
-    folder = save_diffusion_view(load_orthrus(str(qwen3_dir), block_size=4, mask_token_id=3, device="cpu"),
-                                 tmp_path / "view")
+    folder = save_diffusion_view(
+        load_orthrus(str(qwen3_dir), block_size=4, mask_token_id=3, device="cpu"), tmp_path / "view"
+    )
     file = folder / "diffusion_view.safetensors"
     data = file.read_bytes()
     file.write_bytes(b"not a safetensors file at all" if damage == "garbage" else data[: len(data) // 2])
@@ -62,8 +70,9 @@ def test_unreadable_diffusion_view_names_the_file(qwen3_dir, tmp_path, damage):
 
 
 def test_garbage_view_metadata_names_the_file(qwen3_dir, tmp_path):
-    folder = save_diffusion_view(load_orthrus(str(qwen3_dir), block_size=4, mask_token_id=3, device="cpu"),
-                                 tmp_path / "view")
+    folder = save_diffusion_view(
+        load_orthrus(str(qwen3_dir), block_size=4, mask_token_id=3, device="cpu"), tmp_path / "view"
+    )
     (folder / "diffusion_view.json").write_text("{not json")
     with pytest.raises(ValueError, match="diffusion_view.json is not valid JSON"):
         load_orthrus(str(qwen3_dir), str(folder), device="cpu")

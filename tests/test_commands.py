@@ -27,8 +27,14 @@ def test_readme_evaluation_command(tmp_path):
     """Exactly the README's command; only out_dir is redirected (Hydra: the last value wins)."""
     command = readme_command("python -m scripts.evaluate name=quickstart ")
     args = shlex.split(command)
-    done = subprocess.run([sys.executable, *args[1:], f"out_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'hydra'}"],
-                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, *args[1:], f"out_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'hydra'}"],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "quickstart" / "metrics.json").read_text())
     runs = {r["block_size"]: r for r in report["runs"]}
@@ -49,7 +55,9 @@ def test_generate_command_streams_and_reports(capsys):
 
 @pytest.mark.slow
 def test_lm_eval_cli_runs_the_offline_task(tmp_path):
-    command = readme_command("python -m eval.lm_eval_cli --model orthrus --model_args pretrained=artifacts/orthrus-small")
+    command = readme_command(
+        "python -m eval.lm_eval_cli --model orthrus --model_args pretrained=artifacts/orthrus-small"
+    )
     args = shlex.split(command)[1:] + ["--limit", "2", "--output_path", str(tmp_path)]
     done = subprocess.run([sys.executable, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -21,7 +21,13 @@ from train.tracking import LoggingConfig, WandbConfig
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 EXPS = sorted(p.stem for p in (CONF / "exp").glob("*.yaml"))
-SECTIONS = {"model": ModelConfig, "objective": ObjectiveConfig, "optim": OptimConfig, "logging": LoggingConfig, "train": TrainConfig}
+SECTIONS = {
+    "model": ModelConfig,
+    "objective": ObjectiveConfig,
+    "optim": OptimConfig,
+    "logging": LoggingConfig,
+    "train": TrainConfig,
+}
 
 
 def compose_cfg(*overrides, hydra=False):
@@ -41,8 +47,16 @@ def build_sections(cfg) -> dict:
 
 
 def test_presets_exist():
-    assert {"qwen3_1.7b", "qwen3_4b", "qwen3_8b", "ablate_block_size", "ablate_ce_loss", "ablate_denoise_steps",
-            "ablate_trainable", "ablate_tokens"} <= set(EXPS)
+    assert {
+        "qwen3_1.7b",
+        "qwen3_4b",
+        "qwen3_8b",
+        "ablate_block_size",
+        "ablate_ce_loss",
+        "ablate_denoise_steps",
+        "ablate_trainable",
+        "ablate_tokens",
+    } <= set(EXPS)
 
 
 @pytest.mark.parametrize("exp", EXPS)
@@ -85,8 +99,14 @@ def test_ablation_block_size_keeps_diffusion_tokens_fixed():
 
 def test_gpu_smoke_overrides_compose():
     """The overrides of scripts/gpu_train_smoke.sh: real 8B shapes, random weights, synthetic data."""
-    cfg = compose_cfg("+exp=qwen3_8b", "model.shape=qwen3_8b", "model.base=null", "data=synthetic",
-                      "~data.load_tokenized_dataset", "train.steps=200")
+    cfg = compose_cfg(
+        "+exp=qwen3_8b",
+        "model.shape=qwen3_8b",
+        "model.base=null",
+        "data=synthetic",
+        "~data.load_tokenized_dataset",
+        "train.steps=200",
+    )
     s = build_sections(cfg)
     assert s["model"].shape == "qwen3_8b" and s["model"].base is None
     assert set(cfg.data) == {"synthetic_documents", "packed_dataset"} and cfg.data.packed_dataset.seq_len == 2048
@@ -99,19 +119,24 @@ def test_slurm_launcher_composes():
     assert launcher.gpus_per_node == launcher.tasks_per_node == 8 and launcher.nodes == 1
 
 
-@pytest.mark.parametrize("override,key", [("optim.lr_typo=1", "lr_typo"), ("train.precison=bf16", "precison"), ("+exp=qwen3_9b", "qwen3_9b")])
+@pytest.mark.parametrize(
+    "override,key", [("optim.lr_typo=1", "lr_typo"), ("train.precison=bf16", "precison"), ("+exp=qwen3_9b", "qwen3_9b")]
+)
 def test_bad_override_names_the_key(override, key):
     with pytest.raises(ConfigCompositionException, match=key):
         compose_cfg(override)
 
 
-@pytest.mark.parametrize("override,match", [
-    ("model.shape=qwen3_9b", "model.shape"),
-    ("model.trainable=[q_proj]", "model.trainable"),
-    ("objective.loss=mse", "objective.loss"),
-    ("train.precision=fp16", "train.precision"),
-    ("logging.wandb.mode=cloud", "logging.wandb.mode"),
-])
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("model.shape=qwen3_9b", "model.shape"),
+        ("model.trainable=[q_proj]", "model.trainable"),
+        ("objective.loss=mse", "objective.loss"),
+        ("train.precision=fp16", "train.precision"),
+        ("logging.wandb.mode=cloud", "logging.wandb.mode"),
+    ],
+)
 def test_bad_values_name_the_key(override, match):
     with pytest.raises(ValueError, match=match):
         build_sections(compose_cfg(override))
@@ -139,12 +164,16 @@ def test_model_configs_mirror_the_code():
 def test_deepspeed_config_dict():
     cfg = compose_cfg("+exp=qwen3_8b")
     s = build_sections(cfg)
-    ds = deepspeed_config(s["deepspeed"], s["optim"], s["train"].micro_batch_size, s["train"].grad_accum, world_size=8, bf16=True)
+    ds = deepspeed_config(
+        s["deepspeed"], s["optim"], s["train"].micro_batch_size, s["train"].grad_accum, world_size=8, bf16=True
+    )
     assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"]
     assert ds["train_batch_size"] == 4 * 4 * 8 == 128 and ds["gradient_accumulation_steps"] == 4
     assert ds["optimizer"]["params"]["torch_adam"] is True and ds["optimizer"]["params"]["lr"] == pytest.approx(2e-4)
     assert ds["gradient_clipping"] == 1.0
-    z3 = deepspeed_config(DeepSpeedConfig(**section(compose_cfg("deepspeed=zero3"), "deepspeed")), s["optim"], 1, 1, 1, True)
+    z3 = deepspeed_config(
+        DeepSpeedConfig(**section(compose_cfg("deepspeed=zero3"), "deepspeed")), s["optim"], 1, 1, 1, True
+    )
     assert z3["zero_optimization"]["stage"] == 3 and "stage3_prefetch_bucket_size" in z3["zero_optimization"]
 
 

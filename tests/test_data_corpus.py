@@ -110,7 +110,17 @@ def test_bad_arguments_and_missing_corpus(tmp_path):
 
 
 def test_cli(tmp_path):
-    cmd = [sys.executable, "-m", "scripts.build_corpus", "--out-dir", str(tmp_path), "--max-bytes", "20000", "--seed", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "scripts.build_corpus",
+        "--out-dir",
+        str(tmp_path),
+        "--max-bytes",
+        "20000",
+        "--seed",
+        "3",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "manifest.json").read_text())

@@ -27,10 +27,19 @@ def base_dir(tmp_path_factory):
     build_corpus(root / "corpus", max_bytes=60_000)
     tokenizer = train_tokenizer(root / "corpus", root / "base", vocab_size=300, min_frequency=1)
     torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         tie_word_embeddings=True)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
     model = Qwen3ForCausalLM(config)
     with torch.no_grad():  # sharper logits: greedy choices far from ties
         model.model.embed_tokens.weight.normal_(0, 1.0)
@@ -51,16 +60,26 @@ def reference(base_dir, text: str) -> str:
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
     eos = eos_token_ids(model, tokenizer)
-    out = model.generate(ids, max_new_tokens=MAX_NEW, do_sample=False, eos_token_id=eos,
-                         pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
+    out = model.generate(
+        ids, max_new_tokens=MAX_NEW, do_sample=False, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id
+    )[0, ids.shape[1] :].tolist()
     return tokenizer.decode(out, skip_special_tokens=True)
 
 
 @pytest.mark.parametrize("chat", [True, False])
 def test_batched_greedy_equals_unbatched(base_dir, prompts_file, tmp_path, chat):
     out = tmp_path / "sd"
-    manifest = generate_responses(base_dir, prompts_file, out, chat_template=chat, max_new_tokens=MAX_NEW,
-                                  temperature=0.0, batch_size=2, shard_size=3, device="cpu")
+    manifest = generate_responses(
+        base_dir,
+        prompts_file,
+        out,
+        chat_template=chat,
+        max_new_tokens=MAX_NEW,
+        temperature=0.0,
+        batch_size=2,
+        shard_size=3,
+        device="cpu",
+    )
     records = [json.loads(line) for f in sorted(out.glob("train-*.jsonl")) for line in f.read_text().splitlines()]
     assert len(records) == 5 and manifest["records"] == 5 and len(manifest["shards"]) == 2
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
@@ -95,11 +114,18 @@ def test_rerun_is_noop_unless_overwrite(base_dir, prompts_file, tmp_path):
 
 def test_messages_prompts_and_sampling(base_dir, tmp_path):
     source = tmp_path / "chat.jsonl"
-    chats = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-              {"role": "assistant", "content": "old answer"}], [{"role": "assistant", "content": "no prompt"}]]
+    chats = [
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "old answer"},
+        ],
+        [{"role": "assistant", "content": "no prompt"}],
+    ]
     source.write_text("".join(json.dumps({"messages": m}) + "\n" for m in chats))
-    manifest = generate_responses(base_dir, source, tmp_path / "sd", max_new_tokens=4, temperature=0.8, top_k=20,
-                                  device="cpu")
+    manifest = generate_responses(
+        base_dir, source, tmp_path / "sd", max_new_tokens=4, temperature=0.8, top_k=20, device="cpu"
+    )
     assert manifest["records"] == 1 and manifest["skipped_without_prompt"] == 1
     (record,) = [json.loads(line) for line in (tmp_path / "sd" / "train-00000.jsonl").read_text().splitlines()]
     assert [m["role"] for m in record["messages"]] == ["system", "user", "assistant"]
@@ -128,10 +154,17 @@ def test_train_composes_with_self_distill_data():
     import train.config  # noqa: F401  (registers the resolvers the presets use)
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["+exp=qwen3_8b", "data=self_distill",
-                                           "data.load_tokenized_dataset.source=/tmp/sd"])
-        script = compose("self_distill", overrides=["model_name_or_path=Qwen/Qwen3-8B",
-                                                    "prompts_source=HuggingFaceH4/ultrachat_200k", "out_dir=/tmp/sd"])
+        cfg = compose(
+            "config", overrides=["+exp=qwen3_8b", "data=self_distill", "data.load_tokenized_dataset.source=/tmp/sd"]
+        )
+        script = compose(
+            "self_distill",
+            overrides=[
+                "model_name_or_path=Qwen/Qwen3-8B",
+                "prompts_source=HuggingFaceH4/ultrachat_200k",
+                "out_dir=/tmp/sd",
+            ],
+        )
     data = OmegaConf.to_container(cfg.data, resolve=True)
     assert data["load_tokenized_dataset"]["source"] == "/tmp/sd"
     assert data["load_tokenized_dataset"]["tokenizer"] == cfg.model.base == "Qwen/Qwen3-8B"
@@ -148,8 +181,9 @@ def test_sharded_over_ranks_and_resumable(base_dir, tmp_path, monkeypatch):
     source = tmp_path / "nemotron"  # hub layout of Nemotron-Post-Training-Dataset-v2: one split per subset
     source.mkdir()
     for name in ("chat", "math", "code"):
-        (source / f"{name}.jsonl").write_text("".join(
-            json.dumps({"messages": [{"role": "user", "content": f"{name} {i}"}]}) + "\n" for i in range(3)))
+        (source / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"messages": [{"role": "user", "content": f"{name} {i}"}]}) + "\n" for i in range(3))
+        )
     kwargs = dict(split=["chat", "math", "code"], limit=2, max_new_tokens=3, batch_size=2, shard_size=2, device="cpu")
     single = generate_responses(base_dir, source, tmp_path / "one", **kwargs)
     assert single["records"] == 6 and len(single["shards"]) == 3  # 2 of each split

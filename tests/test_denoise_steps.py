@@ -33,8 +33,9 @@ def test_one_step_is_the_default_path(make_model):
 def test_sampling_smoke(make_model):
     model = make_model(seed=2)
     g = torch.Generator().manual_seed(0)
-    out = generate(model, prompt(5), 20, block_size=6, denoise_steps=2,
-                   sampling=SamplingParams(temperature=1.0), generator=g)
+    out = generate(
+        model, prompt(5), 20, block_size=6, denoise_steps=2, sampling=SamplingParams(temperature=1.0), generator=g
+    )
     assert out.num_new_tokens == 20 and sum(out.emitted) + 1 == 20
     assert out.diffusion_forwards == sum(min(2, k - 1) for k in out.proposed)
 

@@ -113,8 +113,11 @@ def test_broken_acceptance_rule_is_caught(make_model, monkeypatch):
     model = make_model(seed=7)
     ids = prompt(5, seed=7)
     orig = TorchOps.greedy_accept
-    monkeypatch.setattr(TorchOps, "greedy_accept",
-                        staticmethod(lambda draft, ar, pdl=False: (orig(draft, ar) + 1).clamp(max=draft.shape[1])))
+    monkeypatch.setattr(
+        TorchOps,
+        "greedy_accept",
+        staticmethod(lambda draft, ar, pdl=False: (orig(draft, ar) + 1).clamp(max=draft.shape[1])),
+    )
     out = OrthrusEngine(model, 64).generate(ids, 30, block_size=4)
     assert not torch.equal(out.sequences, base_greedy(model, ids, 30))
 
@@ -150,7 +153,8 @@ def test_fused_qkv_same_output(make_model):
     ids = prompt(8, seed=10)
     engine = OrthrusEngine(model, 64, fuse_qkv=True)
     assert engine.fused_weight_bytes == 2 * model.config.num_hidden_layers * 4 * (
-        (model.config.num_attention_heads + 2 * model.config.num_key_value_heads) * 16 * 64)
+        (model.config.num_attention_heads + 2 * model.config.num_key_value_heads) * 16 * 64
+    )
     out = engine.generate(ids, 20, block_size=4)
     assert torch.equal(out.sequences, base_greedy(model, ids, 20))
 

@@ -29,8 +29,10 @@ K = 6
 CUDA = torch.cuda.is_available()
 FAST_BACKEND = "triton" if CUDA else "torch"
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-interpreted = pytest.mark.skipif(CUDA or not INTERPRETED, reason="off the GPU only (TRITON_INTERPRET=1): on CUDA the "
-                                 "statistical tests above run on the Triton path itself")
+interpreted = pytest.mark.skipif(
+    CUDA or not INTERPRETED,
+    reason="off the GPU only (TRITON_INTERPRET=1): on CUDA the statistical tests above run on the Triton path itself",
+)
 
 
 def _engine(make_model):
@@ -71,11 +73,15 @@ def greedy_chain_drafter(engine, monkeypatch):
     monkeypatch.setattr(engine, "_logits", chain)
 
 
-@pytest.mark.parametrize("params,drafts,block_size,n", [
-    (SamplingParams(1.0), "sampled", K, 600),
-    (SamplingParams(0.4, 8, 0.95), "greedy", K, 600),
-    (SamplingParams(0.8, 9), "sampled", 1, 300),  # the K = 1 baseline: plain sampling on the same engine
-], ids=str)
+@pytest.mark.parametrize(
+    "params,drafts,block_size,n",
+    [
+        (SamplingParams(1.0), "sampled", K, 600),
+        (SamplingParams(0.4, 8, 0.95), "greedy", K, 600),
+        (SamplingParams(0.8, 9), "sampled", 1, 300),  # the K = 1 baseline: plain sampling on the same engine
+    ],
+    ids=str,
+)
 def test_emitted_tokens_follow_base_distribution(make_model, one_thread, monkeypatch, params, drafts, block_size, n):
     engine = _engine(make_model)
     if drafts == "greedy":
@@ -109,8 +115,9 @@ def test_triton_path_draws_like_torch_path(make_model, drafts):
     runs = {}
     for backend in ("triton", "torch"):
         engine = OrthrusEngine(model, 32, backend=backend, cuda_graphs=False)
-        out = engine.generate(PROMPT, 8, block_size=4, sampling=params, drafts=drafts,
-                              generator=torch.Generator().manual_seed(3))
+        out = engine.generate(
+            PROMPT, 8, block_size=4, sampling=params, drafts=drafts, generator=torch.Generator().manual_seed(3)
+        )
         runs[backend] = out.sequences.tolist(), out.accepted
     assert runs["triton"] == runs["torch"]
     assert sum(runs["torch"][1]) > 0, "no draft accepted: acceptance would go untested"
@@ -121,8 +128,9 @@ def test_seed_reproduces_a_run(make_model):
     params = SamplingParams(0.9, 0, 0.95)
 
     def run(seed, drafts="sampled"):
-        out = engine.generate(PROMPT, 12, block_size=K, sampling=params, drafts=drafts,
-                              generator=torch.Generator().manual_seed(seed))
+        out = engine.generate(
+            PROMPT, 12, block_size=K, sampling=params, drafts=drafts, generator=torch.Generator().manual_seed(seed)
+        )
         return out.sequences.tolist(), out.accepted
 
     assert run(5) == run(5) and run(5, "greedy") == run(5, "greedy")

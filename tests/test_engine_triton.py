@@ -48,7 +48,7 @@ def test_qkv_norm_rope(dtype, dst_at_start):
     KV head (not a power of two), at a nonzero start; outputs into the cache or a block buffer."""
     T, H, Hkv, D, S = 5, 6, 2, 32, 40
     qkv = _rand(T, (H + 2 * Hkv) * D, dtype=dtype, seed=3)
-    q, k, v = qkv[:, : H * D], qkv[:, H * D:(H + Hkv) * D], qkv[:, (H + Hkv) * D:]
+    q, k, v = qkv[:, : H * D], qkv[:, H * D : (H + Hkv) * D], qkv[:, (H + Hkv) * D :]
     qw, kw = _rand(D, dtype=dtype, seed=4), _rand(D, dtype=dtype, seed=5)
     angles = torch.arange(S)[:, None] * torch.rand(D // 2, generator=torch.Generator().manual_seed(6)).repeat(2)
     cos, sin = angles.cos().to(DEVICE, dtype), angles.sin().to(DEVICE, dtype)
@@ -100,8 +100,16 @@ def test_cuda_graphs_match_base_fp32(make_model, prompt_len, block_size):
 @torch.no_grad()
 def test_cuda_bf16_backends_agree(make_model):
     """bf16 draft and verify logits of the Triton path against the PyTorch path, at a larger GQA shape."""
-    model = make_model(seed=30, hidden_size=512, intermediate_size=1024, num_attention_heads=8,
-                       num_key_value_heads=2, head_dim=64, num_hidden_layers=3, initializer_range=0.02)
+    model = make_model(
+        seed=30,
+        hidden_size=512,
+        intermediate_size=1024,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=64,
+        num_hidden_layers=3,
+        initializer_range=0.02,
+    )
     model = model.to("cuda", torch.bfloat16)
     ids = prompt(300, seed=30).cuda()
     logits = {}
@@ -166,9 +174,18 @@ def test_batch_invariant_greedy(make_model, prompt_len, block_size):
 @torch.no_grad()
 def test_batch_invariant_bf16_orthrus_equals_ar(make_model):
     """bf16 on the GPU, with CUDA graphs: Orthrus output is the engine's own AR output bit for bit."""
-    model = make_model(seed=31, hidden_size=512, intermediate_size=1024, num_attention_heads=8,
-                       num_key_value_heads=2, head_dim=64, num_hidden_layers=3, vocab_size=1000,
-                       mask_token_id=999, initializer_range=0.02).to("cuda", torch.bfloat16)
+    model = make_model(
+        seed=31,
+        hidden_size=512,
+        intermediate_size=1024,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=64,
+        num_hidden_layers=3,
+        vocab_size=1000,
+        mask_token_id=999,
+        initializer_range=0.02,
+    ).to("cuda", torch.bfloat16)
     engine = OrthrusEngine(model, 512, batch_invariant=True)
     for seed in range(3):
         ids = prompt(100, seed=seed).cuda()
@@ -218,8 +235,9 @@ def test_pdl_path_matches(interpreted_pdl, make_model, matmul):
         logits.append((steps.draft().clone(), steps.verify().clone(), steps.accept().clone()))
     for a, b in zip(*logits):
         assert torch.equal(a, b)
-    assert torch.equal(engines[1].generate(ids, 6, block_size=4).sequences,
-                       engines[0].generate(ids, 6, block_size=4).sequences)
+    assert torch.equal(
+        engines[1].generate(ids, 6, block_size=4).sequences, engines[0].generate(ids, 6, block_size=4).sequences
+    )
 
 
 @pytest.mark.skipif(not SM90, reason="PDL needs a CUDA GPU of compute capability >= 9.0")
@@ -245,9 +263,18 @@ def test_pdl_cuda_graphs_same_bits_bf16(make_model, monkeypatch, batch_invariant
     would show here), and token-for-token the same greedy output. The products are tuned per PDL
     setting, so the PDL-off engine is given the PDL-on engine's choices."""
     monkeypatch.setattr(Matmul, "_timed", {})
-    model = make_model(seed=32, hidden_size=512, intermediate_size=1024, num_attention_heads=8,
-                       num_key_value_heads=2, head_dim=64, num_hidden_layers=3, vocab_size=1000,
-                       mask_token_id=999, initializer_range=0.02).to("cuda", torch.bfloat16)
+    model = make_model(
+        seed=32,
+        hidden_size=512,
+        intermediate_size=1024,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=64,
+        num_hidden_layers=3,
+        vocab_size=1000,
+        mask_token_id=999,
+        initializer_range=0.02,
+    ).to("cuda", torch.bfloat16)
     ids = prompt(100, seed=32).cuda()
     engines, logits = [], []
     for pdl in (True, False):

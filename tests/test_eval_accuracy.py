@@ -26,8 +26,16 @@ def fixture_prompts(bench: str) -> list[Prompt]:
 
 
 def test_suite_is_the_papers_eight_benchmarks():
-    assert SUITE["benchmarks"] == ["gsm8k", "math500", "aime24", "aime25", "humaneval", "mbpp", "pseudo2code",
-                                   "livecodebench_v5"]
+    assert SUITE["benchmarks"] == [
+        "gsm8k",
+        "math500",
+        "aime24",
+        "aime25",
+        "humaneval",
+        "mbpp",
+        "pseudo2code",
+        "livecodebench_v5",
+    ]
     for b in SUITE["benchmarks"]:
         assert SUITE[b]["max_new_tokens"] > 0 and b in PROMPT_SETS
         assert PROMPT_SETS[b]["source"] == "humaneval" or (PROMPT_SETS[b]["path"] and PROMPT_SETS[b]["split"])
@@ -52,8 +60,14 @@ def test_math_answers():
     assert final_answer("so x = \\boxed{\\frac{1}{2}} and done") == "\\frac{1}{2}"
     assert final_answer("she earned\n#### 10") == "10" and final_answer("the answer is 1,000.") == "1,000"
     assert final_answer("no number") is None
-    for a, b in (("\\dfrac12", "\\frac{1}{2}"), ("0.5", "\\frac{1}{2}"), ("72.0", "72"), ("1,000", "1000"),
-                 ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"), ("$90^\\circ$", "90")):
+    for a, b in (
+        ("\\dfrac12", "\\frac{1}{2}"),
+        ("0.5", "\\frac{1}{2}"),
+        ("72.0", "72"),
+        ("1,000", "1000"),
+        ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"),
+        ("$90^\\circ$", "90"),
+    ):
         assert math_equal(a, b), (a, b)
     assert not math_equal("71", "72") and not math_equal(None, "1") and not math_equal("\\frac{1}{3}", "0.3")
 

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_exact_match_rates_by_hand():
-    out = exact_match(candidates=[[1, 2, 3, 4], [1, 2, 9, 4], [7, 7]], references=[[1, 2, 3, 4], [1, 2, 3, 4], [7, 7, 7]])
+    out = exact_match(
+        candidates=[[1, 2, 3, 4], [1, 2, 9, 4], [7, 7]], references=[[1, 2, 3, 4], [1, 2, 3, 4], [7, 7, 7]]
+    )
     assert out["token_rate"] == pytest.approx((4 + 2 + 2) / (4 + 4 + 3))
     assert out["sequence_rate"] == pytest.approx(1 / 3)
     assert out["first_divergence"] == [None, 2, 2]
@@ -41,8 +43,17 @@ def test_greedy_exact_match_catches_a_wrong_candidate(make_model):
 def test_sampling_test_passes_for_orthrus(make_model, sampling):
     """The real rule passes; tests/test_fidelity_rules.py shows broken rules fail on every decoder."""
     model = make_model(seed=3)
-    results = [generate(model, torch.tensor([PROMPTS[i % 3]]), 19, block_size=4, sampling=sampling,
-                        generator=torch.Generator().manual_seed(i)) for i in range(12)]
+    results = [
+        generate(
+            model,
+            torch.tensor([PROMPTS[i % 3]]),
+            19,
+            block_size=4,
+            sampling=sampling,
+            generator=torch.Generator().manual_seed(i),
+        )
+        for i in range(12)
+    ]
     assert sum(sum(r.accepted) for r in results) > 0, "some drafts must be accepted for the check to mean anything"
     out = sampling_fidelity(model, results, sampling, progress=False)
     assert out["num_tokens"] == 12 * 19 and out["passed"] and out["zero_probability_tokens"] == 0
@@ -62,8 +73,17 @@ def test_sampling_test_sees_a_different_base(make_model):
     excludes emitted tokens is counted as zero-probability tokens."""
     model, other = make_model(seed=5), make_model(seed=6)
     sampling = SamplingParams(temperature=1.0, top_k=5)
-    results = [generate(model, torch.tensor([PROMPTS[i % 3]]), 20, block_size=4, sampling=sampling,
-                        generator=torch.Generator().manual_seed(i)) for i in range(8)]
+    results = [
+        generate(
+            model,
+            torch.tensor([PROMPTS[i % 3]]),
+            20,
+            block_size=4,
+            sampling=sampling,
+            generator=torch.Generator().manual_seed(i),
+        )
+        for i in range(8)
+    ]
     out = sampling_fidelity(model, results, sampling, base_model=other, progress=False)
     assert not out["passed"] and out["zero_probability_tokens"] > 0
 
@@ -82,14 +102,28 @@ def small_vocab_model(make_model):
 
 
 def test_two_sample_test_passes_for_orthrus(make_model):
-    out = two_sample_test(small_vocab_model(make_model), [3, 1, 4, 1, 5], SAMPLERS[0], max_new_tokens=6,
-                          num_samples=150, block_size=6, progress=False)
+    out = two_sample_test(
+        small_vocab_model(make_model),
+        [3, 1, 4, 1, 5],
+        SAMPLERS[0],
+        max_new_tokens=6,
+        num_samples=150,
+        block_size=6,
+        progress=False,
+    )
     assert len(out["pvalues"]) == 6 and out["bonferroni_pvalue"] > ALPHA
 
 
 def test_two_sample_test_catches_a_broken_rule(make_model, monkeypatch):
     """Accepting every draft (no p/q test) draws from the drafter: the test must notice."""
     acceptance_rules.install(monkeypatch, acceptance_rules.accept_all)
-    out = two_sample_test(small_vocab_model(make_model), [3, 1, 4, 1, 5], SAMPLERS[0], max_new_tokens=6,
-                          num_samples=150, block_size=6, progress=False)
+    out = two_sample_test(
+        small_vocab_model(make_model),
+        [3, 1, 4, 1, 5],
+        SAMPLERS[0],
+        max_new_tokens=6,
+        num_samples=150,
+        block_size=6,
+        progress=False,
+    )
     assert out["bonferroni_pvalue"] < ALPHA

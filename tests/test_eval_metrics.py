@@ -28,9 +28,14 @@ def result(accepted, emitted=None, K=4, prompt_len=3, diffusion=None, eos=False,
     proposed = proposed or [K] * len(accepted)
     new = 1 + sum(emitted)
     return GenerationResult(
-        sequences=torch.zeros(1, prompt_len + new, dtype=torch.long), prompt_len=prompt_len, block_size=K,
-        accepted=list(accepted), emitted=list(emitted), ar_forwards=1 + len(accepted),
-        diffusion_forwards=len(accepted) if diffusion is None else diffusion, finished_by_eos=eos,
+        sequences=torch.zeros(1, prompt_len + new, dtype=torch.long),
+        prompt_len=prompt_len,
+        block_size=K,
+        accepted=list(accepted),
+        emitted=list(emitted),
+        ar_forwards=1 + len(accepted),
+        diffusion_forwards=len(accepted) if diffusion is None else diffusion,
+        finished_by_eos=eos,
         proposed=list(proposed),
     )
 
@@ -44,7 +49,8 @@ def test_hand_computed_case():
     assert acceptance_length([r]) == r.acceptance_length == pytest.approx((4 + 1 + 2) / 3)  # tokens / verify pass
     assert tokens_per_iteration([r]) == pytest.approx(7 / 3)  # diagnostic: per draft+verify iteration
     assert acceptance_histogram([r]) == [1, 1, 0, 1]
-    # draft 1 reached 3 times, kept 2; draft 2 reached 2 times (after a kept draft 1), kept 1; draft 3 reached once, kept.
+    # draft 1 reached 3 times, kept 2; draft 2 reached 2 times (after a kept draft 1), kept 1;
+    # draft 3 reached once, kept.
     assert per_position_acceptance([r]) == pytest.approx([2 / 3, 1 / 2, 1.0])
 
 
@@ -119,7 +125,9 @@ def test_runner_on_tiny_model(make_model):
     assert orth["new_tokens"] == ar["new_tokens"] == 30
     for row in rows:
         assert 0 < row["mean_ttft_seconds"] < row["seconds"] and row["peak_memory_bytes"] > 0
-        assert row["ttft_ms"] == pytest.approx(1e3 * row["mean_ttft_seconds"]) and row["warmup_prompts"] == 1  # one bucket
+        assert (
+            row["ttft_ms"] == pytest.approx(1e3 * row["mean_ttft_seconds"]) and row["warmup_prompts"] == 1
+        )  # one bucket
     # greedy: both block sizes emit the base model's tokens
     assert [r.new_tokens.tolist() for r in runs[1].results] == [r.new_tokens.tolist() for r in runs[4].results]
 

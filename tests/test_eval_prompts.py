@@ -68,7 +68,9 @@ def test_hub_sets_use_their_field_names(monkeypatch):
     records = {
         "HuggingFaceH4/MATH-500": [{"problem": "1+1?", "unique_id": "test/a.json", "answer": "2"}],
         "openai/gsm8k": [{"question": "How many?", "answer": "#### 3"}],
-        "google-research-datasets/mbpp": [{"task_id": 11, "text": "Sum a list.", "test_list": ["assert f([1]) == 1", "assert f([]) == 0"]}],
+        "google-research-datasets/mbpp": [
+            {"task_id": 11, "text": "Sum a list.", "test_list": ["assert f([1]) == 1", "assert f([]) == 0"]}
+        ],
         "HuggingFaceH4/mt_bench_prompts": [{"prompt": ["Turn one?", "Turn two?"], "prompt_id": 81}],
     }
     calls = []
@@ -79,12 +81,17 @@ def test_hub_sets_use_their_field_names(monkeypatch):
 
     monkeypatch.setattr("datasets.load_dataset", fake_load_dataset)
     sets = OmegaConf.to_container(OmegaConf.load(CONF / "eval" / "prompt_sets.yaml"))
-    got = {name: load_prompts(PromptSpec(**sets[name]), limit=3)[0] for name in ("math500", "gsm8k", "mbpp", "mt_bench")}
+    got = {
+        name: load_prompts(PromptSpec(**sets[name]), limit=3)[0] for name in ("math500", "gsm8k", "mbpp", "mt_bench")
+    }
     boxed = "\nPlease reason step by step, and put your final answer within \\boxed{}."
     assert got["math500"] == prompts_module.Prompt("test/a.json", "1+1?" + boxed, records["HuggingFaceH4/MATH-500"][0])
     assert got["gsm8k"].text == "How many?" + boxed
-    assert got["mbpp"].id == "11" and "Sum a list. Your code should pass these tests:\n\nassert f([1]) == 1\nassert f([]) == 0" \
+    assert (
+        got["mbpp"].id == "11"
+        and "Sum a list. Your code should pass these tests:\n\nassert f([1]) == 1\nassert f([]) == 0"
         in got["mbpp"].text
+    )
     assert got["mt_bench"] == prompts_module.Prompt("81", "Turn one?", records["HuggingFaceH4/mt_bench_prompts"][0])
     assert ("openai/gsm8k", "main", "test[:3]") in calls
 

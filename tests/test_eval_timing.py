@@ -45,9 +45,14 @@ class SlowFirstCallDecoder:
         self.clock.t += TOKEN_S[block_size] * (max_new_tokens - 1)
         streamer.put(torch.ones(max_new_tokens - 1, dtype=torch.long))
         seq = torch.cat([input_ids[0], torch.ones(max_new_tokens, dtype=torch.long)])[None]
-        return GenerationResult(sequences=seq, prompt_len=input_ids.shape[1], block_size=block_size,
-                                accepted=[0] * (max_new_tokens - 1), emitted=[1] * (max_new_tokens - 1),
-                                proposed=[block_size] * (max_new_tokens - 1))
+        return GenerationResult(
+            sequences=seq,
+            prompt_len=input_ids.shape[1],
+            block_size=block_size,
+            accepted=[0] * (max_new_tokens - 1),
+            emitted=[1] * (max_new_tokens - 1),
+            proposed=[block_size] * (max_new_tokens - 1),
+        )
 
 
 class FakeModel:
@@ -59,8 +64,16 @@ PROMPTS = [[1] * n for n in (5, 20, 40, 70, 3, 130, 33)]  # buckets 16, 32, 64, 
 
 def measure(warmup):
     clock = FakeClock()
-    rows, _ = measure_block_sizes(FakeModel(), PROMPTS, [4, 1], max_new_tokens=9, warmup=warmup,
-                                  decode_fn=SlowFirstCallDecoder(clock), progress=False, clock=clock)
+    rows, _ = measure_block_sizes(
+        FakeModel(),
+        PROMPTS,
+        [4, 1],
+        max_new_tokens=9,
+        warmup=warmup,
+        decode_fn=SlowFirstCallDecoder(clock),
+        progress=False,
+        clock=clock,
+    )
     return {r["block_size"]: r for r in rows}
 
 

@@ -42,7 +42,8 @@ def test_sampling_test_passes_the_rule_and_fails_broken_rules(make_model, monkey
     if rule is not None:
         if name == "reference":
             assert "models.generate.speculative_accept" in acceptance_rules.install(
-                monkeypatch, acceptance_rules.BROKEN[rule])
+                monkeypatch, acceptance_rules.BROKEN[rule]
+            )
         else:
             acceptance_rules.install_engine(monkeypatch, rule)
     results = sample(decoder(name, model))

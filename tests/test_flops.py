@@ -29,9 +29,16 @@ from train.loop import Trainer
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 TINY = [
-    "model=tiny", "data=synthetic", "logging.wandb.mode=disabled", "logging.progress_bar=false",
-    "data.packed_dataset.seq_len=64", "data.synthetic_documents.max_length=40", "train.micro_batch_size=2",
-    "model.config.hidden_size=64", "model.config.intermediate_size=96", "model.config.num_hidden_layers=3",
+    "model=tiny",
+    "data=synthetic",
+    "logging.wandb.mode=disabled",
+    "logging.progress_bar=false",
+    "data.packed_dataset.seq_len=64",
+    "data.synthetic_documents.max_length=40",
+    "train.micro_batch_size=2",
+    "model.config.hidden_size=64",
+    "model.config.intermediate_size=96",
+    "model.config.num_hidden_layers=3",
     "model.config.head_dim=16",
 ]
 MATMUL_OPS = ("aten.mm", "aten.addmm")
@@ -49,8 +56,14 @@ def measured_step(trainable: str, tmp_path, monkeypatch):
         cfg = compose("config", [*TINY, f"model.trainable={trainable}", "objective.blocks_per_row=5"])
     trainer = Trainer(cfg, tmp_path)
     batch = next(batches(trainer.dataset, 2))
-    blocks = sample_blocks(batch, blocks_per_row=5, block_size=trainer.block_size,
-                           mask_token_id=trainer.model.config.mask_token_id, num_denoise_steps=1, seed=0)
+    blocks = sample_blocks(
+        batch,
+        blocks_per_row=5,
+        block_size=trainer.block_size,
+        mask_token_id=trainer.model.config.mask_token_id,
+        num_denoise_steps=1,
+        seed=0,
+    )
     assert (batch["doc_ids"][:, 1:] != batch["doc_ids"][:, :-1]).any()  # packed: several documents per row
     monkeypatch.setattr(train.objective, "checkpoint", lambda fn, *args, **kw: fn(*args))  # no recomputation
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
@@ -60,10 +73,13 @@ def measured_step(trainable: str, tmp_path, monkeypatch):
     return counts, terms, trainer.model.config, batch, blocks
 
 
-@pytest.mark.parametrize("trainable", [
-    "[q_proj_diff,k_proj_diff,v_proj_diff,o_proj_diff,q_norm_diff,k_norm_diff]",  # the paper's
-    "[q_proj_diff,k_proj_diff,v_proj_diff]",  # conf/exp/ablate_trainable.yaml's other arm
-])
+@pytest.mark.parametrize(
+    "trainable",
+    [
+        "[q_proj_diff,k_proj_diff,v_proj_diff,o_proj_diff,q_norm_diff,k_norm_diff]",  # the paper's
+        "[q_proj_diff,k_proj_diff,v_proj_diff]",  # conf/exp/ablate_trainable.yaml's other arm
+    ],
+)
 def test_matmul_flops_equal_flop_counter_on_a_real_step(trainable, tmp_path, monkeypatch):
     counts, terms, config, batch, blocks = measured_step(trainable, tmp_path, monkeypatch)
     assert set(counts) <= {*MATMUL_OPS, *ATTENTION_OPS}, counts  # nothing else is counted

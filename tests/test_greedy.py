@@ -11,8 +11,13 @@ from models.generate import generate
 def base_greedy(model, ids, max_new_tokens, eos_token_id=None):
     """The reference: transformers' own greedy generate on the same (frozen) weights."""
     return Qwen3ForCausalLM.generate(
-        model, ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-        eos_token_id=eos_token_id, pad_token_id=0,
+        model,
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=eos_token_id,
+        pad_token_id=0,
     )
 
 

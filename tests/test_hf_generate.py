@@ -37,8 +37,9 @@ def test_sampling_follows_transformers_defaults(make_model):
     """do_sample=True with only a temperature: transformers' default top_k=50 and top_p=1 apply."""
     model = make_model(seed=9)
     ids = prompt(4, seed=9)
-    out = model.generate(ids, max_new_tokens=12, do_sample=True, temperature=0.7,
-                         generator=torch.Generator().manual_seed(3))
+    out = model.generate(
+        ids, max_new_tokens=12, do_sample=True, temperature=0.7, generator=torch.Generator().manual_seed(3)
+    )
     ref = generate(model, ids, 12, sampling=SamplingParams(0.7, 50, 1.0), generator=torch.Generator().manual_seed(3))
     assert torch.equal(out, ref.sequences)
     other = generate(model, ids, 12, sampling=SamplingParams(0.7, 2, 1.0), generator=torch.Generator().manual_seed(3))
@@ -57,12 +58,15 @@ def test_eos_stop_strings_and_streamer(make_model):
     assert torch.equal(model.generate(ids, max_new_tokens=30, eos_token_id=eos), base_greedy(model, ids, 30, eos))
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    ({"num_beams": 2}, "num_beams=2"),
-    ({"repetition_penalty": 1.3}, "repetition_penalty=1.3"),
-    ({"output_scores": True}, "output_scores"),
-    ({"logits_processor": []}, "logits_processor"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"num_beams": 2}, "num_beams=2"),
+        ({"repetition_penalty": 1.3}, "repetition_penalty=1.3"),
+        ({"output_scores": True}, "output_scores"),
+        ({"logits_processor": []}, "logits_processor"),
+    ],
+)
 def test_unsupported_arguments_raise(make_model, kwargs, name):
     model = make_model()
     with pytest.raises(ValueError, match=name):
@@ -79,6 +83,7 @@ def test_plain_base_generate_still_reachable(make_model):
     """eval/fidelity.py's reference: GenerationMixin.generate on the same object is the plain base."""
     model = make_model(seed=2)
     ids = prompt(4, seed=2)
-    out = GenerationMixin.generate(model, ids, attention_mask=torch.ones_like(ids), max_new_tokens=9,
-                                   do_sample=False, num_beams=1, pad_token_id=0)
+    out = GenerationMixin.generate(
+        model, ids, attention_mask=torch.ones_like(ids), max_new_tokens=9, do_sample=False, num_beams=1, pad_token_id=0
+    )
     assert torch.equal(out, model.generate(ids, max_new_tokens=9))

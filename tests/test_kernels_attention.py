@@ -27,8 +27,17 @@ cuda_only = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 # writes the output directly, 3 and 4 go through the combine kernel (short lengths leave splits empty).
 _rng = random.Random(0)
 SMALL_CASES = [
-    (_rng.choice([1, 2]), _rng.choice([1, 2]), group, block_len, _rng.choice([32, 64]), length,
-     _rng.choice([None, 1, 3, 4]), _rng.random() < 0.5, _rng.random() < 0.5)
+    (
+        _rng.choice([1, 2]),
+        _rng.choice([1, 2]),
+        group,
+        block_len,
+        _rng.choice([32, 64]),
+        length,
+        _rng.choice([None, 1, 3, 4]),
+        _rng.random() < 0.5,
+        _rng.random() < 0.5,
+    )
     for length, block_len, group in itertools.product([0, 1, 37, 130], [1, 4, 7, 8], [1, 4])
 ] + [(1, 1, 8, 17, 32, 70, 2, True, True)]  # 136 query rows: two row blocks of 128
 CUDA_CASES = [
@@ -42,7 +51,9 @@ CUDA_CASES = [
 
 def _case_id(case):
     b, hkv, g, k, d, n, splits, on_device, q_t = case
-    return f"B{b}-Hkv{hkv}-G{g}-K{k}-D{d}-len{n}-splits{splits}-{'tensor' if on_device else 'int'}{'-qT' if q_t else ''}"
+    return (
+        f"B{b}-Hkv{hkv}-G{g}-K{k}-D{d}-len{n}-splits{splits}-{'tensor' if on_device else 'int'}{'-qT' if q_t else ''}"
+    )
 
 
 def _inputs(case, dtype, device=DEVICE):
@@ -80,8 +91,9 @@ def _check_diffusion(case, dtype):
     k_cache[:, :, length:] = float("nan")  # [ctx_len, S_max) is stale in a real cache
     v_cache[:, :, length:] = float("nan")
     scale = q.shape[-1] ** -0.5
-    out = diffusion_attention(q, k_cache, v_cache, _length_arg(length, on_device), k_blk, v_blk, scale,
-                              num_splits=num_splits)
+    out = diffusion_attention(
+        q, k_cache, v_cache, _length_arg(length, on_device), k_blk, v_blk, scale, num_splits=num_splits
+    )
     _assert_close(out, diffusion_attention_ref(q, k_cache, v_cache, length, k_blk, v_blk, scale), dtype)
 
 
@@ -89,8 +101,8 @@ def _check_verify(case, dtype):
     q, k_cache, v_cache, _, _ = _inputs(case, dtype)
     length, num_splits, on_device = case[5:8]
     block_len = q.shape[2]
-    k_cache[:, :, length + block_len:] = float("nan")  # beyond the block nothing is written yet
-    v_cache[:, :, length + block_len:] = float("nan")
+    k_cache[:, :, length + block_len :] = float("nan")  # beyond the block nothing is written yet
+    v_cache[:, :, length + block_len :] = float("nan")
     scale = q.shape[-1] ** -0.5
     out = verify_attention(q, k_cache, v_cache, _length_arg(length, on_device), scale, num_splits=num_splits)
     _assert_close(out, verify_attention_ref(q, k_cache, v_cache, length, scale), dtype)
@@ -200,29 +212,37 @@ def test_verify_per_position_is_batch_invariant(block_len, num_splits):
     out = verify_attention(q, k_cache, v_cache, start, 0.2, num_splits=num_splits, per_position=True)
     _assert_close(out, verify_attention_ref(q, k_cache, v_cache, 150, 0.2), DTYPES[-1])
     for i in range(block_len):
-        one = verify_attention(q[:, :, i:i + 1], k_cache, v_cache, start + i, 0.2, num_splits=num_splits,
-                               per_position=True)
+        one = verify_attention(
+            q[:, :, i : i + 1], k_cache, v_cache, start + i, 0.2, num_splits=num_splits, per_position=True
+        )
         assert torch.equal(one[:, :, 0], out[:, :, i])
 
 
 # Programmatic Dependent Launch (kernels/pdl.py): the kernels' PDL variants give the same bits.
 SM90 = CUDA and torch.cuda.get_device_capability()[0] >= 9
-PDL_CASES = [(1, 2, 4, 5, 32, 150, 3, True, True), (2, 1, 1, 8, 64, 37, 1, False, False),
-             (1, 2, 2, 7, 32, 130, 4, True, False)]
+PDL_CASES = [
+    (1, 2, 4, 5, 32, 150, 3, True, True),
+    (2, 1, 1, 8, 64, 37, 1, False, False),
+    (1, 2, 2, 7, 32, 130, 4, True, False),
+]
 
 
 def _check_pdl_same_bits(case, dtype):
     q, k_cache, v_cache, k_blk, v_blk = _inputs(case, dtype)
     length, num_splits, on_device = case[5:8]
     ctx = _length_arg(length, on_device)
-    outs = [diffusion_attention(q, k_cache, v_cache, ctx, k_blk, v_blk, 0.2, num_splits=num_splits, pdl=pdl)
-            for pdl in (False, True)]
+    outs = [
+        diffusion_attention(q, k_cache, v_cache, ctx, k_blk, v_blk, 0.2, num_splits=num_splits, pdl=pdl)
+        for pdl in (False, True)
+    ]
     assert torch.equal(*outs)
     for per_position in (False, True):
         if per_position and q.shape[0] != 1:
             continue
-        outs = [verify_attention(q, k_cache, v_cache, ctx, 0.2, num_splits=num_splits, per_position=per_position,
-                                 pdl=pdl) for pdl in (False, True)]
+        outs = [
+            verify_attention(q, k_cache, v_cache, ctx, 0.2, num_splits=num_splits, per_position=per_position, pdl=pdl)
+            for pdl in (False, True)
+        ]
         assert torch.equal(*outs)
 
 

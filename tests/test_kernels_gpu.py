@@ -21,11 +21,12 @@ def test_decode_attention_bf16_matches_float64_reference(K, ctx):
     q = torch.randn(1, 32, K, 128, generator=g, device="cuda", dtype=torch.bfloat16)
     kc = torch.randn(1, 8, 4200, 128, generator=g, device="cuda", dtype=torch.bfloat16)
     vc = torch.randn_like(kc)
-    kb, vb = kc[:, :, 4100:4100 + K].contiguous(), vc[:, :, 4100:4100 + K].contiguous()
+    kb, vb = kc[:, :, 4100 : 4100 + K].contiguous(), vc[:, :, 4100 : 4100 + K].contiguous()
     start = torch.tensor([ctx], device="cuda")
-    for got, ref in ((diffusion_attention(q, kc, vc, start, kb, vb, 0.088),
-                      diffusion_attention_ref(q, kc, vc, ctx, kb, vb, 0.088)),
-                     (verify_attention(q, kc, vc, start, 0.088), verify_attention_ref(q, kc, vc, ctx, 0.088))):
+    for got, ref in (
+        (diffusion_attention(q, kc, vc, start, kb, vb, 0.088), diffusion_attention_ref(q, kc, vc, ctx, kb, vb, 0.088)),
+        (verify_attention(q, kc, vc, start, 0.088), verify_attention_ref(q, kc, vc, ctx, 0.088)),
+    ):
         assert float((got.double() - ref).norm() / ref.norm()) < BF16_REL_ERR
 
 

@@ -17,8 +17,13 @@ DTYPES = [torch.float32, torch.bfloat16] if CUDA else [torch.float32]
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 # (block_m, block_n, block_k, split_k): one split, and three splits (K = 300 has 10 tiles of 32: 4 + 4 + 2);
 # swap_ab (w @ x^T) with one and three splits
-CONFIGS = [MatmulConfig(16, 32, 32, 1), MatmulConfig(32, 16, 32, 3), MatmulConfig(16, 32, 64, 2),
-           MatmulConfig(16, 64, 32, 1, swap_ab=True), MatmulConfig(32, 64, 32, 3, swap_ab=True)]
+CONFIGS = [
+    MatmulConfig(16, 32, 32, 1),
+    MatmulConfig(32, 16, 32, 3),
+    MatmulConfig(16, 32, 64, 2),
+    MatmulConfig(16, 64, 32, 1, swap_ab=True),
+    MatmulConfig(32, 64, 32, 3, swap_ab=True),
+]
 
 
 def _rand(*shape, dtype, seed):
@@ -31,21 +36,34 @@ def _rand(*shape, dtype, seed):
 @pytest.mark.parametrize("gate_up", [False, True])
 @pytest.mark.parametrize("M", [1, 5, 17, 32])
 def test_matches_float64(M, gate_up, config, dtype):
-    x, w, w2 = _rand(M, 300, dtype=dtype, seed=M), _rand(70, 300, dtype=dtype, seed=1), _rand(70, 300, dtype=dtype, seed=2)
+    x, w, w2 = (
+        _rand(M, 300, dtype=dtype, seed=M),
+        _rand(70, 300, dtype=dtype, seed=1),
+        _rand(70, 300, dtype=dtype, seed=2),
+    )
     out = skinny_matmul(x, w, config, w2 if gate_up else None)
     assert out.shape == (M, 70) and out.dtype == dtype
-    torch.testing.assert_close(out.double(), matmul_ref(x, w, w2 if gate_up else None), rtol=TOL[dtype], atol=TOL[dtype])
+    torch.testing.assert_close(
+        out.double(), matmul_ref(x, w, w2 if gate_up else None), rtol=TOL[dtype], atol=TOL[dtype]
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("config", [MatmulConfig(32, 32, 32, 1), MatmulConfig(32, 16, 32, 3),
-                                    MatmulConfig(32, 64, 32, 3, swap_ab=True)], ids=str)
+@pytest.mark.parametrize(
+    "config",
+    [MatmulConfig(32, 32, 32, 1), MatmulConfig(32, 16, 32, 3), MatmulConfig(32, 64, 32, 3, swap_ab=True)],
+    ids=str,
+)
 @pytest.mark.parametrize("gate_up", [False, True])
 def test_rows_do_not_depend_on_batch(gate_up, config, dtype):
     """Each row of a 32-row product equals that row multiplied alone, bit for bit (same config). Off the GPU
     the interpreter computes fp32 tile products with numpy's BLAS, whose summation order depends on the
     number of rows (triton 3.9), so there fp32 rows are compared to within a few ulps of a 300-term sum."""
-    x, w, w2 = _rand(32, 300, dtype=dtype, seed=3), _rand(70, 300, dtype=dtype, seed=4), _rand(70, 300, dtype=dtype, seed=5)
+    x, w, w2 = (
+        _rand(32, 300, dtype=dtype, seed=3),
+        _rand(70, 300, dtype=dtype, seed=4),
+        _rand(70, 300, dtype=dtype, seed=5),
+    )
     w2 = w2 if gate_up else None
     full = skinny_matmul(x, w, config, w2)
 
@@ -55,7 +73,7 @@ def test_rows_do_not_depend_on_batch(gate_up, config, dtype):
         return torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
     for m in (0, 7, 31):
-        assert same(skinny_matmul(x[m:m + 1], w, config, w2)[0], full[m])
+        assert same(skinny_matmul(x[m : m + 1], w, config, w2)[0], full[m])
     assert same(skinny_matmul(x[:9], w, config, w2), full[:9])
 
 
@@ -81,8 +99,11 @@ def test_candidates_fill_the_gpu():
 
 
 def test_matmul_modes():
-    x, w, w2 = _rand(5, 300, dtype=torch.float32, seed=8), _rand(70, 300, dtype=torch.float32, seed=9), \
-        _rand(70, 300, dtype=torch.float32, seed=10)
+    x, w, w2 = (
+        _rand(5, 300, dtype=torch.float32, seed=8),
+        _rand(70, 300, dtype=torch.float32, seed=9),
+        _rand(70, 300, dtype=torch.float32, seed=10),
+    )
     silu_mul = lambda g, u: F.silu(g) * u  # noqa: E731
     ref, ref_gu = matmul_ref(x, w), matmul_ref(x, w, w2)
     for mode in Matmul.MODES:
@@ -111,9 +132,15 @@ def test_decode_shape_bf16_cuda():
 # tile per split (K = 300 in tiles of 64: 5 tiles, 5 splits), a single partial tile (K = 20 < BLOCK_K)
 # and K not a multiple of BLOCK_K with several tiles per split.
 SM90 = CUDA and torch.cuda.get_device_capability()[0] >= 9
-PDL_CASES = [(300, MatmulConfig(16, 32, 64, 5)), (20, MatmulConfig(16, 32, 32, 1)), (20, MatmulConfig(32, 16, 64, 1)),
-             (300, MatmulConfig(16, 32, 32, 1)), (300, MatmulConfig(32, 16, 32, 3)),
-             (300, MatmulConfig(16, 64, 64, 5, swap_ab=True)), (300, MatmulConfig(32, 64, 32, 3, swap_ab=True))]
+PDL_CASES = [
+    (300, MatmulConfig(16, 32, 64, 5)),
+    (20, MatmulConfig(16, 32, 32, 1)),
+    (20, MatmulConfig(32, 16, 64, 1)),
+    (300, MatmulConfig(16, 32, 32, 1)),
+    (300, MatmulConfig(32, 16, 32, 3)),
+    (300, MatmulConfig(16, 64, 64, 5, swap_ab=True)),
+    (300, MatmulConfig(32, 64, 32, 3, swap_ab=True)),
+]
 
 
 @pytest.mark.parametrize("gate_up", [False, True])
@@ -122,8 +149,11 @@ def test_pdl_path_matches(interpreted_pdl, K, config, gate_up):
     """The kernel's PDL variant (gdc_* calls as no-ops in the interpreter) gives the non-PDL result bit
     for bit, and the exact product."""
     for M in (1, 17):
-        x, w, w2 = _rand(M, K, dtype=torch.float32, seed=M), _rand(70, K, dtype=torch.float32, seed=14), \
-            _rand(70, K, dtype=torch.float32, seed=15)
+        x, w, w2 = (
+            _rand(M, K, dtype=torch.float32, seed=M),
+            _rand(70, K, dtype=torch.float32, seed=14),
+            _rand(70, K, dtype=torch.float32, seed=15),
+        )
         w2 = w2 if gate_up else None
         out = skinny_matmul(x, w, config, w2, pdl=True)
         assert torch.equal(out, skinny_matmul(x, w, config, w2, pdl=False))

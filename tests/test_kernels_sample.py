@@ -37,7 +37,9 @@ def test_transform_keeps_ties_whole():
     probs = logits_to_probs(logits, SamplingParams(1.0, top_p=0.5))
     assert (probs[0, :4] > 0).all() and (probs[0, 4:] == 0).all()
     stats = ks.transform_stats(logits, 1.0, 2, 1.0)
-    torch.testing.assert_close(ks.log_probs_from_stats(logits, 1.0, stats).exp(), logits_to_probs(logits, SamplingParams(1.0, 2)))
+    torch.testing.assert_close(
+        ks.log_probs_from_stats(logits, 1.0, stats).exp(), logits_to_probs(logits, SamplingParams(1.0, 2))
+    )
 
 
 def test_philox_matches_triton():
@@ -52,8 +54,9 @@ def test_philox_matches_triton():
     assert 0 < u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.01
 
 
-@pytest.mark.parametrize("params,rule", [(p, "exact") for p in PARAMS] + [(PARAMS[1], r) for r in ks.BROKEN_RULES],
-                         ids=str)
+@pytest.mark.parametrize(
+    "params,rule", [(p, "exact") for p in PARAMS] + [(PARAMS[1], r) for r in ks.BROKEN_RULES], ids=str
+)
 def test_kernels_match_reference(params, rule, monkeypatch):
     """Drafts, acceptance and the residual/bonus token: the Triton kernels equal the PyTorch twin, over
     several vocabulary chunks, for sampled and greedy drafts, K = 1 and K = 5, and every rule."""
@@ -87,8 +90,9 @@ def test_sample_rows_follows_the_transform():
     row = _logits(1, 12, 5) / 2
     logits = row.expand(300, -1).contiguous()
     stats = ks.transform_stats(logits, params.temperature, params.top_k, params.top_p)
-    tokens = ks.sample_rows(logits, stats, params.temperature, torch.tensor([9, 0], device=DEVICE), ks.DRAFT,
-                            use_triton=True)
+    tokens = ks.sample_rows(
+        logits, stats, params.temperature, torch.tensor([9, 0], device=DEVICE), ks.DRAFT, use_triton=True
+    )
     probs = logits_to_probs(row, params)[0].cpu()
     assert (probs > 0).sum() >= 4
     assert chi2_pvalue(tokens.cpu(), probs) > ALPHA

@@ -29,7 +29,9 @@ def test_training_mask_is_the_decode_mask_per_block():
     mod = block_mask_mod(torch.tensor([[0]]), torch.tensor([[a]]), L, K)
     assert torch.equal(dense_mask(mod, 1, K, L + K, "cpu")[0, 0], masks.draft_mask(a, L, K, "cpu"))
     pos = torch.arange(L)
-    assert torch.equal(ar_attention_mask(torch.zeros(1, L, dtype=torch.long))[0, 0], masks.verify_visible(pos[:, None], pos))
+    assert torch.equal(
+        ar_attention_mask(torch.zeros(1, L, dtype=torch.long))[0, 0], masks.verify_visible(pos[:, None], pos)
+    )
 
 
 def _attention_inputs(seed=0, S=9, K=3):
@@ -59,10 +61,14 @@ def test_breaking_the_rule_breaks_every_path(monkeypatch):
 
     monkeypatch.setattr(masks, "verify_visible", lambda query_pos, key_pos: key_pos < query_pos + 2)  # peeks ahead
     rule = masks.draft_visible
-    monkeypatch.setattr(masks, "draft_visible", lambda q, kv, lo, hi, n, k: rule(q, kv, lo, hi + 1, n, k))  # one more row
+    monkeypatch.setattr(
+        masks, "draft_visible", lambda q, kv, lo, hi, n, k: rule(q, kv, lo, hi + 1, n, k)
+    )  # one more row
     bad = outputs()
     for i in range(4):
         assert not torch.allclose(good[i], bad[i], rtol=1e-5, atol=1e-5), f"output {i} ignores models/masks.py"
     torch.testing.assert_close(bad[0], bad[2], rtol=1e-5, atol=1e-5)  # still one rule for both
     torch.testing.assert_close(bad[1], bad[3], rtol=1e-5, atol=1e-5)
-    assert not torch.equal(good[4], bad[4]) and not torch.equal(good[5], bad[5]), "training masks ignore models/masks.py"
+    assert not torch.equal(good[4], bad[4]) and not torch.equal(good[5], bad[5]), (
+        "training masks ignore models/masks.py"
+    )

@@ -71,9 +71,14 @@ def official_checkpoint(folder, seed=0):
             w = base[f"model.layers.{i}.self_attn.{name}.weight"]
             tensors[f"model.layers.{i}.self_attn.{name}_diff.weight"] = torch.randn(w.shape, generator=g) * 0.1
     save_file(tensors, folder / "model.safetensors")
-    config = {**Qwen3Config(**TINY_QWEN3).to_dict(), "model_type": "orthrus", "architectures": ["OrthrusLM"],
-              "auto_map": {"AutoConfig": "configuration.OrthrusConfig", "AutoModelForCausalLM": "model.OrthrusLM"},
-              "block_size": 8, "mask_token_id": 94}
+    config = {
+        **Qwen3Config(**TINY_QWEN3).to_dict(),
+        "model_type": "orthrus",
+        "architectures": ["OrthrusLM"],
+        "auto_map": {"AutoConfig": "configuration.OrthrusConfig", "AutoModelForCausalLM": "model.OrthrusLM"},
+        "block_size": 8,
+        "mask_token_id": 94,
+    }
     (folder / "config.json").write_text(json.dumps(config))
     return tensors
 
@@ -104,8 +109,10 @@ def test_diffusion_view_round_trip(qwen3_dir, tmp_path):
     assert size < 0.5 * sum(p.numel() * 4 for p in model.parameters())  # the view alone is small
     again = load_orthrus(str(qwen3_dir), str(folder), device="cpu")  # block size and mask id come from the view
     assert (again.config.block_size, again.config.mask_token_id) == (4, 95)
-    assert torch.equal(again.state_dict()["model.layers.1.self_attn.o_proj_diff.weight"],
-                       model.state_dict()["model.layers.1.self_attn.o_proj_diff.weight"])
+    assert torch.equal(
+        again.state_dict()["model.layers.1.self_attn.o_proj_diff.weight"],
+        model.state_dict()["model.layers.1.self_attn.o_proj_diff.weight"],
+    )
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp folders left
 
 

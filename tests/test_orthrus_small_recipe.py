@@ -16,8 +16,14 @@ ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "
 
 
 def recipe(out: Path, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "scripts/orthrus_small.sh", str(out), "toy"], cwd=REPO, env={**ENV, **env},
-                          capture_output=True, text=True, check=False)
+    return subprocess.run(
+        ["bash", "scripts/orthrus_small.sh", str(out), "toy"],
+        cwd=REPO,
+        env={**ENV, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 @pytest.mark.slow
@@ -29,7 +35,8 @@ def test_recipe_rebuilds_and_evaluates_a_view(tmp_path):
     assert (tmp_path / "train" / "diffusion_view" / "diffusion_view.safetensors").is_file()
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert {(r["benchmark"], r["block_size"]) for r in report["runs"]} == {
-        (b, k) for b in ("humaneval", "local_jsonl") for k in (1, 8)}
+        (b, k) for b in ("humaneval", "local_jsonl") for k in (1, 8)
+    }
     assert all(f["exact_match"]["sequence_rate"] == 1.0 for f in report["fidelity"])  # lossless
     assert "+ python train.py +exp=small data=self_distill" in proc.stdout  # the commands are shown
 
@@ -53,9 +60,17 @@ def test_small_ablations_take_their_arms_from_the_shared_yaml(name):
     import train.config  # noqa: F401  (registers ${floor_div:...})
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", [f"+exp=[{name},small]", "data=self_distill", "~data.build_corpus",
-                                 "~data.train_tokenizer", "data.load_tokenized_dataset.source=x"],
-                      return_hydra_config=True)
+        cfg = compose(
+            "config",
+            [
+                f"+exp=[{name},small]",
+                "data=self_distill",
+                "~data.build_corpus",
+                "~data.train_tokenizer",
+                "data.load_tokenized_dataset.source=x",
+            ],
+            return_hydra_config=True,
+        )
     own = OmegaConf.load(REPO / "conf" / "exp" / f"{name}.yaml").hydra.sweeper.params
     assert cfg.hydra.sweeper.params == own
     assert cfg.model.base == "artifacts/orthrus-small/base" and "build_corpus" not in cfg.data

@@ -41,8 +41,12 @@ def test_table1_for_1_7b_is_complete(paper):
 
 
 def test_figures_peers_and_studies(paper):
-    for b, values in {"gsm8k": (9.6, 6.5, 3.7), "math500": (11.7, 7.9, 3.5), "aime25": (9.5, 7.1, 3.4),
-                      "mbpp": (6.9, 5.9, 3.2)}.items():
+    for b, values in {
+        "gsm8k": (9.6, 6.5, 3.7),
+        "math500": (11.7, 7.9, 3.5),
+        "aime25": (9.5, 7.1, 3.4),
+        "mbpp": (6.9, 5.9, 3.2),
+    }.items():
         got = [paper.lookup("acceptance_length", None, b, method=m)["value"] for m in ("orthrus", "dflash", "eagle3")]
         assert got == list(values)
     long_ctx = [n for n in paper.numbers if n["benchmark"] == "long_context"]
@@ -63,6 +67,15 @@ def test_ambiguous_headline_carries_its_ambiguity(paper):
 def test_recipe(paper):
     r = paper.recipe
     assert r["data"] == "nvidia/Nemotron-Post-Training-Dataset-v2" and r["mix"] == {"chat": 1, "math": 1, "code": 1}
-    assert (r["seq_len"], r["anchors_per_row"], r["block_size"], r["lr"], r["warmup_fraction"], r["grad_clip"],
-            r["global_batch_rows"], r["epochs"], r["loss"]) == (2048, 256, 32, 2e-4, 0.05, 1.0, 128, 2, "kl")
+    assert (
+        r["seq_len"],
+        r["anchors_per_row"],
+        r["block_size"],
+        r["lr"],
+        r["warmup_fraction"],
+        r["grad_clip"],
+        r["global_batch_rows"],
+        r["epochs"],
+        r["loss"],
+    ) == (2048, 256, 32, 2e-4, 0.05, 1.0, 128, 2, "kl")
     assert set(r["sources"]) <= set(paper.sources)

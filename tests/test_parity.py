@@ -16,12 +16,25 @@ from train.tracking import METRICS_FILE
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 RUN = [
-    "model=tiny", "data=synthetic", "logging.wandb.mode=disabled", "logging.progress_bar=false", "logging.log_every=1",
-    "data.packed_dataset.seq_len=64", "data.synthetic_documents.max_length=96", "objective.blocks_per_row=6",
+    "model=tiny",
+    "data=synthetic",
+    "logging.wandb.mode=disabled",
+    "logging.progress_bar=false",
+    "logging.log_every=1",
+    "data.packed_dataset.seq_len=64",
+    "data.synthetic_documents.max_length=96",
+    "objective.blocks_per_row=6",
     "data.synthetic_documents.num_documents=64",
-    "model.config.hidden_size=64", "model.config.intermediate_size=128", "model.config.num_hidden_layers=2",
-    "model.config.head_dim=16", "train.steps=5", "train.micro_batch_size=1", "train.grad_accum=4",
-    "train.checkpoint_every=5", "optim.lr=3e-3", "optim.warmup_steps=2",
+    "model.config.hidden_size=64",
+    "model.config.intermediate_size=128",
+    "model.config.num_hidden_layers=2",
+    "model.config.head_dim=16",
+    "train.steps=5",
+    "train.micro_batch_size=1",
+    "train.grad_accum=4",
+    "train.checkpoint_every=5",
+    "optim.lr=3e-3",
+    "optim.warmup_steps=2",
 ]
 
 

@@ -17,12 +17,26 @@ from train.loop import BASE_DIR, Trainer
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 RUN = [
-    "model=tiny", "data=synthetic", "objective.kind=next_token", "logging.wandb.mode=disabled",
-    "logging.progress_bar=false", "logging.log_every=5", "data.packed_dataset.seq_len=64",
-    "data.synthetic_documents.num_documents=64", "data.synthetic_documents.max_length=96",
-    "model.config.hidden_size=64", "model.config.intermediate_size=128", "model.config.num_hidden_layers=2",
-    "model.config.head_dim=16", "model.config.vocab_size=64", "model.mask_token_id=63", "train.steps=30",
-    "train.micro_batch_size=4", "train.checkpoint_every=30", "optim.lr=1e-2", "optim.warmup_steps=3",
+    "model=tiny",
+    "data=synthetic",
+    "objective.kind=next_token",
+    "logging.wandb.mode=disabled",
+    "logging.progress_bar=false",
+    "logging.log_every=5",
+    "data.packed_dataset.seq_len=64",
+    "data.synthetic_documents.num_documents=64",
+    "data.synthetic_documents.max_length=96",
+    "model.config.hidden_size=64",
+    "model.config.intermediate_size=128",
+    "model.config.num_hidden_layers=2",
+    "model.config.head_dim=16",
+    "model.config.vocab_size=64",
+    "model.mask_token_id=63",
+    "train.steps=30",
+    "train.micro_batch_size=4",
+    "train.checkpoint_every=30",
+    "optim.lr=1e-2",
+    "optim.warmup_steps=3",
 ]
 
 

@@ -19,8 +19,10 @@ from train.run_dir import (
     release_run_dir,
 )
 
-HOLD = "import sys, time; from pathlib import Path; from train.run_dir import claim_run_dir; " \
-       "claim_run_dir(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)"
+HOLD = (
+    "import sys, time; from pathlib import Path; from train.run_dir import claim_run_dir; "
+    "claim_run_dir(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)"
+)
 
 
 def test_a_live_holder_is_refused_and_a_dead_one_is_not(tmp_path):
@@ -44,8 +46,19 @@ def test_default_run_folder_is_unique_per_process():
 
 def test_progress_lines_print_unmeasurable_metrics_as_na(tmp_path):
     folder = RunFolder(tmp_path)
-    line = format_record({"step": 3, "loss": 1.5, "acc_mean": 0.25, "lr": 1e-4, "grad_norm": 0.5,
-                          "tokens_per_s_per_gpu": 1000.0, "mfu": None, "elapsed_s": 2.0}, 10)
+    line = format_record(
+        {
+            "step": 3,
+            "loss": 1.5,
+            "acc_mean": 0.25,
+            "lr": 1e-4,
+            "grad_norm": 0.5,
+            "tokens_per_s_per_gpu": 1000.0,
+            "mfu": None,
+            "elapsed_s": 2.0,
+        },
+        10,
+    )
     folder.close()
     assert line.startswith("step 3/10 | loss 1.5000") and "mfu n/a" in line
 
@@ -56,8 +69,9 @@ def test_two_concurrent_runs_cannot_share_a_folder(tmp_path):
     has been refused, so the check never depends on which run finishes first."""
     run = tmp_path / "run"
     cmd = [sys.executable, "train.py", *FAST, f"hydra.run.dir={run}"]
-    first = subprocess.Popen([*cmd, "train.steps=100000"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    first = subprocess.Popen(
+        [*cmd, "train.steps=100000"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.time() + 300
         while not (run / "train.log").is_file() and first.poll() is None and time.time() < deadline:

@@ -30,7 +30,9 @@ def test_flop_breakdown_sums_to_total_at_the_8b_shape():
     rows = iter(packed_rows(4096))
     for seed in range(3):
         batch = {k: v[None] for k, v in next(rows).items()}
-        blocks = sample_blocks(batch, blocks_per_row=64, block_size=32, mask_token_id=999, num_denoise_steps=1, seed=seed)
+        blocks = sample_blocks(
+            batch, blocks_per_row=64, block_size=32, mask_token_id=999, num_denoise_steps=1, seed=seed
+        )
         parts = micro_batch_flops_breakdown(config, batch["doc_ids"], blocks, trainable)
         total = micro_batch_flops(config, batch["doc_ids"], blocks, trainable)
         assert tuple(parts) == FLOP_PARTS and sum(parts.values()) == total
@@ -68,8 +70,23 @@ def test_flex_eager_setting_drops_compilation_and_restores():
 
 
 def run_bench(tmp_path, *extra):
-    argv = [str(tmp_path / "bench"), "--shapes", "tiny", "--seq-lens", "64,128", "--deepspeed", "none",
-            "--warmup", "1", "--steps", "2", "--commit", "test-commit", *(f"--override={o}" for o in TINY_OVERRIDES), *extra]
+    argv = [
+        str(tmp_path / "bench"),
+        "--shapes",
+        "tiny",
+        "--seq-lens",
+        "64,128",
+        "--deepspeed",
+        "none",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--commit",
+        "test-commit",
+        *(f"--override={o}" for o in TINY_OVERRIDES),
+        *extra,
+    ]
     report = bench_train.main(argv)
     on_disk = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
@@ -84,15 +101,20 @@ def test_bench_tiny_writes_json_markdown_and_plot(tmp_path):
     assert report["command"].startswith("python -m scripts.bench_train ")
     results = report["results"]
     assert [(r["seq_len"], r["gradient_checkpointing"], r["attention"]) for r in results] == [
-        (s, c, a) for s in (64, 128) for c in (True, False) for a in ("sdpa", "flex")]
+        (s, c, a) for s in (64, 128) for c in (True, False) for a in ("sdpa", "flex")
+    ]
     assert {r["status"] for r in results if r["attention"] == "flex"} == {"unsupported"}  # no flex backward on the CPU
     ok = [r for r in results if r["attention"] == "sdpa"]
     assert all(r["status"] == "ok" for r in ok)
     peak = report["settings"]["peak_flops_per_gpu"]
     for r in ok:
         f = r["flops_per_step_per_gpu"]
-        assert f["total"] == pytest.approx(f["ar_forward"] + f["diffusion_forward"] + f["diffusion_backward"], rel=1e-12)
-        assert f["diffusion_backward"] == pytest.approx(f["diffusion_backward_activations"] + f["diffusion_backward_weights"], rel=1e-12)
+        assert f["total"] == pytest.approx(
+            f["ar_forward"] + f["diffusion_forward"] + f["diffusion_backward"], rel=1e-12
+        )
+        assert f["diffusion_backward"] == pytest.approx(
+            f["diffusion_backward_activations"] + f["diffusion_backward_weights"], rel=1e-12
+        )
         assert sum(r["mfu_by_part"].values()) == pytest.approx(r["mfu"], rel=1e-9)
         assert r["mfu"] == pytest.approx(f["total"] / r["step_time_s"] / peak, rel=1e-9)
         assert r["tokens_per_step_per_gpu"] == r["seq_len"]
@@ -112,8 +134,24 @@ def test_bench_budget_records_skipped_settings(tmp_path):
 
 
 def run_parity(tmp_path, backend):
-    argv = [str(tmp_path / "parity"), "--nproc", "2", "--backends", backend, "--steps", "5", "--global-batch", "4",
-            "--lr", "3e-3", "--commit", "test-commit", "--", *TINY_OVERRIDES, "optim.warmup_steps=2"]
+    argv = [
+        str(tmp_path / "parity"),
+        "--nproc",
+        "2",
+        "--backends",
+        backend,
+        "--steps",
+        "5",
+        "--global-batch",
+        "4",
+        "--lr",
+        "3e-3",
+        "--commit",
+        "test-commit",
+        "--",
+        *TINY_OVERRIDES,
+        "optim.warmup_steps=2",
+    ]
     assert dp_parity.main(argv) == 0, (tmp_path / "parity" / "runs" / "parity.log").read_text()[-3000:]
     report = json.loads((tmp_path / "parity" / "parity.json").read_text())
     assert report["pass"] and report["exact_setup"] and report["grad_accum"] == {"world_1": 4, "world_2": 2}
@@ -144,10 +182,34 @@ def test_bench_under_torchrun_with_zero2(tmp_path):
 
     pytest.importorskip("deepspeed")
     out = tmp_path / "bench"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "scripts.bench_train",
-           str(out), "--shapes", "tiny", "--seq-lens", "64", "--checkpointing", "on", "--attention", "sdpa",
-           "--deepspeed", "zero2", "--warmup", "1", "--steps", "2", *(f"--override={o}" for o in TINY_OVERRIDES)]
-    proc = subprocess.run(cmd, cwd=bench_train.REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "scripts.bench_train",
+        str(out),
+        "--shapes",
+        "tiny",
+        "--seq-lens",
+        "64",
+        "--checkpointing",
+        "on",
+        "--attention",
+        "sdpa",
+        "--deepspeed",
+        "zero2",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        *(f"--override={o}" for o in TINY_OVERRIDES),
+    ]
+    proc = subprocess.run(
+        cmd, cwd=bench_train.REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     report = json.loads((out / "bench.json").read_text())
     (r,) = report["results"]

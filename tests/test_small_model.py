@@ -47,8 +47,13 @@ def base_greedy(model, ids: torch.Tensor) -> torch.Tensor:
     """transformers' own greedy generate on the frozen base (GenerationMixin, so no subclass
     override can route it through Orthrus); attention_mask of ones because eos == pad here."""
     return GenerationMixin.generate(
-        model, ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-        eos_token_id=model.generation_config.eos_token_id, pad_token_id=model.generation_config.pad_token_id,
+        model,
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=MAX_NEW_TOKENS,
+        do_sample=False,
+        eos_token_id=model.generation_config.eos_token_id,
+        pad_token_id=model.generation_config.pad_token_id,
     )
 
 

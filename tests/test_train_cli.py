@@ -10,10 +10,16 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = [
-    "model=tiny", "data=synthetic",  # the smallest run, not the embedded default (orthrus-small)
-    "logging.wandb.mode=disabled", "logging.progress_bar=false", "logging.log_every=1",
-    "data.packed_dataset.seq_len=64", "data.synthetic_documents.num_documents=128", "train.micro_batch_size=2",
-    "objective.blocks_per_row=4", "train.checkpoint_every=5",
+    "model=tiny",
+    "data=synthetic",  # the smallest run, not the embedded default (orthrus-small)
+    "logging.wandb.mode=disabled",
+    "logging.progress_bar=false",
+    "logging.log_every=1",
+    "data.packed_dataset.seq_len=64",
+    "data.synthetic_documents.num_documents=128",
+    "train.micro_batch_size=2",
+    "objective.blocks_per_row=4",
+    "train.checkpoint_every=5",
 ]
 
 
@@ -30,8 +36,12 @@ def test_tiny_run_and_resume(tmp_path):
     done = train_py("train.steps=5", *FAST, f"hydra.run.dir={run}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert steps_logged(run) == [1, 2, 3, 4, 5]
-    for path in (".hydra/config.yaml", "config.yaml", "checkpoints/step_00000005/trainer_state.pt",
-                 "diffusion_view/diffusion_view.safetensors"):
+    for path in (
+        ".hydra/config.yaml",
+        "config.yaml",
+        "checkpoints/step_00000005/trainer_state.pt",
+        "diffusion_view/diffusion_view.safetensors",
+    ):
         assert (run / path).is_file(), path
 
     log = (run / "train.log").read_text()
@@ -52,9 +62,15 @@ def test_tiny_run_and_resume(tmp_path):
 def test_embedded_default_runs(tmp_path):
     """The README's first command, cut to a few steps: orthrus-small, local corpus slice, CPU."""
     run = tmp_path / "default"
-    done = train_py("train.steps=3", "logging.log_every=1", "logging.wandb.mode=disabled",
-                    "logging.progress_bar=false", f"hydra.run.dir={run}",
-                    f"data.build_corpus.out_dir={tmp_path / 'corpus'}", "data.build_corpus.max_bytes=300000")
+    done = train_py(
+        "train.steps=3",
+        "logging.log_every=1",
+        "logging.wandb.mode=disabled",
+        "logging.progress_bar=false",
+        f"hydra.run.dir={run}",
+        f"data.build_corpus.out_dir={tmp_path / 'corpus'}",
+        "data.build_corpus.max_bytes=300000",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert steps_logged(run) == [1, 2, 3]
     assert (run / "diffusion_view/diffusion_view.safetensors").is_file()
@@ -64,8 +80,17 @@ def test_dry_run_prints_the_composed_config():
     done = train_py("+exp=qwen3_8b", "--cfg", "job")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "base: Qwen/Qwen3-8B" in done.stdout and "zero_stage: 2" in done.stdout
-    for line in ("seq_len: 2048", "blocks_per_row: 256", "lr: 0.0002", "warmup_steps: 369", "grad_clip: 1.0",
-                 "steps: 7374", "precision: bf16", "loss: kl", "source: data_out/self_distill/qwen3-8b"):
+    for line in (
+        "seq_len: 2048",
+        "blocks_per_row: 256",
+        "lr: 0.0002",
+        "warmup_steps: 369",
+        "grad_clip: 1.0",
+        "steps: 7374",
+        "precision: bf16",
+        "loss: kl",
+        "source: data_out/self_distill/qwen3-8b",
+    ):
         assert line in done.stdout, line  # the paper's recipe
 
 

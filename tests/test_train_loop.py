@@ -23,11 +23,18 @@ from train.tracking import METRICS_FILE
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 FAST = [
-    "model=tiny", "data=synthetic",  # the smallest run, not the embedded default (orthrus-small)
-    "logging.wandb.mode=disabled", "logging.progress_bar=false", "logging.log_every=1",
-    "data.packed_dataset.seq_len=64", "data.synthetic_documents.num_documents=256",
-    "data.synthetic_documents.max_length=96", "train.micro_batch_size=2", "objective.blocks_per_row=6",
-    *TINY_OVERRIDES, "optim.warmup_steps=3",
+    "model=tiny",
+    "data=synthetic",  # the smallest run, not the embedded default (orthrus-small)
+    "logging.wandb.mode=disabled",
+    "logging.progress_bar=false",
+    "logging.log_every=1",
+    "data.packed_dataset.seq_len=64",
+    "data.synthetic_documents.num_documents=256",
+    "data.synthetic_documents.max_length=96",
+    "train.micro_batch_size=2",
+    "objective.blocks_per_row=6",
+    *TINY_OVERRIDES,
+    "optim.warmup_steps=3",
 ]
 
 
@@ -47,7 +54,10 @@ def final_weights(run_dir) -> dict[str, torch.Tensor]:
 def test_loss_falls(tmp_path):
     """Measured on one fixed held-out batch before and after 30 steps (the per-step training
     loss is noisy; with random data and a random teacher much of the KL is irreducible)."""
-    trainer = Trainer(compose_cfg("train.steps=30", "train.checkpoint_every=30", "optim.lr=3e-3", "objective.blocks_per_row=16"), tmp_path)
+    trainer = Trainer(
+        compose_cfg("train.steps=30", "train.checkpoint_every=30", "optim.lr=3e-3", "objective.blocks_per_row=16"),
+        tmp_path,
+    )
     batch = next(batches(trainer.dataset, 8))
     blocks = sample_blocks(batch, blocks_per_row=16, block_size=8, mask_token_id=511, num_denoise_steps=1, seed=123)
     with torch.no_grad():
@@ -126,7 +136,10 @@ def test_kill_and_resume_is_exact(tmp_path, monkeypatch):
 def test_checkpoints_are_pruned_and_complete(tmp_path):
     run(compose_cfg("train.steps=6", "train.checkpoint_every=2", "train.keep_last=2"), tmp_path)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004", "step_00000006"]
-    assert sorted(p.name for p in (tmp_path / CHECKPOINTS).iterdir()) == ["step_00000004", "step_00000006"]  # no temp folders
+    assert sorted(p.name for p in (tmp_path / CHECKPOINTS).iterdir()) == [
+        "step_00000004",
+        "step_00000006",
+    ]  # no temp folders
     assert (tmp_path / "config.yaml").is_file()
     assert trained_view(tmp_path) == tmp_path / DIFFUSION_DIR  # the final view
 

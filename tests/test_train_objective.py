@@ -113,7 +113,9 @@ def test_training_logits_equal_decoding_logits(make_model, executor, K):
     scale = model.model.layers[0].self_attn.scaling
     with torch.no_grad():
         _, cache = teacher_pass(model, batch["input_ids"], batch["position_ids"], batch["doc_ids"])
-        logits = model.diffusion_forward(blocks.input_ids, blocks.position_ids, training_attend(cache, blocks, scale, executor))
+        logits = model.diffusion_forward(
+            blocks.input_ids, blocks.position_ids, training_attend(cache, blocks, scale, executor)
+        )
         checked = 0
         for b in range(2):
             for j in range(blocks.num_blocks):
@@ -122,11 +124,15 @@ def test_training_logits_equal_decoding_logits(make_model, executor, K):
                 # then the draft pass with ctx_len = anchor - start (the anchor is the block's first token)
                 prefix = slice(start, max(anchor, start + 1))
                 dec_cache = DynamicCache(config=model.config)
-                model(input_ids=batch["input_ids"][b : b + 1, prefix], position_ids=batch["position_ids"][b : b + 1, prefix],
-                      **cache_kwargs(dec_cache))
+                model(
+                    input_ids=batch["input_ids"][b : b + 1, prefix],
+                    position_ids=batch["position_ids"][b : b + 1, prefix],
+                    **cache_kwargs(dec_cache),
+                )
                 cols = slice(j * K, (j + 1) * K)
                 draft = model.diffusion_forward(
-                    blocks.input_ids[b : b + 1, cols], blocks.position_ids[b : b + 1, cols],
+                    blocks.input_ids[b : b + 1, cols],
+                    blocks.position_ids[b : b + 1, cols],
                     prefix_attend(dec_cache, anchor - start, scale),
                 )
                 torch.testing.assert_close(logits[b, cols], draft[0], atol=1e-5, rtol=1e-5)
@@ -137,11 +143,16 @@ def test_training_logits_equal_decoding_logits(make_model, executor, K):
 def dense_reference_loss(model, batch, blocks, kind, decay):
     """The loss written the obvious way: full teacher logits, full student logits."""
     with torch.no_grad():
-        teacher = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                        attention_mask=ar_attention_mask(batch["doc_ids"])).logits
+        teacher = model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            attention_mask=ar_attention_mask(batch["doc_ids"]),
+        ).logits
         _, cache = teacher_pass(model, batch["input_ids"], batch["position_ids"], batch["doc_ids"])
     scale = model.model.layers[0].self_attn.scaling
-    student = model.diffusion_forward(blocks.input_ids, blocks.position_ids, training_attend(cache, blocks, scale, "sdpa"))
+    student = model.diffusion_forward(
+        blocks.input_ids, blocks.position_ids, training_attend(cache, blocks, scale, "sdpa")
+    )
     s = student[blocks.target_row, blocks.target_col].log_softmax(-1)
     t = teacher[blocks.target_row, blocks.teacher_col].log_softmax(-1)
     per = (t.exp() * (t - s)).sum(-1) if kind == "kl" else -s.gather(-1, blocks.target_token[:, None])[:, 0]
@@ -157,7 +168,9 @@ def test_chunked_loss_equals_dense_loss(make_model, kind, decay):
     blocks = blocks_for(batch, 8, seed=2)
     losses, grads = [], []
     for chunk in (3, 10_000):
-        objective = DistillationObjective(model, ObjectiveConfig(loss=kind, loss_decay=decay, chunk_size=chunk, attention="sdpa"))
+        objective = DistillationObjective(
+            model, ObjectiveConfig(loss=kind, loss_decay=decay, chunk_size=chunk, attention="sdpa")
+        )
         loss, stats = objective(batch, blocks)
         loss.backward()
         losses.append(loss.detach())
@@ -186,7 +199,9 @@ def test_multistep_reveals_fill_slots_and_drop_their_targets(make_model):
     assert len(multi.target_pos) < len(single.target_pos)
 
     model = make_model(seed=3, block_size=K)
-    objective = DistillationObjective(model, ObjectiveConfig(num_denoise_steps=4, denoise_fill="teacher", attention="sdpa"))
+    objective = DistillationObjective(
+        model, ObjectiveConfig(num_denoise_steps=4, denoise_fill="teacher", attention="sdpa")
+    )
     hidden, _ = teacher_pass(model, batch["input_ids"], batch["position_ids"], batch["doc_ids"])
     filled = objective._teacher_fill(hidden, multi)
     greedy = model.lm_head(hidden).argmax(-1)
@@ -198,5 +213,13 @@ def test_bad_objective_settings_name_the_key():
     with pytest.raises(ValueError, match="objective.loss"):
         ObjectiveConfig(loss="mse")
     with pytest.raises(ValueError, match="objective.num_denoise_steps"):
-        build_blocks(torch.zeros(1, 4, dtype=torch.long), torch.arange(4)[None], torch.zeros(1, 4, dtype=torch.long),
-                     torch.tensor([[0]]), torch.tensor([[True]]), block_size=2, mask_token_id=1, num_denoise_steps=0)
+        build_blocks(
+            torch.zeros(1, 4, dtype=torch.long),
+            torch.arange(4)[None],
+            torch.zeros(1, 4, dtype=torch.long),
+            torch.tensor([[0]]),
+            torch.tensor([[True]]),
+            block_size=2,
+            mask_token_id=1,
+            num_denoise_steps=0,
+        )

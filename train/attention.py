@@ -100,6 +100,8 @@ def training_attend(cache, blocks: DiffusionBlocks, scale: float, executor: str)
         v_all = torch.cat([layer.values, v], dim=2)
         if executor == "flex":
             return _flex(q, k_all, v_all, mask, scale, compiled=q.is_cuda)
-        return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+        return F.scaled_dot_product_attention(
+            q, k_all, v_all, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+        )
 
     return attend

@@ -44,7 +44,9 @@ class DeepSpeedConfig:
             raise ValueError(f"deepspeed.zero_stage={self.zero_stage}: choose 0, 1, 2 or 3")
 
 
-def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, micro_batch_size: int, grad_accum: int, world_size: int, bf16: bool) -> dict:
+def deepspeed_config(
+    ds: DeepSpeedConfig, optim: OptimConfig, micro_batch_size: int, grad_accum: int, world_size: int, bf16: bool
+) -> dict:
     """The DeepSpeed config dict (what a ds_config.json would hold), built from our sections."""
     zero = {
         "stage": ds.zero_stage,
@@ -82,7 +84,9 @@ def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, micro_batch_size: 
 
 
 class TorchBackend:
-    def __init__(self, objective, optim: OptimConfig, *, total_steps: int, grad_accum: int, autocast: bool, distributed: bool):
+    def __init__(
+        self, objective, optim: OptimConfig, *, total_steps: int, grad_accum: int, autocast: bool, distributed: bool
+    ):
         self.objective = objective
         self.module = DistributedDataParallel(objective) if distributed else objective
         self.optimizer = build_optimizer(objective, optim)
@@ -119,7 +123,10 @@ class TorchBackend:
 
     def save(self, folder: Path, is_main: bool) -> None:
         if is_main:  # optimizer state is replicated across DDP ranks
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}, folder / OPTIMIZER_FILE)
+            torch.save(
+                {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                folder / OPTIMIZER_FILE,
+            )
 
     def load(self, folder: Path) -> None:
         state = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
@@ -128,7 +135,18 @@ class TorchBackend:
 
 
 class DeepSpeedBackend:
-    def __init__(self, objective, ds: DeepSpeedConfig, optim: OptimConfig, *, total_steps: int, micro_batch_size: int, grad_accum: int, world_size: int, bf16: bool):
+    def __init__(
+        self,
+        objective,
+        ds: DeepSpeedConfig,
+        optim: OptimConfig,
+        *,
+        total_steps: int,
+        micro_batch_size: int,
+        grad_accum: int,
+        world_size: int,
+        bf16: bool,
+    ):
         import deepspeed
 
         self.config = deepspeed_config(ds, optim, micro_batch_size, grad_accum, world_size, bf16)
@@ -169,4 +187,6 @@ class DeepSpeedBackend:
     def load(self, folder: Path) -> None:
         path, _ = self.engine.load_checkpoint(str(folder), tag=DEEPSPEED_TAG, load_module_strict=False)
         if path is None:
-            raise FileNotFoundError(f"no DeepSpeed state under {folder / DEEPSPEED_TAG}: was this checkpoint written with deepspeed=none?")
+            raise FileNotFoundError(
+                f"no DeepSpeed state under {folder / DEEPSPEED_TAG}: was this checkpoint written with deepspeed=none?"
+            )

@@ -62,7 +62,9 @@ def segment_starts(doc_ids: torch.Tensor) -> torch.Tensor:
     return torch.where(is_start, idx, torch.zeros_like(idx)).cummax(dim=1).values
 
 
-def sample_anchors(doc_ids: torch.Tensor, blocks_per_row: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_anchors(
+    doc_ids: torch.Tensor, blocks_per_row: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(anchors (B, n) ascending, valid (B, n)): uniform without replacement among eligible positions."""
     B, L = doc_ids.shape
     if not 1 <= blocks_per_row <= L - 1:
@@ -91,7 +93,9 @@ def build_blocks(
 ) -> DiffusionBlocks:
     """The block inputs and targets for `anchors` (B, n) of a packed batch (all on the CPU)."""
     if num_denoise_steps < 1:
-        raise ValueError(f"objective.num_denoise_steps={num_denoise_steps} must be >= 1 (1 = single-step, the paper's choice)")
+        raise ValueError(
+            f"objective.num_denoise_steps={num_denoise_steps} must be >= 1 (1 = single-step, the paper's choice)"
+        )
     B, L = input_ids.shape
     K, n = block_size, anchors.shape[1]
     offsets = torch.arange(K)
@@ -160,6 +164,13 @@ def sample_blocks(
     ids, pos, docs = (batch[k].cpu() for k in ("input_ids", "position_ids", "doc_ids"))
     anchors, valid = sample_anchors(docs, blocks_per_row, generator)
     return build_blocks(
-        ids, pos, docs, anchors, valid,
-        block_size=block_size, mask_token_id=mask_token_id, num_denoise_steps=num_denoise_steps, generator=generator,
+        ids,
+        pos,
+        docs,
+        anchors,
+        valid,
+        block_size=block_size,
+        mask_token_id=mask_token_id,
+        num_denoise_steps=num_denoise_steps,
+        generator=generator,
     )

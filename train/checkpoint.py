@@ -129,7 +129,9 @@ def load_checkpoint(folder: Path, *, model) -> dict:
 def restore_rng(folder: Path, rank: int) -> None:
     rng_file = Path(folder) / "rng" / f"rank{rank}.pt"
     if not rng_file.is_file():
-        raise FileNotFoundError(f"{rng_file} is missing: the checkpoint was written by fewer ranks; resume with the same world size")
+        raise FileNotFoundError(
+            f"{rng_file} is missing: the checkpoint was written by fewer ranks; resume with the same world size"
+        )
     set_rng_state(torch.load(rng_file, weights_only=False))
 
 

@@ -67,4 +67,5 @@ def _describe(tp) -> str:
     if typing.get_origin(tp) in (list, tuple):
         return f"a list of {_describe(args[0])}" if args else "a list"
     return {float: "a number", int: "an integer", bool: "true/false", str: "a string", dict: "a mapping"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
+        tp, getattr(tp, "__name__", str(tp))
+    )

@@ -23,7 +23,9 @@ from train.distributed import Dist, barrier
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt", ".csv")
 
 
-def synthetic_documents(num_documents: int, min_length: int, max_length: int, seed: int, *, vocab_size: int, exclude: tuple[int, ...] = ()) -> list[list[int]]:
+def synthetic_documents(
+    num_documents: int, min_length: int, max_length: int, seed: int, *, vocab_size: int, exclude: tuple[int, ...] = ()
+) -> list[list[int]]:
     """`num_documents` uniform-random token documents with lengths in [min_length, max_length]."""
     if not 1 <= min_length <= max_length:
         raise ValueError(f"synthetic_data: need 1 <= min_length <= max_length, got {min_length} and {max_length}")
@@ -62,11 +64,15 @@ def check_data_inputs(data_cfg: DictConfig) -> None:
     built = {str(data_cfg[k].out_dir) for k in ("build_corpus", "train_tokenizer") if k in data_cfg}
     source, tokenizer = str(section.source), str(section.tokenizer)
     if _local(source) and not Path(source).expanduser().exists() and source not in built:
-        raise FileNotFoundError(f"data.load_tokenized_dataset.source={source}: no such file or folder. Pass an "
-                                "existing .jsonl/.json/.parquet/.txt file or folder (or a hub dataset name)")
+        raise FileNotFoundError(
+            f"data.load_tokenized_dataset.source={source}: no such file or folder. Pass an "
+            "existing .jsonl/.json/.parquet/.txt file or folder (or a hub dataset name)"
+        )
     if _local(tokenizer) and not Path(tokenizer).expanduser().exists() and tokenizer not in built:
-        raise FileNotFoundError(f"data.load_tokenized_dataset.tokenizer={tokenizer}: no such folder. Pass the frozen "
-                                "model's tokenizer folder (or hub name)")
+        raise FileNotFoundError(
+            f"data.load_tokenized_dataset.tokenizer={tokenizer}: no such folder. Pass the frozen "
+            "model's tokenizer folder (or hub name)"
+        )
 
 
 def _local(name: str) -> bool:

@@ -1,10 +1,10 @@
 """Process topology from the launcher's environment: one code path for every launch.
 
-    python train.py                          one process (no process group unless DeepSpeed)
-    torchrun --nproc_per_node=N train.py     RANK / WORLD_SIZE / LOCAL_RANK / MASTER_* set
-    deepspeed --num_gpus=N train.py          same variables (its --local_rank flag is dropped
-                                             by train.py before Hydra parses the command line)
-    Hydra's submitit Slurm launcher          one task per GPU; the variables come from Slurm
+python train.py                          one process (no process group unless DeepSpeed)
+torchrun --nproc_per_node=N train.py     RANK / WORLD_SIZE / LOCAL_RANK / MASTER_* set
+deepspeed --num_gpus=N train.py          same variables (its --local_rank flag is dropped
+                                         by train.py before Hydra parses the command line)
+Hydra's submitit Slurm launcher          one task per GPU; the variables come from Slurm
 """
 
 import os

@@ -114,13 +114,17 @@ def next_token_flops(config, doc_ids: torch.Tensor) -> float:
     (activation and weight gradients of every matrix)."""
     n = config.num_hidden_layers
     targets = int((doc_ids[:, 1:] == doc_ids[:, :-1]).sum())
-    forward = (2 * layer_params(config) * n * doc_ids.numel() + 2 * config.hidden_size * config.vocab_size * targets
-               + 4 * config.num_attention_heads * config.head_dim * n * causal_pairs(doc_ids))
+    forward = (
+        2 * layer_params(config) * n * doc_ids.numel()
+        + 2 * config.hidden_size * config.vocab_size * targets
+        + 4 * config.num_attention_heads * config.head_dim * n * causal_pairs(doc_ids)
+    )
     return float(3 * forward)
 
 
-def micro_batch_flops_breakdown(config, doc_ids: torch.Tensor, blocks: DiffusionBlocks,
-                                trainable: Sequence[str]) -> dict[str, float]:
+def micro_batch_flops_breakdown(
+    config, doc_ids: torch.Tensor, blocks: DiffusionBlocks, trainable: Sequence[str]
+) -> dict[str, float]:
     """Model FLOPs of one micro-batch by part (keys: FLOP_PARTS):
 
     ar_forward                      the frozen AR (teacher) pass, incl. the teacher lm_head at the targets

@@ -107,8 +107,10 @@ class Trainer:
 
         self.pretrain = self.objective_cfg.kind == "next_token"
         if self.pretrain and (cfg.resume or self.ds_cfg.zero_stage == 3 and self.ds_cfg.enabled):
-            raise ValueError("objective.kind=next_token writes only the final base: it cannot resume=, and with "
-                             "deepspeed=zero3 the base is partitioned at export; use deepspeed=none or zero2")
+            raise ValueError(
+                "objective.kind=next_token writes only the final base: it cannot resume=, and with "
+                "deepspeed=zero3 the base is partitioned at export; use deepspeed=none or zero2"
+            )
         resume_from = latest_checkpoint(Path(cfg.resume)) if cfg.resume else None
         self.model = build_model(
             self.model_cfg,
@@ -123,8 +125,10 @@ class Trainer:
         state = load_checkpoint(resume_from, model=self.model) if resume_from is not None else None
         self.block_size = self.model.config.block_size
         self.dataset = build_dataset(
-            cfg.data, vocab_size=self.model.config.vocab_size,
-            mask_token_id=self.model.config.mask_token_id, dist=self.dist,
+            cfg.data,
+            vocab_size=self.model.config.vocab_size,
+            mask_token_id=self.model.config.mask_token_id,
+            dist=self.dist,
         )
         if self.pretrain:
             self.objective = NextTokenObjective(self.model, t.gradient_checkpointing)
@@ -132,13 +136,23 @@ class Trainer:
             self.objective = DistillationObjective(self.model, self.objective_cfg, t.gradient_checkpointing)
         if self.ds_cfg.enabled:
             self.backend = DeepSpeedBackend(
-                self.objective, self.ds_cfg, self.optim_cfg, total_steps=t.steps, micro_batch_size=t.micro_batch_size,
-                grad_accum=t.grad_accum, world_size=self.dist.world_size, bf16=bf16,
+                self.objective,
+                self.ds_cfg,
+                self.optim_cfg,
+                total_steps=t.steps,
+                micro_batch_size=t.micro_batch_size,
+                grad_accum=t.grad_accum,
+                world_size=self.dist.world_size,
+                bf16=bf16,
             )
         else:
             self.backend = TorchBackend(
-                self.objective, self.optim_cfg, total_steps=t.steps, grad_accum=t.grad_accum,
-                autocast=bf16, distributed=self.dist.world_size > 1,
+                self.objective,
+                self.optim_cfg,
+                total_steps=t.steps,
+                grad_accum=t.grad_accum,
+                autocast=bf16,
+                distributed=self.dist.world_size > 1,
             )
 
         self.start_step, self.tokens_seen, wandb_id = 0, 0, None
@@ -152,8 +166,13 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             _write_config(self.run_dir / CONFIG_FILE, cfg)
         self.tracker = Tracker(
-            self.run_dir, self.log_cfg, config=OmegaConf.to_container(cfg, resolve=True), total_steps=t.steps,
-            start_step=self.start_step, wandb_id=wandb_id, is_main=self.dist.is_main,
+            self.run_dir,
+            self.log_cfg,
+            config=OmegaConf.to_container(cfg, resolve=True),
+            total_steps=t.steps,
+            start_step=self.start_step,
+            wandb_id=wandb_id,
+            is_main=self.dist.is_main,
         )
 
     def train(self) -> dict | None:
@@ -164,8 +183,12 @@ class Trainer:
         meter = WindowMeter(self.block_size - 1, device)
         record = None
         if self.start_step >= t.steps:
-            log.info("already finished: %s is at step %d of train.steps=%d; raise train.steps to continue",
-                     self.run_dir, self.start_step, t.steps)
+            log.info(
+                "already finished: %s is at step %d of train.steps=%d; raise train.steps to continue",
+                self.run_dir,
+                self.start_step,
+                t.steps,
+            )
             self.close()
             return None
         for step in range(self.start_step, t.steps):
@@ -176,8 +199,11 @@ class Trainer:
                     blocks, flops = None, next_token_flops(self.model.config, batch["doc_ids"])
                 else:
                     blocks = sample_blocks(
-                        batch, blocks_per_row=obj.blocks_per_row, block_size=self.block_size,
-                        mask_token_id=self.model.config.mask_token_id, num_denoise_steps=obj.num_denoise_steps,
+                        batch,
+                        blocks_per_row=obj.blocks_per_row,
+                        block_size=self.block_size,
+                        mask_token_id=self.model.config.mask_token_id,
+                        num_denoise_steps=obj.num_denoise_steps,
                         seed=block_seed(t.seed, step, micro * self.dist.world_size + self.dist.rank),
                     ).to(device)
                     flops = micro_batch_flops(self.model.config, batch["doc_ids"], blocks, self.model_cfg.trainable)
@@ -191,8 +217,11 @@ class Trainer:
             done = step + 1
             if done % self.log_cfg.log_every == 0 or done == t.steps:
                 record = meter.record(
-                    step=done, lr=lr, world_size=self.dist.world_size,
-                    peak_flops=self.log_cfg.peak_flops_per_gpu, tokens_total=self.tokens_seen,
+                    step=done,
+                    lr=lr,
+                    world_size=self.dist.world_size,
+                    peak_flops=self.log_cfg.peak_flops_per_gpu,
+                    tokens_total=self.tokens_seen,
                 )
                 self.tracker.log(record)
             if done % t.checkpoint_every == 0 or done == t.steps:
@@ -211,8 +240,12 @@ class Trainer:
             "wandb_id": self.tracker.wandb_id,
         }
         save_checkpoint(
-            checkpoint_path(self.run_dir, step), model=self.model, backend=self.backend,
-            trainer_state=trainer_state, rank=self.dist.rank, diffusion_meta=self._meta(step),
+            checkpoint_path(self.run_dir, step),
+            model=self.model,
+            backend=self.backend,
+            trainer_state=trainer_state,
+            rank=self.dist.rank,
+            diffusion_meta=self._meta(step),
         )
         if self.dist.is_main:
             prune_checkpoints(self.run_dir, self.train_cfg.keep_last)
@@ -226,8 +259,9 @@ class Trainer:
                 path = save_base(self.model, self.run_dir / BASE_DIR, load_tokenizer(tokenizer) if tokenizer else None)
                 log.info("base model saved to %s", path)
             elif self.dist.is_main:
-                path = save_diffusion_view(self.model, self.run_dir / DIFFUSION_DIR,
-                                           extra_meta=self._meta(self.train_cfg.steps))
+                path = save_diffusion_view(
+                    self.model, self.run_dir / DIFFUSION_DIR, extra_meta=self._meta(self.train_cfg.steps)
+                )
                 log.info("diffusion view saved to %s", path)
         barrier()
         self.close()

@@ -38,23 +38,37 @@ class ModelConfig:
                 "set model.shape=null model.config={} to load, or model.base=null for random weights"
             )
         if self.base is None and self.shape is None and not self.config:
-            raise ValueError("no model: set model.base (a checkpoint folder or hub name) or model.shape (random weights)")
+            raise ValueError(
+                "no model: set model.base (a checkpoint folder or hub name) or model.shape (random weights)"
+            )
         if self.shape is not None and self.shape not in QWEN3_SHAPES:
             raise ValueError(f"model.shape={self.shape!r} is not one of {sorted(QWEN3_SHAPES)}")
         unknown = set(self.trainable) - set(DIFFUSION_MODULES)
         if unknown or not self.trainable:
-            raise ValueError(f"model.trainable={list(self.trainable)}: choose a non-empty subset of {list(DIFFUSION_MODULES)}")
+            raise ValueError(
+                f"model.trainable={list(self.trainable)}: choose a non-empty subset of {list(DIFFUSION_MODULES)}"
+            )
 
 
-def build_model(cfg: ModelConfig, *, dtype: torch.dtype, device: torch.device, seed: int, mask_token_id: int | None,
-                master_fp32: bool, train_base: bool = False) -> OrthrusForCausalLM:
+def build_model(
+    cfg: ModelConfig,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int,
+    mask_token_id: int | None,
+    master_fp32: bool,
+    train_base: bool = False,
+) -> OrthrusForCausalLM:
     """The base + diffusion view, on `device`; trainable params in fp32 if `master_fp32`. The
     base is frozen and cfg.trainable learns, or with `train_base` the base learns and the view is frozen.
 
     `mask_token_id` is cfg.mask_token_id already resolved against the data tokenizer.
     """
     if cfg.base is not None:
-        model = load_orthrus(cfg.base, cfg.diffusion, block_size=cfg.block_size, mask_token_id=mask_token_id, dtype=dtype, device=device)
+        model = load_orthrus(
+            cfg.base, cfg.diffusion, block_size=cfg.block_size, mask_token_id=mask_token_id, dtype=dtype, device=device
+        )
     else:
         fields = {**QWEN3_SHAPES.get(cfg.shape, {}), **cfg.config}
         if cfg.block_size is not None:

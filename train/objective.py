@@ -164,8 +164,9 @@ class NextTokenObjective(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], blocks: DiffusionBlocks | None = None):
         ids, doc_ids = batch["input_ids"], batch["doc_ids"]
-        hidden = self.model.model(input_ids=ids, position_ids=batch["position_ids"],
-                                  attention_mask=ar_attention_mask(doc_ids)).last_hidden_state
+        hidden = self.model.model(
+            input_ids=ids, position_ids=batch["position_ids"], attention_mask=ar_attention_mask(doc_ids)
+        ).last_hidden_state
         valid = doc_ids[:, 1:] == doc_ids[:, :-1]
         logits = self.model.lm_head(hidden[:, :-1][valid]).float()
         labels = ids[:, 1:][valid]

@@ -107,7 +107,9 @@ def format_record(record: dict, total_steps: int) -> str:
         value = record.get(key)
         return "n/a" if value is None else format(value, spec)
 
-    return (f"step {record['step']}/{total_steps} | loss {fmt('loss', '.4f')} | acc {fmt('acc_mean', '.3f')} | "
-            f"lr {fmt('lr', '.2e')} | grad norm {fmt('grad_norm', '.3f')} | "
-            f"{fmt('tokens_per_s_per_gpu', ',.0f')} tok/s/gpu | mfu {fmt('mfu', '.3f')} | "
-            f"{fmt('elapsed_s', '.1f')} s")
+    return (
+        f"step {record['step']}/{total_steps} | loss {fmt('loss', '.4f')} | acc {fmt('acc_mean', '.3f')} | "
+        f"lr {fmt('lr', '.2e')} | grad norm {fmt('grad_norm', '.3f')} | "
+        f"{fmt('tokens_per_s_per_gpu', ',.0f')} tok/s/gpu | mfu {fmt('mfu', '.3f')} | "
+        f"{fmt('elapsed_s', '.1f')} s"
+    )

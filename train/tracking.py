@@ -68,7 +68,17 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
 class Tracker:
     """JSONL + wandb + progress bar on the main rank; a no-op elsewhere."""
 
-    def __init__(self, run_dir: Path, cfg: LoggingConfig, *, config: dict, total_steps: int, start_step: int, wandb_id: str | None, is_main: bool):
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: LoggingConfig,
+        *,
+        config: dict,
+        total_steps: int,
+        start_step: int,
+        wandb_id: str | None,
+        is_main: bool,
+    ):
         self.is_main = is_main
         self.total_steps = total_steps
         self.wandb_run = None
@@ -82,8 +92,15 @@ class Tracker:
 
             w = cfg.wandb
             self.wandb_run = wandb.init(
-                project=w.project, entity=w.entity, name=w.name, tags=list(w.tags), mode=w.mode,
-                dir=str(run_dir), config=config, id=wandb_id, resume="allow",
+                project=w.project,
+                entity=w.entity,
+                name=w.name,
+                tags=list(w.tags),
+                mode=w.mode,
+                dir=str(run_dir),
+                config=config,
+                id=wandb_id,
+                resume="allow",
             )
         if cfg.progress_bar:
             from tqdm import tqdm
