@@ -12,20 +12,12 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 import train.config  # noqa: F401  (registers data=synthetic)
 from models.checkpoint import load_orthrus, save_diffusion_view
 from tests.test_train_loop import FAST
+from tests.tiny import TINY_QWEN3
 from train.config import typed_section
 from train.loop import Trainer
 from train.optim import OptimConfig
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_QWEN3 = dict(
-    vocab_size=96,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-)
 
 
 @pytest.fixture
