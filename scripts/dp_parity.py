@@ -3,7 +3,7 @@ same global batch.
 
     python -m scripts.dp_parity OUT_DIR --nproc 2 [--backends none,zero2,zero3] [--shape tiny|qwen3_8b]
         [--seq-len 64] [--steps 8] [--global-batch 4] [--micro-batch-size 1] [--precision auto|fp32|bf16]
-        [--loss-tol X] [--grad-norm-tol X] [--work-dir DIR] [--commit SHA] [-- extra hydra overrides]
+        [--loss-tol X] [--grad-norm-tol X] [--work-dir DIR] [-- extra hydra overrides]
 
 For each backend (`none` = plain PyTorch / DDP, `zero2`, `zero3` = DeepSpeed), the real training
 (`train.loop.run` on the composed Hydra config, synthetic data, fixed seeds) runs twice under
@@ -44,20 +44,15 @@ import argparse
 import hashlib
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from eval.parity import TOLERANCES, judge_parity
-from scripts.bench_train import (
-    compose,
-    environment,
-    shape_overrides,
-    skip_deepspeed_cpu_comm_op,
-    synthetic_data_overrides,
-)
+from eval.provenance import provenance
+from train.config import compose, shape_overrides, synthetic_data_overrides
+from train.distributed import skip_deepspeed_cpu_comm_op
 
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = {"none": "deepspeed=none", "zero2": "deepspeed=zero2", "zero3": "deepspeed=zero3"}
@@ -171,7 +166,7 @@ def plot(results: dict, path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = shlex.join(["python", "-m", "scripts.dp_parity", *argv])
+    command = ["-m", "scripts.dp_parity", *argv]
     extra = []
     if "--" in argv:
         argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
@@ -204,7 +199,6 @@ def main(argv: list[str] | None = None) -> int:
         help="max relative grad-norm difference; default eval.parity.TOLERANCES",
     )
     ap.add_argument("--work-dir", type=Path, default=None, help="run folders (default OUT_DIR/runs)")
-    ap.add_argument("--commit", default=None, help="default: $ORTHRUS_COMMIT, else git rev-parse HEAD")
     ap.add_argument("--save", action="store_true", help="let the runs write checkpoints (skipped by default)")
     args = ap.parse_args(argv)
 
@@ -270,8 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     log_path = work / "parity.log"
     report = {
-        "command": command,
-        **environment(args.commit),
+        "provenance": provenance(command=command),
         "world_size": N,
         "shape": args.shape,
         "seq_len": args.seq_len,

@@ -1,6 +1,6 @@
 """Scaling tools on the CPU: the FLOP breakdown, the throughput benchmark on the tiny shape, and
-data-parallel parity with 2 gloo ranks (scripts/bench_train.py, scripts/dp_parity.py;
-docs/scaling.md has the GPU commands)."""
+data-parallel parity with 2 gloo ranks (train/throughput.py via scripts/bench_train.py,
+scripts/dp_parity.py; docs/scaling.md has the GPU commands)."""
 
 import json
 
@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from data.packing import PackedDataset
+from eval.provenance import REPO_ROOT
 from models.shapes import shape_config
 from scripts import bench_train, dp_parity
 from tests.tiny import TINY_OVERRIDES
+from train import throughput
 from train.blocks import sample_blocks
 from train.data import batches, synthetic_documents
 from train.flops import FLOP_PARTS, micro_batch_flops, micro_batch_flops_breakdown
@@ -61,7 +63,7 @@ def test_flex_eager_setting_drops_compilation_and_restores():
     original, calls = attention._flex, []
     attention._flex = lambda q, k, v, block_mask, scale, compiled: calls.append(compiled)
     try:
-        with bench_train.attention_setting("flex_eager"):
+        with throughput.attention_setting("flex_eager"):
             attention._flex(None, None, None, None, 1.0, compiled=True)
         attention._flex(None, None, None, None, 1.0, compiled=True)
         assert calls == [False, True]
@@ -82,8 +84,6 @@ def run_bench(tmp_path, *extra):
         "1",
         "--steps",
         "2",
-        "--commit",
-        "test-commit",
         *(f"--override={o}" for o in TINY_OVERRIDES),
         *extra,
     ]
@@ -96,9 +96,9 @@ def run_bench(tmp_path, *extra):
 def test_bench_tiny_writes_json_markdown_and_plot(tmp_path):
     report, out = run_bench(tmp_path, "--checkpointing", "on,off", "--attention", "sdpa,flex")
     assert report["complete"] and report["world_size"] == 1
-    env = report["environment"]
-    assert env["commit"] == "test-commit" and env["device"] == "cpu" and env["torch"] == torch.__version__
-    assert report["command"].startswith("python -m scripts.bench_train ")
+    prov = report["provenance"]
+    assert prov["device"].startswith("cpu") and prov["torch"] == torch.__version__ and prov["source_hash"]["files"]
+    assert report["command"] == prov["command"] and report["command"].startswith("python -m scripts.bench_train ")
     results = report["results"]
     assert [(r["seq_len"], r["gradient_checkpointing"], r["attention"]) for r in results] == [
         (s, c, a) for s in (64, 128) for c in (True, False) for a in ("sdpa", "flex")
@@ -123,7 +123,7 @@ def test_bench_tiny_writes_json_markdown_and_plot(tmp_path):
         assert r["max_memory_gib"] is None  # CPU
     table = (out / "bench.md").read_text()
     assert table.count("\n| tiny | ") == len(results) + 1  # + the parameter table
-    assert "test-commit" in table and (out / "bench.png").stat().st_size > 0
+    assert f"`{prov['git']['commit']}`" in table and (out / "bench.png").stat().st_size > 0
     assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md", "bench.png"]  # no temporary files left
 
 
@@ -146,8 +146,6 @@ def run_parity(tmp_path, backend):
         "4",
         "--lr",
         "3e-3",
-        "--commit",
-        "test-commit",
         "--",
         *TINY_OVERRIDES,
         "optim.warmup_steps=2",
@@ -208,7 +206,7 @@ def test_bench_under_torchrun_with_zero2(tmp_path):
         *(f"--override={o}" for o in TINY_OVERRIDES),
     ]
     proc = subprocess.run(
-        cmd, cwd=bench_train.REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True
+        cmd, cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     report = json.loads((out / "bench.json").read_text())
@@ -218,7 +216,7 @@ def test_bench_under_torchrun_with_zero2(tmp_path):
 
 
 def test_bench_records_out_of_memory_and_goes_on(tmp_path, monkeypatch):
-    """An OOM in one setting is recorded as such; the next settings run on the same model."""
+    """An OOM in one setting is recorded as such; the next settings still run."""
     from train.backend import TorchBackend
 
     micro_step = TorchBackend.micro_step

@@ -18,6 +18,7 @@ from train.backend import TorchBackend
 from train.blocks import sample_blocks
 from train.checkpoint import CHECKPOINTS, DIFFUSION_DIR, list_checkpoints, trained_view
 from train.data import batches
+from train.flops import FLOP_PARTS
 from train.loop import Trainer, run
 from train.tracking import METRICS_FILE
 
@@ -142,6 +143,19 @@ def test_checkpoints_are_pruned_and_complete(tmp_path):
     ]  # no temp folders
     assert (tmp_path / "config.yaml").is_file()
     assert trained_view(tmp_path) == tmp_path / DIFFUSION_DIR  # the final view
+
+
+def test_on_step_sees_every_step_and_save_false_writes_no_checkpoint(tmp_path):
+    """What train/throughput.py times: one call per optimizer step with the step's FLOPs by part
+    (their sum is what the metrics record counts) and its micro-batch losses."""
+    calls = []
+    trainer = Trainer(compose_cfg("train.steps=3", "train.checkpoint_every=1", "train.grad_accum=2"), tmp_path)
+    record = trainer.train(on_step=lambda step, flops, losses: calls.append((step, flops, losses)), save=False)
+    assert [step for step, _, _ in calls] == [1, 2, 3] and all(len(losses) == 2 for _, _, losses in calls)
+    assert tuple(calls[0][1]) == FLOP_PARTS and all(v > 0 for v in calls[0][1].values())
+    assert record["loss"] == pytest.approx(sum(float(x) for x in calls[-1][2]) / 2, rel=1e-6)
+    assert not (tmp_path / CHECKPOINTS).exists() and not (tmp_path / DIFFUSION_DIR).exists()
+    assert (tmp_path / METRICS_FILE).is_file()
 
 
 def test_trained_view_falls_back_to_the_latest_checkpoint(tmp_path):

@@ -5,17 +5,57 @@ the tests do).
   diffusion tokens per row fixed while K varies.
 * `${pid:}`: this process's id, which makes the default run folder unique per run.
 * `typed_section`: a config section as its dataclass, every value type-checked with its key named.
+* `compose`, `shape_overrides`, `synthetic_data_overrides`: conf/config.yaml composed from Python
+  (the benchmark, the parity check), with a model shape and synthetic data chosen by overrides.
 """
 
 import dataclasses
 import os
 import types
 import typing
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
 OmegaConf.register_new_resolver("floor_div", lambda a, b: int(a) // int(b), replace=True)
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+SHAPES = ("tiny", "qwen3_1.7b", "qwen3_4b", "qwen3_8b")
+
+
+def compose(overrides: list[str]):
+    """conf/config.yaml composed with `overrides` (Hydra's compose API, as the tests use it)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides)
+
+
+def shape_overrides(shape: str) -> list[str]:
+    """Hydra overrides for a model shape: `tiny` (conf/model/tiny) or a Qwen3 shape with random
+    weights and the paper recipe (+exp=qwen3_*: K=32, KL, chunked loss, bf16 on GPU); synthetic
+    documents either way (named explicitly: the config's defaults may change)."""
+    if shape == "tiny":
+        return ["model=tiny", "data=synthetic"]
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}: choose from {SHAPES}")
+    return [
+        f"+exp={shape}",
+        "model.base=null",
+        f"model.shape={shape}",
+        "data=synthetic",
+        "~data.load_tokenized_dataset",
+    ]
+
+
+def synthetic_data_overrides(seq_len: int, rows: int, seed: int = 0) -> list[str]:
+    """Overrides for synthetic documents packed into `rows` rows of `seq_len` tokens."""
+    from train.data import synthetic_data
+
+    data = synthetic_data(seq_len, rows, seed)
+    return [f"data.{section}.{k}={v}" for section, values in data.items() for k, v in values.items()]
 
 
 def typed_section(cls, key: str, values: dict):

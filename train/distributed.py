@@ -7,6 +7,8 @@ deepspeed --num_gpus=N train.py          same variables (its --local_rank flag i
 Hydra's submitit Slurm launcher          one task per GPU; the variables come from Slurm
 """
 
+import contextlib
+import importlib
 import os
 import socket
 from dataclasses import dataclass
@@ -55,6 +57,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def skip_deepspeed_cpu_comm_op() -> None:
+    """On the CPU, DeepSpeed JIT-compiles a shared-memory comm op (about a minute) that runs on
+    one host do not need; the tests skip it the same way (tests/test_train_loop.py)."""
+    if torch.cuda.is_available():
+        return
+    with contextlib.suppress(ImportError):
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
 def barrier() -> None:

@@ -10,6 +10,7 @@ yaml is an argument in the code and unknown keys fail at once.
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from train.checkpoint import (
 from train.config import typed_section
 from train.data import batches, build_dataset, check_data_inputs, data_tokenizer
 from train.distributed import barrier, broadcast_object, init_distributed
-from train.flops import micro_batch_flops, next_token_flops
+from train.flops import micro_batch_flops_breakdown, next_token_flops
 from train.model import ModelConfig, build_model
 from train.objective import DistillationObjective, NextTokenObjective, ObjectiveConfig
 from train.optim import OptimConfig
@@ -175,8 +176,13 @@ class Trainer:
             is_main=self.dist.is_main,
         )
 
-    def train(self) -> dict | None:
-        """Run the remaining steps; return the last logged record (rank 0; None elsewhere)."""
+    def train(self, on_step: Callable[[int, dict, list], None] | None = None, save: bool = True) -> dict | None:
+        """Run the remaining steps; return the last logged record (rank 0; None elsewhere).
+
+        on_step(step, flops, losses), if given, is called right after each optimizer step (before
+        logging and saving) with the steps done, this rank's model FLOPs of the step by part
+        (train.flops) and its micro-batch losses (device tensors): what a benchmark times.
+        save=False writes no checkpoint and no final export (a throughput measurement)."""
         t, obj = self.train_cfg, self.objective_cfg
         data = batches(self.dataset, t.micro_batch_size)
         device = self.dist.device
@@ -193,10 +199,11 @@ class Trainer:
             return None
         for step in range(self.start_step, t.steps):
             lr = self.backend.lr()
+            step_flops, losses = {}, []
             for micro in range(t.grad_accum):
                 batch = next(data)  # on the CPU: blocks and FLOP counts are made there, no GPU sync
                 if self.pretrain:
-                    blocks, flops = None, next_token_flops(self.model.config, batch["doc_ids"])
+                    blocks, parts = None, {"next_token": next_token_flops(self.model.config, batch["doc_ids"])}
                 else:
                     blocks = sample_blocks(
                         batch,
@@ -206,13 +213,20 @@ class Trainer:
                         num_denoise_steps=obj.num_denoise_steps,
                         seed=block_seed(t.seed, step, micro * self.dist.world_size + self.dist.rank),
                     ).to(device)
-                    flops = micro_batch_flops(self.model.config, batch["doc_ids"], blocks, self.model_cfg.trainable)
+                    parts = micro_batch_flops_breakdown(
+                        self.model.config, batch["doc_ids"], blocks, self.model_cfg.trainable
+                    )
+                for k, v in parts.items():
+                    step_flops[k] = step_flops.get(k, 0.0) + v
                 tokens = batch["input_ids"].numel()
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 loss, stats = self.backend.micro_step(batch, blocks, last=micro == t.grad_accum - 1)
                 self.tokens_seen += tokens * self.dist.world_size
-                meter.add_micro(loss, stats, tokens, flops)
+                meter.add_micro(loss, stats, tokens, sum(parts.values()))
+                losses.append(loss)
             meter.add_step(self.backend.step())
+            if on_step is not None:
+                on_step(step + 1, step_flops, losses)
             self.tracker.advance()
             done = step + 1
             if done % self.log_cfg.log_every == 0 or done == t.steps:
@@ -224,10 +238,14 @@ class Trainer:
                     tokens_total=self.tokens_seen,
                 )
                 self.tracker.log(record)
-            if done % t.checkpoint_every == 0 or done == t.steps:
+            if save and (done % t.checkpoint_every == 0 or done == t.steps):
                 self.save(done)
                 meter.start = time.perf_counter()  # saving time is not training throughput
-        self.finish()
+        if save:
+            self.finish()
+        else:
+            barrier()
+            self.close()
         return record if self.dist.is_main else None
 
     def save(self, step: int) -> None:
