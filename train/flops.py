@@ -133,8 +133,3 @@ def micro_batch_flops_breakdown(
     diffusion_backward_weights      weight gradients of the trainable matrices only
     """
     return {part: float(sum(t.values())) for part, t in flop_terms(config, doc_ids, blocks, trainable).items()}
-
-
-def micro_batch_flops(config, doc_ids: torch.Tensor, blocks: DiffusionBlocks, trainable: Sequence[str]) -> float:
-    """Model FLOPs of one micro-batch: AR forward + diffusion forward + diffusion backward."""
-    return float(sum(micro_batch_flops_breakdown(config, doc_ids, blocks, trainable).values()))
