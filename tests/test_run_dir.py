@@ -74,8 +74,9 @@ def test_two_concurrent_runs_cannot_share_a_folder(tmp_path):
     )
     try:
         deadline = time.time() + 300
-        while not (run / "train.log").is_file() and first.poll() is None and time.time() < deadline:
-            time.sleep(0.2)  # train.log appears once the first run holds the folder
+        lock = run / LOCK_FILE
+        while not (lock.is_file() and lock.read_text()) and first.poll() is None and time.time() < deadline:
+            time.sleep(0.2)  # the lock names its holder once the first run holds the folder
         assert first.poll() is None, "the first run ended before the second started"
         second = subprocess.run([*cmd, "train.steps=4"], cwd=REPO, capture_output=True, text=True, timeout=600)
         assert second.returncode != 0 and "in use by a live run" in second.stderr, second.stderr[-3000:]
