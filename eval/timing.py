@@ -42,10 +42,15 @@ WARMUPS = {
 }
 
 
-def protocol(warmup: str, warm_tokens: str = "2K+1") -> str:
-    """The protocol text one report states (which warm-up it used, filled in)."""
+def check_warmup(warmup: str) -> None:
+    """A warm-up name of WARMUPS, or an error naming the setting and the choices."""
     if warmup not in WARMUPS:
         raise ValueError(f"decode.warmup={warmup!r}: use one of {sorted(WARMUPS)}")
+
+
+def protocol(warmup: str, warm_tokens: str = "2K+1") -> str:
+    """The protocol text one report states (which warm-up it used, filled in)."""
+    check_warmup(warmup)
     return PROTOCOL.format(warmup=WARMUPS[warmup].format(tokens=warm_tokens))
 
 
@@ -59,8 +64,7 @@ def length_bucket(length: int) -> tuple[int, ...]:
 
 def warm_prompts(prompts: list[list[int]], warmup: str) -> list[list[int]]:
     """The prompts the warm-up decodes: one per bucket, all of them, or none."""
-    if warmup not in WARMUPS:
-        raise ValueError(f"warmup={warmup!r}: use one of {sorted(WARMUPS)}")
+    check_warmup(warmup)
     if warmup == "none":
         return []
     if warmup == "all":

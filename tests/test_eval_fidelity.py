@@ -39,21 +39,26 @@ def test_greedy_exact_match_catches_a_wrong_candidate(make_model):
     assert out["sequence_rate"] == pytest.approx(2 / 3) and out["first_divergence"] == [None, 5, None]
 
 
-@pytest.mark.parametrize("sampling", SAMPLERS, ids=str)
-def test_sampling_test_passes_for_orthrus(make_model, sampling):
-    """The real rule passes; tests/test_fidelity_rules.py shows broken rules fail on every decoder."""
-    model = make_model(seed=3)
-    results = [
+def sampled(model, sampling, new_tokens, n):
+    """n Orthrus samples (K = 4) over the three prompts, seeded by index."""
+    return [
         generate(
             model,
             torch.tensor([PROMPTS[i % 3]]),
-            19,
+            new_tokens,
             block_size=4,
             sampling=sampling,
             generator=torch.Generator().manual_seed(i),
         )
-        for i in range(12)
+        for i in range(n)
     ]
+
+
+@pytest.mark.parametrize("sampling", SAMPLERS, ids=str)
+def test_sampling_test_passes_for_orthrus(make_model, sampling):
+    """The real rule passes; tests/test_fidelity_rules.py shows broken rules fail on every decoder."""
+    model = make_model(seed=3)
+    results = sampled(model, sampling, new_tokens=19, n=12)
     assert sum(sum(r.accepted) for r in results) > 0, "some drafts must be accepted for the check to mean anything"
     out = sampling_fidelity(model, results, sampling, progress=False)
     assert out["num_tokens"] == 12 * 19 and out["passed"] and out["zero_probability_tokens"] == 0
@@ -73,17 +78,7 @@ def test_sampling_test_sees_a_different_base(make_model):
     excludes emitted tokens is counted as zero-probability tokens."""
     model, other = make_model(seed=5), make_model(seed=6)
     sampling = SamplingParams(temperature=1.0, top_k=5)
-    results = [
-        generate(
-            model,
-            torch.tensor([PROMPTS[i % 3]]),
-            20,
-            block_size=4,
-            sampling=sampling,
-            generator=torch.Generator().manual_seed(i),
-        )
-        for i in range(8)
-    ]
+    results = sampled(model, sampling, new_tokens=20, n=8)
     out = sampling_fidelity(model, results, sampling, base_model=other, progress=False)
     assert not out["passed"] and out["zero_probability_tokens"] > 0
 
