@@ -347,7 +347,8 @@ class OrthrusEngine:
         if sampler is None:
             self.last.copy_(logits.argmax(-1))
         else:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            device = None if generator is None else generator.device  # a CUDA generator draws on its device
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=device))
             self.rng.copy_(torch.tensor([seed, 0]))
             self.last.copy_(sampler.first_token(logits))
         emit([int(self.last)])

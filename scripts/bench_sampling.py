@@ -33,7 +33,7 @@ from models.engine import OrthrusEngine
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", default="qwen3_8b", help="models.shapes name, or 'tiny'")
+    p.add_argument("--shape", default="qwen3_8b", help="models.shapes name, or 'tiny' ('' to skip)")
     p.add_argument("--ctx", type=int, default=256)
     p.add_argument("--ks", default="16,32")
     p.add_argument("--reps", type=int, default=20)
@@ -86,7 +86,8 @@ def main():
         engine = OrthrusEngine(model, args.ctx + args.new_tokens + 2 * max(ks) + 16)
         return time_iterations(engine, ks, args.ctx, clock, reps=args.reps, new_tokens=args.new_tokens)
 
-    phase("iterations", shape)
+    if args.shape:
+        phase("iterations", shape)
     results.update({k: v for k, v in results.get("iterations", {}).items() if "_ms_K" in k})  # top-level keys
     free_memory()
 

@@ -123,14 +123,16 @@ def test_triton_path_draws_like_torch_path(make_model, drafts):
     assert sum(runs["torch"][1]) > 0, "no draft accepted: acceptance would go untested"
 
 
-def test_seed_reproduces_a_run(make_model):
+@pytest.mark.parametrize("generator_device", ["engine", "cpu"])
+def test_seed_reproduces_a_run(make_model, generator_device):
+    """A seeded generator on the engine's device (as eval.runner passes) or on the CPU reproduces a run."""
     engine = _engine(make_model)
     params = SamplingParams(0.9, 0, 0.95)
+    device = engine.device if generator_device == "engine" else "cpu"
 
     def run(seed, drafts="sampled"):
-        out = engine.generate(
-            PROMPT, 12, block_size=K, sampling=params, drafts=drafts, generator=torch.Generator().manual_seed(seed)
-        )
+        g = torch.Generator(device=device).manual_seed(seed)
+        out = engine.generate(PROMPT, 12, block_size=K, sampling=params, drafts=drafts, generator=g)
         return out.sequences.tolist(), out.accepted
 
     assert run(5) == run(5) and run(5, "greedy") == run(5, "greedy")
