@@ -110,20 +110,25 @@ def throughput_vs_context(reports: list[dict], path: Path) -> Path | None:
 def speedup_by_k(reports: list[dict], path: Path) -> Path | None:
     """Decode speedup over K=1 (left) and time to first token (right) against K, one line per
     (run, benchmark): the measurements of eval/timing.py's protocol."""
-    series = {}
-    for rep in reports:
+    series, styles = {}, {}
+    benchmarks = sorted({row["benchmark"] for rep in reports for row in rep["runs"]})
+    colors = plt.get_cmap("tab10").colors
+    for i, rep in enumerate(reports):
         for row in rep["runs"]:
             if row.get("speedup") is not None:
-                series.setdefault(f"{_label(rep)} / {row['benchmark']}", []).append(
-                    (row["block_size"], row["speedup"], row["ttft_ms"])
+                label = f"{_label(rep)} / {row['benchmark']}"
+                series.setdefault(label, []).append((row["block_size"], row["speedup"], row["ttft_ms"]))
+                # one colour per run, one line style per prompt set: distinct for up to 10 runs x 4 sets
+                styles[label] = dict(
+                    color=colors[i % len(colors)], ls=["-", "--", ":", "-."][benchmarks.index(row["benchmark"]) % 4]
                 )
     if not series:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for label, points in series.items():
         ks, speedups, ttfts = zip(*sorted(points))
-        left.plot(ks, speedups, marker="o", label=label)
-        right.plot(ks, ttfts, marker="o", label=label)
+        left.plot(ks, speedups, marker="o", label=label, **styles[label])
+        right.plot(ks, ttfts, marker="o", label=label, **styles[label])
     left.axhline(1.0, color="k", lw=0.8, ls="--")
     for ax, ylabel in ((left, "decode speedup over K=1 (same decoder)"), (right, "time to first token (ms)")):
         ax.set_xscale("log", base=2)

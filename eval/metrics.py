@@ -57,6 +57,12 @@ def acceptance_lengths(results: list[GenerationResult]) -> list[int]:
     return [a + 1 for r in results for a in r.accepted]
 
 
+def sampling_target(tokens_per_iteration: float, greedy_tokens_per_iteration: float, greedy_speedup: float) -> float:
+    """The speedup sampling reaches if a sampled iteration costs what a greedy one does: the greedy
+    speedup scaled by the acceptance sampling keeps (tokens per iteration sampled / greedy)."""
+    return tokens_per_iteration / greedy_tokens_per_iteration * greedy_speedup
+
+
 def mean(values: list[float]) -> float:
     return sum(values) / max(len(values), 1)
 

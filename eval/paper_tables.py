@@ -91,7 +91,8 @@ def _baseline(report: dict, benchmark: str) -> dict | None:
     return next((r for r in report["runs"] if r["benchmark"] == benchmark and r["block_size"] == 1), None)
 
 
-def _temperature(report: dict) -> float:
+def report_temperature(report: dict) -> float:
+    """The sampling temperature an evaluation ran at (0: greedy)."""
     return report["config"]["decode"]["temperature"]
 
 
@@ -115,7 +116,7 @@ def speed_table(reports: list[dict], paper: PaperNumbers, sources: list[dict]) -
     ]
     rows = []
     for rep in reports:
-        label, T = rep.get("label") or rep["name"], _temperature(rep)
+        label, T = rep.get("label") or rep["name"], report_temperature(rep)
         runs = largest_k_rows(rep)
         for r in runs:
             b, base = r["benchmark"], _baseline(rep, r["benchmark"])
@@ -178,7 +179,7 @@ def table1(reports: list[dict], paper: PaperNumbers, sources: list[dict]) -> tup
     ]
     rows = []
     for rep in reports:
-        label, T = rep.get("label") or rep["name"], _temperature(rep)
+        label, T = rep.get("label") or rep["name"], report_temperature(rep)
         runs = largest_k_rows(rep)
         for r in runs:
             base = _baseline(rep, r["benchmark"]) or {}

@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from eval.metrics import sampling_target
 from eval.runner import measure_block_sizes
 from models.engine import DRAFT_MODES, OrthrusEngine
 from models.sampling import SamplingParams
@@ -168,7 +169,7 @@ def speedups(
     for r in rows:
         g = greedy.get(r["K"])
         if r["setting"] != "greedy" and r["K"] > 1 and g and g["speedup"]:
-            r["target_speedup"] = r["tokens_per_iteration"] / g["tokens_per_iteration"] * g["speedup"]
+            r["target_speedup"] = sampling_target(r["tokens_per_iteration"], g["tokens_per_iteration"], g["speedup"])
             r["of_target"] = r["speedup"] / r["target_speedup"] if r["speedup"] else None
     return rows
 

@@ -9,12 +9,14 @@ from eval.metrics import (
     acceptance_length,
     kv_overhead,
     per_position_acceptance,
+    sampling_target,
     summarize,
     tokens_per_iteration,
     tokens_per_second,
     tpf,
     tpf_token_weighted,
 )
+from eval.report import sampling_target_rows
 from eval.runner import decode_prompts, measure_block_sizes
 from models.generate import GenerationResult, generate
 from models.shapes import shape_config
@@ -149,3 +151,27 @@ def test_runner_needs_a_streaming_decode_fn(make_model):
 
     with pytest.raises(RuntimeError, match="TTFT"):
         decode_prompts(make_model(), [[1, 2]], block_size=3, max_new_tokens=5, decode_fn=no_streamer, progress=False)
+
+
+def test_sampling_target_pairs_each_sampled_run_with_its_greedy_run():
+    """target = sampled tok/iter / greedy tok/iter x greedy speedup, the greedy run of the same dtype,
+    prompt set and K; K = 1 and runs without a greedy partner are left out."""
+
+    def report(name, dtype, temperature, runs):
+        rows = [{"benchmark": b, "block_size": k, "tokens_per_iteration": t, "speedup": s} for b, k, t, s in runs]
+        return {
+            "name": name,
+            "model": {"dtype": dtype},
+            "config": {"decode": {"temperature": temperature}},
+            "runs": rows,
+        }
+
+    reports = [
+        report("g16", "bfloat16", 0.0, [("he", 1, 1.0, 1.0), ("he", 16, 5.0, 2.5)]),
+        report("g32", "float32", 0.0, [("he", 16, 4.0, 1.0)]),
+        report("s16", "bfloat16", 0.6, [("he", 1, 1.0, 1.0), ("he", 16, 4.0, 1.8), ("other", 16, 3.0, 1.5)]),
+    ]
+    rows = sampling_target_rows(reports)
+    assert [(r["run"], r["K"]) for r in rows] == [("s16", 16)]
+    assert rows[0]["target"] == pytest.approx(sampling_target(4.0, 5.0, 2.5)) == pytest.approx(2.0)
+    assert rows[0]["of target"] == pytest.approx(0.9)
