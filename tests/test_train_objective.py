@@ -104,10 +104,11 @@ def test_ar_pass_keeps_documents_apart(make_model):
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-@pytest.mark.parametrize("executor", ["sdpa", "flex"])
+@pytest.mark.parametrize("executor,tile", [("sdpa", None), ("flex", None), ("flex", 16)])
 @pytest.mark.parametrize("K", [4, 8])
-def test_training_logits_equal_decoding_logits(make_model, executor, K):
-    """Many blocks of packed documents in one pass == one decode-time draft per block."""
+def test_training_logits_equal_decoding_logits(make_model, executor, tile, K):
+    """Many blocks of packed documents in one pass == one decode-time draft per block (flex: with
+    its default BlockMask tile and with objective.flex_block_size=16)."""
     model = make_model(seed=K, block_size=K)
     batch = packed_batch()
     blocks = blocks_for(batch, K, n=7, seed=K)
@@ -115,7 +116,7 @@ def test_training_logits_equal_decoding_logits(make_model, executor, K):
     with torch.no_grad():
         _, cache = teacher_pass(model, batch["input_ids"], batch["position_ids"], batch["doc_ids"])
         logits = model.diffusion_forward(
-            blocks.input_ids, blocks.position_ids, training_attend(cache, blocks, scale, executor)
+            blocks.input_ids, blocks.position_ids, training_attend(cache, blocks, scale, executor, tile)
         )
         checked = 0
         for b in range(2):
