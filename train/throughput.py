@@ -138,6 +138,14 @@ def setting_overrides(
     return overrides, blocks_per_row, K
 
 
+def variant_checkpointing(shape: str, checkpointing: bool, args, variant) -> bool:
+    """Gradient checkpointing as the setting runs it: a variant may set train.gradient_checkpointing."""
+    from train.config import compose, shape_overrides
+
+    cfg = compose([*shape_overrides(shape), f"train.gradient_checkpointing={checkpointing}", *args.override, *variant])
+    return bool(cfg.train.gradient_checkpointing)
+
+
 def run_setting(
     shape: str,
     seq_len: int,
@@ -490,6 +498,7 @@ def run_benchmark(args, command: list[str]) -> dict | None:
     # variant-major: every shape gets the first variant (the baseline) before any gets the second
     points = [(v, shape, *setting) for v in args.variants for shape in args.shapes for setting in settings]
     for variant, shape, seq_len, checkpointing, attention in points:
+        checkpointing = variant_checkpointing(shape, checkpointing, args, args.variants[variant])
         base = {
             "variant": variant,
             "shape": shape,
