@@ -95,3 +95,10 @@ def test_frozen_float8_linear_matches_torchao_without_the_weight_gradient():
     assert plain.weight.grad is None
     with pytest.raises(ValueError, match="for frozen layers"):
         frozen_float8_linear_class().from_float(nn.Linear(64, 48), config=config)
+
+
+@pytest.mark.parametrize("knob", ["train.fp8=frozen", "objective.fused_loss=true"])
+def test_zero3_is_refused_with_the_knobs_that_keep_frozen_weights(tmp_path, knob):
+    pytest.importorskip("deepspeed")
+    with pytest.raises(ValueError, match="deepspeed=zero3 partitions the frozen weights"):
+        Trainer(compose_cfg("deepspeed=zero3", knob), tmp_path)

@@ -69,5 +69,7 @@ def test_bench_variants_and_profile(tmp_path):
         assert any(e.get("name") == profile.TEACHER for e in json.load(f)["traceEvents"])
     table = (out / "bench.md").read_text()
     assert "### Profile: baseline, tiny, seq 64" in table and "projected h" in table
+    fastest = max((base, fused), key=lambda r: r["tokens_per_s_per_gpu"])
+    assert f"| tiny | 64 | {base['tokens_per_s_per_gpu']:,.0f} | {fastest['variant']} |" in table
     assert not (folder / "trace.json").exists()  # only the compressed trace is kept
     assert throughput.projected_hours(1000.0, 7.2e6, 2) == 1.0

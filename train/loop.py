@@ -100,6 +100,12 @@ class Trainer:
         self.ds_cfg = _section(cfg, "deepspeed", DeepSpeedConfig)
         self.log_cfg = _section(cfg, "logging", LoggingConfig)
         self.train_cfg = t = _section(cfg, "train", TrainConfig)
+        zero3 = self.ds_cfg.enabled and self.ds_cfg.zero_stage == 3
+        if zero3 and (t.fp8 != "none" or self.objective_cfg.fused_loss):
+            raise ValueError(
+                "deepspeed=zero3 partitions the frozen weights that train.fp8 and objective.fused_loss keep "
+                "for backward: use deepspeed=zero2 (or none), or train.fp8=none objective.fused_loss=false"
+            )
         check_data_inputs(cfg.data)
 
         self.dist = init_distributed(process_group=self.ds_cfg.enabled)

@@ -349,6 +349,7 @@ def markdown(report: dict) -> str:
         f"projected h: a projection, not a measurement: {proj['row_tokens']:.3g} row tokens on {proj['gpus']} GPUs "
         f"at the measured tokens/s/GPU, {proj['formula']}.",
     ]
+    lines += speedups(report)
     if s["variants"]:
         lines += ["", "Variants (Hydra overrides on top of the setting):", ""]
         lines += [f"- `{name}`: {' '.join(f'`{o}`' for o in ov) or '(none)'}" for name, ov in s["variants"].items()]
@@ -371,6 +372,32 @@ def markdown(report: dict) -> str:
         lines.append("")
     lines.append("![throughput](bench.png)\n")
     return "\n".join(lines)
+
+
+def speedups(report: dict) -> list[str]:
+    """Markdown lines: per shape and sequence length, the fastest variant against the first one
+    (the baseline), when more than one variant ran."""
+    first = next(iter(report["settings"]["variants"]), None)
+    ok = [r for r in report["results"] if r["status"] == "ok"]
+    groups = dict.fromkeys((r["shape"], r["seq_len"]) for r in ok)
+    if len(report["settings"]["variants"]) < 2 or not groups:
+        return []
+    lines = [
+        "",
+        f"| shape | seq | {first} tokens/s/GPU | fastest variant | tokens/s/GPU | x {first} | peak GiB | projected h |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for shape, seq_len in groups:
+        rs = [r for r in ok if (r["shape"], r["seq_len"]) == (shape, seq_len)]
+        base = max((r["tokens_per_s_per_gpu"] for r in rs if r.get("variant") == first), default=None)
+        best = max(rs, key=lambda r: r["tokens_per_s_per_gpu"])
+        ratio = f"{best['tokens_per_s_per_gpu'] / base:.2f}" if base else ""
+        lines.append(
+            f"| {shape} | {seq_len} | {f'{base:,.0f}' if base else ''} | {best.get('variant', '')} | "
+            f"{best['tokens_per_s_per_gpu']:,.0f} | {ratio} | {_gib(best['max_memory_gib'])} | "
+            f"{best['projected_hours']:.1f} |"
+        )
+    return lines
 
 
 def _gib(x) -> str:
