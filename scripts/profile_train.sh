@@ -13,11 +13,14 @@
 #   baseline          the recipe's defaults (GC off, micro-batch 1); also profiled (OUT/profile/)
 #   fused             objective.fused_loss=true: no recomputation of the lm_head + KL chunks
 #   fp8_frozen        train.fp8=frozen: frozen Linear layers in float8, no weight gradients
-#   fused_fp8_frozen  both
+#   compiled          train.compile_frozen=true: each layer's frozen MLP and norms compiled
+#   all               fused + fp8_frozen + compiled; also profiled
 #   mb2               micro-batch 2 (GC off)
 #   gc                gradient checkpointing on (the memory-saving setting)
 #   mb2_gc            micro-batch 2 with gradient checkpointing
+#   all_mb2_gc        all + micro-batch 2 with gradient checkpointing
 #   fp8_torchao       train.fp8=torchao: torchao's Float8Linear as is (forms unused weight gradients)
+#   fused_fp8_frozen  fused + fp8_frozen, eager
 #   flex64            objective.flex_block_size=64: finer block-sparse tiles
 # OUT/bench.json (provenance, every result, the profile breakdown), bench.md (the table with MFU
 # by part and the projected wall-clock of the paper's 8-GPU run: 1.92B row tokens), bench.png,
@@ -35,11 +38,14 @@ PYTHONUNBUFFERED=1 python -m scripts.bench_train "$out" \
   --variant "baseline:" \
   --variant "fused:objective.fused_loss=true" \
   --variant "fp8_frozen:train.fp8=frozen" \
-  --variant "fused_fp8_frozen:objective.fused_loss=true train.fp8=frozen" \
+  --variant "compiled:train.compile_frozen=true" \
+  --variant "all:objective.fused_loss=true train.fp8=frozen train.compile_frozen=true" \
   --variant "mb2:train.micro_batch_size=2" \
   --variant "gc:train.gradient_checkpointing=true" \
   --variant "mb2_gc:train.micro_batch_size=2 train.gradient_checkpointing=true" \
+  --variant "all_mb2_gc:objective.fused_loss=true train.fp8=frozen train.compile_frozen=true train.micro_batch_size=2 train.gradient_checkpointing=true" \
   --variant "fp8_torchao:train.fp8=torchao" \
+  --variant "fused_fp8_frozen:objective.fused_loss=true train.fp8=frozen" \
   --variant "flex64:objective.flex_block_size=64" \
-  --profile baseline --profile-steps 2 --project-row-tokens 1.92e9 --project-gpus 8 \
+  --profile baseline,all --profile-steps 2 --project-row-tokens 1.92e9 --project-gpus 8 \
   "$@"
