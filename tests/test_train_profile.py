@@ -73,3 +73,31 @@ def test_bench_variants_and_profile(tmp_path):
     assert f"| tiny | 64 | {base['tokens_per_s_per_gpu']:,.0f} | {fastest['variant']} |" in table
     assert not (folder / "trace.json").exists()  # only the compressed trace is kept
     assert throughput.projected_hours(1000.0, 7.2e6, 2) == 1.0
+
+
+def test_profile_train_script_parses_and_every_variant_composes():
+    """scripts/profile_train.sh's bench_train arguments parse, and each variant's overrides compose
+    into valid config sections (at the first shape: the shapes differ only in +exp): a typo fails
+    here, not on the GPU."""
+    import shlex
+
+    from eval.provenance import REPO_ROOT
+    from scripts import bench_train
+    from train.config import compose
+    from train.loop import TrainConfig, _section
+    from train.objective import ObjectiveConfig
+
+    text = (REPO_ROOT / "scripts" / "profile_train.sh").read_text().replace("\\\n", " ")
+    line = next(x for x in text.splitlines() if "-m scripts.bench_train" in x)
+    argv = shlex.split(line.split("-m scripts.bench_train", 1)[1].replace('"$@"', ""))
+    args = bench_train.parse_args([a.replace("$out", "OUT").replace("$budget", "420") for a in argv])
+    assert args.shapes == ["qwen3_8b", "qwen3_1.7b"] and args.blocks_per_row == 256 and args.seq_lens == [2048]
+    assert list(args.variants)[0] == "baseline" and set(args.profile) <= set(args.variants)
+    for variant in args.variants.values():
+        overrides, blocks_per_row, K = throughput.setting_overrides(
+            args.shapes[0], 2048, False, "flex", args, 1, variant
+        )
+        cfg = compose(overrides)
+        _section(cfg, "objective", ObjectiveConfig)
+        _section(cfg, "train", TrainConfig)
+        assert (blocks_per_row, K, cfg.data.packed_dataset.seq_len) == (256, 32, 2048)
