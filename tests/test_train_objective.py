@@ -212,6 +212,13 @@ def test_chunking_that_drops_the_partial_chunk_is_caught(make_model, monkeypatch
         torch.testing.assert_close(loss, ref.detach(), atol=1e-5, rtol=1e-5)
 
 
+def test_flex_block_size_must_be_a_power_of_two():
+    for bad in (48, 8):
+        with pytest.raises(ValueError, match="objective.flex_block_size"):
+            ObjectiveConfig(flex_block_size=bad)
+    assert ObjectiveConfig(flex_block_size=64).flex_block_size == 64
+
+
 def test_fused_loss_needs_a_frozen_lm_head(make_model):
     model = make_model(seed=2, block_size=8)
     model.freeze_base()

@@ -199,11 +199,12 @@ class FusedChunkLoss(torch.autograd.Function):
             logp = F.log_softmax(logits, dim=-1)
             log_target, correct = objective._log_target(logits, teacher, token)
             per_target = objective._per_target(logp, log_target, token)
+            d_logits = logp.exp_()  # softmax(student) minus the target distribution, in place
             if log_target is None:  # cross-entropy: the target is the data token's one-hot
-                target = F.one_hot(token, logits.shape[-1]).to(logits.dtype)
+                d_logits[torch.arange(len(token), device=token.device), token] -= 1
             else:
-                target = log_target.exp()
-            d_logits = (logp.exp() - target) * weight[:, None]
+                d_logits -= log_target.exp_()
+            d_logits *= weight[:, None]
             ctx.save_for_backward((d_logits.to(head.dtype) @ head).to(student.dtype))
         ctx.mark_non_differentiable(correct)
         return (per_target * weight).sum(), correct
