@@ -13,8 +13,8 @@ Modes:
   torchao  torchao's Float8Linear as is: its backward also forms the weight gradient, which a
            frozen weight discards (one wasted fp8 matmul per frozen layer in the diffusion backward)
   frozen   FrozenFloat8Linear: torchao's casts and scaled matmul for the forward and the input
-           gradient, no weight gradient, and the layer input is not kept for backward (only the
-           weight is), which also saves activation memory
+           gradient, no weight gradient; like a frozen nn.Linear it keeps only the weight for
+           backward (torchao's Float8Linear also keeps the layer input: more activation memory)
 
 FP8 numerics need a GPU with FP8 tensor cores (H100/H200); on the CPU torchao's `emulate` mode
 runs the same casts with high-precision matmuls (the tests use it). torchao's casts are
