@@ -93,6 +93,13 @@ def test_frozen_float8_linear_matches_torchao_without_the_weight_gradient():
     with pytest.raises(AssertionError):
         torch.testing.assert_close(results[0][0], results[2][0], rtol=1e-4, atol=1e-5)
     assert plain.weight.grad is None
+    saved = {}
+    for name, layer in (("ours", ours), ("theirs", theirs), ("plain", plain)):
+        saved[name] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, out=saved[name]: out.append(t.shape) or t, lambda t: t):
+            layer(x.clone().requires_grad_(True))
+    assert saved["ours"] == saved["plain"] == [(64, 48)]  # the weight only, as a frozen nn.Linear
+    assert (2, 5, 64) in saved["theirs"]  # torchao's layer keeps the input for its weight gradient
     with pytest.raises(ValueError, match="for frozen layers"):
         frozen_float8_linear_class().from_float(nn.Linear(64, 48), config=config)
 
