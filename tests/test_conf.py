@@ -56,6 +56,7 @@ def test_presets_exist():
         "ablate_denoise_steps",
         "ablate_trainable",
         "ablate_tokens",
+        "ablate_speed",
     } <= set(EXPS)
 
 

@@ -50,10 +50,11 @@ def old_rule(terms: dict) -> float:
     return 2 * sum(terms["diffusion_forward"].values()) + terms["diffusion_backward_weights"]["matmul"]
 
 
-def measured_step(trainable: str, tmp_path, monkeypatch):
-    """(counter FLOPs by op, formula terms, batch, blocks) of one real micro-step with backward."""
+def measured_step(trainable: str, tmp_path, monkeypatch, *overrides, recompute: bool = False):
+    """(counter FLOPs by op, formula terms, batch, blocks) of one real micro-step with backward;
+    `recompute`: leave the loss chunks' checkpointing as it runs (recomputation counted)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", [*TINY, f"model.trainable={trainable}", "objective.blocks_per_row=5"])
+        cfg = compose("config", [*TINY, f"model.trainable={trainable}", "objective.blocks_per_row=5", *overrides])
     trainer = Trainer(cfg, tmp_path)
     batch = next(batches(trainer.dataset, 2))
     blocks = sample_blocks(
@@ -65,7 +66,8 @@ def measured_step(trainable: str, tmp_path, monkeypatch):
         seed=0,
     )
     assert (batch["doc_ids"][:, 1:] != batch["doc_ids"][:, :-1]).any()  # packed: several documents per row
-    monkeypatch.setattr(train.objective, "checkpoint", lambda fn, *args, **kw: fn(*args))  # no recomputation
+    if not recompute:
+        monkeypatch.setattr(train.objective, "checkpoint", lambda fn, *args, **kw: fn(*args))
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         trainer.backend.micro_step(batch, blocks, last=True)
     counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
@@ -108,6 +110,22 @@ def test_the_old_2x_backward_rule_fails_the_counter(tmp_path, monkeypatch):
     old = sum(matmul_only["ar_forward"].values()) + old_rule(matmul_only)
     assert sum(t["matmul"] for t in terms.values()) == counted_matmul
     assert old - counted_matmul > 0.01 * counted_matmul  # the equality above fails for the old rule
+
+
+def test_fused_loss_runs_the_model_flops_and_checkpointing_two_lm_heads_more(tmp_path, monkeypatch):
+    """objective.fused_loss: the counter sees exactly the formula's matmuls (3 lm_head matmuls per
+    target) with nothing made a plain call; the checkpointed loss as it runs recomputes the
+    student's and the teacher's logits: 2 more lm_head matmuls per target."""
+    trainable = "[q_proj_diff,k_proj_diff,v_proj_diff,o_proj_diff,q_norm_diff,k_norm_diff]"
+    runs = {}
+    for fused in (True, False):
+        counts, terms, config, _, blocks = measured_step(
+            trainable, tmp_path / str(fused), monkeypatch, f"objective.fused_loss={fused}", recompute=True
+        )
+        runs[fused] = sum(counts.get(op, 0) for op in MATMUL_OPS)
+    assert runs[True] == sum(t["matmul"] for t in terms.values())
+    head = 2 * config.hidden_size * config.vocab_size * len(blocks.target_pos)
+    assert runs[False] - runs[True] == 2 * head
 
 
 def test_breakdown_sums_the_terms(tmp_path, monkeypatch):

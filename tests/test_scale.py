@@ -122,7 +122,7 @@ def test_bench_tiny_writes_json_markdown_and_plot(tmp_path):
         assert len(r["step_times_s_rank0"]) == 2 and r["blocks_per_row"] == r["seq_len"] // 16  # K = 8, half the row
         assert r["max_memory_gib"] is None  # CPU
     table = (out / "bench.md").read_text()
-    assert table.count("\n| tiny | ") == len(results) + 1  # + the parameter table
+    assert table.count("\n| baseline | tiny | ") == len(results) and table.count("\n| tiny | ") == 1  # + parameters
     assert f"`{prov['git']['commit']}`" in table and (out / "bench.png").stat().st_size > 0
     assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md", "bench.png"]  # no temporary files left
 

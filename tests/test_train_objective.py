@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+import train.objective as objective_module
 from data.packing import PackedRows
 from models.compat import cache_kwargs
 from models.orthrus import prefix_attend
@@ -103,10 +104,11 @@ def test_ar_pass_keeps_documents_apart(make_model):
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-@pytest.mark.parametrize("executor", ["sdpa", "flex"])
+@pytest.mark.parametrize("executor,tile", [("sdpa", None), ("flex", None), ("flex", 16)])
 @pytest.mark.parametrize("K", [4, 8])
-def test_training_logits_equal_decoding_logits(make_model, executor, K):
-    """Many blocks of packed documents in one pass == one decode-time draft per block."""
+def test_training_logits_equal_decoding_logits(make_model, executor, tile, K):
+    """Many blocks of packed documents in one pass == one decode-time draft per block (flex: with
+    its default BlockMask tile and with objective.flex_block_size=16)."""
     model = make_model(seed=K, block_size=K)
     batch = packed_batch()
     blocks = blocks_for(batch, K, n=7, seed=K)
@@ -114,7 +116,7 @@ def test_training_logits_equal_decoding_logits(make_model, executor, K):
     with torch.no_grad():
         _, cache = teacher_pass(model, batch["input_ids"], batch["position_ids"], batch["doc_ids"])
         logits = model.diffusion_forward(
-            blocks.input_ids, blocks.position_ids, training_attend(cache, blocks, scale, executor)
+            blocks.input_ids, blocks.position_ids, training_attend(cache, blocks, scale, executor, tile)
         )
         checked = 0
         for b in range(2):
@@ -160,28 +162,70 @@ def dense_reference_loss(model, batch, blocks, kind, decay):
     return (per * w).sum() / w.sum()
 
 
+def loss_and_grads(model, batch, blocks, **config):
+    """(loss, stats, gradients of the diffusion view) of one objective call; gradients cleared after."""
+    objective = DistillationObjective(model, ObjectiveConfig(attention="sdpa", **config))
+    loss, stats = objective(batch, blocks)
+    loss.backward()
+    grads = [p.grad.clone() for _, p in model.diffusion_named_parameters()]
+    model.zero_grad(set_to_none=True)
+    return loss.detach(), stats, grads
+
+
 @pytest.mark.parametrize("kind,decay", [("kl", None), ("ce", None), ("kl", 4.0)])
 def test_chunked_loss_equals_dense_loss(make_model, kind, decay):
+    """Checkpointed and fused chunks, a partial last chunk (3 does not divide the target count) and
+    one chunk: the loss of the dense reference and its gradients (autograd through full logits)."""
     model = make_model(seed=2, block_size=8)
     model.freeze_base()
     batch = packed_batch(seed=2)
     blocks = blocks_for(batch, 8, seed=2)
-    losses, grads = [], []
-    for chunk in (3, 10_000):
-        objective = DistillationObjective(
-            model, ObjectiveConfig(loss=kind, loss_decay=decay, chunk_size=chunk, attention="sdpa")
-        )
-        loss, stats = objective(batch, blocks)
-        loss.backward()
-        losses.append(loss.detach())
-        grads.append([p.grad.clone() for _, p in model.diffusion_named_parameters()])
-        model.zero_grad(set_to_none=True)
+    assert len(blocks.target_pos) % 3 != 0  # the partial last chunk is exercised
     ref = dense_reference_loss(model, batch, blocks, kind, decay)
-    torch.testing.assert_close(losses[0], ref, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(losses[1], ref, atol=1e-5, rtol=1e-5)
-    for g0, g1 in zip(*grads):
-        torch.testing.assert_close(g0, g1, atol=1e-6, rtol=1e-4)
-    assert stats["count"].sum() == len(blocks.target_pos)
+    ref.backward()
+    ref_grads = [p.grad.clone() for _, p in model.diffusion_named_parameters()]
+    model.zero_grad(set_to_none=True)
+    for chunk in (3, 10_000):
+        for fused in (False, True):
+            loss, stats, grads = loss_and_grads(
+                model, batch, blocks, loss=kind, loss_decay=decay, chunk_size=chunk, fused_loss=fused
+            )
+            torch.testing.assert_close(loss, ref.detach(), atol=1e-5, rtol=1e-5)
+            for g, r in zip(grads, ref_grads, strict=True):
+                torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-4)
+            assert stats["count"].sum() == len(blocks.target_pos)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_chunking_that_drops_the_partial_chunk_is_caught(make_model, monkeypatch, fused):
+    """The comparison above fails when the chunks leave out the last partial chunk."""
+    model = make_model(seed=2, block_size=8)
+    model.freeze_base()
+    batch = packed_batch(seed=2)
+    blocks = blocks_for(batch, 8, seed=2)
+    ref = dense_reference_loss(model, batch, blocks, "kl", None)
+    monkeypatch.setattr(
+        objective_module, "chunk_slices", lambda n, size: [slice(s, s + size) for s in range(0, n - size + 1, size)]
+    )
+    loss, _, _ = loss_and_grads(model, batch, blocks, chunk_size=3, fused_loss=fused)
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(loss, ref.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_flex_block_size_must_be_a_power_of_two():
+    for bad in (48, 8):
+        with pytest.raises(ValueError, match="objective.flex_block_size"):
+            ObjectiveConfig(flex_block_size=bad)
+    assert ObjectiveConfig(flex_block_size=64).flex_block_size == 64
+
+
+def test_fused_loss_needs_a_frozen_lm_head(make_model):
+    model = make_model(seed=2, block_size=8)
+    model.freeze_base()
+    model.lm_head.weight.requires_grad_(True)
+    batch = packed_batch(seed=2)
+    with pytest.raises(ValueError, match="fused_loss=true needs a frozen lm_head"):
+        loss_and_grads(model, batch, blocks_for(batch, 8, seed=2), fused_loss=True)
 
 
 def test_multistep_reveals_fill_slots_and_drop_their_targets(make_model):

@@ -19,10 +19,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+from torch.profiler import record_function
 
 from models import masks
 from models.orthrus import AttendFn
 from train.blocks import DiffusionBlocks
+from train.profile import ATTENTION as ATTENTION_RANGE
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 EXECUTORS = ("auto", "flex", "sdpa")
@@ -78,18 +80,24 @@ def _flex(q, k, v, block_mask: BlockMask, scale: float, compiled: bool) -> torch
     return _compiled_flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
 
 
-def training_attend(cache, blocks: DiffusionBlocks, scale: float, executor: str) -> AttendFn:
+def training_attend(
+    cache, blocks: DiffusionBlocks, scale: float, executor: str, flex_block_size: int | None = None
+) -> AttendFn:
     """attend(layer, q, k, v) for `diffusion_forward` over all blocks of a batch.
 
     `cache` holds the AR pass's keys/values (B, Hkv, L, D) per layer. The block queries/keys
     are cast to the cache dtype, so the diffusion pass attends at the base model's precision.
+    `flex_block_size`: the BlockMask's tile (queries and keys), flex's default (128) when None;
+    smaller tiles skip more of the masked AR keys of K=32 blocks but give the kernel smaller
+    tiles (a size below the kernel's own tile may be refused by flex attention's compiler).
     """
     B, T = blocks.input_ids.shape
     L = cache.layers[0].keys.shape[2]
     device = cache.layers[0].keys.device
     mask_mod = block_mask_mod(blocks.ctx_start, blocks.ctx_end, L, blocks.block_size)
     if executor == "flex":
-        mask = create_block_mask(mask_mod, B, None, T, L + T, device=device)
+        tile = {} if flex_block_size is None else {"BLOCK_SIZE": flex_block_size}
+        mask = create_block_mask(mask_mod, B, None, T, L + T, device=device, **tile)
     else:
         mask = dense_mask(mask_mod, B, T, L + T, device)
 
@@ -98,10 +106,11 @@ def training_attend(cache, blocks: DiffusionBlocks, scale: float, executor: str)
         q, k, v = (t.to(layer.keys.dtype) for t in (q, k, v))
         k_all = torch.cat([layer.keys, k], dim=2)
         v_all = torch.cat([layer.values, v], dim=2)
-        if executor == "flex":
-            return _flex(q, k_all, v_all, mask, scale, compiled=q.is_cuda)
-        return F.scaled_dot_product_attention(
-            q, k_all, v_all, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-        )
+        with record_function(ATTENTION_RANGE):
+            if executor == "flex":
+                return _flex(q, k_all, v_all, mask, scale, compiled=q.is_cuda)
+            return F.scaled_dot_product_attention(
+                q, k_all, v_all, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+            )
 
     return attend

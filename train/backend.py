@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import record_function
 
+from train import profile
 from train.optim import OptimConfig, build_optimizer, build_scheduler, param_groups
 
 OPTIMIZER_FILE = "optimizer.pt"
@@ -103,15 +105,17 @@ class TorchBackend:
         with sync:
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.autocast):
                 loss, stats = self.module(batch, blocks)
-            (loss / self.grad_accum).backward()
+            with record_function(profile.BACKWARD):
+                (loss / self.grad_accum).backward()
         return loss.detach(), stats
 
     def step(self) -> float:
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip or math.inf)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with record_function(profile.OPTIMIZER):
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip or math.inf)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
     def lr(self) -> float:
@@ -161,8 +165,10 @@ class DeepSpeedBackend:
 
     def micro_step(self, batch, blocks, last: bool):
         loss, stats = self.engine(batch, blocks)
-        self.engine.backward(loss)  # scales by 1 / gradient_accumulation_steps
-        self.engine.step()  # an optimizer step only at the accumulation boundary
+        with record_function(profile.BACKWARD):
+            self.engine.backward(loss)  # scales by 1 / gradient_accumulation_steps
+        with record_function(profile.OPTIMIZER):
+            self.engine.step()  # an optimizer step only at the accumulation boundary
         return loss.detach(), stats
 
     def step(self) -> float:

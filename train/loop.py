@@ -31,10 +31,12 @@ from train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from train.compile import compile_frozen_modules
 from train.config import typed_section
 from train.data import batches, build_dataset, check_data_inputs, data_tokenizer
 from train.distributed import barrier, broadcast_object, init_distributed
 from train.flops import micro_batch_flops_breakdown, next_token_flops
+from train.fp8 import FP8_MODES, convert_frozen_linears, require_torchao
 from train.model import ModelConfig, build_model
 from train.objective import DistillationObjective, NextTokenObjective, ObjectiveConfig
 from train.optim import OptimConfig
@@ -52,6 +54,8 @@ class TrainConfig:
     micro_batch_size: int = 1  # packed rows per forward, per GPU
     grad_accum: int = 1  # micro-batches per optimizer step
     gradient_checkpointing: bool = False  # recompute each diffusion layer in backward
+    fp8: str = "none"  # frozen Linear layers in float8 via torchao: none | torchao | frozen (train/fp8.py)
+    compile_frozen: bool = False  # torch.compile each layer's frozen MLP and norms (train/compile.py)
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     seed: int = 0  # random weights and block sampling
     checkpoint_every: int = 500  # steps; the last step is always saved
@@ -60,6 +64,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision={self.precision!r}: choose one of {PRECISIONS}")
+        if self.fp8 not in FP8_MODES:
+            raise ValueError(f"train.fp8={self.fp8!r}: choose one of {FP8_MODES}")
         for key in ("steps", "micro_batch_size", "grad_accum", "checkpoint_every", "keep_last"):
             if getattr(self, key) < 1:
                 raise ValueError(f"train.{key}={getattr(self, key)} must be >= 1")
@@ -96,6 +102,12 @@ class Trainer:
         self.ds_cfg = _section(cfg, "deepspeed", DeepSpeedConfig)
         self.log_cfg = _section(cfg, "logging", LoggingConfig)
         self.train_cfg = t = _section(cfg, "train", TrainConfig)
+        zero3 = self.ds_cfg.enabled and self.ds_cfg.zero_stage == 3
+        if zero3 and (t.fp8 != "none" or self.objective_cfg.fused_loss):
+            raise ValueError(
+                "deepspeed=zero3 partitions the frozen weights that train.fp8 and objective.fused_loss keep "
+                "for backward: use deepspeed=zero2 (or none), or train.fp8=none objective.fused_loss=false"
+            )
         check_data_inputs(cfg.data)
 
         self.dist = init_distributed(process_group=self.ds_cfg.enabled)
@@ -105,6 +117,10 @@ class Trainer:
         bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
         if bf16 and device.type == "cpu":
             raise ValueError("train.precision=bf16 needs a GPU; on the CPU use train.precision=fp32 (or auto)")
+        if t.fp8 != "none" and device.type != "cuda":
+            raise ValueError(f"train.fp8={t.fp8} needs a GPU with FP8 tensor cores (H100, H200); set train.fp8=none")
+        if t.fp8 != "none":
+            require_torchao()  # before the model is built
 
         self.pretrain = self.objective_cfg.kind == "next_token"
         if self.pretrain and (cfg.resume or self.ds_cfg.zero_stage == 3 and self.ds_cfg.enabled):
@@ -124,6 +140,11 @@ class Trainer:
         )
         # weights before the backend exists: DeepSpeed ZeRO-3 partitions them when it starts
         state = load_checkpoint(resume_from, model=self.model) if resume_from is not None else None
+        converted = convert_frozen_linears(self.model, t.fp8)
+        if converted:
+            log.info("train.fp8=%s: %d frozen Linear layers run in float8", t.fp8, len(converted))
+        if t.compile_frozen:
+            compile_frozen_modules(self.model)
         self.block_size = self.model.config.block_size
         self.dataset = build_dataset(
             cfg.data,

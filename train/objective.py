@@ -18,8 +18,17 @@ One micro-batch (B packed rows of L tokens):
      total weight.
 
 Memory: at Qwen3's 151,936-token vocabulary the (targets x vocab) fp32 logits of a batch are
-gigabytes, so the final lm_head, softmaxes and loss run in chunks of `chunk_size` targets under
-activation checkpointing: only one chunk's logits exist at a time, in forward and in backward.
+gigabytes, so the final lm_head, softmaxes and loss run in chunks of `chunk_size` targets: only
+one chunk's logits exist at a time, in forward and in backward. Two ways to get the gradient:
+  * `fused_loss=false` (default): activation checkpointing per chunk; backward recomputes the
+    chunk's student and teacher logits, then back-propagates through lm_head: five lm_head
+    matmuls per target in all;
+  * `fused_loss=true`: the gradient with respect to the chunk's student hidden states is formed
+    in the forward (d loss / d logits = w * (softmax(student) - target distribution), then one
+    matmul by the frozen lm_head weight) and kept (targets x hidden); backward only scales it:
+    three lm_head matmuls per target and no recomputation. It needs a frozen, unpartitioned
+    lm_head (not ZeRO-3).
+Each phase runs inside a `torch.profiler.record_function` range named in train.profile.
 """
 
 from dataclasses import dataclass
@@ -27,10 +36,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
 from models.compat import cache_kwargs
+from train import profile
 from train.attention import ar_attention_mask, resolve_executor, training_attend
 from train.blocks import DiffusionBlocks
 
@@ -48,7 +59,9 @@ class ObjectiveConfig:
     num_denoise_steps: int = 1  # S > 1: multi-step denoising ablation (blocks.py)
     denoise_fill: str = "data"  # revealed slots hold the data token or the teacher's greedy token
     chunk_size: int = 1024  # targets per lm_head/loss chunk
+    fused_loss: bool = False  # true: gradient of each chunk formed in its forward (no recomputation)
     attention: str = "auto"  # "flex" | "sdpa" | "auto" (flex on CUDA, sdpa on CPU)
+    flex_block_size: int | None = None  # flex BlockMask tile (queries and keys); null: flex's default (128)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -61,6 +74,12 @@ class ObjectiveConfig:
             raise ValueError(f"objective.loss_decay={self.loss_decay} must be > 0, or null for uniform weights")
         if self.chunk_size < 1:
             raise ValueError(f"objective.chunk_size={self.chunk_size} must be >= 1")
+        if self.flex_block_size is not None and (
+            self.flex_block_size < 16 or self.flex_block_size & (self.flex_block_size - 1)
+        ):
+            raise ValueError(
+                f"objective.flex_block_size={self.flex_block_size}: a power of two >= 16, or null for flex's default"
+            )
 
 
 @torch.no_grad()
@@ -87,17 +106,21 @@ class DistillationObjective(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], blocks: DiffusionBlocks):
         model, cfg = self.model, self.config
-        teacher_hidden, cache = teacher_pass(model, batch["input_ids"], batch["position_ids"], batch["doc_ids"])
-        block_ids = blocks.input_ids
-        if cfg.num_denoise_steps > 1 and cfg.denoise_fill == "teacher":
-            block_ids = self._teacher_fill(teacher_hidden, blocks)
-        executor = resolve_executor(cfg.attention, teacher_hidden.device)
-        attend = training_attend(cache, blocks, model.model.layers[0].self_attn.scaling, executor)
-        hidden = model.diffusion_hidden_states(block_ids, blocks.position_ids, attend, self.gradient_checkpointing)
-        return self.loss(hidden, teacher_hidden, blocks)
+        with record_function(profile.TEACHER):
+            teacher_hidden, cache = teacher_pass(model, batch["input_ids"], batch["position_ids"], batch["doc_ids"])
+            block_ids = blocks.input_ids
+            if cfg.num_denoise_steps > 1 and cfg.denoise_fill == "teacher":
+                block_ids = self._teacher_fill(teacher_hidden, blocks)
+        with record_function(profile.DIFFUSION):
+            executor = resolve_executor(cfg.attention, teacher_hidden.device)
+            scale = model.model.layers[0].self_attn.scaling
+            attend = training_attend(cache, blocks, scale, executor, cfg.flex_block_size)
+            hidden = model.diffusion_hidden_states(block_ids, blocks.position_ids, attend, self.gradient_checkpointing)
+        with record_function(profile.LOSS):
+            return self.loss(hidden, teacher_hidden, blocks)
 
     def loss(self, hidden: torch.Tensor, teacher_hidden: torch.Tensor, blocks: DiffusionBlocks):
-        """Chunked, checkpointed lm_head + loss over the valid targets; stats for logging."""
+        """Chunked lm_head + loss over the valid targets (checkpointed or fused per chunk); stats for logging."""
         cfg = self.config
         K = blocks.block_size
         student = hidden[blocks.target_row, blocks.target_col]
@@ -105,10 +128,12 @@ class DistillationObjective(nn.Module):
         weight = target_weights(blocks.target_pos, cfg.loss_decay)
         total = hidden.sum() * 0.0  # keeps the graph connected when a batch has no targets
         correct = torch.zeros(len(weight), dtype=torch.bool, device=hidden.device)
-        for s in range(0, len(weight), cfg.chunk_size):
-            part = slice(s, s + cfg.chunk_size)
+        grad = torch.is_grad_enabled() and student.requires_grad
+        for part in chunk_slices(len(weight), cfg.chunk_size):
             args = (student[part], teacher[part], blocks.target_token[part], weight[part])
-            if torch.is_grad_enabled():
+            if grad and cfg.fused_loss:
+                chunk_loss, chunk_correct = FusedChunkLoss.apply(*args, self)
+            elif grad:
                 chunk_loss, chunk_correct = checkpoint(self._chunk_loss, *args, use_reentrant=False)
             else:
                 chunk_loss, chunk_correct = self._chunk_loss(*args)
@@ -127,27 +152,67 @@ class DistillationObjective(nn.Module):
         logits = self.model.lm_head(student).float()
         logp = F.log_softmax(logits, dim=-1)
         with torch.no_grad():
-            teacher_logits = self.model.lm_head(teacher).float()
-            correct = logits.argmax(-1) == teacher_logits.argmax(-1)
+            log_target, correct = self._log_target(logits, teacher, token)
+        return (self._per_target(logp, log_target, token) * weight).sum(), correct
+
+    def _log_target(self, logits, teacher, token):
+        """(log of the distribution the student is pulled towards: the teacher's (KL), None for CE,
+        student argmax == teacher argmax), without gradient."""
+        teacher_logits = self.model.lm_head(teacher).float()
+        correct = logits.argmax(-1) == teacher_logits.argmax(-1)
+        return (F.log_softmax(teacher_logits, dim=-1) if self.config.loss == "kl" else None), correct
+
+    def _per_target(self, logp, log_target, token):
+        """KL(teacher || student) or cross-entropy on the data token, per target."""
         if self.config.loss == "kl":
-            with torch.no_grad():
-                logp_teacher = F.log_softmax(teacher_logits, dim=-1)
-            per_target = (logp_teacher.exp() * (logp_teacher - logp)).sum(-1)
-        else:
-            per_target = -logp.gather(-1, token[:, None]).squeeze(-1)
-        return (per_target * weight).sum(), correct
+            return (log_target.exp() * (log_target - logp)).sum(-1)
+        return -logp.gather(-1, token[:, None]).squeeze(-1)
 
     @torch.no_grad()
     def _teacher_fill(self, teacher_hidden: torch.Tensor, blocks: DiffusionBlocks) -> torch.Tensor:
         """Block inputs with revealed slots holding the AR view's greedy token (multi-step ablation)."""
-        K, chunk = blocks.block_size, self.config.chunk_size
+        K = blocks.block_size
         b, col = blocks.reveal.nonzero(as_tuple=True)
         row = blocks.ctx_end[b, col // K] + col % K - 1  # the AR logits at a+i-1 predict slot i
         ids = blocks.input_ids.clone()
-        for s in range(0, len(b), chunk):
-            part = slice(s, s + chunk)
+        for part in chunk_slices(len(b), self.config.chunk_size):
             ids[b[part], col[part]] = self.model.lm_head(teacher_hidden[b[part], row[part]]).argmax(-1)
         return ids
+
+
+class FusedChunkLoss(torch.autograd.Function):
+    """One chunk's (weighted loss sum, correct) whose gradient with respect to the student hidden
+    states is computed in the forward: d sum_t w_t loss_t / d logits_t = w_t * (softmax(logits_t) -
+    target_t) for both KL(target || student) and CE (target = one-hot), times the frozen lm_head
+    weight. Backward scales the stored gradient; the logits are never recomputed."""
+
+    @staticmethod
+    def forward(ctx, student, teacher, token, weight, objective: "DistillationObjective"):
+        head = objective.model.lm_head.weight
+        if head.requires_grad or head.numel() == 0:
+            raise ValueError(
+                "objective.fused_loss=true needs a frozen lm_head whose weight is whole on every rank "
+                "(not partitioned by deepspeed=zero3): set objective.fused_loss=false"
+            )
+        with torch.no_grad():
+            logits = objective.model.lm_head(student).float()
+            logp = F.log_softmax(logits, dim=-1)
+            log_target, correct = objective._log_target(logits, teacher, token)
+            per_target = objective._per_target(logp, log_target, token)
+            d_logits = logp.exp_()  # softmax(student) minus the target distribution, in place
+            if log_target is None:  # cross-entropy: the target is the data token's one-hot
+                d_logits[torch.arange(len(token), device=token.device), token] -= 1
+            else:
+                d_logits -= log_target.exp_()
+            d_logits *= weight[:, None]
+            ctx.save_for_backward((d_logits.to(head.dtype) @ head).to(student.dtype))
+        ctx.mark_non_differentiable(correct)
+        return (per_target * weight).sum(), correct
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_correct):
+        (d_student,) = ctx.saved_tensors
+        return d_student * grad_loss.to(d_student.dtype), None, None, None, None
 
 
 class NextTokenObjective(nn.Module):
@@ -176,6 +241,11 @@ class NextTokenObjective(nn.Module):
         first[0] = 1.0
         stats = {"correct": first * (logits.argmax(-1) == labels).sum(), "count": first * len(labels)}
         return loss, stats
+
+
+def chunk_slices(n: int, size: int) -> list[slice]:
+    """Consecutive slices of `size` covering range(n), the last one partial."""
+    return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
 
 def target_weights(block_pos: torch.Tensor, decay: float | None) -> torch.Tensor:

@@ -25,6 +25,15 @@ trainable projections). Recomputation from gradient checkpointing is not counted
 convention). Peak memory: torch.cuda.max_memory_allocated per rank over the timed steps (weights,
 optimizer state, activations; not the allocator's cache).
 
+Variants (--variant NAME:OVERRIDE ...): named sets of Hydra overrides (objective.fused_loss=true,
+train.fp8=frozen, train.micro_batch_size=2, ...), each run at every setting: the before/after
+table of the speed knobs (docs/training.md, "Training speed"). tokens/s/GPU, gradient
+checkpointing and micro-batch come from each variant's composed config. --profile NAME,...:
+those variants' settings also run `--profile-steps` steps under torch.profiler after the timed
+steps (train/profile.py), written to OUT_DIR/profile/<setting>/. Each result carries the projected
+wall-clock of a run of --project-row-tokens row tokens on --project-gpus GPUs at its throughput
+(a projection: rows / (tokens/s/GPU x GPUs), perfect data-parallel scaling assumed).
+
 An out-of-memory error is caught and recorded as status "oom"; the wall-clock budget bounds the
 sweep: a setting that would not finish in time is recorded as "skipped". After every setting
 OUT_DIR gets bench.json (provenance, every result), bench.md (a table) and bench.png, each written
@@ -97,46 +106,77 @@ def release_zero3_globals() -> None:
             f.cache_clear()
 
 
-def setting_overrides(shape: str, seq_len: int, checkpointing: bool, attention: str, args, world_size: int):
-    """The Hydra overrides of one setting and its blocks per row (--diffusion-fraction of the row)."""
+def setting_overrides(
+    shape: str, seq_len: int, checkpointing: bool, attention: str, args, world_size: int, variant=(), extra_steps=0
+):
+    """The Hydra overrides of one setting (the variant's last, so they win) and its blocks per row
+    (--diffusion-fraction of the row); `extra_steps` run after the timed ones (the profile)."""
     from train.config import compose, shape_overrides, synthetic_data_overrides
 
     common = [*shape_overrides(shape), f"deepspeed={args.deepspeed}"]
-    K = compose([*common, *args.override]).model.block_size or 32
+    batch = [f"train.micro_batch_size={args.micro_batch_size}", f"train.grad_accum={args.grad_accum}"]
+    composed = compose([*common, *batch, *args.override, *variant])  # the variant's batch shape, if it sets one
+    K = composed.model.block_size or 32
     blocks_per_row = args.blocks_per_row or max(1, int(seq_len * args.diffusion_fraction) // K)
-    steps = args.warmup + args.steps
-    rows = steps * args.micro_batch_size * args.grad_accum * world_size
+    steps = args.warmup + args.steps + extra_steps
+    rows = steps * composed.train.micro_batch_size * composed.train.grad_accum * world_size
     overrides = [
         *common,
         *synthetic_data_overrides(seq_len, max(rows, 4 * world_size)),
         f"objective.blocks_per_row={blocks_per_row}",
         f"objective.attention={ATTENTION[attention]}",
         f"train.steps={steps}",
-        f"train.micro_batch_size={args.micro_batch_size}",
-        f"train.grad_accum={args.grad_accum}",
+        *batch,
         f"train.gradient_checkpointing={checkpointing}",
         f"train.precision={args.precision}",
         f"logging.log_every={steps}",
         "logging.progress_bar=false",
         "logging.wandb.mode=disabled",
         *args.override,
+        *variant,
     ]
     return overrides, blocks_per_row, K
 
 
-def run_setting(shape: str, seq_len: int, checkpointing: bool, attention: str, args, dist, run_dir: Path):
-    """Build the Trainer of one setting and run its warm-up + timed steps on this rank; raises on
-    out-of-memory (the Trainer is released either way). Returns this rank's timings and FLOPs."""
+def variant_checkpointing(shape: str, checkpointing: bool, args, variant) -> bool:
+    """Gradient checkpointing as the setting runs it: a variant may set train.gradient_checkpointing."""
+    from train.config import compose, shape_overrides
+
+    cfg = compose([*shape_overrides(shape), f"train.gradient_checkpointing={checkpointing}", *args.override, *variant])
+    return bool(cfg.train.gradient_checkpointing)
+
+
+def run_setting(
+    shape: str,
+    seq_len: int,
+    checkpointing: bool,
+    attention: str,
+    args,
+    dist,
+    run_dir: Path,
+    variant=(),
+    profile_dir: Path | None = None,
+):
+    """Build the Trainer of one setting and run its warm-up + timed steps on this rank (then, with
+    `profile_dir`, 1 + args.profile_steps profiled steps on rank 0); raises on out-of-memory (the
+    Trainer is released either way). Returns this rank's timings, FLOPs and effective settings."""
     import torch
 
     from eval.metrics import free_memory
     from train.config import compose
     from train.loop import Trainer
+    from train.profile import StepProfiler
 
-    overrides, blocks_per_row, K = setting_overrides(shape, seq_len, checkpointing, attention, args, dist.world_size)
+    timed = args.warmup + args.steps
+    profiler = None
+    if profile_dir is not None:
+        profiler = StepProfiler(profile_dir, start_after=timed, active=args.profile_steps, device=dist.device)
+    extra = profiler.total_steps - timed if profiler else 0
+    overrides, blocks_per_row, K = setting_overrides(
+        shape, seq_len, checkpointing, attention, args, dist.world_size, variant, extra
+    )
     cfg = compose(overrides)
     cuda = dist.device.type == "cuda"
-    total = args.warmup + args.steps
     marks = {"flops": {}, "times": [], "losses": []}
 
     def on_step(step: int, flops: dict, losses: list) -> None:
@@ -147,14 +187,17 @@ def run_setting(shape: str, seq_len: int, checkpointing: bool, attention: str, a
             marks["warm"] = now
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-        elif step > args.warmup:
+        elif args.warmup < step <= timed:
             marks["times"].append(now - marks["last"])
             for k, v in flops.items():
                 marks["flops"][k] = marks["flops"].get(k, 0.0) + v
             marks["losses"] += losses
-        if step == total:
+        if step == timed:
             marks["peak"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+            marks["end"] = now
         marks["last"] = now
+        if profiler is not None and dist.is_main:
+            profiler.on_step(step)
 
     free_memory()
     trainer = None
@@ -172,8 +215,12 @@ def run_setting(shape: str, seq_len: int, checkpointing: bool, attention: str, a
         return {
             "blocks_per_row": blocks_per_row,
             "diffusion_tokens_per_row": blocks_per_row * K,
+            "micro_batch_size": cfg.train.micro_batch_size,
+            "grad_accum": cfg.train.grad_accum,
+            "gradient_checkpointing": cfg.train.gradient_checkpointing,
+            "profile": profiler.result if profiler is not None else None,
             "step_times_s": marks["times"],
-            "timed_wall_s": marks["last"] - marks["warm"],
+            "timed_wall_s": marks["end"] - marks["warm"],
             "warmup_s": marks["warm"] - start,
             "flops_sums": marks["flops"],
             "max_memory_gib": marks["peak"],
@@ -209,19 +256,23 @@ def summarize(local: list[dict], *, seq_len: int, args, peak_flops: float) -> di
         "diffusion_backward_weights": parts["diffusion_backward_weights"],
     }
     flops["total"] = flops["ar_forward"] + flops["diffusion_forward"] + flops["diffusion_backward"]
-    tokens = args.micro_batch_size * args.grad_accum * seq_len
     r0 = local[0]
+    tokens = r0["micro_batch_size"] * r0["grad_accum"] * seq_len
     times = sorted(r0["step_times_s"])
     memory = [r["max_memory_gib"] for r in local]
     return {
         "blocks_per_row": r0["blocks_per_row"],
         "diffusion_tokens_per_row": r0["diffusion_tokens_per_row"],
+        "micro_batch_size": r0["micro_batch_size"],
+        "grad_accum": r0["grad_accum"],
+        "gradient_checkpointing": r0["gradient_checkpointing"],
         "tokens_per_step_per_gpu": tokens,
         "step_time_s": step_s,
         "step_time_s_median_rank0": times[len(times) // 2],
         "step_times_s_rank0": r0["step_times_s"],
         "step_time_s_per_rank": [sum(r["step_times_s"]) / len(r["step_times_s"]) for r in local],
         "tokens_per_s_per_gpu": tokens / step_s,
+        "projected_hours": projected_hours(tokens / step_s, args.project_row_tokens, args.project_gpus),
         "mfu": flops["total"] / step_s / peak_flops,
         "mfu_by_part": {k: flops[k] / step_s / peak_flops for k in PARTS},
         "flops_per_step_per_gpu": flops,
@@ -233,6 +284,12 @@ def summarize(local: list[dict], *, seq_len: int, args, peak_flops: float) -> di
         "loss_first": r0["loss_first"],
         "loss_last": r0["loss_last"],
     }
+
+
+def projected_hours(tokens_per_s_per_gpu: float, row_tokens: float, gpus: int) -> float:
+    """A projection, not a measurement: hours for `row_tokens` packed row tokens on `gpus` GPUs at
+    this per-GPU throughput, with perfect data-parallel scaling."""
+    return row_tokens / (tokens_per_s_per_gpu * gpus) / 3600
 
 
 # --------------------------------------------------------------------------- reports
@@ -248,6 +305,8 @@ def write_reports(report: dict, out: Path) -> None:
 
 
 def markdown(report: dict) -> str:
+    from train.profile import markdown as profile_markdown
+
     prov, s = report["provenance"], report["settings"]
     git = prov["git"]
     lines = [
@@ -263,15 +322,17 @@ def markdown(report: dict) -> str:
         "",
         f"Command: `{report['command']}`",
         "",
-        "| shape | seq | GC | attention | status | tokens/s/GPU | MFU | step (s) | peak GiB | "
-        "TFLOP/step: AR fwd / diff fwd / diff bwd | MFU: AR / fwd / bwd |",
-        "|---|---:|---|---|---|---:|---:|---:|---:|---|---|",
+        "| variant | shape | seq | GC | micro-batch | attention | status | tokens/s/GPU | MFU | step (s) | peak GiB | "
+        "TFLOP/step: AR fwd / diff fwd / diff bwd | MFU: AR / fwd / bwd | projected h |",
+        "|---|---|---:|---|---:|---|---|---:|---:|---:|---:|---|---|---:|",
     ]
     for r in report["results"]:
         gc_ = "on" if r["gradient_checkpointing"] else "off"
-        head = f"| {r['shape']} | {r['seq_len']} | {gc_} | {r['attention']} | {r['status']} |"
+        mb = r.get("micro_batch_size", s["micro_batch_size"])
+        head = f"| {r.get('variant', '')} | {r['shape']} | {r['seq_len']} | {gc_} | {mb} | {r['attention']} |"
+        head += f" {r['status']} |"
         if r["status"] != "ok":
-            lines.append(f"{head} | | | {_gib(r.get('max_memory_gib'))} | | |")
+            lines.append(f"{head} | | | {_gib(r.get('max_memory_gib'))} | | | |")
             continue
         f, mp = r["flops_per_step_per_gpu"], r["mfu_by_part"]
         lines.append(
@@ -279,8 +340,23 @@ def markdown(report: dict) -> str:
             f"{r['step_time_s']:.3f} | {_gib(r['max_memory_gib'])} | "
             f"{f['ar_forward'] / 1e12:.1f} / {f['diffusion_forward'] / 1e12:.1f} / "
             f"{f['diffusion_backward'] / 1e12:.1f} | "
-            f"{mp['ar_forward']:.3f} / {mp['diffusion_forward']:.3f} / {mp['diffusion_backward']:.3f} |"
+            f"{mp['ar_forward']:.3f} / {mp['diffusion_forward']:.3f} / {mp['diffusion_backward']:.3f} | "
+            f"{r['projected_hours']:.1f} |"
         )
+    proj = s["projection"]
+    lines += [
+        "",
+        f"projected h: a projection, not a measurement: {proj['row_tokens']:.3g} row tokens on {proj['gpus']} GPUs "
+        f"at the measured tokens/s/GPU, {proj['formula']}.",
+    ]
+    lines += speedups(report)
+    if s["variants"]:
+        lines += ["", "Variants (Hydra overrides on top of the setting):", ""]
+        lines += [f"- `{name}`: {' '.join(f'`{o}`' for o in ov) or '(none)'}" for name, ov in s["variants"].items()]
+    for r in report["results"]:
+        if r.get("profile"):
+            lines += ["", f"### Profile: {r.get('variant', '')}, {r['shape']}, seq {r['seq_len']}", ""]
+            lines += [f"Trace and breakdown: `{r['profile']['dir']}/`.", "", profile_markdown(r["profile"])]
     lines += [
         "",
         f"Complete: {report['complete']} (elapsed {report['elapsed_s']:.0f} s of a {s['budget_s']:.0f} s budget).",
@@ -298,6 +374,32 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def speedups(report: dict) -> list[str]:
+    """Markdown lines: per shape and sequence length, the fastest variant against the first one
+    (the baseline), when more than one variant ran."""
+    first = next(iter(report["settings"]["variants"]), None)
+    ok = [r for r in report["results"] if r["status"] == "ok"]
+    groups = dict.fromkeys((r["shape"], r["seq_len"]) for r in ok)
+    if len(report["settings"]["variants"]) < 2 or not groups:
+        return []
+    lines = [
+        "",
+        f"| shape | seq | {first} tokens/s/GPU | fastest variant | tokens/s/GPU | x {first} | peak GiB | projected h |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for shape, seq_len in groups:
+        rs = [r for r in ok if (r["shape"], r["seq_len"]) == (shape, seq_len)]
+        base = max((r["tokens_per_s_per_gpu"] for r in rs if r.get("variant") == first), default=None)
+        best = max(rs, key=lambda r: r["tokens_per_s_per_gpu"])
+        ratio = f"{best['tokens_per_s_per_gpu'] / base:.2f}" if base else ""
+        lines.append(
+            f"| {shape} | {seq_len} | {f'{base:,.0f}' if base else ''} | {best.get('variant', '')} | "
+            f"{best['tokens_per_s_per_gpu']:,.0f} | {ratio} | {_gib(best['max_memory_gib'])} | "
+            f"{best['projected_hours']:.1f} |"
+        )
+    return lines
+
+
 def _gib(x) -> str:
     return "" if x is None else f"{x:.1f}"
 
@@ -307,25 +409,32 @@ def plot(report: dict, path: Path) -> None:
 
     from eval.figures import save_figure  # selects the Agg backend
 
+    s = report["settings"]
     ok = [r for r in report["results"] if r["status"] == "ok"]
     shapes = list(dict.fromkeys(r["shape"] for r in report["results"])) or ["(none)"]
     rows = (("tokens_per_s_per_gpu", "tokens/s/GPU"), ("mfu", "MFU"), ("max_memory_gib", "peak memory per GPU (GiB)"))
     fig, axes = plt.subplots(len(rows), len(shapes), figsize=(4.2 * len(shapes), 9), squeeze=False)
     for col, shape in enumerate(shapes):
-        settings = dict.fromkeys((r["gradient_checkpointing"], r["attention"]) for r in ok if r["shape"] == shape)
-        for gc_, attn in settings:
+        settings = dict.fromkeys(
+            (r.get("variant"), r["gradient_checkpointing"], r["attention"]) for r in ok if r["shape"] == shape
+        )
+        for variant, gc_, attn in settings:
             rs = sorted(
                 (
                     r
                     for r in ok
-                    if r["shape"] == shape and r["gradient_checkpointing"] == gc_ and r["attention"] == attn
+                    if r["shape"] == shape
+                    and r.get("variant") == variant
+                    and r["gradient_checkpointing"] == gc_
+                    and r["attention"] == attn
                 ),
                 key=lambda r: r["seq_len"],
             )
+            label = f"{variant + ', ' if len(s['variants']) > 1 else ''}GC {'on' if gc_ else 'off'}, {attn}"
             for row, (key, _) in enumerate(rows):
                 points = [(r["seq_len"], r[key]) for r in rs if r[key] is not None]
                 if points:
-                    axes[row][col].plot(*zip(*points), "o-", label=f"GC {'on' if gc_ else 'off'}, {attn}")
+                    axes[row][col].plot(*zip(*points), "o-", label=label)
         for r in report["results"]:
             if r["shape"] == shape and r["status"] == "oom":
                 axes[0][col].plot([r["seq_len"]], [0], "x", color="red", ms=9)
@@ -387,6 +496,14 @@ def run_benchmark(args, command: list[str]) -> dict | None:
             "budget_s": args.budget_s,
             "peak_flops_per_gpu": peak_flops,
             "overrides": args.override,
+            "variants": {name: list(ov) for name, ov in args.variants.items()},
+            "profile": args.profile,
+            "profile_steps": args.profile_steps,
+            "projection": {
+                "row_tokens": args.project_row_tokens,
+                "gpus": args.project_gpus,
+                "formula": "hours = row_tokens / (tokens_per_s_per_gpu * gpus) / 3600 (perfect data-parallel scaling)",
+            },
         },
         "models": {},
         "results": [],
@@ -405,61 +522,79 @@ def run_benchmark(args, command: list[str]) -> dict | None:
             write_reports(report, out)
 
     settings = [(s, c, a) for s in args.seq_lens for c in args.checkpointing for a in args.attention]
-    for shape in args.shapes:
-        for seq_len, checkpointing, attention in settings:
-            base = {"shape": shape, "seq_len": seq_len, "gradient_checkpointing": checkpointing, "attention": attention}
-            name = f"{shape} seq {seq_len} GC {'on' if checkpointing else 'off'} {attention}"
-            if dist.device.type == "cpu" and attention != "sdpa":
-                reason = "flex attention has no backward on the CPU (PyTorch); CUDA only"
-                report["results"].append({**base, "status": "unsupported", "reason": reason})
-                publish()
-                continue
-            elapsed = time.perf_counter() - start
-            # the shape's latest setting scaled by seq_len; a shape not run yet: the costliest setting so far
-            seen = last_cost.get(shape)
-            estimate = (
-                seen[1] * seq_len / seen[0]
-                if seen
-                else max((w * seq_len / s for s, w in last_cost.values()), default=0.0)
-            )
-            if not broadcast_object(elapsed + estimate < args.budget_s):  # rank 0 decides for all
-                report["results"].append({**base, "status": "skipped", "reason": "wall-clock budget"})
-                publish()
-                continue
-            t0 = time.perf_counter()
-            status, error, local = "ok", None, None
-            with tempfile.TemporaryDirectory(prefix="bench_train_") as run_dir:  # rank 0's is the run's
-                try:
-                    local = run_setting(shape, seq_len, checkpointing, attention, args, dist, Path(run_dir))
-                except Exception as e:  # noqa: BLE001  (recorded; the sweep goes on)
-                    status = "oom" if is_oom(e) else "error"
-                    error = f"{type(e).__name__}: {str(e)[:400]}"
-                    if status == "error":
-                        error += "\n" + traceback.format_exc()[-2500:]
-                free_memory()  # after the except block: its traceback no longer pins the failed step's tensors
-                statuses = gather((status, error, local), dist)  # every rank is done with rank 0's folder
-            wall = time.perf_counter() - t0
-            last_cost[shape] = (seq_len, wall)
-            worst = next((s for s in ("error", "oom") if any(st == s for st, _, _ in statuses)), "ok")
-            result = {**base, "status": worst, "wall_s": wall}
-            if worst == "ok":
-                result.update(
-                    summarize([loc for _, _, loc in statuses], seq_len=seq_len, args=args, peak_flops=peak_flops)
-                )
-                if shape not in report["models"]:
-                    report["models"][shape] = {k: local[k] for k in ("params_total", "params_trainable", "build_s")}
-                say(
-                    f"[bench] {name}: {result['tokens_per_s_per_gpu']:,.0f} tokens/s/GPU, MFU {result['mfu']:.3f}, "
-                    f"peak {_gib(result['max_memory_gib']) or '-'} GiB, {wall:.0f} s",
-                    flush=True,
-                )
-            else:
-                result["errors"] = {str(rank): err for rank, (s, err, _) in enumerate(statuses) if err}  # JSON keys
-                if torch.cuda.is_available():
-                    result["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-                say(f"[bench] {name}: {worst} {next(iter(result['errors'].values()), '')[:200]}", flush=True)
-            report["results"].append(result)
+    # variant-major: every shape gets the first variant (the baseline) before any gets the second
+    points = [(v, shape, *setting) for v in args.variants for shape in args.shapes for setting in settings]
+    for variant, shape, seq_len, checkpointing, attention in points:
+        checkpointing = variant_checkpointing(shape, checkpointing, args, args.variants[variant])
+        base = {
+            "variant": variant,
+            "shape": shape,
+            "seq_len": seq_len,
+            "gradient_checkpointing": checkpointing,
+            "attention": attention,
+        }
+        name = f"{variant}: {shape} seq {seq_len} GC {'on' if checkpointing else 'off'} {attention}"
+        slug = f"{variant}_{shape}_seq{seq_len}_gc{'on' if checkpointing else 'off'}_{attention}"
+        profile_dir = out / "profile" / slug if variant in args.profile else None
+        if dist.device.type == "cpu" and attention != "sdpa":
+            reason = "flex attention has no backward on the CPU (PyTorch); CUDA only"
+            report["results"].append({**base, "status": "unsupported", "reason": reason})
             publish()
+            continue
+        elapsed = time.perf_counter() - start
+        # the shape's latest setting scaled by seq_len; a shape not run yet: the costliest setting so far
+        seen = last_cost.get(shape)
+        estimate = (
+            seen[1] * seq_len / seen[0] if seen else max((w * seq_len / s for s, w in last_cost.values()), default=0.0)
+        )
+        if not broadcast_object(elapsed + estimate < args.budget_s):  # rank 0 decides for all
+            report["results"].append({**base, "status": "skipped", "reason": "wall-clock budget"})
+            publish()
+            continue
+        t0 = time.perf_counter()
+        status, error, local = "ok", None, None
+        with tempfile.TemporaryDirectory(prefix="bench_train_") as run_dir:  # rank 0's is the run's
+            try:
+                local = run_setting(
+                    shape,
+                    seq_len,
+                    checkpointing,
+                    attention,
+                    args,
+                    dist,
+                    Path(run_dir),
+                    variant=args.variants[variant],
+                    profile_dir=profile_dir,
+                )
+            except Exception as e:  # noqa: BLE001  (recorded; the sweep goes on)
+                status = "oom" if is_oom(e) else "error"
+                error = f"{type(e).__name__}: {str(e)[:400]}"
+                if status == "error":
+                    error += "\n" + traceback.format_exc()[-2500:]
+            free_memory()  # after the except block: its traceback no longer pins the failed step's tensors
+            statuses = gather((status, error, local), dist)  # every rank is done with rank 0's folder
+        wall = time.perf_counter() - t0
+        last_cost[shape] = (seq_len, wall)
+        worst = next((s for s in ("error", "oom") if any(st == s for st, _, _ in statuses)), "ok")
+        result = {**base, "status": worst, "wall_s": wall}
+        if worst == "ok":
+            result.update(summarize([loc for _, _, loc in statuses], seq_len=seq_len, args=args, peak_flops=peak_flops))
+            if local["profile"] is not None:
+                result["profile"] = {"dir": str(profile_dir.relative_to(out)), **local["profile"]}
+            if shape not in report["models"]:
+                report["models"][shape] = {k: local[k] for k in ("params_total", "params_trainable", "build_s")}
+            say(
+                f"[bench] {name}: {result['tokens_per_s_per_gpu']:,.0f} tokens/s/GPU, MFU {result['mfu']:.3f}, "
+                f"peak {_gib(result['max_memory_gib']) or '-'} GiB, {wall:.0f} s",
+                flush=True,
+            )
+        else:
+            result["errors"] = {str(rank): err for rank, (s, err, _) in enumerate(statuses) if err}  # JSON keys
+            if torch.cuda.is_available():
+                result["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            say(f"[bench] {name}: {worst} {next(iter(result['errors'].values()), '')[:200]}", flush=True)
+        report["results"].append(result)
+        publish()
     report["complete"] = all(r["status"] != "skipped" for r in report["results"])
     report["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     publish()

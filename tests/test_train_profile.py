@@ -1,0 +1,103 @@
+"""The step profile (train/profile.py) and the benchmark's variants (train/throughput.py) on the
+tiny model, CPU: phase ranges present and adding up, outputs written, variants' batch shapes used."""
+
+import gzip
+import json
+
+import pytest
+
+from tests.test_scale import run_bench
+from train import profile, throughput
+
+
+def test_union_length_counts_overlaps_once():
+    assert profile.union_length([]) == 0.0
+    assert profile.union_length([(0, 2), (1, 3), (5, 6), (5.5, 5.7)]) == 4.0
+    assert profile.union_length([(0, 10), (2, 3), (4, 5)]) == 10.0  # nested intervals
+
+
+def test_breakdown_reads_gpu_ranges_when_present():
+    """GPU-side ranges win over the CPU ones (those only time the kernel launches)."""
+    events = [
+        {"name": profile.BACKWARD, "cat": "user_annotation", "dur": 1000.0, "ph": "X", "ts": 0},
+        {"name": profile.BACKWARD, "cat": "gpu_user_annotation", "dur": 6000.0, "ph": "X", "ts": 0},
+        {"name": profile.LOSS, "cat": "gpu_user_annotation", "dur": 2000.0, "ph": "X", "ts": 0},
+        {"name": "gemm", "cat": "kernel", "dur": 3000.0, "ph": "X", "ts": 0},
+        {"name": "gemm", "cat": "kernel", "dur": 3000.0, "ph": "X", "ts": 2000},
+    ]
+    result = profile.breakdown(events, [0.010, 0.010], steps=2, ops=[])
+    assert result["phases"][profile.BACKWARD]["ms_per_step"] == 3.0
+    assert result["phases"][profile.LOSS]["share_of_step"] == pytest.approx(0.1)
+    assert result["gpu_busy_ms_per_step"] == 2.5 and result["kernels_per_step"] == 1.0
+
+
+def test_bench_variants_and_profile(tmp_path):
+    report, out = run_bench(
+        tmp_path,
+        "--seq-lens",
+        "64",
+        "--checkpointing",
+        "off",
+        "--attention",
+        "sdpa",
+        "--variant",
+        "baseline:",
+        "--variant",
+        "fused_mb2:objective.fused_loss=true train.micro_batch_size=2",
+        "--profile",
+        "baseline",
+        "--project-row-tokens",
+        "1e6",
+        "--project-gpus",
+        "2",
+    )
+    base, fused = report["results"]
+    assert (base["variant"], fused["variant"]) == ("baseline", "fused_mb2")
+    assert base["status"] == fused["status"] == "ok"
+    assert (base["micro_batch_size"], fused["micro_batch_size"]) == (1, 2)
+    assert fused["tokens_per_step_per_gpu"] == 2 * 64
+    assert base["projected_hours"] == pytest.approx(1e6 / (base["tokens_per_s_per_gpu"] * 2) / 3600)
+    assert len(base["step_times_s_rank0"]) == 2  # the profiled steps are not timed
+    phases = base["profile"]["phases"]
+    assert set(phases) == set(profile.PHASES) and all(p["ms_per_step"] > 0 for p in phases.values())
+    outer = sum(p["ms_per_step"] for name, p in phases.items() if name != profile.ATTENTION)
+    assert 0.5 < outer / base["profile"]["step_ms"] <= 1.0  # the phases cover most of the step, never more
+    assert "profile" not in fused
+    folder = out / base["profile"]["dir"]
+    assert json.loads((folder / "breakdown.json").read_text())["phases"] == phases
+    with gzip.open(folder / "trace.json.gz") as f:
+        assert any(e.get("name") == profile.TEACHER for e in json.load(f)["traceEvents"])
+    table = (out / "bench.md").read_text()
+    assert "### Profile: baseline, tiny, seq 64" in table and "projected h" in table
+    fastest = max((base, fused), key=lambda r: r["tokens_per_s_per_gpu"])
+    assert f"| tiny | 64 | {base['tokens_per_s_per_gpu']:,.0f} | {fastest['variant']} |" in table
+    assert not (folder / "trace.json").exists()  # only the compressed trace is kept
+    assert throughput.projected_hours(1000.0, 7.2e6, 2) == 1.0
+
+
+def test_profile_train_script_parses_and_every_variant_composes():
+    """scripts/profile_train.sh's bench_train arguments parse, and each variant's overrides compose
+    into valid config sections (at the first shape: the shapes differ only in +exp): a typo fails
+    here, not on the GPU."""
+    import shlex
+
+    from eval.provenance import REPO_ROOT
+    from scripts import bench_train
+    from train.config import compose
+    from train.loop import TrainConfig, _section
+    from train.objective import ObjectiveConfig
+
+    text = (REPO_ROOT / "scripts" / "profile_train.sh").read_text().replace("\\\n", " ")
+    line = next(x for x in text.splitlines() if "-m scripts.bench_train" in x)
+    argv = shlex.split(line.split("-m scripts.bench_train", 1)[1].replace('"$@"', ""))
+    args = bench_train.parse_args([a.replace("$out", "OUT").replace("$budget", "420") for a in argv])
+    assert args.shapes == ["qwen3_8b", "qwen3_1.7b"] and args.blocks_per_row == 256 and args.seq_lens == [2048]
+    assert list(args.variants)[0] == "baseline" and set(args.profile) <= set(args.variants)
+    for variant in args.variants.values():
+        overrides, blocks_per_row, K = throughput.setting_overrides(
+            args.shapes[0], 2048, False, "flex", args, 1, variant
+        )
+        cfg = compose(overrides)
+        _section(cfg, "objective", ObjectiveConfig)
+        _section(cfg, "train", TrainConfig)
+        assert (blocks_per_row, K, cfg.data.packed_dataset.seq_len) == (256, 32, 2048)

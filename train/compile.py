@@ -1,0 +1,35 @@
+"""torch.compile of the frozen per-layer modules both passes run (train.compile_frozen).
+
+Every decoder layer's MLP and its two RMSNorms run in the teacher pass and again, on four times
+as many tokens at the paper's density, in the diffusion pass and its backward. Eager, each is a
+chain of elementwise kernels around the matmuls (RMSNorm: ~7; SiLU(gate) * up: 2), and with
+train.fp8 each float8 input cast is a reduction plus a cast kernel. Compiled, inductor fuses
+those chains (and torchao's casts into their producers). The modules are compiled in place
+(nn.Module.compile), so parameters, state dicts and checkpoints are unchanged. The diffusion
+view's own projections and the flex attention call are left as they are (flex is compiled on
+its own in train/attention.py).
+"""
+
+from torch import nn
+
+COMPILED = ("mlp", "input_layernorm", "post_attention_layernorm")
+
+
+def compile_frozen_modules(model: nn.Module, backend: str = "inductor") -> list[str]:
+    """Compile the MLP and the norms of every decoder layer of `model` in place; returns their
+    names. Call after train.fp8's conversion (so its casts are compiled too). `backend`: the
+    torch.compile backend ("eager" in the CPU tests: tracing without code generation)."""
+    modules = {
+        f"model.layers.{i}.{name}": getattr(layer, name)
+        for i, layer in enumerate(model.model.layers)
+        for name in COMPILED
+    }
+    trainable = [name for name, m in modules.items() if any(p.requires_grad for p in m.parameters())]
+    if trainable:  # checked before anything is compiled
+        raise ValueError(
+            f"train.compile_frozen: {trainable[0]} has trainable parameters; it compiles frozen modules only "
+            "(set train.compile_frozen=false)"
+        )
+    for module in modules.values():
+        module.compile(backend=backend)
+    return list(modules)
