@@ -24,7 +24,6 @@ import traceback
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from transformers import GenerationMixin
 
 from data._io import atomic_write_text
@@ -35,11 +34,11 @@ from eval.timing import host_loop_ms, median_ms
 from kernels.matmul import Matmul, chain_ms, weight_copies
 from kernels.pdl import pdl_unsupported
 from models.compat import cache_kwargs
-from models.config import OrthrusConfig
 from models.engine import OrthrusEngine
 from models.engine_ops import TritonOps
 from models.orthrus import OrthrusForCausalLM, is_diffusion_param
 from models.shapes import shape_config
+from train.model import preset_config
 
 # Published figures the projections use, with unit, model and source. The paper's
 # TPF counts draft and verify passes (tokens per forward, ~half the tokens per iteration) and its "up to 7.8x"
@@ -63,7 +62,6 @@ VARIANTS = {
     "triton": dict(matmul="triton"),
     "nopdl": dict(matmul="auto", pdl=False),
 }
-TINY = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / "tiny.yaml")  # model=tiny of train.py
 
 
 def clock_for(device: torch.device):
@@ -84,7 +82,7 @@ class Budget:
 
 def build_model(name, device):
     """Random-weight Orthrus at a real shape, built directly in bf16 on the device (no fp32 copy)."""
-    config = OrthrusConfig(**TINY.config, mask_token_id=TINY.mask_token_id) if name == "tiny" else shape_config(name)
+    config = preset_config("tiny") if name == "tiny" else shape_config(name)  # tiny: model=tiny of train.py
     prev = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:

@@ -26,7 +26,7 @@ from scipy.stats import chi2, chi2_contingency, chisquare
 from tqdm import tqdm
 from transformers import GenerationMixin
 
-from eval.runner import DecodeFn
+from eval.runner import DecodeFn, decode_prompts
 from models.generate import GenerationResult, generate
 from models.sampling import SamplingParams, logits_to_probs
 
@@ -55,8 +55,9 @@ def base_generate(
         torch.manual_seed(seed if seed is not None else 0)
     eos = eos_token_id if eos_token_id is not None else base_model.generation_config.eos_token_id
     pad = base_model.generation_config.pad_token_id
-    if pad is None:
-        pad = (eos[0] if isinstance(eos, list) else eos) if eos is not None else 0
+    if pad is None:  # the first EOS id, else 0 (eos_token_id=[]: never stop early)
+        first = eos[0] if isinstance(eos, list) and eos else eos
+        pad = first if isinstance(first, int) else 0
     out = GenerationMixin.generate(
         base_model,
         input_ids,
@@ -256,30 +257,26 @@ def two_sample_test(
     if sampling.greedy:
         raise ValueError("two_sample_test needs sampling parameters with temperature > 0")
     base_model = base_model if base_model is not None else model
-    input_ids = torch.tensor([prompt], device=model.device)
-    ours, theirs = [], []
-    for s in tqdm(range(num_samples), desc="two-sample test", disable=not progress, leave=False):
-        g = torch.Generator(device=model.device).manual_seed(seed + s)
-        out = decode_fn(
-            model,
-            input_ids,
-            max_new_tokens,
-            block_size=block_size,
-            sampling=sampling,
-            eos_token_id=eos_token_id,
-            generator=g,
+    run = decode_prompts(  # sample s draws with a generator seeded seed + s
+        model,
+        [prompt] * num_samples,
+        block_size=block_size,
+        max_new_tokens=max_new_tokens,
+        sampling=sampling,
+        eos_token_id=eos_token_id,
+        seed=seed,
+        decode_fn=decode_fn,
+        progress=progress,
+        desc="two-sample test",
+    )
+    ours = [out.new_tokens.tolist() for out in run.results]
+    input_ids = torch.tensor([prompt], device=base_model.device)
+    theirs = [
+        base_generate(
+            base_model, input_ids, max_new_tokens, sampling=sampling, eos_token_id=eos_token_id, seed=seed + s
         )
-        ours.append(out.new_tokens.tolist())
-        theirs.append(
-            base_generate(
-                base_model,
-                input_ids.to(base_model.device),
-                max_new_tokens,
-                sampling=sampling,
-                eos_token_id=eos_token_id,
-                seed=seed + s,
-            )
-        )
+        for s in range(num_samples)
+    ]
     pvalues = [
         _homogeneity_pvalue([o[t] if t < len(o) else -1 for o in ours], [h[t] if t < len(h) else -1 for h in theirs])
         for t in range(max_new_tokens)
@@ -322,8 +319,6 @@ def greedy_divergence(
     AR vs transformers' generate. First divergence = index of the first differing new token. Also the top-1 /
     top-2 logit gap along the AR output: small gaps are where rounding differences (bf16) flip the argmax.
     In fp32 any divergence is a bug; in bf16 it measures how far kernel rounding moves the output."""
-    from transformers import Qwen3ForCausalLM
-
     records, tpf, gaps = [], {K: [] for K in ks}, []
     for i, ids in enumerate(prompts):
         L = ids.shape[1]
@@ -334,17 +329,8 @@ def greedy_divergence(
             rec[f"orthrus_K{K}_vs_ar"] = first_diff(out.new_tokens, ar.new_tokens)
             tpf[K].append(out.tokens_per_iteration)
         if i < n_hf:
-            hf = Qwen3ForCausalLM.generate(
-                model,
-                ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=False,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                pad_token_id=0,
-                eos_token_id=None,
-            )
-            rec["ar_vs_transformers"] = first_diff(ar.new_tokens, hf[0, L:])
+            hf = base_generate(model, ids, new_tokens, eos_token_id=[])
+            rec["ar_vs_transformers"] = first_diff(ar.new_tokens, torch.tensor(hf))
         top2 = model(ar.sequences[:, :-1]).logits[0, L - 1 :].float().topk(2, dim=-1).values
         gaps.append(top2[:, 0] - top2[:, 1])
         records.append(rec)

@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-from eval.paper_tables import PaperNumbers, largest_k_rows  # noqa: E402
+from eval.paper_tables import PaperNumbers, largest_k_rows, report_label  # noqa: E402
 
 
 def save_figure(fig, path: Path, dpi: int = 120) -> Path:
@@ -31,15 +31,11 @@ def save_figure(fig, path: Path, dpi: int = 120) -> Path:
     return path
 
 
-def _label(report: dict) -> str:
-    return report.get("label") or report["name"]
-
-
 def tpf_by_benchmark(reports: list[dict], paper: PaperNumbers, path: Path) -> Path | None:
     """Grouped bars: the paper's TPF (tokens / all forward passes) at each model's largest K, per
     benchmark; the paper's values at the same temperature as markers."""
-    per_model = {_label(r): {row["benchmark"]: row["tpf"] for row in largest_k_rows(r)} for r in reports}
-    temps = {_label(r): r["config"]["decode"]["temperature"] for r in reports}
+    per_model = {report_label(r): {row["benchmark"]: row["tpf"] for row in largest_k_rows(r)} for r in reports}
+    temps = {report_label(r): r["config"]["decode"]["temperature"] for r in reports}
     benchmarks = sorted({b for tpf in per_model.values() for b in tpf})
     if not benchmarks:
         return None
@@ -71,7 +67,7 @@ def acceptance_histograms(reports: list[dict], path: Path) -> Path | None:
             counts = row["acceptance_histogram"]
             total = max(sum(counts), 1)
             ax.plot(range(1, len(counts) + 1), [c / total for c in counts], marker=".", label=row["benchmark"])
-        ax.set_title(f"{_label(rep)} (K={rows[0]['block_size']})")
+        ax.set_title(f"{report_label(rep)} (K={rows[0]['block_size']})")
         ax.set_xlabel("acceptance length (tokens per verify pass)")
         ax.set_ylabel("fraction of iterations")
         ax.set_ylim(bottom=0)
@@ -84,7 +80,7 @@ def throughput_vs_context(reports: list[dict], path: Path) -> Path | None:
     series = {}
     for rep in reports:
         for row in rep.get("context_sweep", []):
-            series.setdefault((_label(rep), row["block_size"]), []).append(
+            series.setdefault((report_label(rep), row["block_size"]), []).append(
                 (row["context_len"], row["tokens_per_second"])
             )
     if not series:
@@ -116,7 +112,7 @@ def speedup_by_k(reports: list[dict], path: Path) -> Path | None:
     for i, rep in enumerate(reports):
         for row in rep["runs"]:
             if row.get("speedup") is not None:
-                label = f"{_label(rep)} / {row['benchmark']}"
+                label = f"{report_label(rep)} / {row['benchmark']}"
                 series.setdefault(label, []).append((row["block_size"], row["speedup"], row["ttft_ms"]))
                 # one colour per run, one line style per prompt set: distinct for up to 10 runs x 4 sets
                 styles[label] = dict(

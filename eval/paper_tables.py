@@ -96,6 +96,17 @@ def report_temperature(report: dict) -> float:
     return report["config"]["decode"]["temperature"]
 
 
+def report_label(report: dict) -> str:
+    """The model label a report's rows carry in every table and figure (matched against the paper's)."""
+    return report.get("label") or report["name"]
+
+
+def _operating_points(reports: list[dict]):
+    """Per report: its label, its sampling temperature and its largest-K run of each benchmark."""
+    for rep in reports:
+        yield rep, report_label(rep), report_temperature(rep), largest_k_rows(rep)
+
+
 def speed_table(reports: list[dict], paper: PaperNumbers, sources: list[dict]) -> tuple[list[str], list[list]]:
     """Every speed number in its unit beside the paper's, per model and benchmark, plus averages."""
     headers = [
@@ -115,9 +126,7 @@ def speed_table(reports: list[dict], paper: PaperNumbers, sources: list[dict]) -
         "paper speedup",
     ]
     rows = []
-    for rep in reports:
-        label, T = rep.get("label") or rep["name"], report_temperature(rep)
-        runs = largest_k_rows(rep)
+    for rep, label, T, runs in _operating_points(reports):
         for r in runs:
             b, base = r["benchmark"], _baseline(rep, r["benchmark"])
             rows.append(
@@ -178,9 +187,7 @@ def table1(reports: list[dict], paper: PaperNumbers, sources: list[dict]) -> tup
         "accuracy metric",
     ]
     rows = []
-    for rep in reports:
-        label, T = rep.get("label") or rep["name"], report_temperature(rep)
-        runs = largest_k_rows(rep)
+    for rep, label, T, runs in _operating_points(reports):
         for r in runs:
             base = _baseline(rep, r["benchmark"]) or {}
             acc, acc_base = r.get("accuracy") or {}, base.get("accuracy") or {}
@@ -235,7 +242,7 @@ def fidelity_table(reports: list[dict]) -> tuple[list[str], list[list]]:
     ]
     rows = []
     for rep in reports:
-        label = rep.get("label") or rep["name"]
+        label = report_label(rep)
         for f in rep["fidelity"]:
             em, st, ts = f.get("exact_match") or {}, f.get("sampling") or {}, f.get("two_sample") or {}
             rows.append(
@@ -270,7 +277,7 @@ def memory_table(reports: list[dict], paper: PaperNumbers, sources: list[dict]) 
     ]
     rows = []
     for rep in reports:
-        label, kv = rep.get("label") or rep["name"], rep["model"]["kv_overhead"]
+        label, kv = report_label(rep), rep["model"]["kv_overhead"]
         peak = max((r for r in rep["runs"]), key=lambda r: r["peak_memory_bytes"], default=None)
         rows.append(
             [

@@ -40,6 +40,27 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The columns of one speed row (eval.metrics.summarize) in every table of runs: header -> key.
+SPEED_KEYS = {
+    "benchmark": "benchmark",
+    "K": "block_size",
+    "prompts": "num_prompts",
+    "TPF": "tpf",
+    "TPF pooled": "tpf_token_weighted",
+    "accept len (tok/verify)": "acceptance_length",
+    "tok/iter (diagnostic)": "tokens_per_iteration",
+    "decode tok/s": "decode_tokens_per_second",
+    "speedup": "speedup",
+    "end-to-end speedup": "speedup_end_to_end",
+    "TTFT ms": "ttft_ms",
+}
+SPEED_COLUMNS = list(SPEED_KEYS)
+
+
+def speed_cells(row: dict) -> list:
+    return [row[key] for key in SPEED_KEYS.values()]
+
+
 def run_markdown(report: dict) -> str:
     """The human-readable companion of one metrics.json."""
     prov, model = report["provenance"], report["model"]
@@ -62,37 +83,8 @@ def run_markdown(report: dict) -> str:
         "decode tok/s excludes the prefill and first token (TTFT, its own column); speedup = decode tok/s over "
         "K=1 on the same decoder; end-to-end speedup includes the prefill.\n",
         markdown_table(
-            [
-                "benchmark",
-                "K",
-                "prompts",
-                "TPF",
-                "TPF pooled",
-                "accept len (tok/verify)",
-                "tok/iter (diagnostic)",
-                "decode tok/s",
-                "speedup",
-                "end-to-end speedup",
-                "TTFT ms",
-                "peak MiB",
-            ],
-            [
-                [
-                    r["benchmark"],
-                    r["block_size"],
-                    r["num_prompts"],
-                    r["tpf"],
-                    r["tpf_token_weighted"],
-                    r["acceptance_length"],
-                    r["tokens_per_iteration"],
-                    r["decode_tokens_per_second"],
-                    r["speedup"],
-                    r["speedup_end_to_end"],
-                    r["ttft_ms"],
-                    r["peak_memory_bytes"] / MIB,
-                ]
-                for r in report["runs"]
-            ],
+            [*SPEED_COLUMNS, "peak MiB"],
+            [[*speed_cells(r), r["peak_memory_bytes"] / MIB] for r in report["runs"]],
         ),
     ]
     if report["fidelity"]:
@@ -207,16 +199,7 @@ def speed_summary_markdown(reports: list[dict]) -> str:
                     rep["name"],
                     rep["model"]["dtype"],
                     rep["decode"]["sampling"],
-                    r["benchmark"],
-                    r["block_size"],
-                    r["num_prompts"],
-                    r["tpf"],
-                    r["acceptance_length"],
-                    r["tokens_per_iteration"],
-                    r["decode_tokens_per_second"],
-                    r["speedup"],
-                    r["speedup_end_to_end"],
-                    r["ttft_ms"],
+                    *speed_cells(r),
                     _get(f, "exact_match", "sequence_rate"),
                     _get(f, "sampling", "pvalue"),
                     _get(f, "sampling", "passed"),
@@ -239,27 +222,7 @@ def speed_summary_markdown(reports: list[dict]) -> str:
             "over K=1 on the same decoder in the same warm state; TTFT = time to first token; exact match = greedy "
             "output vs transformers' generate (sequence rate); sampling p = the per-token test of sampled tokens "
             "against the base sampler (passed at its alpha).\n",
-            markdown_table(
-                [
-                    "run",
-                    "dtype",
-                    "sampling",
-                    "benchmark",
-                    "K",
-                    "prompts",
-                    "TPF",
-                    "accept len (tok/verify)",
-                    "tok/iter (diagnostic)",
-                    "decode tok/s",
-                    "speedup",
-                    "end-to-end speedup",
-                    "TTFT ms",
-                    "exact match",
-                    "sampling p",
-                    "passed",
-                ],
-                rows,
-            ),
+            markdown_table(["run", "dtype", "sampling", *SPEED_COLUMNS, "exact match", "sampling p", "passed"], rows),
             *(
                 [
                     "## Sampling against its target\n",

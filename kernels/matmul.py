@@ -74,6 +74,17 @@ def _finish(acc, acc2, dtype: tl.constexpr, GATE_UP: tl.constexpr):
     return acc.to(dtype)
 
 
+@triton.jit
+def _dot_acc(x, w, acc, SWAP_AB: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """acc + x @ w^T for a (rows, K) tile x and a (columns, K) tile w; with SWAP_AB acc is held
+    transposed and gets w @ x^T (the weight tile as the MMA's wide operand)."""
+    if SWAP_AB:
+        acc = tl.dot(w, tl.trans(x), acc, input_precision=DOT_PRECISION)
+    else:
+        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+    return acc
+
+
 @triton.jit(do_not_specialize=["M", "pf_tiles"])
 def _skinny_matmul_kernel(
     x_ptr,
@@ -144,16 +155,10 @@ def _skinny_matmul_kernel(
         k_mask = (k + offs_k) < K
         x = tl.load(x_ptrs + k, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         w = tl.load(w_ptrs + k, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
-        if SWAP_AB:
-            acc = tl.dot(w, tl.trans(x), acc, input_precision=DOT_PRECISION)
-        else:
-            acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+        acc = _dot_acc(x, w, acc, SWAP_AB, DOT_PRECISION)
         if GATE_UP:
             w2 = tl.load(w2_ptrs + k, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
-            if SWAP_AB:
-                acc2 = tl.dot(w2, tl.trans(x), acc2, input_precision=DOT_PRECISION)
-            else:
-                acc2 = tl.dot(x, tl.trans(w2), acc2, input_precision=DOT_PRECISION)
+            acc2 = _dot_acc(x, w2, acc2, SWAP_AB, DOT_PRECISION)
     if USE_PDL:
         # The weight stream is done: let the next kernel launch and start loading its own weights
         # while this one stores (it still waits for this kernel to complete before reading them).

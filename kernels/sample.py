@@ -152,8 +152,10 @@ def _uniform(seed, c0, c1, c2, c3):
 
 
 @triton.jit
-def _log_prob(x, inv_temperature, stats_ptr, row, mask, row_mask):
-    """log p of logits x under row `row`'s statistics [m, tau, logZ] (-inf outside the kept set or the mask)."""
+def _log_prob(logits_ptr, stride, row, col, inv_temperature, stats_ptr, mask, row_mask):
+    """log p of the logits at (row, col) under row `row`'s statistics [m, tau, logZ] (-inf outside the
+    kept set or the mask)."""
+    x = tl.load(logits_ptr + row.to(tl.int64) * stride + col, mask=mask, other=0.0)
     s = x.to(tl.float32) * inv_temperature
     m = tl.load(stats_ptr + row * 3, mask=row_mask, other=0.0)
     tau = tl.load(stats_ptr + row * 3 + 1, mask=row_mask, other=0.0)
@@ -275,29 +277,11 @@ def _accept_kernel(
     i = tl.arange(0, BLOCK_D)
     in_d = i < n_drafts
     d = tl.load(draft_ptr + i, mask=in_d, other=0)
-    p_d = tl.exp(
-        _log_prob(
-            tl.load(p_ptr + i.to(tl.int64) * p_stride + d, mask=in_d, other=0.0),
-            inv_temperature,
-            p_stats_ptr,
-            i,
-            in_d,
-            in_d,
-        )
-    )
+    p_d = tl.exp(_log_prob(p_ptr, p_stride, i, d, inv_temperature, p_stats_ptr, in_d, in_d))
     if ONE_HOT:
         q_d = tl.full((BLOCK_D,), 1.0, tl.float32)
     else:
-        q_d = tl.exp(
-            _log_prob(
-                tl.load(q_ptr + i.to(tl.int64) * q_stride + d, mask=in_d, other=0.0),
-                inv_temperature,
-                q_stats_ptr,
-                i,
-                in_d,
-                in_d,
-            )
-        )
+        q_d = tl.exp(_log_prob(q_ptr, q_stride, i, d, inv_temperature, q_stats_ptr, in_d, in_d))
     keep = _uniform(seed, i, 0, it, 1) * q_d < p_d
     if RULE == 1:  # broken: accept every draft
         keep = in_d
@@ -310,29 +294,13 @@ def _accept_kernel(
     has_q = n < n_drafts
     t = chunk * BLOCK + tl.arange(0, BLOCK)
     mask = t < V
-    lp = _log_prob(
-        tl.load(p_ptr + n.to(tl.int64) * p_stride + t, mask=mask, other=0.0),
-        inv_temperature,
-        p_stats_ptr,
-        n,
-        mask,
-        n >= 0,
-    )
+    lp = _log_prob(p_ptr, p_stride, n, t, inv_temperature, p_stats_ptr, mask, n >= 0)
     p = tl.exp(lp)
     q_mask = mask & (tl.zeros_like(t) + n < n_drafts)  # a block-shaped mask (the interpreter rejects scalar & block)
     if ONE_HOT:
         q = tl.where(q_mask & (t == tl.load(draft_ptr + n, mask=has_q, other=-1)), 1.0, 0.0)
     else:
-        q = tl.exp(
-            _log_prob(
-                tl.load(q_ptr + n.to(tl.int64) * q_stride + t, mask=q_mask, other=0.0),
-                inv_temperature,
-                q_stats_ptr,
-                n,
-                q_mask,
-                has_q,
-            )
-        )
+        q = tl.exp(_log_prob(q_ptr, q_stride, n, t, inv_temperature, q_stats_ptr, q_mask, has_q))
     r = tl.maximum(p - q, 0.0)
     if RULE == 2:  # broken: emit a sample of q (p after the last draft)
         r = tl.where(has_q, q, p)

@@ -18,31 +18,14 @@ _COMMON = dict(
     mask_token_id=151669,  # first embedding row past the tokenizer's 151669 tokens
 )
 
+_SIZE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "tie_word_embeddings")
+_SIZES = {
+    "qwen3_1.7b": (2048, 6144, 28, 16, True),
+    "qwen3_4b": (2560, 9728, 36, 32, True),
+    "qwen3_8b": (4096, 12288, 36, 32, False),
+}
 QWEN3_SHAPES: dict[str, dict] = {
-    "qwen3_1.7b": dict(
-        _COMMON,
-        hidden_size=2048,
-        intermediate_size=6144,
-        num_hidden_layers=28,
-        num_attention_heads=16,
-        tie_word_embeddings=True,
-    ),
-    "qwen3_4b": dict(
-        _COMMON,
-        hidden_size=2560,
-        intermediate_size=9728,
-        num_hidden_layers=36,
-        num_attention_heads=32,
-        tie_word_embeddings=True,
-    ),
-    "qwen3_8b": dict(
-        _COMMON,
-        hidden_size=4096,
-        intermediate_size=12288,
-        num_hidden_layers=36,
-        num_attention_heads=32,
-        tie_word_embeddings=False,
-    ),
+    name: dict(_COMMON, **dict(zip(_SIZE_FIELDS, sizes))) for name, sizes in _SIZES.items()
 }
 
 

@@ -6,7 +6,8 @@ Provenance (command, commit, dirty flag, source hash) is computed; on a GPU mach
 has no .git, pass ORTHRUS_COMMIT / ORTHRUS_DIRTY from the launching checkout (eval/provenance.py).
 
     PYTHONUNBUFFERED=1 python -m scripts.bench_decode --out results/engine_<gpu>_<date>
-    TRITON_INTERPRET=1 python -m scripts.bench_decode --shapes tiny --ctx 64,128 --out /tmp/bench   # CPU smoke run
+    TRITON_INTERPRET=1 python -m scripts.bench_decode --shapes tiny --ctx 64,128 --ks 4 --reps 2 --hf-reps 1 \
+        --prompts 1 --new-tokens 8 --out /tmp/bench   # CPU smoke run (a minute or two in Triton's interpreter)
     python -m scripts.bench_decode --from-json results/engine_h100_2026-11-23/bench_all_shapes/bench.json --out /tmp/rr
 """
 

@@ -21,17 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per-file", type=int, default=1, help="windows per file (with --anchor)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    n = corpus_prompts(
-        args.corpus_dir,
-        args.out_file,
-        args.count,
-        num_lines=args.num_lines,
-        split=args.split,
-        anchor=args.anchor,
-        max_chars=args.max_chars,
-        per_file=args.per_file,
-        seed=args.seed,
-    )
+    n = corpus_prompts(**vars(args))  # the options are named as corpus_prompts' parameters
     print(f"{n} prompts from split {args.split!r} of {args.corpus_dir} -> {args.out_file}")
 
 

@@ -4,7 +4,6 @@
 # KL, bf16, ZeRO-2, gradient checkpointing, compiled flex attention), a few hundred steps, then
 # a throughput summary as JSON.
 #
-#   eval "$(bash .whl/device-install)"     # hydra, datasets, deepspeed on the GPU machine
 #   TORCH_CUDA_ARCH_LIST=9.0 bash scripts/gpu_train_smoke.sh OUT.json [STEPS] [hydra overrides...]
 #
 # OUT.json: tokens_per_s_per_gpu and mfu (means over the records after the first 20 steps,

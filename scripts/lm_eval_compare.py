@@ -3,7 +3,9 @@ accuracy, and every generation, are identical (greedy decoding is lossless).
 
     python -m scripts.lm_eval_compare --orthrus chiennv/Orthrus-Qwen3-8B --tasks gsm8k --limit 200 \\
         --dtype bfloat16 --device cuda --out results/lm_eval/orthrus_qwen3_8b_gsm8k.json
-    python -m scripts.lm_eval_compare --orthrus ckpt/ --base Qwen/Qwen3-8B --tasks my_task --include-path eval/tasks
+    python -m scripts.lm_eval_compare --orthrus artifacts/orthrus-small/base \
+        --diffusion artifacts/orthrus-small/diffusion --tasks orthrus_python_local \
+        --include-path eval/lm_eval_tasks --limit 4 --dtype float32 --out /tmp/cmp.json
 
 --base defaults to --orthrus: the `hf` model then loads the same checkpoint with plain
 transformers, whose forward is the frozen base model. Exit status 1 when anything differs.
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default=None, help="base model for `hf` (default: --orthrus)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer (default: the checkpoint's)")
     parser.add_argument("--tasks", nargs="+", required=True)
-    parser.add_argument("--include-path", default=None, help="folder of extra task yamls (e.g. eval/tasks)")
+    parser.add_argument("--include-path", default=None, help="folder of extra task yamls (e.g. eval/lm_eval_tasks)")
     parser.add_argument("--limit", type=float, default=None)
     parser.add_argument("--block-size", type=int, default=None)
     parser.add_argument("--dtype", default="bfloat16")

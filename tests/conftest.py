@@ -16,6 +16,7 @@ from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 from models.config import OrthrusConfig  # noqa: E402
 from models.orthrus import OrthrusForCausalLM  # noqa: E402
 from tests.tiny import TINY_QWEN3  # noqa: E402
+from train.model import preset_config  # noqa: E402
 
 if not torch.cuda.is_available() and not isinstance(tl.zeros, InterpretedFunction):
     raise RuntimeError(
@@ -25,9 +26,8 @@ if not torch.cuda.is_available() and not isinstance(tl.zeros, InterpretedFunctio
 
 
 def tiny_config(**overrides) -> OrthrusConfig:
-    """The tests' Orthrus model (tests/tiny.py), K = 4, the last vocabulary row as the mask token."""
-    fields = dict(TINY_QWEN3, block_size=4, mask_token_id=95, eos_token_id=None, pad_token_id=0)
-    return OrthrusConfig(**{**fields, **overrides})
+    """The tests' Orthrus model: conf/model/tiny.yaml (K = 4, the last vocabulary row as the mask token)."""
+    return preset_config("tiny", **overrides)
 
 
 def tiny_model(seed: int = 0, **overrides) -> OrthrusForCausalLM:
@@ -47,6 +47,16 @@ def make_model():
 @pytest.fixture
 def make_config():
     return tiny_config
+
+
+@pytest.fixture
+def qwen3_dir(tmp_path):
+    """A plain Qwen3 checkpoint of the tiny model's shape (random weights, seed 0)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(Qwen3Config(**TINY_QWEN3)).save_pretrained(tmp_path / "qwen3")
+    return tmp_path / "qwen3"
 
 
 @pytest.fixture(scope="module")

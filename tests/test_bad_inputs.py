@@ -7,24 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from transformers import Qwen3Config, Qwen3ForCausalLM
 
 import train.config  # noqa: F401  (registers data=synthetic)
 from models.checkpoint import load_orthrus, save_diffusion_view
-from tests.test_train_loop import FAST
-from tests.tiny import TINY_QWEN3
+from tests.tiny import TINY_RUN
 from train.config import typed_section
 from train.loop import Trainer
 from train.optim import OptimConfig
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def qwen3_dir(tmp_path):
-    torch.manual_seed(0)
-    Qwen3ForCausalLM(Qwen3Config(**TINY_QWEN3)).save_pretrained(tmp_path / "qwen3")
-    return tmp_path / "qwen3"
 
 
 def compose_cfg(config: str, *overrides):
@@ -80,14 +71,14 @@ def test_typed_config_names_the_key():
 
 def test_trainer_rejects_a_string_lr_before_building(tmp_path):
     with pytest.raises(ValueError, match=r"optim.lr='abc'"):
-        Trainer(compose_cfg("config", *FAST, "optim.lr=abc"), tmp_path)
+        Trainer(compose_cfg("config", *TINY_RUN, "optim.lr=abc"), tmp_path)
     assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_missing_data_path_is_named_before_the_tokenizer(tmp_path):
     """data=jsonl's default tokenizer is a hub name: the missing file must be reported first."""
     missing = tmp_path / "sft.jsonl"
-    fast = [o for o in FAST if not o.startswith(("data=", "data.synthetic_documents"))]
+    fast = [o for o in TINY_RUN if not o.startswith(("data=", "data.synthetic_documents"))]
     cfg = compose_cfg("config", *fast, "data=jsonl", f"data.load_tokenized_dataset.source={missing}")
     with pytest.raises(FileNotFoundError, match=rf"data.load_tokenized_dataset.source={missing}: no such file"):
         Trainer(cfg, tmp_path / "run")

@@ -2,18 +2,12 @@
 the quick evaluation, the generation command and lm-eval's CLI with the `orthrus` model."""
 
 import json
-import os
 import shlex
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from scripts.generate import main as generate_main
-
-REPO = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+from tests.tiny import REPO, run_python
 
 
 def readme_command(prefix: str) -> str:
@@ -27,14 +21,7 @@ def test_readme_evaluation_command(tmp_path):
     """Exactly the README's command; only out_dir is redirected (Hydra: the last value wins)."""
     command = readme_command("python -m scripts.evaluate name=quickstart ")
     args = shlex.split(command)
-    done = subprocess.run(
-        [sys.executable, *args[1:], f"out_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'hydra'}"],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    done = run_python(*args[1:], f"out_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'hydra'}", timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "quickstart" / "metrics.json").read_text())
     runs = {r["block_size"]: r for r in report["runs"]}
@@ -59,7 +46,7 @@ def test_lm_eval_cli_runs_the_offline_task(tmp_path):
         "python -m eval.lm_eval_cli --model orthrus --model_args pretrained=artifacts/orthrus-small"
     )
     args = shlex.split(command)[1:] + ["--limit", "2", "--output_path", str(tmp_path)]
-    done = subprocess.run([sys.executable, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
+    done = run_python(*args, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(next(tmp_path.rglob("results_*.json")).read_text())
     assert "exact_match,none" in results["results"]["orthrus_python_local"]

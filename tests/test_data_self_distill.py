@@ -15,6 +15,7 @@ from data.datasets import load_tokenized_dataset
 from data.packing import PackedDataset
 from data.self_distill import MANIFEST, eos_token_ids, generate_responses
 from data.tokenizer import train_tokenizer
+from tests.tiny import TINY_QWEN3
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 PROMPTS = ["def add(a, b):", "import os", "Write a loop", "x", "class Point:\n    def __init__(self, x, y):"]
@@ -27,17 +28,14 @@ def base_dir(tmp_path_factory):
     build_corpus(root / "corpus", max_bytes=60_000)
     tokenizer = train_tokenizer(root / "corpus", root / "base", vocab_size=300, min_frequency=1)
     torch.manual_seed(0)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
+    config = Qwen3Config(  # the tiny model's shape, on this tokenizer
+        **{
+            **TINY_QWEN3,
+            "vocab_size": len(tokenizer),
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
         max_position_embeddings=256,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
     model = Qwen3ForCausalLM(config)

@@ -63,25 +63,6 @@ def test_drafts_are_accepted(make_model):
     assert sum(out.accepted) > 0
 
 
-def test_eos_inside_block_stops_like_base(make_model):
-    model = make_model(seed=3)
-    ids = prompt(6, seed=3)
-    eos = int(base_greedy(model, ids, 30)[0, 6 + 9])
-    out = OrthrusEngine(model, 64).generate(ids, 30, block_size=8, eos_token_id=eos)
-    assert torch.equal(out.sequences, base_greedy(model, ids, 30, eos_token_id=eos))
-    assert out.finished_by_eos and out.sequences[0, -1] == eos
-
-
-def test_garbage_drafter_still_exact(make_model):
-    model = make_model(seed=4)
-    with torch.no_grad():
-        for _, p in model.diffusion_named_parameters():
-            p.normal_(0, 1.0)
-    ids = prompt(9, seed=4)
-    out = OrthrusEngine(model, 96).generate(ids, 40, block_size=8)
-    assert torch.equal(out.sequences, base_greedy(model, ids, 40))
-
-
 @pytest.mark.parametrize("block_size", [4, 8])
 def test_oracle_drafter_accepts_whole_blocks(make_model, monkeypatch, block_size):
     """A draft pass that proposes the base model's own continuation: every block is accepted whole."""

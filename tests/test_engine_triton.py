@@ -23,6 +23,16 @@ pytestmark = pytest.mark.skipif(
 cuda_only = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 DTYPES = [torch.float32, torch.bfloat16] if CUDA else [torch.float32]
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2)}
+# The bf16 GPU tests' model: a larger GQA shape (4 query heads per KV head, 64-wide heads), usual init scale.
+GQA_SHAPE = dict(
+    hidden_size=512,
+    intermediate_size=1024,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    head_dim=64,
+    num_hidden_layers=3,
+    initializer_range=0.02,
+)
 
 
 def _rand(*shape, dtype, seed):
@@ -100,17 +110,7 @@ def test_cuda_graphs_match_base_fp32(make_model, prompt_len, block_size):
 @torch.no_grad()
 def test_cuda_bf16_backends_agree(make_model):
     """bf16 draft and verify logits of the Triton path against the PyTorch path, at a larger GQA shape."""
-    model = make_model(
-        seed=30,
-        hidden_size=512,
-        intermediate_size=1024,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        head_dim=64,
-        num_hidden_layers=3,
-        initializer_range=0.02,
-    )
-    model = model.to("cuda", torch.bfloat16)
+    model = make_model(seed=30, **GQA_SHAPE).to("cuda", torch.bfloat16)
     ids = prompt(300, seed=30).cuda()
     logits = {}
     for backend in ("triton", "torch"):
@@ -174,18 +174,7 @@ def test_batch_invariant_greedy(make_model, prompt_len, block_size):
 @torch.no_grad()
 def test_batch_invariant_bf16_orthrus_equals_ar(make_model):
     """bf16 on the GPU, with CUDA graphs: Orthrus output is the engine's own AR output bit for bit."""
-    model = make_model(
-        seed=31,
-        hidden_size=512,
-        intermediate_size=1024,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        head_dim=64,
-        num_hidden_layers=3,
-        vocab_size=1000,
-        mask_token_id=999,
-        initializer_range=0.02,
-    ).to("cuda", torch.bfloat16)
+    model = make_model(seed=31, **GQA_SHAPE, vocab_size=1000, mask_token_id=999).to("cuda", torch.bfloat16)
     engine = OrthrusEngine(model, 512, batch_invariant=True)
     for seed in range(3):
         ids = prompt(100, seed=seed).cuda()
@@ -263,18 +252,7 @@ def test_pdl_cuda_graphs_same_bits_bf16(make_model, monkeypatch, batch_invariant
     would show here), and token-for-token the same greedy output. The products are tuned per PDL
     setting, so the PDL-off engine is given the PDL-on engine's choices."""
     monkeypatch.setattr(Matmul, "_timed", {})
-    model = make_model(
-        seed=32,
-        hidden_size=512,
-        intermediate_size=1024,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        head_dim=64,
-        num_hidden_layers=3,
-        vocab_size=1000,
-        mask_token_id=999,
-        initializer_range=0.02,
-    ).to("cuda", torch.bfloat16)
+    model = make_model(seed=32, **GQA_SHAPE, vocab_size=1000, mask_token_id=999).to("cuda", torch.bfloat16)
     ids = prompt(100, seed=32).cuda()
     engines, logits = [], []
     for pdl in (True, False):

@@ -2,11 +2,8 @@
 entry point `python -m scripts.evaluate`) on a tiny checkpoint saved to disk, and the tables from metrics files."""
 
 import json
-import os
 import re
 import shlex
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -26,8 +23,8 @@ from eval.prompts import encode_prompt
 from models.checkpoint import save_merged
 from models.orthrus import is_diffusion_param
 from models.sampling import SamplingParams
+from tests.tiny import REPO, run_python
 
-REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["def add(a, b):", "class Point:", "    return a", "x = 1", "import os", "self.y = y"]
 MAX_GEN = 12
 
@@ -198,15 +195,7 @@ def test_evaluate_cli_end_to_end(checkpoint, tmp_path):
         "context_sweep.max_new_tokens=6",
         f"hydra.run.dir={tmp_path / 'hydra'}",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "scripts.evaluate", *overrides],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_python("-m", "scripts.evaluate", *overrides, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "results" / "tiny"
     metrics = json.loads((out / "metrics.json").read_text())

@@ -92,33 +92,20 @@ def test_pit_false_alarm_rate_is_alpha():
     assert not pit_uniformity(torch.rand(5000, generator=g, dtype=torch.float64) ** 1.2)["passed"]
 
 
-def small_vocab_model(make_model):
-    return make_model(seed=11, vocab_size=12, mask_token_id=11, num_hidden_layers=1, initializer_range=0.1)
+def small_vocab_two_sample_test(make_model) -> dict:
+    """The two-sample test of 150 samples of 6 tokens from a 12-token model, one block of K = 6."""
+    model = make_model(seed=11, vocab_size=12, mask_token_id=11, num_hidden_layers=1, initializer_range=0.1)
+    return two_sample_test(
+        model, [3, 1, 4, 1, 5], SAMPLERS[0], max_new_tokens=6, num_samples=150, block_size=6, progress=False
+    )
 
 
 def test_two_sample_test_passes_for_orthrus(make_model):
-    out = two_sample_test(
-        small_vocab_model(make_model),
-        [3, 1, 4, 1, 5],
-        SAMPLERS[0],
-        max_new_tokens=6,
-        num_samples=150,
-        block_size=6,
-        progress=False,
-    )
+    out = small_vocab_two_sample_test(make_model)
     assert len(out["pvalues"]) == 6 and out["bonferroni_pvalue"] > ALPHA
 
 
 def test_two_sample_test_catches_a_broken_rule(make_model, monkeypatch):
     """Accepting every draft (no p/q test) draws from the drafter: the test must notice."""
     acceptance_rules.install(monkeypatch, acceptance_rules.accept_all)
-    out = two_sample_test(
-        small_vocab_model(make_model),
-        [3, 1, 4, 1, 5],
-        SAMPLERS[0],
-        max_new_tokens=6,
-        num_samples=150,
-        block_size=6,
-        progress=False,
-    )
-    assert out["bonferroni_pvalue"] < ALPHA
+    assert small_vocab_two_sample_test(make_model)["bonferroni_pvalue"] < ALPHA

@@ -12,34 +12,23 @@ How the two are made comparable:
     model work (the MFU convention): the step is measured with `checkpoint` made a plain call.
 """
 
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-import train.config  # registers data=synthetic
 import train.objective
+from tests.tiny import tiny_run
 from train.attention import ar_attention_mask, block_mask_mod, dense_mask
 from train.blocks import sample_blocks
 from train.data import batches
 from train.flops import block_pairs, causal_pairs, flop_terms, micro_batch_flops_breakdown
 from train.loop import Trainer
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
 TINY = [
-    "model=tiny",
-    "data=synthetic",
-    "logging.wandb.mode=disabled",
-    "logging.progress_bar=false",
-    "data.packed_dataset.seq_len=64",
     "data.synthetic_documents.max_length=40",
     "train.micro_batch_size=2",
-    "model.config.hidden_size=64",
     "model.config.intermediate_size=96",
     "model.config.num_hidden_layers=3",
-    "model.config.head_dim=16",
 ]
 MATMUL_OPS = ("aten.mm", "aten.addmm")
 ATTENTION_OPS = ("aten.bmm", "aten.baddbmm")
@@ -53,8 +42,7 @@ def old_rule(terms: dict) -> float:
 def measured_step(trainable: str, tmp_path, monkeypatch, *overrides, recompute: bool = False):
     """(counter FLOPs by op, formula terms, batch, blocks) of one real micro-step with backward;
     `recompute`: leave the loss chunks' checkpointing as it runs (recomputation counted)."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", [*TINY, f"model.trainable={trainable}", "objective.blocks_per_row=5", *overrides])
+    cfg = tiny_run(*TINY, f"model.trainable={trainable}", "objective.blocks_per_row=5", *overrides)
     trainer = Trainer(cfg, tmp_path)
     batch = next(batches(trainer.dataset, 2))
     blocks = sample_blocks(
@@ -139,8 +127,7 @@ def test_pretraining_matmul_flops_equal_flop_counter(tmp_path, monkeypatch):
     """objective.kind=next_token: every matrix learns, so the step is 3x its forward's matmuls."""
     from train.flops import layer_params, next_token_flops
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", [*TINY, "objective.kind=next_token"])
+    cfg = tiny_run(*TINY, "objective.kind=next_token")
     trainer = Trainer(cfg, tmp_path)
     batch = next(batches(trainer.dataset, 2))
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:

@@ -2,23 +2,18 @@
 
 import pytest
 import torch
-from transformers import Qwen3ForCausalLM
 
 import models.generate as gen
+from eval.fidelity import base_generate
+from models.engine import OrthrusEngine
 from models.generate import generate
 
 
 def base_greedy(model, ids, max_new_tokens, eos_token_id=None):
-    """The reference: transformers' own greedy generate on the same (frozen) weights."""
-    return Qwen3ForCausalLM.generate(
-        model,
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=eos_token_id,
-        pad_token_id=0,
-    )
+    """The reference, prompt included: transformers' own greedy generate on the same (frozen) weights
+    (eval.fidelity.base_generate; eos_token_id None: the model's generation config's)."""
+    new = base_generate(model, ids, max_new_tokens, eos_token_id=eos_token_id)
+    return torch.cat([ids, torch.tensor([new], dtype=ids.dtype, device=ids.device)], dim=1)
 
 
 def prompt(n, seed=1, vocab=95):
@@ -38,24 +33,34 @@ def test_matches_base_greedy(make_model, prompt_len, block_size):
     assert sum(out.emitted) + 1 == max_new  # +1: the prefill token
 
 
-def test_eos_inside_block_stops_like_base(make_model):
+def engine_generate(model, ids, max_new_tokens, **kwargs):
+    return OrthrusEngine(model, 96).generate(ids, max_new_tokens, **kwargs)
+
+
+# The checks that hold for every greedy decoder: the reference loop and the engine (PyTorch backend).
+decoders = pytest.mark.parametrize("decode", [generate, engine_generate], ids=["loop", "engine"])
+
+
+@decoders
+def test_eos_inside_block_stops_like_base(make_model, decode):
     model = make_model(seed=3)
     ids = prompt(6, seed=3)
     free = base_greedy(model, ids, 30)[0, 6:]
     eos = int(free[9])  # a token the base emits mid-sequence; decoding must stop at its first use
     ref = base_greedy(model, ids, 30, eos_token_id=eos)
-    out = generate(model, ids, 30, block_size=8, eos_token_id=eos)
+    out = decode(model, ids, 30, block_size=8, eos_token_id=eos)
     assert torch.equal(out.sequences, ref)
     assert out.finished_by_eos and out.sequences[0, -1] == eos
 
 
-def test_garbage_drafter_still_exact(make_model):
+@decoders
+def test_garbage_drafter_still_exact(make_model, decode):
     model = make_model(seed=4)
     with torch.no_grad():
-        for n, p in model.diffusion_named_parameters():
+        for _, p in model.diffusion_named_parameters():
             p.normal_(0, 1.0)
     ids = prompt(9, seed=4)
-    out = generate(model, ids, 40, block_size=8)
+    out = decode(model, ids, 40, block_size=8)
     assert torch.equal(out.sequences, base_greedy(model, ids, 40))
 
 

@@ -15,13 +15,6 @@ from models.shapes import QWEN3_SHAPES, shape_config
 from tests.tiny import TINY_QWEN3
 
 
-@pytest.fixture
-def qwen3_dir(tmp_path):
-    torch.manual_seed(0)
-    Qwen3ForCausalLM(Qwen3Config(**TINY_QWEN3)).save_pretrained(tmp_path / "qwen3")
-    return tmp_path / "qwen3"
-
-
 @pytest.mark.parametrize("name", sorted(QWEN3_SHAPES))
 def test_trainable_fraction_near_paper(name):
     """The paper trains ~16% of the parameters (Qwen3-8B); built on meta, no weights needed."""

@@ -7,28 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-import train.config  # noqa: F401  (registers data=synthetic)
 from eval.parity import TOLERANCES, judge_parity
+from tests.tiny import tiny_run
 from train.loop import Trainer
 from train.tracking import METRICS_FILE
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
 RUN = [
-    "model=tiny",
-    "data=synthetic",
-    "logging.wandb.mode=disabled",
-    "logging.progress_bar=false",
     "logging.log_every=1",
-    "data.packed_dataset.seq_len=64",
     "data.synthetic_documents.max_length=96",
     "objective.blocks_per_row=6",
     "data.synthetic_documents.num_documents=64",
-    "model.config.hidden_size=64",
-    "model.config.intermediate_size=128",
-    "model.config.num_hidden_layers=2",
-    "model.config.head_dim=16",
     "train.steps=5",
     "train.micro_batch_size=1",
     "train.grad_accum=4",
@@ -39,9 +28,7 @@ RUN = [
 
 
 def curve(run_dir: Path, break_run=None) -> list[dict]:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", RUN)
-    trainer = Trainer(cfg, run_dir)
+    trainer = Trainer(tiny_run(*RUN), run_dir)
     if break_run is not None:
         break_run(trainer)
     trainer.train()

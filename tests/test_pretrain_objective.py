@@ -4,32 +4,20 @@ base that loads like any other."""
 
 import json
 import math
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-import train.config  # noqa: F401  (registers the config resolvers)
 from models.checkpoint import load_orthrus
 from models.orthrus import is_diffusion_param
+from tests.tiny import tiny_run
 from train.loop import BASE_DIR, Trainer
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
 RUN = [
-    "model=tiny",
-    "data=synthetic",
     "objective.kind=next_token",
-    "logging.wandb.mode=disabled",
-    "logging.progress_bar=false",
     "logging.log_every=5",
-    "data.packed_dataset.seq_len=64",
     "data.synthetic_documents.num_documents=64",
     "data.synthetic_documents.max_length=96",
-    "model.config.hidden_size=64",
-    "model.config.intermediate_size=128",
-    "model.config.num_hidden_layers=2",
-    "model.config.head_dim=16",
     "model.config.vocab_size=64",
     "model.mask_token_id=63",
     "train.steps=30",
@@ -41,8 +29,7 @@ RUN = [
 
 
 def test_next_token_objective_pretrains_the_base(tmp_path):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        trainer = Trainer(compose("config", RUN), tmp_path)
+    trainer = Trainer(tiny_run(*RUN), tmp_path)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     assert all(p.requires_grad != is_diffusion_param(n) for n, p in trainer.model.named_parameters())
     last = trainer.train()

@@ -11,11 +11,11 @@ from data.packing import PackedDataset
 from eval.provenance import REPO_ROOT
 from models.shapes import shape_config
 from scripts import bench_train, dp_parity
-from tests.tiny import TINY_OVERRIDES
 from train import throughput
 from train.blocks import sample_blocks
 from train.data import batches, synthetic_documents
 from train.flops import FLOP_PARTS, micro_batch_flops_breakdown
+from train.model import load_preset
 
 
 def packed_rows(seq_len, n_docs=256, min_len=256, seed=0, **kw):
@@ -84,7 +84,6 @@ def run_bench(tmp_path, *extra):
         "1",
         "--steps",
         "2",
-        *(f"--override={o}" for o in TINY_OVERRIDES),
         *extra,
     ]
     report = bench_train.main(argv)
@@ -119,7 +118,8 @@ def test_bench_tiny_writes_json_markdown_and_plot(tmp_path):
         assert r["mfu"] == pytest.approx(f["total"] / r["step_time_s"] / peak, rel=1e-9)
         assert r["tokens_per_step_per_gpu"] == r["seq_len"]
         assert r["tokens_per_s_per_gpu"] == pytest.approx(r["seq_len"] / r["step_time_s"])
-        assert len(r["step_times_s_rank0"]) == 2 and r["blocks_per_row"] == r["seq_len"] // 16  # K = 8, half the row
+        K = load_preset("tiny").block_size  # blocks cover half the row
+        assert len(r["step_times_s_rank0"]) == 2 and r["blocks_per_row"] == r["seq_len"] // (2 * K)
         assert r["max_memory_gib"] is None  # CPU
     table = (out / "bench.md").read_text()
     assert table.count("\n| baseline | tiny | ") == len(results) and table.count("\n| tiny | ") == 1  # + parameters
@@ -147,7 +147,6 @@ def run_parity(tmp_path, backend):
         "--lr",
         "3e-3",
         "--",
-        *TINY_OVERRIDES,
         "optim.warmup_steps=2",
     ]
     assert dp_parity.main(argv) == 0, (tmp_path / "parity" / "runs" / "parity.log").read_text()[-3000:]
@@ -203,7 +202,6 @@ def test_bench_under_torchrun_with_zero2(tmp_path):
         "1",
         "--steps",
         "2",
-        *(f"--override={o}" for o in TINY_OVERRIDES),
     ]
     proc = subprocess.run(
         cmd, cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import GenerationMixin
 
 from models.checkpoint import load_orthrus
 from models.generate import generate
+from tests.test_greedy import base_greedy
 
 ART = Path(__file__).resolve().parent.parent / "artifacts" / "orthrus-small"
 NUM_PROMPTS = 3
@@ -43,20 +43,6 @@ def shipped():
     return model, tokenizer, prompts
 
 
-def base_greedy(model, ids: torch.Tensor) -> torch.Tensor:
-    """transformers' own greedy generate on the frozen base (GenerationMixin, so no subclass
-    override can route it through Orthrus); attention_mask of ones because eos == pad here."""
-    return GenerationMixin.generate(
-        model,
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=MAX_NEW_TOKENS,
-        do_sample=False,
-        eos_token_id=model.generation_config.eos_token_id,
-        pad_token_id=model.generation_config.pad_token_id,
-    )
-
-
 def test_card_and_sizes(shipped):
     model, tokenizer, prompts = shipped
     assert tokenizer.mask_token_id == model.config.mask_token_id == 3
@@ -75,7 +61,7 @@ def test_heldout_decoding_is_exact_and_drafts_are_accepted(shipped):
     for record in prompts:
         ids = torch.tensor([tokenizer.encode(record["prompt"])])
         out = generate(model, ids, MAX_NEW_TOKENS, block_size=K)
-        ref = base_greedy(model, ids)
+        ref = base_greedy(model, ids, MAX_NEW_TOKENS)  # stops at the base's own EOS, as generate does
         assert torch.equal(out.sequences, ref), f"Orthrus differs from the base model on {record['id']}"
         emitted += sum(out.emitted)
         iterations += len(out.emitted)

@@ -3,19 +3,15 @@
 import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.tiny import REPO, TINY_RUN, run_python
+
 FAST = [
-    "model=tiny",
-    "data=synthetic",  # the smallest run, not the embedded default (orthrus-small)
-    "logging.wandb.mode=disabled",
-    "logging.progress_bar=false",
+    *TINY_RUN,
     "logging.log_every=1",
-    "data.packed_dataset.seq_len=64",
     "data.synthetic_documents.num_documents=128",
     "train.micro_batch_size=2",
     "objective.blocks_per_row=4",
@@ -24,7 +20,7 @@ FAST = [
 
 
 def train_py(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    return run_python("train.py", *args, timeout=600)
 
 
 def steps_logged(run: Path) -> list[int]:

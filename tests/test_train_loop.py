@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-import train.config  # noqa: F401  (registers ${floor_div:...})
 from models.orthrus import is_diffusion_param
-from tests.tiny import TINY_OVERRIDES
+from tests.tiny import tiny_run
 from train.backend import TorchBackend
 from train.blocks import sample_blocks
 from train.checkpoint import CHECKPOINTS, DIFFUSION_DIR, list_checkpoints, trained_view
@@ -22,26 +20,18 @@ from train.flops import FLOP_PARTS
 from train.loop import Trainer, run
 from train.tracking import METRICS_FILE
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
 FAST = [
-    "model=tiny",
-    "data=synthetic",  # the smallest run, not the embedded default (orthrus-small)
-    "logging.wandb.mode=disabled",
-    "logging.progress_bar=false",
     "logging.log_every=1",
-    "data.packed_dataset.seq_len=64",
     "data.synthetic_documents.num_documents=256",
     "data.synthetic_documents.max_length=96",
     "train.micro_batch_size=2",
     "objective.blocks_per_row=6",
-    *TINY_OVERRIDES,
     "optim.warmup_steps=3",
 ]
 
 
 def compose_cfg(*overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=[*FAST, *overrides])
+    return tiny_run(*FAST, *overrides)
 
 
 def records(run_dir) -> list[dict]:
@@ -60,7 +50,10 @@ def test_loss_falls(tmp_path):
         tmp_path,
     )
     batch = next(batches(trainer.dataset, 8))
-    blocks = sample_blocks(batch, blocks_per_row=16, block_size=8, mask_token_id=511, num_denoise_steps=1, seed=123)
+    mask = trainer.model.config.mask_token_id
+    blocks = sample_blocks(
+        batch, blocks_per_row=16, block_size=trainer.block_size, mask_token_id=mask, num_denoise_steps=1, seed=123
+    )
     with torch.no_grad():
         before = trainer.objective(batch, blocks)[0].item()
     trainer.train()
@@ -70,7 +63,11 @@ def test_loss_falls(tmp_path):
     log = records(tmp_path)
     assert len(log) == 30 and sum(r["loss"] for r in log[-5:]) < sum(r["loss"] for r in log[:5])
     last = log[-1]
-    assert len(last["acc"]) == 7 and last["tokens"] == 30 * 2 * 64 and last["tokens_per_s_per_gpu"] > 0
+    assert (
+        len(last["acc"]) == trainer.block_size - 1
+        and last["tokens"] == 30 * 2 * 64
+        and last["tokens_per_s_per_gpu"] > 0
+    )
     assert (last["mfu"] is None) == (not torch.cuda.is_available())  # MFU needs a GPU peak: n/a on the CPU
 
 
@@ -85,7 +82,10 @@ def test_only_the_diffusion_view_learns(tmp_path, trainable):
     base_before = {n: p.detach().clone() for n, p in model.named_parameters() if not is_diffusion_param(n)}
 
     batch = next(batches(trainer.dataset, 2))
-    blocks = sample_blocks(batch, blocks_per_row=6, block_size=8, mask_token_id=511, num_denoise_steps=1, seed=0)
+    mask = model.config.mask_token_id
+    blocks = sample_blocks(
+        batch, blocks_per_row=6, block_size=trainer.block_size, mask_token_id=mask, num_denoise_steps=1, seed=0
+    )
     trainer.backend.micro_step(batch, blocks, last=True)
     for name, p in model.named_parameters():
         if name in expected:

@@ -1,18 +1,39 @@
-"""The tests' Qwen3 architecture: a few thousand parameters with GQA, fast in fp32 on a CPU. It is smaller
-than conf/model/tiny.yaml (the tiny model of runs); tests that compose model=tiny shrink it with TINY_OVERRIDES.
-initializer_range is raised from 0.02 so logits are far from uniform: greedy ties and near-uniform
-sampling would hide mistakes."""
+"""What many tests share: the tiny model (conf/model/tiny.yaml, the one tiny model of runs and tests) and the
+Hydra overrides of a short CPU training run on it."""
 
-TINY_QWEN3 = dict(
-    vocab_size=96,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    initializer_range=0.15,
-)
-TINY_OVERRIDES = [
-    f"model.config.{k}={TINY_QWEN3[k]}" for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "head_dim")
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from train.config import compose
+from train.model import load_preset
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_QWEN3 = load_preset("tiny").config  # its Qwen3 fields, for plain Qwen3 checkpoints of the same shape
+TINY_RUN = [
+    "model=tiny",
+    "data=synthetic",  # the smallest run, not the embedded default (orthrus-small)
+    "logging.wandb.mode=disabled",
+    "logging.progress_bar=false",
+    "data.packed_dataset.seq_len=64",
 ]
+SUBPROCESS_ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def tiny_run(*overrides: str):
+    """conf/config.yaml composed for a short CPU run of the tiny model, `overrides` on top."""
+    return compose([*TINY_RUN, *overrides])
+
+
+def run_python(*args: str, timeout: int) -> subprocess.CompletedProcess:
+    """`python ARGS` from the repository root, one thread, offline; output captured."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=timeout
+    )

@@ -14,11 +14,13 @@ diffusion view is frozen.
 from dataclasses import dataclass, field
 
 import torch
+from omegaconf import OmegaConf
 
 from models.checkpoint import load_diffusion_view, load_orthrus
 from models.config import OrthrusConfig
 from models.orthrus import DIFFUSION_MODULES, OrthrusForCausalLM, is_diffusion_param
 from models.shapes import QWEN3_SHAPES
+from train.config import CONF
 
 
 @dataclass
@@ -70,14 +72,11 @@ def build_model(
             cfg.base, cfg.diffusion, block_size=cfg.block_size, mask_token_id=mask_token_id, dtype=dtype, device=device
         )
     else:
-        fields = {**QWEN3_SHAPES.get(cfg.shape, {}), **cfg.config}
-        if cfg.block_size is not None:
-            fields["block_size"] = cfg.block_size
-        if mask_token_id is not None:
-            fields["mask_token_id"] = mask_token_id
         torch.manual_seed(seed)
         with torch.device(device):  # initialise in place: an 8B model on the CPU takes minutes
-            model = OrthrusForCausalLM._from_config(OrthrusConfig(**fields), dtype=dtype)
+            model = OrthrusForCausalLM._from_config(
+                OrthrusConfig(**random_config_fields(cfg, mask_token_id)), dtype=dtype
+            )
         model.init_diffusion_from_ar()
         if cfg.diffusion is not None:
             load_diffusion_view(model, cfg.diffusion)
@@ -91,3 +90,24 @@ def build_model(
             if p.requires_grad:
                 p.data = p.data.float()
     return model
+
+
+def random_config_fields(cfg: ModelConfig, mask_token_id: int | None) -> dict:
+    """The OrthrusConfig fields of random weights: the named `shape`, then `config`, then K and the mask token."""
+    fields = {**QWEN3_SHAPES.get(cfg.shape, {}), **cfg.config}
+    if cfg.block_size is not None:
+        fields["block_size"] = cfg.block_size
+    if mask_token_id is not None:
+        fields["mask_token_id"] = mask_token_id
+    return fields
+
+
+def load_preset(name: str) -> ModelConfig:
+    """conf/model/<name>.yaml as a ModelConfig (outside Hydra: for code that builds the preset directly)."""
+    return ModelConfig(**OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{name}.yaml")))
+
+
+def preset_config(name: str, **overrides) -> OrthrusConfig:
+    """The OrthrusConfig of random-weight preset conf/model/<name>.yaml (e.g. `tiny`), `overrides` on top."""
+    cfg = load_preset(name)
+    return OrthrusConfig(**{**random_config_fields(cfg, cfg.mask_token_id), **overrides})
