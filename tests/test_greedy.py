@@ -7,6 +7,7 @@ import models.generate as gen
 from eval.fidelity import base_generate
 from models.engine import OrthrusEngine
 from models.generate import generate
+from tests.tiny import TINY
 
 
 def base_greedy(model, ids, max_new_tokens, eos_token_id=None):
@@ -16,7 +17,8 @@ def base_greedy(model, ids, max_new_tokens, eos_token_id=None):
     return torch.cat([ids, torch.tensor([new], dtype=ids.dtype, device=ids.device)], dim=1)
 
 
-def prompt(n, seed=1, vocab=95):
+def prompt(n, seed=1, vocab=TINY.mask_token_id):
+    """n random token ids below the tiny model's mask token."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (1, n), generator=g)
 

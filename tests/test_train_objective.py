@@ -8,12 +8,13 @@ import train.objective as objective_module
 from data.packing import PackedRows
 from models.compat import cache_kwargs
 from models.orthrus import prefix_attend
+from tests.tiny import TINY
 from train.attention import ar_attention_mask, block_mask_mod, dense_mask, training_attend
 from train.blocks import build_blocks, sample_anchors, sample_blocks, segment_starts
 from train.flops import block_pairs, causal_pairs
 from train.objective import DistillationObjective, ObjectiveConfig, target_weights, teacher_pass
 
-MASK = 95  # the conftest tiny model's mask_token_id
+MASK = TINY.mask_token_id  # the tiny model's (conf/model/tiny.yaml): every token below it is text
 DOC_LENGTHS = [5, 30, 3, 17, 40, 9, 22, 60, 2, 11, 1, 25]
 
 

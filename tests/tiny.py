@@ -1,5 +1,5 @@
-"""What many tests share: the tiny model (conf/model/tiny.yaml, the one tiny model of runs and tests) and the
-Hydra overrides of a short CPU training run on it."""
+"""What many tests share: the tiny model (conf/model/tiny.yaml, the one tiny model of runs and tests), the
+Hydra overrides of a short CPU training run on it, and running `python ...` from the repository root."""
 
 import os
 import subprocess
@@ -10,7 +10,8 @@ from train.config import compose
 from train.model import load_preset
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_QWEN3 = load_preset("tiny").config  # its Qwen3 fields, for plain Qwen3 checkpoints of the same shape
+TINY = load_preset("tiny")
+TINY_QWEN3 = TINY.config  # its Qwen3 fields, for plain Qwen3 checkpoints of the same shape
 TINY_RUN = [
     "model=tiny",
     "data=synthetic",  # the smallest run, not the embedded default (orthrus-small)
