@@ -150,14 +150,14 @@ def _store_result(
         tl.store(l_part_ptr + part, l_i)
 
 
-@triton.jit(do_not_specialize=["ctx_len"])
-def _diffusion_attention_kernel(
+@triton.jit(do_not_specialize=["length"])
+def _attention_kernel(
     q_ptr,
     k_cache_ptr,
     v_cache_ptr,
     k_blk_ptr,
     v_blk_ptr,
-    ctx_len,
+    length,
     len_stride,
     out_ptr,
     o_part_ptr,
@@ -193,116 +193,25 @@ def _diffusion_attention_kernel(
     LEN_ON_DEVICE: tl.constexpr,
     WRITE_FINAL: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    USE_PDL: tl.constexpr,
-):
-    """Grid (B * Hkv, row blocks, num_splits). Cache tiles [0, ctx_len[b]) are dealt to the splits;
-    split 0 also takes the K block keys. No mask between block queries and block keys."""
-    if USE_PDL:
-        tl.extra.cuda.gdc_launch_dependents()  # see _verify_attention_kernel
-        tl.extra.cuda.gdc_wait()  # q, the caches and the length all come from earlier kernels
-    batch, kv_head, offs_m, offs_d, row_mask, head, pos, q = _load_query_rows(
-        q_ptr, stride_qb, stride_qh, stride_qt, num_kv_heads, GROUP, BLOCK_LEN, HEAD_DIM, BLOCK_M
-    )
-    m_i = tl.full([BLOCK_M], _M_INIT, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-
-    n_ctx = _read_length(ctx_len, batch, len_stride, LEN_ON_DEVICE)
-    n_tiles, tiles_per_split, used_splits = _split_layout(n_ctx, num_splits, BLOCK_N)
-    tile_lo = tl.program_id(2) * tiles_per_split
-    tile_hi = tl.minimum(tile_lo + tiles_per_split, n_tiles)
-    k_base = k_cache_ptr + batch * stride_kcb + kv_head * stride_kch
-    v_base = v_cache_ptr + batch * stride_vcb + kv_head * stride_vch
-    for tile in range(tile_lo, tile_hi):
-        offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        kv_mask = offs_n < n_ctx
-        k_t = tl.load(k_base + offs_n[None, :] * stride_kct + offs_d[:, None], mask=kv_mask[None, :], other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vct + offs_d[None, :], mask=kv_mask[:, None], other=0.0)
-        m_i, l_i, acc = _online_softmax_step(q, k_t, v, kv_mask[None, :], m_i, l_i, acc, qk_scale, DOT_PRECISION)
-
-    if tl.program_id(2) == 0:
-        offs_b = tl.arange(0, BLOCK_B)
-        blk_mask = offs_b < BLOCK_LEN
-        kb_base = k_blk_ptr + batch * stride_kbb + kv_head * stride_kbh
-        vb_base = v_blk_ptr + batch * stride_vbb + kv_head * stride_vbh
-        k_t = tl.load(kb_base + offs_b[None, :] * stride_kbt + offs_d[:, None], mask=blk_mask[None, :], other=0.0)
-        v = tl.load(vb_base + offs_b[:, None] * stride_vbt + offs_d[None, :], mask=blk_mask[:, None], other=0.0)
-        m_i, l_i, acc = _online_softmax_step(q, k_t, v, blk_mask[None, :], m_i, l_i, acc, qk_scale, DOT_PRECISION)
-
-    _store_result(
-        out_ptr,
-        o_part_ptr,
-        m_part_ptr,
-        l_part_ptr,
-        acc,
-        m_i,
-        l_i,
-        batch,
-        head,
-        pos,
-        offs_m,
-        row_mask,
-        offs_d,
-        num_splits,
-        used_splits,
-        stride_ob,
-        stride_oh,
-        stride_ot,
-        GROUP,
-        BLOCK_LEN,
-        HEAD_DIM,
-        BLOCK_M,
-        WRITE_FINAL,
-    )
-
-
-@triton.jit(do_not_specialize=["start"])
-def _verify_attention_kernel(
-    q_ptr,
-    k_cache_ptr,
-    v_cache_ptr,
-    start,
-    len_stride,
-    out_ptr,
-    o_part_ptr,
-    m_part_ptr,
-    l_part_ptr,
-    stride_qb,
-    stride_qh,
-    stride_qt,
-    stride_kcb,
-    stride_kch,
-    stride_kct,
-    stride_vcb,
-    stride_vch,
-    stride_vct,
-    stride_ob,
-    stride_oh,
-    stride_ot,
-    num_kv_heads,
-    num_splits,
-    qk_scale,
-    GROUP: tl.constexpr,
-    BLOCK_LEN: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    LEN_ON_DEVICE: tl.constexpr,
-    WRITE_FINAL: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DRAFT: tl.constexpr,
     POSITIONS: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    """Grid (B * Hkv, row blocks, num_splits). Cache tiles [0, start + K) are dealt to the splits;
-    block query i attends to keys [0, start + i]. Batch element b reads cache slot b // POSITIONS and
-    starts at that slot's start + b % POSITIONS (POSITIONS > 1: the per-position layout of
-    `verify_attention`)."""
+    """Grid (B * Hkv, row blocks, num_splits). Batch element b reads cache slot b // POSITIONS, whose
+    length is n = length[slot] + b % POSITIONS (POSITIONS > 1: the per-position layout of
+    `verify_attention`).
+
+    DRAFT (the diffusion pass): cache tiles [0, n) are dealt to the splits and every block query sees
+    them all; split 0 also takes the K block keys (k_blk/v_blk), with no mask between block queries and
+    block keys. Otherwise (the verify pass; the block is already in the cache): cache tiles [0, n + K)
+    are dealt to the splits and block query i sees keys [0, n + i].
+    """
     if USE_PDL:
         # Let the combine kernel, and through it the o product, launch now: attention is latency-bound
         # (a few KB of keys per program), so the product's weight prefetch has the memory bus to
         # itself meanwhile. Measured on an H100: -0.25 ms per K = 8 iteration at Qwen3-8B.
         tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()  # q, the cache (this block's keys/values too) and start come from earlier kernels
+        tl.extra.cuda.gdc_wait()  # q, the caches (with the verify block) and the length come from earlier kernels
     batch, kv_head, offs_m, offs_d, row_mask, head, pos, q = _load_query_rows(
         q_ptr, stride_qb, stride_qh, stride_qt, num_kv_heads, GROUP, BLOCK_LEN, HEAD_DIM, BLOCK_M
     )
@@ -311,9 +220,13 @@ def _verify_attention_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
     slot = batch // POSITIONS
-    n_start = _read_length(start, slot, len_stride, LEN_ON_DEVICE) + batch % POSITIONS
-    kv_len = n_start + BLOCK_LEN
-    last_key = n_start + pos  # causal: the query at position start + i sees keys up to itself
+    n = _read_length(length, slot, len_stride, LEN_ON_DEVICE) + batch % POSITIONS
+    if DRAFT:
+        kv_len = n
+        last_key = pos * 0 + n - 1  # the whole context, for every query
+    else:
+        kv_len = n + BLOCK_LEN
+        last_key = n + pos  # causal: the query at position n + i sees keys up to itself
     n_tiles, tiles_per_split, used_splits = _split_layout(kv_len, num_splits, BLOCK_N)
     tile_lo = tl.program_id(2) * tiles_per_split
     tile_hi = tl.minimum(tile_lo + tiles_per_split, n_tiles)
@@ -324,8 +237,18 @@ def _verify_attention_kernel(
         kv_mask = offs_n < kv_len
         k_t = tl.load(k_base + offs_n[None, :] * stride_kct + offs_d[:, None], mask=kv_mask[None, :], other=0.0)
         v = tl.load(v_base + offs_n[:, None] * stride_vct + offs_d[None, :], mask=kv_mask[:, None], other=0.0)
-        causal = offs_n[None, :] <= last_key[:, None]
-        m_i, l_i, acc = _online_softmax_step(q, k_t, v, causal, m_i, l_i, acc, qk_scale, DOT_PRECISION)
+        visible = offs_n[None, :] <= last_key[:, None]
+        m_i, l_i, acc = _online_softmax_step(q, k_t, v, visible, m_i, l_i, acc, qk_scale, DOT_PRECISION)
+
+    if DRAFT:
+        if tl.program_id(2) == 0:
+            offs_b = tl.arange(0, BLOCK_B)
+            blk_mask = offs_b < BLOCK_LEN
+            kb_base = k_blk_ptr + batch * stride_kbb + kv_head * stride_kbh
+            vb_base = v_blk_ptr + batch * stride_vbb + kv_head * stride_vbh
+            k_t = tl.load(kb_base + offs_b[None, :] * stride_kbt + offs_d[:, None], mask=blk_mask[None, :], other=0.0)
+            v = tl.load(vb_base + offs_b[:, None] * stride_vbt + offs_d[None, :], mask=blk_mask[:, None], other=0.0)
+            m_i, l_i, acc = _online_softmax_step(q, k_t, v, blk_mask[None, :], m_i, l_i, acc, qk_scale, DOT_PRECISION)
 
     _store_result(
         out_ptr,
@@ -526,10 +449,9 @@ def _outputs(q, kv_heads: int, launch: _Launch):
     return out, o_part, m_part, l_part
 
 
-def _attend(
-    kernel, q, caches, length, scale, num_splits, kv_len_bound, block_in_cache, positions=1, pdl=False, **consts
-):
-    """Plan, launch `kernel` over q and `caches` (k_cache, v_cache[, k_blk, v_blk]) and combine the splits.
+def _attend(q, caches, length, scale, num_splits, kv_len_bound, draft, positions=1, block_b=16, pdl=False):
+    """Plan, launch `_attention_kernel` over q and `caches` (k_cache, v_cache, k_blk, v_blk; the verify
+    pass passes its cache as the unused block) and combine the splits.
 
     length: the checked (argument, on_device, stride) of `_check_length`. positions > 1: q's batch
     element b belongs to cache slot b // positions and is tiled as a one-query call alone would be
@@ -538,7 +460,9 @@ def _attend(
     kv_heads = caches[0].shape[1]
     launch = _plan(q[:1] if positions > 1 else q, kv_heads, kv_len_bound, num_splits)
     out, o_part, m_part, l_part = _outputs(q, kv_heads, launch)
-    kernel[(q.shape[0] * kv_heads, launch.rows_pad // launch.block_m, launch.num_splits)](
+    shape = dict(GROUP=launch.group, BLOCK_LEN=q.shape[2], HEAD_DIM=q.shape[3], BLOCK_N=launch.block_n)
+    shape.update(LEN_ON_DEVICE=on_device, POSITIONS=positions, **launch_options(pdl, q.device))
+    _attention_kernel[(q.shape[0] * kv_heads, launch.rows_pad // launch.block_m, launch.num_splits)](
         q,
         *caches,
         length,
@@ -553,17 +477,13 @@ def _attend(
         kv_heads,
         launch.num_splits,
         scale * LOG2E,
-        GROUP=launch.group,
-        BLOCK_LEN=q.shape[2],
-        HEAD_DIM=q.shape[3],
         BLOCK_M=launch.block_m,
-        BLOCK_N=launch.block_n,
-        LEN_ON_DEVICE=on_device,
+        BLOCK_B=block_b,
         WRITE_FINAL=launch.num_splits == 1,
         DOT_PRECISION=_dot_precision(q.dtype),
+        DRAFT=draft,
         num_warps=launch.num_warps,
-        **consts,
-        **launch_options(pdl, q.device),
+        **shape,
     )
     if launch.num_splits == 1:
         return out  # the attention kernel normalised and wrote it
@@ -583,17 +503,11 @@ def _attend(
         *out.stride()[:3],
         kv_heads,
         launch.num_splits,
-        GROUP=launch.group,
-        BLOCK_LEN=q.shape[2],
-        HEAD_DIM=q.shape[3],
         ROWS_PAD=launch.rows_pad,
-        BLOCK_N=launch.block_n,
         BLOCK_R=block_r,
         BLOCK_S=triton.next_power_of_2(launch.num_splits),
-        LEN_ON_DEVICE=on_device,
-        BLOCK_IN_CACHE=block_in_cache,
-        POSITIONS=positions,
-        **launch_options(pdl, out.device),
+        BLOCK_IN_CACHE=not draft,
+        **shape,
     )
     return out
 
@@ -629,18 +543,8 @@ def diffusion_attention(
         )
     length = _check_length("ctx_len", ctx_len, q.device, max_len, batch)
     bound = max_len if length[1] else length[0]
-    return _attend(
-        _diffusion_attention_kernel,
-        q,
-        (k_cache, v_cache, k_blk, v_blk),
-        length,
-        scale,
-        num_splits,
-        bound,
-        False,
-        pdl=pdl,
-        BLOCK_B=max(16, triton.next_power_of_2(block_len)),
-    )
+    block_b = max(16, triton.next_power_of_2(block_len))
+    return _attend(q, (k_cache, v_cache, k_blk, v_blk), length, scale, num_splits, bound, True, 1, block_b, pdl)
 
 
 def verify_attention(
@@ -677,17 +581,6 @@ def verify_attention(
     _, _, k, _, _, max_len = _check_qkv(q, k_cache, v_cache, {"k_cache": k_cache, "v_cache": v_cache}, positions)
     length = _check_length("start", start, q.device, max_len - block_len, batch)
     bound = max_len if length[1] else length[0] + k  # k: the keys past start one batch element adds
-    out = _attend(
-        _verify_attention_kernel,
-        q,
-        (k_cache, v_cache),
-        length,
-        scale,
-        num_splits,
-        bound,
-        True,
-        positions,
-        pdl,
-        POSITIONS=positions,
-    )
+    caches = (k_cache, v_cache, k_cache, v_cache)  # the block is in the cache: no block buffers
+    out = _attend(q, caches, length, scale, num_splits, bound, False, positions, pdl=pdl)
     return out.view(batch, block_len, heads, head_dim).transpose(1, 2) if per_position else out
