@@ -54,7 +54,7 @@ from models.engine_ops import TorchOps, TritonOps
 from models.generate import GenerationResult
 from models.orthrus import OrthrusForCausalLM
 from models.sampling import SamplingParams
-from models.serving import DRAFT_MODES, Server
+from models.serving import DRAFT_MODES, Server, request_seed
 
 __all__ = ["DRAFT_MODES", "OrthrusEngine", "StaticKVCache"]
 
@@ -365,7 +365,7 @@ class OrthrusEngine:
         """
         server = Server(self, block_size, drafts)
         sampled = not request.get("sampling", SamplingParams()).greedy
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if sampled else None
+        seed = request_seed(generator) if sampled else None
         server.submit(input_ids, max_new_tokens, seed=seed, **request)
         return next(iter(server))[1]
 

@@ -56,15 +56,22 @@ class _Request:
 
 
 class Server:
-    """A request queue over one `OrthrusEngine` at one block size K (every slot decodes the same K)."""
+    """A request queue over one `OrthrusEngine` at one block size K (every slot decodes the same K),
+    decoding up to `batch_size` requests at once (default: all of the engine's slots)."""
 
-    def __init__(self, engine, block_size: int | None = None, drafts: str = "sampled"):
+    def __init__(self, engine, block_size: int | None = None, drafts: str = "sampled", batch_size: int | None = None):
         if drafts not in DRAFT_MODES:
             raise ValueError(f"drafts={drafts!r}: choose one of {DRAFT_MODES}")
+        batch_size = engine.max_batch_size if batch_size is None else batch_size
+        if not 1 <= batch_size <= engine.max_batch_size:
+            raise ValueError(
+                f"batch_size={batch_size}: this engine has max_batch_size={engine.max_batch_size} slots; "
+                "build it with more"
+            )
         self.engine, self.drafts = engine, drafts
         self.K = engine.config.block_size if block_size is None else block_size
         engine.steps(self.K)  # checks K against the engine before any request is taken
-        self.slots: list[_Request | None] = [None] * engine.max_batch_size
+        self.slots: list[_Request | None] = [None] * batch_size
         self.waiting: deque[_Request] = deque()
         self.reader = _ReadBack(engine.max_batch_size * (self.K + 1), engine.device)
         self._finished: list[tuple[int, GenerationResult]] = []
@@ -100,7 +107,7 @@ class Server:
                 f"rows; this engine has max_seq_len={e.cache.max_seq_len} per slot. Build it with a larger one."
             )
         if seed is None and not sampling.greedy:
-            seed = int(torch.randint(0, 2**62, (1,)))
+            seed = request_seed(None)
         request = _Request(
             id=self._next_id,
             prompt=input_ids,
@@ -207,6 +214,13 @@ class Server:
                 r.streamer.end()
             self._finished.append((r.id, res))
         return len(tokens)
+
+
+def request_seed(generator: torch.Generator | None) -> int:
+    """A request's sampler seed: one draw from `generator` (None: torch's default generator), on the
+    generator's own device, so a seeded generator reproduces a run."""
+    device = generator.device if generator is not None else "cpu"
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=device))
 
 
 class _ReadBack:

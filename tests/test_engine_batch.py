@@ -11,6 +11,7 @@ import torch
 
 import kernels.attention
 import kernels.sample
+from eval.runner import EngineDecode, decode_prompts, measure_block_sizes
 from models.engine import OrthrusEngine
 from models.engine_ops import TorchOps
 from models.sampling import SamplingParams
@@ -211,3 +212,19 @@ def test_clear_errors(make_model):
         Server(engine, 4, drafts="beam")
     with pytest.raises(ValueError, match="shape"):
         server.submit(torch.zeros(2, 3, dtype=torch.long), 4)
+
+
+@pytest.mark.parametrize("sampling", [SamplingParams(), SamplingParams(0.8, 10)], ids=str)
+def test_eval_serves_prompt_sets_with_one_by_one_outputs(make_model, sampling):
+    """eval.runner with a batched EngineDecode (evaluation's default) decodes a prompt set through the queue
+    with the outputs of one call per prompt (same seeds), and labels its rows with the batch size."""
+    model = make_model(seed=11)
+    prompts = [prompt(L, seed=50 + L)[0].tolist() for L in (3, 9, 1, 14, 6)]
+    kw = dict(block_size=4, max_new_tokens=10, sampling=sampling, seed=7, progress=False)
+    one_by_one = decode_prompts(model, prompts, decode_fn=EngineDecode(S), **kw)
+    batched = decode_prompts(model, prompts, decode_fn=EngineDecode(S, batch_size=2), **kw)
+    assert [r.sequences.tolist() for r in batched.results] == [r.sequences.tolist() for r in one_by_one.results]
+    assert batched.batch_size == 2 and batched.wall_seconds > 0 and one_by_one.wall_seconds is None
+    del kw["block_size"]
+    rows, _ = measure_block_sizes(model, prompts, [1, 4], decode_fn=EngineDecode(S, batch_size=2), **kw)
+    assert [r["batch_size"] for r in rows] == [2, 2] and rows[0]["speedup"] == 1.0
