@@ -150,6 +150,19 @@ def test_sampled_batch_equals_alone(make_model, monkeypatch, drafts, broken):
     assert sum(sum(a.accepted) for a in alone) > 0, "no draft accepted: acceptance went untested"
 
 
+def test_triton_sampled_batch_equals_torch_alone(make_model):
+    """Per-slot sampling kernels (interpreted off the GPU) in a batch draw what the PyTorch path draws alone."""
+    model = make_model(seed=6)
+    subs = [
+        dict(input_ids=prompt(L, seed=20 + L), max_new_tokens=6, sampling=p, seed=30 + L, at=at)
+        for L, p, at in ((4, SamplingParams(1.0), 0), (7, SamplingParams(0.7, 8, 0.9), 0), (2, SamplingParams(), 1))
+    ]
+    alone = [serve(Server(OrthrusEngine(model, 32), 4), [s])[0][0] for s in subs]
+    engine = OrthrusEngine(model, 32, backend="triton", cuda_graphs=False, max_batch_size=2)
+    batched, _ = serve(Server(engine, 4), subs)
+    assert [(r.sequences.tolist(), r.accepted) for r in batched] == [(r.sequences.tolist(), r.accepted) for r in alone]
+
+
 def test_streamers_per_request(make_model):
     model = make_model(seed=8)
     subs, _ = greedy_case(model, [(3, 9, 0, None), (7, 5, 0, None), (2, 8, 1, None)])
