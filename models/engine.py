@@ -4,17 +4,19 @@ Same algorithm as the reference loop in `models/generate.py` (draft a block with
 view, verify it with the AR view, keep the longest agreeing prefix plus one AR token), built so
 that one iteration costs about two reads of the weights:
 
-* One preallocated KV cache of `max_seq_len` rows, shared by both views. The number of valid rows
-  (`start`) and the last emitted token (`last`) live in device tensors: the verify pass writes
-  the block at rows start..start+K-1, and "cropping" to the accepted length is `start += n + 1`.
-  Rows past `start` are stale and are overwritten before anything reads them.
+* One preallocated KV cache, shared by both views, with a slot of `max_seq_len` rows per concurrent
+  sequence (`max_batch_size` slots). Each slot's number of valid rows (`start`) and last emitted
+  token (`last`) live in device tensors: the verify pass writes a slot's block at its rows
+  start..start+K-1, and "cropping" to the accepted length is `start += n + 1`. Rows past `start`
+  are stale and are overwritten before anything reads them.
 * The engine's own forward over the model's weight tensors (no copies, unless `fuse_qkv`), with
   fused elementwise kernels and the `kernels/` decode attention (`models/engine_ops.py`), instead
   of `transformers`' per-layer Python and mask building.
-* Each step of an iteration (draft pass, verify pass, greedy acceptance) is captured once per
-  block size K as a CUDA graph and replayed. Greedy acceptance and the bonus token are computed on
-  the device, so an iteration reads back one small tensor: the accepted length and the K AR
-  tokens (`_Steps.packed`).
+* An iteration runs B slots in one draft and one verify pass (B * K token rows; each slot attends to
+  its own length). Each step (draft pass, verify pass, acceptance) is captured once per block size
+  K and batch-size bucket B as a CUDA graph and replayed. Acceptance and the bonus token are
+  computed on the device, so an iteration reads back one small tensor: per slot the accepted length
+  and the emitted tokens (`_Steps.packed`).
 
 * Matrix products go through `kernels.matmul.Matmul`: on CUDA, per weight shape and row tile, the
   faster of cuBLAS and a skinny Triton kernel built to stream weights at decode shapes; gate and up
@@ -37,11 +39,9 @@ sampled from the diffusion view or greedy, speculative rejection sampling with a
 random generator seeded per request), captured in graphs beside the passes, so a sampled
 iteration also reads back one small tensor.
 
-The host loop keeps two iterations in flight: each iteration's result is copied to pinned host
-memory without blocking, and the host reads it while the next iteration runs (the device state
-already says where that one starts). EOS and max_new_tokens are applied on the host, one iteration
-late; the extra iteration this launches past the end is discarded (it writes only cache rows past
-the output, inside the rows a request already reserves).
+The host loop is `models.serving.Server`, a request queue with continuous batching: requests join
+free slots between iterations and leave when done, two iterations in flight, EOS and max_new_tokens
+applied on the host one iteration late. `generate` is one request through it.
 """
 
 import torch
