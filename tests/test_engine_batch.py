@@ -241,3 +241,31 @@ def test_eval_serves_prompt_sets_with_one_by_one_outputs(make_model, sampling):
     del kw["block_size"]
     rows, _ = measure_block_sizes(model, prompts, [1, 4], decode_fn=EngineDecode(S, batch_size=2), **kw)
     assert [r["batch_size"] for r in rows] == [2, 2] and rows[0]["speedup"] == 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@torch.no_grad()
+def test_batch_invariant_verify_independent_of_batch(make_model, dtype):
+    """batch_invariant: each slot's verify logits in a pass over 3 ragged slots are bitwise those of the
+    same block alone at batch 1 (so bf16 outputs do not depend on the batch size). GPU only: Triton's
+    interpreter multiplies tiles with numpy, whose BLAS rounds a row differently by its position in the
+    tile (rows 6-11 of 18 differ from the same rows alone), which a GPU's MMA does not."""
+    device = "cuda"
+    model = make_model(seed=23).to(device, dtype)
+    kw = dict(backend="triton", cuda_graphs=device == "cuda", batch_invariant=True)
+    batched = OrthrusEngine(model, 64, max_batch_size=3, **kw)
+    single = OrthrusEngine(model, 64, **kw)
+    cases = [(prompt(L, seed=L).to(device)[0], prompt(6, seed=L + 1).to(device)[0]) for L in (11, 3, 30)]
+    steps = batched.steps(6, 3)
+    for slot, (ids, tokens) in enumerate(cases):
+        batched.prefill(ids, slot)
+        batched.last[slot] = tokens[0]
+        steps.block[slot, 1:].copy_(tokens[1:])
+    logits = steps.verify().view(3, 6, -1).clone()
+    for slot, (ids, tokens) in enumerate(cases):
+        single.prefill(ids)
+        single.last.fill_(int(tokens[0]))
+        alone = single.steps(6)
+        alone.block[0, 1:].copy_(tokens[1:])
+        assert torch.equal(alone.verify(), logits[slot])
