@@ -205,15 +205,19 @@ def memory_per_request(shape: str, context: int, K: int, drafter: str = "qwen3_1
         return c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * dtype_bytes
 
     base = context * kv_row(shape)
+    sizes = {
+        "ar": base,
+        "orthrus": base,
+        "orthrus_transient_draft": K * kv_row(shape),
+        "separate_drafter": base + context * kv_row(drafter),
+    }
     return {
         "shape": shape,
         "context": context,
         "block_size": K,
-        "ar_bytes": base,
-        "orthrus_bytes": base,
-        "orthrus_transient_draft_bytes": K * kv_row(shape),
-        "separate_drafter": drafter,
-        "separate_drafter_bytes": base + context * kv_row(drafter),
+        "drafter": drafter,
+        **{f"{k}_bytes": v for k, v in sizes.items()},
+        **{f"{k}_MB": v / 1e6 for k, v in sizes.items()},
     }
 
 
@@ -233,42 +237,32 @@ def targets(results: dict) -> dict:
     }
 
 
+def _table(spec: str, rows: list[dict]) -> list[str]:
+    """Markdown table lines; spec: "header=key[:format]" columns separated by "|"."""
+    columns = [(h, *(k.split(":", 1) + [""])[:2]) for h, k in (c.split("=") for c in spec.split("|"))]
+    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(format(r.get(k), f) for _, k, f in columns) + " |" for r in rows]
+
+
 def markdown(results: dict) -> str:
-    """The tables of bench.md: iteration times with rooflines, serving throughput, best K, memory."""
+    """The tables of bench.md: iteration times with rooflines, serving throughput, best K, targets, memory."""
     out = [f"# Batched decoding ({results.get('device', '?')})", "", results.get("command", ""), ""]
-    out += ["## Iteration time vs batch size (graph replay, median)", ""]
-    out += [
-        "| shape | ctx | K | B | ms | memory bound ms | compute bound ms | fraction of roofline |",
-        "|" + "---|" * 8,
-    ]
-    for p in results.get("iterations", []):
-        out.append(
-            f"| {p['shape']} | {p['context']} | {p['block_size']} | {p['batch_size']} | {p['ms']:.3f} | "
-            f"{p['memory_bound_ms']:.3f} | {p['compute_bound_ms']:.3f} | {p['fraction_of_roofline']:.2f} |"
-        )
+    out += ["## Iteration time vs batch size (graph replay, median; K = 1: the AR step)", ""]
+    spec = "shape=shape|ctx=context|K=block_size|B=batch_size|ms=ms:.3f|memory bound ms=memory_bound_ms:.3f"
+    spec += "|compute bound ms=compute_bound_ms:.3f|fraction of roofline=fraction_of_roofline:.2f"
+    out += _table(spec, results.get("iterations", []))
     out += ["", "## Serving a prompt set (all prompts queued at once; greedy)", ""]
-    out += ["| B | K | Orthrus tok/s | AR tok/s | speedup_vs_ar | Orthrus mean latency s | AR mean latency s |"]
-    out += ["|" + "---|" * 7]
-    for r in results.get("serving", []):
-        out.append(
-            f"| {r['batch_size']} | {r['block_size']} | {r['orthrus_tokens_per_second']:.0f} | "
-            f"{r['ar_tokens_per_second']:.0f} | {r['speedup_vs_ar']:.2f} | {r['orthrus_mean_latency_s']:.3f} | "
-            f"{r['ar_mean_latency_s']:.3f} |"
-        )
+    spec = "B=batch_size|K=block_size|Orthrus tok/s=orthrus_tokens_per_second:.0f|AR tok/s=ar_tokens_per_second:.0f"
+    spec += "|speedup_vs_ar=speedup_vs_ar:.2f|Orthrus mean latency s=orthrus_mean_latency_s:.3f"
+    spec += "|AR mean latency s=ar_mean_latency_s:.3f"
+    out += _table(spec, results.get("serving", []))
     out += ["", "## Best K per batch size (projection from measured iteration times)", ""]
-    out += ["| shape | ctx | profile | B | best K | projected tok/s | projected speedup vs AR |", "|" + "---|" * 7]
-    for r in results.get("best_k", []):
-        out.append(
-            f"| {r['shape']} | {r['context']} | {r['profile']} | {r['batch_size']} | {r['block_size']} | "
-            f"{r['projected_tokens_per_second']:.0f} | {r['projected_speedup_vs_ar']:.2f} |"
-        )
+    spec = "shape=shape|ctx=context|profile=profile|B=batch_size|best K=block_size"
+    spec += "|projected tok/s=projected_tokens_per_second:.0f|projected speedup vs AR=projected_speedup_vs_ar:.2f"
+    out += _table(spec, results.get("best_k", []))
     out += ["", "## Targets", "", *(f"- {k}: {v}" for k, v in results.get("targets", {}).items())]
-    out += ["", "## State per request (computed from shapes, bf16)", ""]
-    out += ["| shape | ctx | AR MB | Orthrus MB (+ transient draft MB) | separate drafter MB |", "|" + "---|" * 5]
-    for m in results.get("memory_per_request", []):
-        out.append(
-            f"| {m['shape']} | {m['context']} | {m['ar_bytes'] / 1e6:.1f} | {m['orthrus_bytes'] / 1e6:.1f} "
-            f"(+{m['orthrus_transient_draft_bytes'] / 1e6:.2f}) | {m['separate_drafter_bytes'] / 1e6:.1f} "
-            f"({m['separate_drafter']}) |"
-        )
+    out += ["", "## State per request (computed from shapes, bf16, MB)", ""]
+    spec = "shape=shape|ctx=context|AR=ar_MB:.1f|Orthrus=orthrus_MB:.1f|Orthrus transient draft"
+    spec += "=orthrus_transient_draft_MB:.2f|separate drafter=separate_drafter_MB:.1f|drafter=drafter"
+    out += _table(spec, results.get("memory_per_request", []))
     return "\n".join(out) + "\n"

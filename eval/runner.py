@@ -86,17 +86,9 @@ def decode_prompts(
     device = model.device
     clock = clock or HostClock(device)
     if getattr(decode_fn, "batch_size", 1) > 1:
+        engine, request = decode_fn.engine(model), dict(sampling=sampling, eos_token_id=eos_token_id)
         return serve_prompts(
-            decode_fn.engine(model),
-            prompts,
-            block_size=block_size,
-            max_new_tokens=max_new_tokens,
-            sampling=sampling,
-            eos_token_id=eos_token_id,
-            seed=seed,
-            progress=progress,
-            desc=desc,
-            clock=clock,
+            engine, prompts, block_size, max_new_tokens, seed=seed, progress=progress, clock=clock, **request
         )
     run = DecodeRun(block_size=block_size, results=[], timings=[])
     for i, ids in enumerate(tqdm(prompts, desc=desc, disable=not progress, leave=False)):
@@ -121,24 +113,14 @@ def decode_prompts(
 
 
 def serve_prompts(
-    engine,
-    prompts: list[list[int]],
-    *,
-    block_size: int,
-    max_new_tokens: int,
-    sampling: SamplingParams = SamplingParams(),
-    eos_token_id: int | list[int] | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    desc: str = "serve",
-    clock=None,
-    batch_size: int | None = None,
-) -> DecodeRun:
+    engine, prompts: list[list[int]], block_size: int, max_new_tokens: int, *, batch_size: int | None = None,
+    seed: int = 0, clock=None, progress: bool = True, desc: str = "serve", **request
+) -> DecodeRun:  # fmt: skip
     """Every prompt through one request queue on `engine` (batch_size at once, default all its slots),
-    all queued at the start. Prompt i samples with the seed `generate` draws from a generator seeded `seed + i`, so
-    the outputs are those of one call per prompt. Each request's Timing runs from the start of the set
-    to its last token (its latency, queueing included) and to its first token; `wall_seconds` is the
-    whole set's."""
+    all queued at the start; request: `Server.submit`'s sampling and eos_token_id, for every prompt.
+    Prompt i samples with the seed `generate` draws from a generator seeded `seed + i`, so the outputs
+    are those of one call per prompt. Each request's Timing runs from the start of the set to its last
+    token (its latency, queueing included) and to its first token; `wall_seconds` is the whole set's."""
     device = engine.device
     clock = clock or HostClock(device)
     server = Server(engine, block_size, batch_size=batch_size)
@@ -148,18 +130,17 @@ def serve_prompts(
     for i, ids in enumerate(prompts):
         generator = torch.Generator(device=device).manual_seed(seed + i)
         first = FirstTokenClock(clock, start)
-        request = server.submit(
+        rid = server.submit(
             torch.tensor([ids], dtype=torch.long, device=device),
             max_new_tokens,
-            sampling=sampling,
             seed=request_seed(generator),
-            eos_token_id=eos_token_id,
             streamer=first,
+            **request,
         )
-        streams[request] = i, first
+        streams[rid] = i, first
     results, timings = [None] * len(prompts), [None] * len(prompts)
-    for request, result in tqdm(server, total=len(prompts), desc=desc, disable=not progress, leave=False):
-        i, first = streams[request]
+    for rid, result in tqdm(server, total=len(prompts), desc=desc, disable=not progress, leave=False):
+        i, first = streams[rid]
         results[i], timings[i] = result, Timing(seconds=clock.now() - start, first_token_seconds=first.first)
     wall = clock.now() - start
     return DecodeRun(block_size, results, timings, batch_size=len(server.slots), wall_seconds=wall)

@@ -106,50 +106,6 @@ def _load_query_rows(
     return batch, kv_head, offs_m, offs_d, row_mask, head, pos, q
 
 
-@triton.jit
-def _store_result(
-    out_ptr,
-    o_part_ptr,
-    m_part_ptr,
-    l_part_ptr,
-    acc,
-    m_i,
-    l_i,
-    batch,
-    head,
-    pos,
-    offs_m,
-    row_mask,
-    offs_d,
-    num_splits,
-    used_splits,
-    stride_ob,
-    stride_oh,
-    stride_ot,
-    GROUP: tl.constexpr,
-    BLOCK_LEN: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    WRITE_FINAL: tl.constexpr,
-):
-    """Write the normalised output (single split) or this split's partial for the combine kernel.
-
-    Partials are laid out as (B * Hkv, num_splits, rows_pad[, D]) in fp32, rows_pad = G * K rounded
-    up to whole row blocks. Padding rows are stored too (their q is zero, so they are finite), which
-    lets the combine kernel read whole blocks without masks. Unused splits store nothing.
-    """
-    if WRITE_FINAL:
-        o = acc / l_i[:, None]
-        ptrs = out_ptr + batch * stride_ob + head[:, None] * stride_oh + pos[:, None] * stride_ot + offs_d[None, :]
-        tl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=row_mask[:, None])
-    elif tl.program_id(2) < used_splits:
-        rows_pad = tl.num_programs(1) * BLOCK_M
-        part = (tl.program_id(0) * num_splits + tl.program_id(2)) * rows_pad + offs_m
-        tl.store(o_part_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc)
-        tl.store(m_part_ptr + part, m_i)
-        tl.store(l_part_ptr + part, l_i)
-
-
 @triton.jit(do_not_specialize=["length"])
 def _attention_kernel(
     q_ptr,
@@ -250,31 +206,20 @@ def _attention_kernel(
             v = tl.load(vb_base + offs_b[:, None] * stride_vbt + offs_d[None, :], mask=blk_mask[:, None], other=0.0)
             m_i, l_i, acc = _online_softmax_step(q, k_t, v, blk_mask[None, :], m_i, l_i, acc, qk_scale, DOT_PRECISION)
 
-    _store_result(
-        out_ptr,
-        o_part_ptr,
-        m_part_ptr,
-        l_part_ptr,
-        acc,
-        m_i,
-        l_i,
-        batch,
-        head,
-        pos,
-        offs_m,
-        row_mask,
-        offs_d,
-        num_splits,
-        used_splits,
-        stride_ob,
-        stride_oh,
-        stride_ot,
-        GROUP,
-        BLOCK_LEN,
-        HEAD_DIM,
-        BLOCK_M,
-        WRITE_FINAL,
-    )
+    # The normalised output (single split), or this split's partial for the combine kernel. Partials are
+    # laid out as (B * Hkv, num_splits, rows_pad[, D]) in fp32, rows_pad = G * K rounded up to whole row
+    # blocks. Padding rows are stored too (their q is zero, so they are finite), which lets the combine
+    # kernel read whole blocks without masks. Unused splits store nothing.
+    if WRITE_FINAL:
+        o = acc / l_i[:, None]
+        ptrs = out_ptr + batch * stride_ob + head[:, None] * stride_oh + pos[:, None] * stride_ot + offs_d[None, :]
+        tl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=row_mask[:, None])
+    elif tl.program_id(2) < used_splits:
+        rows_pad = tl.num_programs(1) * BLOCK_M
+        part = (tl.program_id(0) * num_splits + tl.program_id(2)) * rows_pad + offs_m
+        tl.store(o_part_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc)
+        tl.store(m_part_ptr + part, m_i)
+        tl.store(l_part_ptr + part, l_i)
 
 
 @triton.jit(do_not_specialize=["length"])
