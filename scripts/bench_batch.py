@@ -2,7 +2,7 @@
 real shapes with rooflines, a trained model serving a prompt set at each batch size against the engine's
 AR, projections and memory per request. Writes bench.json (with provenance), bench.md and bench.png.
 
-    PYTHONUNBUFFERED=1 python -m scripts.bench_batch --out results/engine_batch_h200_<date> --budget-s 440
+    PYTHONUNBUFFERED=1 python -m scripts.bench_batch --out results/engine_batch_h200_<date> --budget-s 400
     TRITON_INTERPRET=1 python -m scripts.bench_batch --shapes tiny --ctx 32 --ks 4 --batch-sizes 1,2 \
         --small '' --out /tmp/bb  # CPU smoke
 
@@ -51,7 +51,7 @@ def parse_args():
     p.add_argument("--small-k", type=int, default=16)
     p.add_argument("--small-new-tokens", type=int, default=256)
     p.add_argument("--small-limit", type=int, default=None, help="first N HumanEval prompts (default: all 164)")
-    p.add_argument("--budget-s", type=float, default=440)
+    p.add_argument("--budget-s", type=float, default=400)
     p.add_argument("--shapes-share", type=float, default=0.6, help="share of the budget for the shapes part")
     p.add_argument("--out", required=True)
     return p.parse_args()
