@@ -57,7 +57,9 @@ class _Request:
 
 class Server:
     """A request queue over one `OrthrusEngine` at one block size K (every slot decodes the same K),
-    decoding up to `batch_size` requests at once (default: all of the engine's slots)."""
+    decoding up to `batch_size` requests at once (default: all of the engine's slots). The server owns
+    the engine's slots while it has requests: run one server per engine at a time (`engine.generate`
+    is one too)."""
 
     def __init__(self, engine, block_size: int | None = None, drafts: str = "sampled", batch_size: int | None = None):
         if drafts not in DRAFT_MODES:
