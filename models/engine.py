@@ -199,6 +199,9 @@ class OrthrusEngine:
             )
             self.embed, self.final_norm = model.model.embed_tokens.weight, model.model.norm.weight
             self.lm_head = model.lm_head.weight
+            _check_cache_fits(
+                config, self.num_kv_heads, self.head_dim, max_seq_len, max_batch_size, self.dtype, self.device
+            )
             self.cache = StaticKVCache(
                 config.num_hidden_layers,
                 self.num_kv_heads,
@@ -575,6 +578,20 @@ def _resolve_pdl(pdl: bool | None, backend: str, device: torch.device) -> bool:
             "Pass pdl=False, or leave pdl=None to use it only where it is supported."
         )
     return bool(pdl)
+
+
+def _check_cache_fits(config, kv_heads, head_dim, max_seq_len, slots, dtype, device) -> None:
+    """On CUDA, a KV cache larger than the free device memory is a clear error before anything is allocated."""
+    if device.type != "cuda":
+        return
+    need = config.num_hidden_layers * 2 * slots * kv_heads * max_seq_len * head_dim * dtype.itemsize
+    free = torch.cuda.mem_get_info(device)[0]
+    if need > free:
+        raise ValueError(
+            f"the KV cache of max_batch_size={slots} slots x max_seq_len={max_seq_len} rows needs {need / 1e9:.1f} GB "
+            f"but {device} has {free / 1e9:.1f} GB free: lower max_batch_size (evaluation: decode.batch_size) "
+            "or max_seq_len"
+        )
 
 
 def _check_supported(model: OrthrusForCausalLM) -> None:
