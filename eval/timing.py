@@ -87,6 +87,11 @@ class HostClock:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
+    def stamp(self) -> float:
+        """Host time without a device sync, on now()'s time base: for marks taken right after a read-back
+        that already waited for the work being timed (a served request's tokens)."""
+        return time.perf_counter()
+
 
 class FirstTokenClock:
     """A streamer that notes when the first new token arrives (the first put is the prompt)."""

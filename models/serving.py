@@ -21,7 +21,8 @@ the ones it gets alone: fp32 greedy token for token, and sampled with the same s
 (its generator row counts its own iterations from its join).
 
 The host keeps IN_FLIGHT iterations launched: each iteration's packed result (B, K + 1) is copied to
-pinned host memory without blocking and read while the next one runs, so EOS and max_new_tokens are
+pinned host memory without blocking and read while the next one runs (a request admitted while
+iterations are in flight has its first token copied the same way), so EOS and max_new_tokens are
 seen one iteration late; the extra iteration a finished request is part of is discarded (it writes
 only rows of its own slot: `_Steps.finish` clamps a slot's start inside the slot).
 """
@@ -51,6 +52,7 @@ class _Request:
     result: GenerationResult
     out: list[int] = field(default_factory=list)
     slot: int | None = None
+    first: torch.Tensor | None = None  # the prefill's token, being copied to the host (not emitted yet)
     in_flight: int = 0  # launched iterations that decode it, not read back yet
     done: bool = False
 
@@ -136,7 +138,9 @@ class Server:
         self._admit()
         active = [r for r in self.slots if r is not None]
         # Launch ahead while some request may still need every launched iteration.
-        while len(self.reader) < IN_FLIGHT and any(len(r.out) + r.in_flight < r.max_new_tokens for r in active):
+        while len(self.reader) < IN_FLIGHT and any(
+            len(r.out) + (r.first is not None) + r.in_flight < r.max_new_tokens for r in active
+        ):
             self._launch(active)
         if len(self.reader):
             self._read()
@@ -160,7 +164,13 @@ class Server:
                 e.rng[slot].copy_(torch.tensor([r.seed, 0]))
             e.last[slot : slot + 1].copy_(e.first_token(logits, r.sampling, slot))
             r.slot, self.slots[slot] = slot, r
-            self._emit(r, [int(e.last[slot])])
+            if not len(self.reader):  # nothing in flight: reading the token now stalls nothing
+                self._emit(r, [int(e.last[slot])])
+                continue
+            # Iterations are in flight: copy the token without blocking; it is emitted when the first
+            # iteration launched after it is read back (by then the copy is done).
+            r.first = torch.empty(1, dtype=torch.long, pin_memory=self.reader.cuda)
+            r.first.copy_(e.last[slot : slot + 1], non_blocking=self.reader.cuda)
 
     def _launch(self, active: list[_Request]) -> None:
         """One iteration of every slot up to the bucket of the highest busy one; no host sync."""
@@ -188,7 +198,10 @@ class Server:
         K = self.K
         for r in members:
             r.in_flight -= 1
-            if r.done:  # finished in an earlier iteration: this one ran past its end
+            if r.first is not None:
+                first, r.first = int(r.first), None
+                self._emit(r, [first])
+            if r.done:  # finished in an earlier iteration (or at its first token): this one ran past its end
                 continue
             row = rows[r.slot * (K + 1) : (r.slot + 1) * (K + 1)]
             n_acc = row[0]

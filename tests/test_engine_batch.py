@@ -22,8 +22,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 S = 96  # cache rows per slot
 
 # (prompt length, max_new_tokens, step at which it is submitted, EOS at this new token or None)
+# The last two join while iterations are in flight and end at their first token (max_new_tokens 1, EOS).
 GREEDY_REQUESTS = [(1, 23, 0, None), (5, 9, 0, None), (33, 17, 0, 6), (12, 30, 2, None), (3, 5, 3, None),
-                   (20, 12, 3, 1), (8, 23, 9, None)]  # fmt: skip
+                   (20, 12, 3, 1), (8, 23, 9, None), (4, 1, 4, None), (6, 10, 5, 0)]  # fmt: skip
 
 
 def serve(server: Server, requests: list[dict]) -> tuple[list, int]:
@@ -87,7 +88,7 @@ def test_greedy_batch_equals_base(make_model, monkeypatch, block_size, broken):
         return
     assert all(exact), exact
     assert most_waiting >= 2, "more requests than slots: some must wait"
-    assert sum(out.finished_by_eos for out in results) == 2
+    assert sum(out.finished_by_eos for out in results) == 3
     for out in results:
         assert sum(out.emitted) + 1 == out.num_new_tokens
         assert out.ar_forwards == len(out.accepted) + 1
