@@ -136,6 +136,9 @@ class Server:
         """Admit waiting requests to free slots, keep up to IN_FLIGHT iterations launched and read one
         back. Returns the (id, result) of the requests that finished meanwhile."""
         self._admit()
+        if not len(self.reader):  # nothing in flight: tokens still being copied are there now
+            for r in [r for r in self.slots if r is not None and r.first is not None]:
+                self._emit_first(r)
         active = [r for r in self.slots if r is not None]
         # Launch ahead while some request may still need every launched iteration.
         while len(self.reader) < IN_FLIGHT and any(
@@ -199,8 +202,7 @@ class Server:
         for r in members:
             r.in_flight -= 1
             if r.first is not None:
-                first, r.first = int(r.first), None
-                self._emit(r, [first])
+                self._emit_first(r)
             if r.done:  # finished in an earlier iteration (or at its first token): this one ran past its end
                 continue
             row = rows[r.slot * (K + 1) : (r.slot + 1) * (K + 1)]
@@ -211,6 +213,10 @@ class Server:
             res.diffusion_forwards += K > 1
             res.ar_forwards += 1
             res.emitted.append(self._emit(r, row[1 : n_acc + 2]))
+
+    def _emit_first(self, r: _Request) -> None:
+        first, r.first = int(r.first), None
+        self._emit(r, [first])
 
     def _emit(self, r: _Request, tokens: list[int]) -> int:
         """Append tokens, clipped at max_new_tokens, EOS or a stop string; finish the request when it is

@@ -40,6 +40,7 @@ def serve(server: Server, requests: list[dict]) -> tuple[list, int]:
         for rid, result in server.step():
             results[ids[rid]] = result
         step += 1
+        assert step < 1000, "the queue stopped making progress"
     return [results[i] for i in range(len(requests))], most_waiting
 
 
@@ -162,6 +163,15 @@ def test_triton_sampled_batch_equals_torch_alone(make_model):
     engine = OrthrusEngine(model, 32, backend="triton", cuda_graphs=False, max_batch_size=2)
     batched, _ = serve(Server(engine, 4), subs)
     assert [(r.sequences.tolist(), r.accepted) for r in batched] == [(r.sequences.tolist(), r.accepted) for r in alone]
+
+
+def test_short_request_joining_last_finishes(make_model):
+    """A one-token request joining while iterations are in flight, with nothing else left to decode,
+    still finishes (its first token is read once the iterations in flight are)."""
+    model = make_model(seed=12)
+    subs, refs = greedy_case(model, [(5, 3, 0, None), (4, 1, 1, None)])
+    results, _ = serve(Server(OrthrusEngine(model, S, max_batch_size=2), 4), subs)
+    assert all(torch.equal(out.sequences, ref) for out, ref in zip(results, refs))
 
 
 def test_streamers_per_request(make_model):
