@@ -55,10 +55,11 @@ def torch_dtype(name: str) -> torch.dtype:
 DECODERS = ("fast", "reference")
 
 
-def decode_function(name: str, max_seq_len: int) -> DecodeFn:
-    """decode.engine: the fast engine, or the reference loop on transformers' cache."""
+def decode_function(name: str, max_seq_len: int, batch_size: int = 1) -> DecodeFn:
+    """decode.engine: the fast engine (batch_size requests at once), or the reference loop on
+    transformers' cache (one prompt at a time)."""
     if name == "fast":
-        return EngineDecode(max_seq_len)
+        return EngineDecode(max_seq_len, batch_size)
     if name == "reference":
         return generate
     raise ValueError(f"decode.engine={name!r}: use one of {DECODERS}")
@@ -74,6 +75,8 @@ def check_config(cfg: DictConfig) -> Path:
                 f"decode.block_sizes has {k!r}: each entry is an integer >= 1 (1 = the AR baseline) "
                 "or null (the checkpoint's K)"
             )
+    if not isinstance(cfg.decode.batch_size, int) or cfg.decode.batch_size < 1:
+        raise ValueError(f"decode.batch_size={cfg.decode.batch_size!r} must be an integer >= 1")
     if cfg.model.block_size is not None and cfg.model.block_size < 1:
         raise ValueError(f"model.block_size={cfg.model.block_size} must be >= 1 (null: the checkpoint's K)")
     unknown = [b for b in cfg.benchmarks if b not in cfg.prompt_sets]
@@ -123,7 +126,9 @@ def run(cfg: DictConfig, command: list[str] | None = None) -> Path:
     }
     longest = max([len(ids) for prompts in encoded.values() for ids in prompts] + list(cfg.context_sweep.lengths))
     decode_fn = decode_function(
-        cfg.decode.engine, longest + max(max_new, cfg.context_sweep.max_new_tokens) + max(block_sizes)
+        cfg.decode.engine,
+        longest + max(max_new, cfg.context_sweep.max_new_tokens) + max(block_sizes),
+        cfg.decode.batch_size,
     )
     decode = dict(
         max_new_tokens=max_new,
@@ -149,6 +154,7 @@ def run(cfg: DictConfig, command: list[str] | None = None) -> Path:
         "decode": {
             "engine": cfg.decode.engine,
             "decode_fn": getattr(decode_fn, "__name__", str(decode_fn)),
+            "batch_size": getattr(decode_fn, "batch_size", 1),
             "max_new_tokens": max_new,
             "sampling": str(sampling),
             "block_sizes": block_sizes,
@@ -258,7 +264,9 @@ def evaluate_checkpoints(cfg: DictConfig) -> list[Path]:
                 f"reproduce.run names {name!r}, which is not in reproduce.checkpoints "
                 f"(known: {sorted(cfg.reproduce.checkpoints)})"
             )
-        run_cfg = OmegaConf.merge(cfg, cfg.reproduce.checkpoints[name], {"name": name})
+        # the paper's speedups are per request (batch 1); a checkpoint's own overrides may still set it
+        batch = {"decode": {"batch_size": cfg.reproduce.batch_size}}
+        run_cfg = OmegaConf.merge(cfg, batch, cfg.reproduce.checkpoints[name], {"name": name})
         path = Path(run_cfg.out_dir) / name / "metrics.json"
         if not (cfg.reproduce.skip_existing and path.is_file()):
             path = (evaluate_suite if cfg.reproduce.suite_lengths else run)(run_cfg)

@@ -171,3 +171,49 @@ def bench_figure(results: dict, ks: list[int], path: Path) -> Path | None:
     fig.suptitle(f"Orthrus engine, bf16, batch 1 ({results['device']})")
     fig.tight_layout()
     return save_figure(fig, Path(path))
+
+
+def batch_figure(results: dict, path: Path) -> Path | None:
+    """bench.png of scripts/bench_batch.py: per shape and context, iteration time against batch size for
+    each K (and the AR step) with the memory-bound roofline; and the served prompt set's tokens/s against
+    batch size, Orthrus and AR."""
+    points, serving = results.get("iterations", []), results.get("serving", [])
+    panels = sorted({(p["shape"], p["context"]) for p in points})
+    if not panels and not serving:
+        return None
+    n = len(panels) + bool(serving)
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
+    for ax, (shape, ctx) in zip(axes[0], panels):
+        rows = [p for p in points if p["shape"] == shape and p["context"] == ctx]
+        for K in sorted({p["block_size"] for p in rows}):
+            pts = sorted((p["batch_size"], p["ms"], p["memory_bound_ms"]) for p in rows if p["block_size"] == K)
+            line = ax.plot(
+                [b for b, _, _ in pts], [m for _, m, _ in pts], marker="o", label="AR" if K == 1 else f"K={K}"
+            )
+            ax.plot([b for b, _, _ in pts], [r for _, _, r in pts], ":", color=line[0].get_color())
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("ms per iteration (dotted: roofline)")
+        ax.set_title(f"{shape}, context {ctx}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    if serving:
+        ax = axes[0][-1]
+        bs = [r["batch_size"] for r in serving]
+        ax.plot(
+            bs,
+            [r["orthrus_tokens_per_second"] for r in serving],
+            marker="o",
+            label=f"Orthrus K={serving[0]['block_size']}",
+        )
+        ax.plot(bs, [r["ar_tokens_per_second"] for r in serving], marker="s", label="AR (same engine)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("total tokens/s")
+        ax.set_title(f"served prompt set ({serving[0]['num_prompts']} prompts)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Batched Orthrus decoding, measured ({results.get('device', '?')})")
+    fig.tight_layout()
+    return save_figure(fig, Path(path))

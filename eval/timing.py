@@ -87,6 +87,11 @@ class HostClock:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
+    def stamp(self) -> float:
+        """Host time without a device sync, on now()'s time base: for marks taken right after a read-back
+        that already waited for the work being timed (a served request's tokens)."""
+        return time.perf_counter()
+
 
 class FirstTokenClock:
     """A streamer that notes when the first new token arrives (the first put is the prompt)."""
@@ -117,13 +122,18 @@ def timed_call(decode: Callable, clock) -> tuple[object, Timing]:
     return result, Timing(seconds=seconds, first_token_seconds=streamer.first)
 
 
-def speed(results: Iterable, timings: list[Timing]) -> dict:
-    """TTFT apart from decode throughput, pooled over calls (see the module docstring)."""
+def speed(results: Iterable, timings: list[Timing], wall_seconds: float | None = None) -> dict:
+    """TTFT apart from decode throughput, pooled over calls (see the module docstring). With
+    `wall_seconds` (a batched run, its requests overlapping) prefills interleave with the others'
+    decoding and cannot be taken apart: both throughputs are all new tokens over the wall-clock."""
     new = [r.num_new_tokens for r in results]
     seconds = sum(t.seconds for t in timings)
     ttft = sum(t.first_token_seconds for t in timings)
-    return {
-        "ttft_ms": 1e3 * ttft / max(len(timings), 1),
+    row = {"ttft_ms": 1e3 * ttft / max(len(timings), 1)}
+    if wall_seconds is not None:
+        tps = sum(new) / max(wall_seconds, 1e-12)
+        return row | {"decode_tokens_per_second": tps, "end_to_end_tokens_per_second": tps}
+    return row | {
         "decode_tokens_per_second": (sum(new) - len(new)) / max(seconds - ttft, 1e-12),
         "end_to_end_tokens_per_second": sum(new) / max(seconds, 1e-12),
     }

@@ -42,10 +42,11 @@ _M_INIT = tl.constexpr(-1.0e30)
 
 
 @triton.jit
-def _read_length(length, LEN_ON_DEVICE: tl.constexpr):
-    """The valid length: a scalar argument, or (CUDA-graph path) one integer in device memory."""
+def _read_length(length, slot, len_stride, LEN_ON_DEVICE: tl.constexpr):
+    """The valid length of cache slot `slot`: a scalar argument (every slot), or (CUDA-graph path) an
+    integer in device memory, one per slot (len_stride 1) or one for all (len_stride 0)."""
     if LEN_ON_DEVICE:
-        n = tl.load(length).to(tl.int32)
+        n = tl.load(length + slot * len_stride).to(tl.int32)
     else:
         n = length
     return n
@@ -105,58 +106,15 @@ def _load_query_rows(
     return batch, kv_head, offs_m, offs_d, row_mask, head, pos, q
 
 
-@triton.jit
-def _store_result(
-    out_ptr,
-    o_part_ptr,
-    m_part_ptr,
-    l_part_ptr,
-    acc,
-    m_i,
-    l_i,
-    batch,
-    head,
-    pos,
-    offs_m,
-    row_mask,
-    offs_d,
-    num_splits,
-    used_splits,
-    stride_ob,
-    stride_oh,
-    stride_ot,
-    GROUP: tl.constexpr,
-    BLOCK_LEN: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    WRITE_FINAL: tl.constexpr,
-):
-    """Write the normalised output (single split) or this split's partial for the combine kernel.
-
-    Partials are laid out as (B * Hkv, num_splits, rows_pad[, D]) in fp32, rows_pad = G * K rounded
-    up to whole row blocks. Padding rows are stored too (their q is zero, so they are finite), which
-    lets the combine kernel read whole blocks without masks. Unused splits store nothing.
-    """
-    if WRITE_FINAL:
-        o = acc / l_i[:, None]
-        ptrs = out_ptr + batch * stride_ob + head[:, None] * stride_oh + pos[:, None] * stride_ot + offs_d[None, :]
-        tl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=row_mask[:, None])
-    elif tl.program_id(2) < used_splits:
-        rows_pad = tl.num_programs(1) * BLOCK_M
-        part = (tl.program_id(0) * num_splits + tl.program_id(2)) * rows_pad + offs_m
-        tl.store(o_part_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc)
-        tl.store(m_part_ptr + part, m_i)
-        tl.store(l_part_ptr + part, l_i)
-
-
-@triton.jit(do_not_specialize=["ctx_len"])
-def _diffusion_attention_kernel(
+@triton.jit(do_not_specialize=["length"])
+def _attention_kernel(
     q_ptr,
     k_cache_ptr,
     v_cache_ptr,
     k_blk_ptr,
     v_blk_ptr,
-    ctx_len,
+    length,
+    len_stride,
     out_ptr,
     o_part_ptr,
     m_part_ptr,
@@ -191,114 +149,25 @@ def _diffusion_attention_kernel(
     LEN_ON_DEVICE: tl.constexpr,
     WRITE_FINAL: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    DRAFT: tl.constexpr,
+    POSITIONS: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    """Grid (B * Hkv, row blocks, num_splits). Cache tiles [0, ctx_len) are dealt to the splits;
-    split 0 also takes the K block keys. No mask between block queries and block keys."""
-    if USE_PDL:
-        tl.extra.cuda.gdc_launch_dependents()  # see _verify_attention_kernel
-        tl.extra.cuda.gdc_wait()  # q, the caches and the length all come from earlier kernels
-    batch, kv_head, offs_m, offs_d, row_mask, head, pos, q = _load_query_rows(
-        q_ptr, stride_qb, stride_qh, stride_qt, num_kv_heads, GROUP, BLOCK_LEN, HEAD_DIM, BLOCK_M
-    )
-    m_i = tl.full([BLOCK_M], _M_INIT, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    """Grid (B * Hkv, row blocks, num_splits). Batch element b reads cache slot b // POSITIONS, whose
+    length is n = length[slot] + b % POSITIONS (POSITIONS > 1: the per-position layout of
+    `verify_attention`).
 
-    n_ctx = _read_length(ctx_len, LEN_ON_DEVICE)
-    n_tiles, tiles_per_split, used_splits = _split_layout(n_ctx, num_splits, BLOCK_N)
-    tile_lo = tl.program_id(2) * tiles_per_split
-    tile_hi = tl.minimum(tile_lo + tiles_per_split, n_tiles)
-    k_base = k_cache_ptr + batch * stride_kcb + kv_head * stride_kch
-    v_base = v_cache_ptr + batch * stride_vcb + kv_head * stride_vch
-    for tile in range(tile_lo, tile_hi):
-        offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        kv_mask = offs_n < n_ctx
-        k_t = tl.load(k_base + offs_n[None, :] * stride_kct + offs_d[:, None], mask=kv_mask[None, :], other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vct + offs_d[None, :], mask=kv_mask[:, None], other=0.0)
-        m_i, l_i, acc = _online_softmax_step(q, k_t, v, kv_mask[None, :], m_i, l_i, acc, qk_scale, DOT_PRECISION)
-
-    if tl.program_id(2) == 0:
-        offs_b = tl.arange(0, BLOCK_B)
-        blk_mask = offs_b < BLOCK_LEN
-        kb_base = k_blk_ptr + batch * stride_kbb + kv_head * stride_kbh
-        vb_base = v_blk_ptr + batch * stride_vbb + kv_head * stride_vbh
-        k_t = tl.load(kb_base + offs_b[None, :] * stride_kbt + offs_d[:, None], mask=blk_mask[None, :], other=0.0)
-        v = tl.load(vb_base + offs_b[:, None] * stride_vbt + offs_d[None, :], mask=blk_mask[:, None], other=0.0)
-        m_i, l_i, acc = _online_softmax_step(q, k_t, v, blk_mask[None, :], m_i, l_i, acc, qk_scale, DOT_PRECISION)
-
-    _store_result(
-        out_ptr,
-        o_part_ptr,
-        m_part_ptr,
-        l_part_ptr,
-        acc,
-        m_i,
-        l_i,
-        batch,
-        head,
-        pos,
-        offs_m,
-        row_mask,
-        offs_d,
-        num_splits,
-        used_splits,
-        stride_ob,
-        stride_oh,
-        stride_ot,
-        GROUP,
-        BLOCK_LEN,
-        HEAD_DIM,
-        BLOCK_M,
-        WRITE_FINAL,
-    )
-
-
-@triton.jit(do_not_specialize=["start"])
-def _verify_attention_kernel(
-    q_ptr,
-    k_cache_ptr,
-    v_cache_ptr,
-    start,
-    out_ptr,
-    o_part_ptr,
-    m_part_ptr,
-    l_part_ptr,
-    stride_qb,
-    stride_qh,
-    stride_qt,
-    stride_kcb,
-    stride_kch,
-    stride_kct,
-    stride_vcb,
-    stride_vch,
-    stride_vct,
-    stride_ob,
-    stride_oh,
-    stride_ot,
-    num_kv_heads,
-    num_splits,
-    qk_scale,
-    GROUP: tl.constexpr,
-    BLOCK_LEN: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    LEN_ON_DEVICE: tl.constexpr,
-    WRITE_FINAL: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    LEN_PER_BATCH: tl.constexpr,
-    USE_PDL: tl.constexpr,
-):
-    """Grid (B * Hkv, row blocks, num_splits). Cache tiles [0, start + K) are dealt to the splits;
-    block query i attends to keys [0, start + i]. With LEN_PER_BATCH, batch element b starts at
-    start + b (the per-position layout of `verify_attention`)."""
+    DRAFT (the diffusion pass): cache tiles [0, n) are dealt to the splits and every block query sees
+    them all; split 0 also takes the K block keys (k_blk/v_blk), with no mask between block queries and
+    block keys. Otherwise (the verify pass; the block is already in the cache): cache tiles [0, n + K)
+    are dealt to the splits and block query i sees keys [0, n + i].
+    """
     if USE_PDL:
         # Let the combine kernel, and through it the o product, launch now: attention is latency-bound
         # (a few KB of keys per program), so the product's weight prefetch has the memory bus to
         # itself meanwhile. Measured on an H100: -0.25 ms per K = 8 iteration at Qwen3-8B.
         tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()  # q, the cache (this block's keys/values too) and start come from earlier kernels
+        tl.extra.cuda.gdc_wait()  # q, the caches (with the verify block) and the length come from earlier kernels
     batch, kv_head, offs_m, offs_d, row_mask, head, pos, q = _load_query_rows(
         q_ptr, stride_qb, stride_qh, stride_qt, num_kv_heads, GROUP, BLOCK_LEN, HEAD_DIM, BLOCK_M
     )
@@ -306,49 +175,51 @@ def _verify_attention_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    n_start = _read_length(start, LEN_ON_DEVICE)
-    if LEN_PER_BATCH:
-        n_start += batch
-    kv_len = n_start + BLOCK_LEN
-    last_key = n_start + pos  # causal: the query at position start + i sees keys up to itself
+    slot = batch // POSITIONS
+    n = _read_length(length, slot, len_stride, LEN_ON_DEVICE) + batch % POSITIONS
+    if DRAFT:
+        kv_len = n
+        last_key = pos * 0 + n - 1  # the whole context, for every query
+    else:
+        kv_len = n + BLOCK_LEN
+        last_key = n + pos  # causal: the query at position n + i sees keys up to itself
     n_tiles, tiles_per_split, used_splits = _split_layout(kv_len, num_splits, BLOCK_N)
     tile_lo = tl.program_id(2) * tiles_per_split
     tile_hi = tl.minimum(tile_lo + tiles_per_split, n_tiles)
-    k_base = k_cache_ptr + batch * stride_kcb + kv_head * stride_kch
-    v_base = v_cache_ptr + batch * stride_vcb + kv_head * stride_vch
+    k_base = k_cache_ptr + slot * stride_kcb + kv_head * stride_kch
+    v_base = v_cache_ptr + slot * stride_vcb + kv_head * stride_vch
     for tile in range(tile_lo, tile_hi):
         offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         kv_mask = offs_n < kv_len
         k_t = tl.load(k_base + offs_n[None, :] * stride_kct + offs_d[:, None], mask=kv_mask[None, :], other=0.0)
         v = tl.load(v_base + offs_n[:, None] * stride_vct + offs_d[None, :], mask=kv_mask[:, None], other=0.0)
-        causal = offs_n[None, :] <= last_key[:, None]
-        m_i, l_i, acc = _online_softmax_step(q, k_t, v, causal, m_i, l_i, acc, qk_scale, DOT_PRECISION)
+        visible = offs_n[None, :] <= last_key[:, None]
+        m_i, l_i, acc = _online_softmax_step(q, k_t, v, visible, m_i, l_i, acc, qk_scale, DOT_PRECISION)
 
-    _store_result(
-        out_ptr,
-        o_part_ptr,
-        m_part_ptr,
-        l_part_ptr,
-        acc,
-        m_i,
-        l_i,
-        batch,
-        head,
-        pos,
-        offs_m,
-        row_mask,
-        offs_d,
-        num_splits,
-        used_splits,
-        stride_ob,
-        stride_oh,
-        stride_ot,
-        GROUP,
-        BLOCK_LEN,
-        HEAD_DIM,
-        BLOCK_M,
-        WRITE_FINAL,
-    )
+    if DRAFT:
+        if tl.program_id(2) == 0:
+            offs_b = tl.arange(0, BLOCK_B)
+            blk_mask = offs_b < BLOCK_LEN
+            kb_base = k_blk_ptr + batch * stride_kbb + kv_head * stride_kbh
+            vb_base = v_blk_ptr + batch * stride_vbb + kv_head * stride_vbh
+            k_t = tl.load(kb_base + offs_b[None, :] * stride_kbt + offs_d[:, None], mask=blk_mask[None, :], other=0.0)
+            v = tl.load(vb_base + offs_b[:, None] * stride_vbt + offs_d[None, :], mask=blk_mask[:, None], other=0.0)
+            m_i, l_i, acc = _online_softmax_step(q, k_t, v, blk_mask[None, :], m_i, l_i, acc, qk_scale, DOT_PRECISION)
+
+    # The normalised output (single split), or this split's partial for the combine kernel. Partials are
+    # laid out as (B * Hkv, num_splits, rows_pad[, D]) in fp32, rows_pad = G * K rounded up to whole row
+    # blocks. Padding rows are stored too (their q is zero, so they are finite), which lets the combine
+    # kernel read whole blocks without masks. Unused splits store nothing.
+    if WRITE_FINAL:
+        o = acc / l_i[:, None]
+        ptrs = out_ptr + batch * stride_ob + head[:, None] * stride_oh + pos[:, None] * stride_ot + offs_d[None, :]
+        tl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=row_mask[:, None])
+    elif tl.program_id(2) < used_splits:
+        rows_pad = tl.num_programs(1) * BLOCK_M
+        part = (tl.program_id(0) * num_splits + tl.program_id(2)) * rows_pad + offs_m
+        tl.store(o_part_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc)
+        tl.store(m_part_ptr + part, m_i)
+        tl.store(l_part_ptr + part, l_i)
 
 
 @triton.jit(do_not_specialize=["length"])
@@ -358,6 +229,7 @@ def _combine_splits_kernel(
     l_part_ptr,
     out_ptr,
     length,
+    len_stride,
     stride_ob,
     stride_oh,
     stride_ot,
@@ -372,14 +244,14 @@ def _combine_splits_kernel(
     BLOCK_S: tl.constexpr,
     LEN_ON_DEVICE: tl.constexpr,
     BLOCK_IN_CACHE: tl.constexpr,
-    LEN_PER_BATCH: tl.constexpr,
+    POSITIONS: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     """Grid (B * Hkv, row blocks of BLOCK_R): merge the per-split partials of BLOCK_R query rows.
 
     `length` is the attention kernel's ctx_len / start; BLOCK_IN_CACHE says whether the split keys
     are length + K (verify) or length (diffusion), so the splits in use are found the same way;
-    LEN_PER_BATCH adds the batch index to the length, as the attention kernel did.
+    the length is read per slot and POSITIONS applied as the attention kernel did.
     The global max and sum come from all used splits' (max, sum) at once; the outputs are then
     accumulated split by split. A used split that saw no key for a row has max = _M_INIT and sum = 0,
     so its weight is 0; every row saw some key, so the global max is finite. BLOCK_R divides
@@ -392,9 +264,7 @@ def _combine_splits_kernel(
         tl.extra.cuda.gdc_wait()
     batch = tl.program_id(0) // num_kv_heads
     kv_head = tl.program_id(0) % num_kv_heads
-    kv_len = _read_length(length, LEN_ON_DEVICE)
-    if LEN_PER_BATCH:
-        kv_len += batch
+    kv_len = _read_length(length, batch // POSITIONS, len_stride, LEN_ON_DEVICE) + batch % POSITIONS
     if BLOCK_IN_CACHE:
         kv_len += BLOCK_LEN
     _, _, used_splits = _split_layout(kv_len, num_splits, BLOCK_N)
@@ -430,25 +300,28 @@ def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _check_length(name: str, length, device: torch.device, hi: int):
-    """A length is a Python int in [0, hi] or a one-element integer tensor on the kernels' device
-    (whose value cannot be checked without a host sync). Returns (kernel argument, on_device)."""
+def _check_length(name: str, length, device: torch.device, hi: int, slots: int):
+    """A length is a Python int in [0, hi] (every cache slot), or an integer tensor on the kernels' device
+    with one value for all slots or one per slot (values cannot be checked without a host sync).
+    Returns (kernel argument, on_device, stride of the per-slot values)."""
     if isinstance(length, torch.Tensor):
-        if length.numel() != 1 or length.dtype not in (torch.int32, torch.int64):
+        if length.dim() > 1 or length.numel() not in (1, slots) or length.dtype not in (torch.int32, torch.int64):
             raise ValueError(
-                f"{name} tensor must hold one int32/int64 value, got shape {tuple(length.shape)} {length.dtype}"
+                f"{name} tensor must hold one int32/int64 value or one per cache slot ({slots}), got shape "
+                f"{tuple(length.shape)} {length.dtype}"
             )
         if length.device != device:
             raise ValueError(f"{name} tensor is on {length.device} but the inputs are on {device}")
-        return length, True
+        return length, True, int(length.numel() > 1)
     length = int(length)
     if not 0 <= length <= hi:
         raise ValueError(f"{name}={length} out of range [0, {hi}] for this cache")
-    return length, False
+    return length, False, 0
 
 
-def _check_qkv(q, k_cache, v_cache, tensors: dict):
-    """Shape/dtype/layout checks shared by both wrappers. Returns (B, H, K, D, Hkv, S_max)."""
+def _check_qkv(q, k_cache, v_cache, tensors: dict, positions: int = 1):
+    """Shape/dtype/layout checks shared by both wrappers (`positions` batch elements of q per cache
+    slot). Returns (B, H, K, D, Hkv, S_max)."""
     if q.dim() != 4 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
         raise ValueError(
             f"expected q (B, H, K, D) and equal k/v caches (B, Hkv, S_max, D), got "
@@ -456,7 +329,7 @@ def _check_qkv(q, k_cache, v_cache, tensors: dict):
         )
     batch, heads, block_len, head_dim = q.shape
     kv_heads, max_len = k_cache.shape[1], k_cache.shape[2]
-    if k_cache.shape[0] != batch or k_cache.shape[3] != head_dim:
+    if k_cache.shape[0] * positions != batch or k_cache.shape[3] != head_dim:
         raise ValueError(f"cache shape {tuple(k_cache.shape)} does not match q {tuple(q.shape)}")
     if heads % kv_heads != 0:
         raise ValueError(f"num_heads={heads} is not a multiple of num_kv_heads={kv_heads}")
@@ -521,51 +394,65 @@ def _outputs(q, kv_heads: int, launch: _Launch):
     return out, o_part, m_part, l_part
 
 
-def _combine(
-    out,
-    o_part,
-    m_part,
-    l_part,
-    length,
-    on_device: bool,
-    block_in_cache: bool,
-    kv_heads: int,
-    launch: _Launch,
-    per_batch: bool = False,
-    pdl: bool = False,
-):
-    """Merge the split partials into `out` (nothing to do with one split: `out` is already written).
-    per_batch: batch element b has length + b, and the rows per program are chosen as for one batch
-    element (so each element is combined exactly as it would be alone)."""
+def _attend(q, caches, length, scale, num_splits, kv_len_bound, draft, positions=1, block_b=16, pdl=False):
+    """Plan, launch `_attention_kernel` over q and `caches` (k_cache, v_cache, k_blk, v_blk; the verify
+    pass passes its cache as the unused block) and combine the splits.
+
+    length: the checked (argument, on_device, stride) of `_check_length`. positions > 1: q's batch
+    element b belongs to cache slot b // positions and is tiled as a one-query call alone would be
+    (`verify_attention`'s per_position)."""
+    length, on_device, len_stride = length
+    kv_heads = caches[0].shape[1]
+    launch = _plan(q[:1] if positions > 1 else q, kv_heads, kv_len_bound, num_splits)
+    out, o_part, m_part, l_part = _outputs(q, kv_heads, launch)
+    shape = dict(GROUP=launch.group, BLOCK_LEN=q.shape[2], HEAD_DIM=q.shape[3], BLOCK_N=launch.block_n)
+    shape.update(LEN_ON_DEVICE=on_device, POSITIONS=positions, **launch_options(pdl, q.device))
+    _attention_kernel[(q.shape[0] * kv_heads, launch.rows_pad // launch.block_m, launch.num_splits)](
+        q,
+        *caches,
+        length,
+        len_stride,
+        out,
+        o_part,
+        m_part,
+        l_part,
+        *q.stride()[:3],
+        *(s for t in caches for s in t.stride()[:3]),
+        *out.stride()[:3],
+        kv_heads,
+        launch.num_splits,
+        scale * LOG2E,
+        BLOCK_M=launch.block_m,
+        BLOCK_B=block_b,
+        WRITE_FINAL=launch.num_splits == 1,
+        DOT_PRECISION=_dot_precision(q.dtype),
+        DRAFT=draft,
+        num_warps=launch.num_warps,
+        **shape,
+    )
     if launch.num_splits == 1:
-        return out
-    batch, _, block_len, head_dim = out.shape
-    # As many rows per program as still give one program per SM (a power of two <= 16, so it
-    # divides rows_pad).
+        return out  # the attention kernel normalised and wrote it
+    # As many rows per combine program as still give one program per SM (a power of two <= 16, so it
+    # divides rows_pad); per position, chosen as for one position alone (each is combined as it would be).
     block_r = 16
-    tiling_batch = 1 if per_batch else batch
+    tiling_batch = 1 if positions > 1 else q.shape[0]
     while block_r > 1 and tiling_batch * kv_heads * triton.cdiv(launch.rows, block_r) < sm_count(out.device):
         block_r //= 2
-    _combine_splits_kernel[(batch * kv_heads, triton.cdiv(launch.rows, block_r))](
+    _combine_splits_kernel[(q.shape[0] * kv_heads, triton.cdiv(launch.rows, block_r))](
         o_part,
         m_part,
         l_part,
         out,
         length,
+        len_stride,
         *out.stride()[:3],
         kv_heads,
         launch.num_splits,
-        GROUP=launch.group,
-        BLOCK_LEN=block_len,
-        HEAD_DIM=head_dim,
         ROWS_PAD=launch.rows_pad,
-        BLOCK_N=launch.block_n,
         BLOCK_R=block_r,
         BLOCK_S=triton.next_power_of_2(launch.num_splits),
-        LEN_ON_DEVICE=on_device,
-        BLOCK_IN_CACHE=block_in_cache,
-        LEN_PER_BATCH=per_batch,
-        **launch_options(pdl, out.device),
+        BLOCK_IN_CACHE=not draft,
+        **shape,
     )
     return out
 
@@ -578,12 +465,15 @@ def _dot_precision(dtype: torch.dtype) -> str:
 def diffusion_attention(
     q, k_cache, v_cache, ctx_len, k_blk, v_blk, scale: float, num_splits: int | None = None, pdl: bool = False
 ):
-    """Draft-pass attention: each of the K block queries sees cache keys [0, ctx_len) and all K block keys.
+    """Draft-pass attention: each of the K block queries of batch element b sees cache keys
+    [0, ctx_len[b]) and all K of its block keys.
 
-    q: (B, H, K, D); k_cache, v_cache: (B, Hkv, S_max, D), of which the first ctx_len entries are valid
-    (nothing beyond is read); k_blk, v_blk: (B, Hkv, K, D), the block's own diffusion-view keys/values.
-    ctx_len: Python int, or a one-element int32/int64 tensor on q's device (CUDA-graph friendly; the
-    value is then not range-checked, and the default num_splits is sized for S_max).
+    q: (B, H, K, D); k_cache, v_cache: (B, Hkv, S_max, D) (B cache slots), of which the first ctx_len[b]
+    entries of slot b are valid (nothing beyond is read); k_blk, v_blk: (B, Hkv, K, D), the blocks' own
+    diffusion-view keys/values.
+    ctx_len: Python int (every slot), or an int32/int64 tensor on q's device with one value or one per
+    slot (ragged contexts; CUDA-graph friendly; the values are then not range-checked, and the default
+    num_splits is sized for S_max).
     num_splits: key-sequence splits per (batch, KV head, row block); by default about one program per SM.
     pdl: launch with Programmatic Dependent Launch (kernels/pdl.py; CUDA sm_90+); same results.
     Returns (B, H, K, D) in q's dtype.
@@ -596,42 +486,10 @@ def diffusion_attention(
             f"k_blk/v_blk must be {(batch, kv_heads, block_len, head_dim)}, "
             f"got {tuple(k_blk.shape)}, {tuple(v_blk.shape)}"
         )
-    length, on_device = _check_length("ctx_len", ctx_len, q.device, max_len)
-    launch = _plan(q, kv_heads, max_len if on_device else length, num_splits)
-    out, o_part, m_part, l_part = _outputs(q, kv_heads, launch)
-    _diffusion_attention_kernel[(batch * kv_heads, launch.rows_pad // launch.block_m, launch.num_splits)](
-        q,
-        k_cache,
-        v_cache,
-        k_blk,
-        v_blk,
-        length,
-        out,
-        o_part,
-        m_part,
-        l_part,
-        *q.stride()[:3],
-        *k_cache.stride()[:3],
-        *v_cache.stride()[:3],
-        *k_blk.stride()[:3],
-        *v_blk.stride()[:3],
-        *out.stride()[:3],
-        kv_heads,
-        launch.num_splits,
-        scale * LOG2E,
-        GROUP=launch.group,
-        BLOCK_LEN=block_len,
-        HEAD_DIM=head_dim,
-        BLOCK_M=launch.block_m,
-        BLOCK_N=launch.block_n,
-        BLOCK_B=max(16, triton.next_power_of_2(block_len)),
-        LEN_ON_DEVICE=on_device,
-        WRITE_FINAL=launch.num_splits == 1,
-        DOT_PRECISION=_dot_precision(q.dtype),
-        num_warps=launch.num_warps,
-        **launch_options(pdl, q.device),
-    )
-    return _combine(out, o_part, m_part, l_part, length, on_device, False, kv_heads, launch, pdl=pdl)
+    length = _check_length("ctx_len", ctx_len, q.device, max_len, batch)
+    bound = max_len if length[1] else length[0]
+    block_b = max(16, triton.next_power_of_2(block_len))
+    return _attend(q, (k_cache, v_cache, k_blk, v_blk), length, scale, num_splits, bound, True, 1, block_b, pdl)
 
 
 def verify_attention(
@@ -644,73 +502,30 @@ def verify_attention(
     per_position: bool = False,
     pdl: bool = False,
 ):
-    """Verify-pass (AR) attention over a block already written to the cache at [start, start + K):
-    block query i sees cache keys [0, start + i] (nothing beyond start + K is read).
+    """Verify-pass (AR) attention over blocks already written to the cache at [start[b], start[b] + K):
+    block query i of batch element b sees keys [0, start[b] + i] of cache slot b (nothing beyond
+    start[b] + K is read).
 
     q: (B, H, K, D); k_cache, v_cache: (B, Hkv, S_max, D).
-    start: Python int, or a one-element int32/int64 tensor on q's device (CUDA-graph friendly; the
-    value is then not range-checked, and the default num_splits is sized for S_max).
+    start: Python int (every slot), or an int32/int64 tensor on q's device with one value or one per slot
+    (ragged contexts; CUDA-graph friendly; the values are then not range-checked, and the default
+    num_splits is sized for S_max).
     num_splits: key-sequence splits per (batch, KV head, row block); by default about one program per SM.
-    per_position (batch 1): compute each block position as its own one-query call at start + i would
+    per_position: compute each block position as its own one-query, batch-1 call at start[b] + i would
     (same row blocks, key tiles, splits and combine), so its result is bitwise the same as that call's
-    whatever K is, given the same num_splits (the default one is when start is a device tensor: it is
-    sized for S_max): the batch-invariant mode of the engine. The K positions become K batch elements of
-    one launch over the same cache; it does K times the programs of a one-query call.
+    whatever K and B are, given the same num_splits (the default one is when start is a device tensor:
+    it is sized for S_max): the batch-invariant mode of the engine. The B * K positions become batch
+    elements of one launch over the same cache; it does K times the programs of a one-query call.
     pdl: launch with Programmatic Dependent Launch (kernels/pdl.py; CUDA sm_90+); same results.
     Returns (B, H, K, D) in q's dtype.
     """
-    if per_position:
-        if q.shape[0] != 1:
-            raise ValueError("per_position needs batch 1")
-        positions = q.shape[2]
-        out = _verify_attention(
-            q.permute(2, 1, 0, 3),
-            k_cache.expand(positions, -1, -1, -1),
-            v_cache.expand(positions, -1, -1, -1),
-            start,
-            scale,
-            num_splits,
-            per_batch=True,
-            pdl=pdl,
-        )
-        return out.permute(2, 1, 0, 3)
-    return _verify_attention(q, k_cache, v_cache, start, scale, num_splits, pdl=pdl)
-
-
-def _verify_attention(q, k_cache, v_cache, start, scale, num_splits, per_batch=False, pdl=False):
-    """`verify_attention`; per_batch: batch element b starts at start + b and is tiled as if alone."""
-    batch, heads, block_len, head_dim, kv_heads, max_len = _check_qkv(
-        q, k_cache, v_cache, {"k_cache": k_cache, "v_cache": v_cache}
-    )
-    length, on_device = _check_length("start", start, q.device, max_len - block_len - (batch - 1) * per_batch)
-    launch = _plan(q[:1] if per_batch else q, kv_heads, max_len if on_device else length + block_len, num_splits)
-    out, o_part, m_part, l_part = _outputs(q, kv_heads, launch)
-    _verify_attention_kernel[(batch * kv_heads, launch.rows_pad // launch.block_m, launch.num_splits)](
-        q,
-        k_cache,
-        v_cache,
-        length,
-        out,
-        o_part,
-        m_part,
-        l_part,
-        *q.stride()[:3],
-        *k_cache.stride()[:3],
-        *v_cache.stride()[:3],
-        *out.stride()[:3],
-        kv_heads,
-        launch.num_splits,
-        scale * LOG2E,
-        GROUP=launch.group,
-        BLOCK_LEN=block_len,
-        HEAD_DIM=head_dim,
-        BLOCK_M=launch.block_m,
-        BLOCK_N=launch.block_n,
-        LEN_ON_DEVICE=on_device,
-        WRITE_FINAL=launch.num_splits == 1,
-        DOT_PRECISION=_dot_precision(q.dtype),
-        LEN_PER_BATCH=per_batch,
-        num_warps=launch.num_warps,
-        **launch_options(pdl, q.device),
-    )
-    return _combine(out, o_part, m_part, l_part, length, on_device, True, kv_heads, launch, per_batch, pdl)
+    batch, heads, block_len, head_dim = q.shape
+    positions = block_len if per_position else 1
+    if per_position:  # (B, H, K, D) -> (B * K, H, 1, D): one batch element per position
+        q = q.transpose(1, 2).reshape(batch * block_len, heads, 1, head_dim)
+    _, _, k, _, _, max_len = _check_qkv(q, k_cache, v_cache, {"k_cache": k_cache, "v_cache": v_cache}, positions)
+    length = _check_length("start", start, q.device, max_len - block_len, batch)
+    bound = max_len if length[1] else length[0] + k  # k: the keys past start one batch element adds
+    caches = (k_cache, v_cache, k_cache, v_cache)  # the block is in the cache: no block buffers
+    out = _attend(q, caches, length, scale, num_splits, bound, False, positions, pdl=pdl)
+    return out.view(batch, block_len, heads, head_dim).transpose(1, 2) if per_position else out

@@ -43,10 +43,13 @@ def add_rms_norm(x, residual, weight, eps, pdl=False):
 
 
 def qkv_norm_rope(q, k, v, q_weight, k_weight, cos_table, sin_table, start, k_dst, v_dst, dst_at_start, eps, pdl=False):
-    """Per-head RMSNorm of q and k, RoPE at positions start + t, k/v stored into k_dst/v_dst at rows
-    start + t (the cache) or t (a block buffer). Returns q as (1, H, T, D)."""
+    """Per-head RMSNorm of q and k, RoPE at positions start[b] + t, k/v stored into k_dst/v_dst at rows
+    start[b] + t (the cache) or t (a block buffer). The T rows are B blocks of T / B tokens, block b
+    in slot b of k_dst/v_dst (B, Hkv, rows, D) at its own start[b] (start: (B,) int64). Returns q as
+    (B, H, T / B, D)."""
     T, D = q.shape[0], cos_table.shape[-1]
     H, Hkv = q.shape[1] // D, k.shape[1] // D
+    B = k_dst.shape[0]
     for name, t in (("q", q), ("k", k), ("v", v), ("k_dst", k_dst), ("v_dst", v_dst)):
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in its last dim")
@@ -63,9 +66,12 @@ def qkv_norm_rope(q, k, v, q_weight, k_weight, cos_table, sin_table, start, k_ds
         cos_table,
         sin_table,
         start,
+        T // B,
         q_out,
         k_dst,
         v_dst,
+        k_dst.stride(0),
+        v_dst.stride(0),
         k_dst.stride(1),
         k_dst.stride(2),
         v_dst.stride(1),
@@ -80,7 +86,7 @@ def qkv_norm_rope(q, k, v, q_weight, k_weight, cos_table, sin_table, start, k_ds
         num_warps=4,
         **launch_options(pdl, q.device),
     )
-    return q_out[None].transpose(1, 2)
+    return q_out.view(B, T // B, H, D).transpose(1, 2)
 
 
 def silu_mul(gate, up, pdl=False):
@@ -164,9 +170,12 @@ def _qkv_norm_rope_kernel(
     cos_ptr,
     sin_ptr,
     start_ptr,
+    block_len,
     q_out_ptr,
     k_dst_ptr,
     v_dst_ptr,
+    stride_kd_b,
+    stride_vd_b,
     stride_kd_h,
     stride_kd_t,
     stride_vd_h,
@@ -180,22 +189,27 @@ def _qkv_norm_rope_kernel(
     BLOCK_KV: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    """One token per program. Query heads are normed, rotated and written to q_out (T, H, D); key heads
-    are normed, rotated and stored at row (start + t if DST_AT_START else t) of k_dst; value heads are
-    copied to the same row of v_dst."""
+    """One token per program; token t is position i = t % block_len of block b = t // block_len. Query
+    heads are normed, rotated and written to q_out (T, H, D); key heads are normed, rotated and stored
+    at row (start[b] + i if DST_AT_START else i) of slot b of k_dst; value heads are copied to the same
+    row of v_dst."""
     if USE_PDL:
         # A small kernel: let the next one (attention) launch at once; it still waits for this one.
         # Wait before everything: q/k/v and start come from earlier kernels (and the RoPE rows depend on start).
         tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
     t = tl.program_id(0)
-    start = tl.load(start_ptr).to(tl.int32)
+    b = t // block_len
+    i = t % block_len
+    start = tl.load(start_ptr + b).to(tl.int32)
     d = tl.arange(0, HEAD_DIM)[None, :]
-    cos = tl.load(cos_ptr + (start + t) * HEAD_DIM + d).to(tl.float32)
-    sin = tl.load(sin_ptr + (start + t) * HEAD_DIM + d).to(tl.float32)
-    row = t
+    cos = tl.load(cos_ptr + (start + i) * HEAD_DIM + d).to(tl.float32)
+    sin = tl.load(sin_ptr + (start + i) * HEAD_DIM + d).to(tl.float32)
+    row = i
     if DST_AT_START:
         row += start
+    k_dst_ptr += b * stride_kd_b
+    v_dst_ptr += b * stride_vd_b
 
     q, heads, d, mask = _norm_rope_heads(q_ptr + t * stride_q, qw_ptr, cos, sin, num_heads, eps, BLOCK_H, HEAD_DIM)
     tl.store(q_out_ptr + (t * num_heads + heads) * HEAD_DIM + d, q, mask=mask)

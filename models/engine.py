@@ -4,17 +4,19 @@ Same algorithm as the reference loop in `models/generate.py` (draft a block with
 view, verify it with the AR view, keep the longest agreeing prefix plus one AR token), built so
 that one iteration costs about two reads of the weights:
 
-* One preallocated KV cache of `max_seq_len` rows, shared by both views. The number of valid rows
-  (`start`) and the last emitted token (`last`) live in device tensors: the verify pass writes
-  the block at rows start..start+K-1, and "cropping" to the accepted length is `start += n + 1`.
-  Rows past `start` are stale and are overwritten before anything reads them.
+* One preallocated KV cache, shared by both views, with a slot of `max_seq_len` rows per concurrent
+  sequence (`max_batch_size` slots). Each slot's number of valid rows (`start`) and last emitted
+  token (`last`) live in device tensors: the verify pass writes a slot's block at its rows
+  start..start+K-1, and "cropping" to the accepted length is `start += n + 1`. Rows past `start`
+  are stale and are overwritten before anything reads them.
 * The engine's own forward over the model's weight tensors (no copies, unless `fuse_qkv`), with
   fused elementwise kernels and the `kernels/` decode attention (`models/engine_ops.py`), instead
   of `transformers`' per-layer Python and mask building.
-* Each step of an iteration (draft pass, verify pass, greedy acceptance) is captured once per
-  block size K as a CUDA graph and replayed. Greedy acceptance and the bonus token are computed on
-  the device, so an iteration reads back one small tensor: the accepted length and the K AR
-  tokens (`_Steps.packed`).
+* An iteration runs B slots in one draft and one verify pass (B * K token rows; each slot attends to
+  its own length). Each step (draft pass, verify pass, acceptance) is captured once per block size
+  K and batch-size bucket B as a CUDA graph and replayed. Acceptance and the bonus token are
+  computed on the device, so an iteration reads back one small tensor: per slot the accepted length
+  and the emitted tokens (`_Steps.packed`).
 
 * Matrix products go through `kernels.matmul.Matmul`: on CUDA, per weight shape and row tile, the
   faster of cuBLAS and a skinny Triton kernel built to stream weights at decode shapes; gate and up
@@ -37,14 +39,10 @@ sampled from the diffusion view or greedy, speculative rejection sampling with a
 random generator seeded per request), captured in graphs beside the passes, so a sampled
 iteration also reads back one small tensor.
 
-The host loop keeps two iterations in flight: each iteration's result is copied to pinned host
-memory without blocking, and the host reads it while the next iteration runs (the device state
-already says where that one starts). EOS and max_new_tokens are applied on the host, one iteration
-late; the extra iteration this launches past the end is discarded (it writes only cache rows past
-the output, inside the rows a request already reserves).
+The host loop is `models.serving.Server`, a request queue with continuous batching: requests join
+free slots between iterations and leave when done, two iterations in flight, EOS and max_new_tokens
+applied on the host one iteration late. `generate` is one request through it.
 """
-
-from collections import deque
 
 import torch
 import torch.nn.functional as F
@@ -53,29 +51,34 @@ import kernels.pdl
 import kernels.sample
 from kernels.matmul import Matmul
 from models.engine_ops import TorchOps, TritonOps
-from models.generate import GenerationResult, _eos_ids, check_request
+from models.generate import GenerationResult
 from models.orthrus import OrthrusForCausalLM
 from models.sampling import SamplingParams
-from models.stopping import Stopper
+from models.serving import DRAFT_MODES, Server, request_seed
+
+__all__ = ["DRAFT_MODES", "OrthrusEngine", "StaticKVCache"]
 
 PREFILL_CHUNK = 1024  # prompt tokens per prefill pass: bounds activation memory for long prompts
-IN_FLIGHT = 2  # iterations launched ahead of the host's read-back
-DRAFT_MODES = ("sampled", "greedy")
 
 
 class StaticKVCache:
-    """All layers' keys and values in one zero-initialised buffer (L, 2, 1, Hkv, S_max, D).
+    """All layers' keys and values in one zero-initialised buffer (L, 2, slots, Hkv, S_max, D): one slot of
+    S_max rows per concurrent sequence.
 
     Zeros rather than uninitialised memory because the PyTorch attention path masks stale rows
     after computing on them (0 * NaN would be NaN); the Triton kernels never read past the valid length.
     """
 
-    def __init__(self, num_layers, num_kv_heads, max_seq_len, head_dim, dtype, device):
-        self.kv = torch.zeros(num_layers, 2, 1, num_kv_heads, max_seq_len, head_dim, dtype=dtype, device=device)
+    def __init__(self, num_layers, num_kv_heads, max_seq_len, head_dim, dtype, device, slots: int = 1):
+        self.kv = torch.zeros(num_layers, 2, slots, num_kv_heads, max_seq_len, head_dim, dtype=dtype, device=device)
 
     @property
     def max_seq_len(self) -> int:
         return self.kv.shape[4]
+
+    @property
+    def slots(self) -> int:
+        return self.kv.shape[2]
 
     def keys(self, layer: int) -> torch.Tensor:
         return self.kv[layer, 0]
@@ -114,9 +117,14 @@ class _LayerWeights:
 
 
 class OrthrusEngine:
-    """Decoding engine for one `OrthrusForCausalLM` (batch 1).
+    """Decoding engine for one `OrthrusForCausalLM`, for up to `max_batch_size` concurrent sequences.
 
-    max_seq_len: cache rows; a call needs prompt + max_new_tokens + K - 2 of them.
+    max_seq_len: cache rows per sequence (slot); a request needs prompt + max_new_tokens + K - 2 of them.
+    max_batch_size: cache slots, the most sequences decoded at once (`models.serving.Server` queues the
+      rest); each slot costs max_seq_len rows of KV cache (`cache.nbytes`).
+    block_sizes: the block sizes K this engine serves, their steps built (and on CUDA captured) for
+      every batch-size bucket up front (`warm_up`); another K is then a ValueError. None (default):
+      any K, built on first use.
     backend: "triton" (fused kernels; CUDA, or CPU under TRITON_INTERPRET=1) or "torch" (PyTorch
       ops matching `transformers`); default "triton" on CUDA, "torch" elsewhere.
     cuda_graphs: capture each step as a CUDA graph (default: on CUDA).
@@ -145,9 +153,15 @@ class OrthrusEngine:
         matmul: str | None = None,
         batch_invariant: bool = False,
         pdl: bool | None = None,
+        max_batch_size: int = 1,
+        block_sizes: tuple[int, ...] | None = None,
     ):
         config = model.config
         _check_supported(model)
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size={max_batch_size} must be >= 1")
+        self.max_batch_size = max_batch_size
+        self.block_sizes = None if block_sizes is None else tuple(sorted(set(block_sizes)))
         self.model, self.config = model, config
         self.device = model.model.embed_tokens.weight.device
         self.dtype = model.model.embed_tokens.weight.dtype
@@ -185,65 +199,84 @@ class OrthrusEngine:
             )
             self.embed, self.final_norm = model.model.embed_tokens.weight, model.model.norm.weight
             self.lm_head = model.lm_head.weight
+            _check_cache_fits(
+                config, self.num_kv_heads, self.head_dim, max_seq_len, max_batch_size, self.dtype, self.device
+            )
             self.cache = StaticKVCache(
-                config.num_hidden_layers, self.num_kv_heads, max_seq_len, self.head_dim, self.dtype, self.device
+                config.num_hidden_layers,
+                self.num_kv_heads,
+                max_seq_len,
+                self.head_dim,
+                self.dtype,
+                self.device,
+                max_batch_size,
             )
             # RoPE tables from the model's own rotary module: the same values `transformers` uses.
             positions = torch.arange(max_seq_len, device=self.device)[None]
             cos, sin = model.model.rotary_emb(self.embed[:1], positions)
             self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()
-            self.start = torch.zeros(1, dtype=torch.long, device=self.device)  # valid cache rows
-            self.last = torch.zeros(1, dtype=torch.long, device=self.device)  # last emitted token
-            self.rng = torch.zeros(2, dtype=torch.long, device=self.device)  # [seed, iteration] of the sampler
-        self._steps: dict[int, _Steps] = {}
+            # Per slot: valid cache rows, last emitted token, [seed, iteration] of the sampler.
+            self.start = torch.zeros(max_batch_size, dtype=torch.long, device=self.device)
+            self.last = torch.zeros(max_batch_size, dtype=torch.long, device=self.device)
+            self.rng = torch.zeros(max_batch_size, 2, dtype=torch.long, device=self.device)
+        self._steps: dict[tuple[int, int], _Steps] = {}
+        for K in self.block_sizes or ():
+            self.warm_up(K)
+
+    def warm_up(self, block_size: int) -> None:
+        """Build (on CUDA, capture) the steps of block size K at every batch-size bucket."""
+        b = 1
+        while True:
+            self.steps(block_size, b)
+            if b >= self.max_batch_size:
+                return
+            b = self.batch_bucket(b + 1)
 
     # --- the forward ----------------------------------------------------------------------------
 
-    def _logits(self, ids: torch.Tensor, mode: str, rows: slice | None) -> torch.Tensor | None:
-        """One pass of the decoder over the block `ids` (T,) at positions start..start+T-1.
+    def _logits(self, ids: torch.Tensor, mode: str, rows: slice | None, slots: slice) -> torch.Tensor | None:
+        """One pass of the decoder over B blocks `ids` (B * T,), block b in cache slot slots.start + b at
+        positions start[b]..start[b]+T-1 (ragged: each slot at its own length).
 
-        mode "verify": the AR view; keys/values are written to cache rows start.. and each query
-        sees the cache up to itself. mode "draft": the diffusion view; its keys/values stay in a
-        block buffer, and each query sees cache rows [0, start) plus the whole block.
-        Returns the logits of `rows` of the block (None: skip the LM head).
+        mode "verify": the AR view; keys/values are written to the slot's cache rows start[b].. and each
+        query sees its slot's cache up to itself. mode "draft": the diffusion view; its keys/values stay
+        in a block buffer, and each query sees its slot's cache rows [0, start[b]) plus its whole block.
+        Returns the logits of `rows` of every block, block after block (None: skip the LM head).
         """
-        T, ops, cache = ids.shape[0], self.ops, self.cache
-        draft = mode == "draft"
-        pdl = self.pdl
+        start, ops, pdl = self.start[slots], self.ops, self.pdl
+        B, draft = start.shape[0], mode == "draft"
+        T = ids.shape[0] // B
         x = F.embedding(ids, self.embed)
         residual = None
         for i, lw in enumerate(self.layers):
             h, residual = ops.add_rms_norm(x, residual, lw.in_norm, self.eps, pdl=pdl)
             w = lw.diff if draft else lw.ar
             q, k, v = self._qkv(h, w)
+            k_cache, v_cache = self.cache.keys(i)[slots], self.cache.values(i)[slots]
             if draft:
-                k_dst = torch.empty(1, self.num_kv_heads, T, self.head_dim, dtype=self.dtype, device=self.device)
+                k_dst = torch.empty(B, self.num_kv_heads, T, self.head_dim, dtype=self.dtype, device=self.device)
                 v_dst = torch.empty_like(k_dst)
             else:
-                k_dst, v_dst = cache.keys(i), cache.values(i)
+                k_dst, v_dst = k_cache, v_cache
             q = ops.qkv_norm_rope(
-                q, k, v, w.q_norm, w.k_norm, self.cos, self.sin, self.start, k_dst, v_dst, not draft, self.eps, pdl=pdl
+                q, k, v, w.q_norm, w.k_norm, self.cos, self.sin, start, k_dst, v_dst, not draft, self.eps, pdl=pdl
             )
             if draft:
-                o = ops.diffusion_attention(
-                    q, cache.keys(i), cache.values(i), self.start, k_dst, v_dst, self.scale, pdl=pdl
-                )
+                o = ops.diffusion_attention(q, k_cache, v_cache, start, k_dst, v_dst, self.scale, pdl=pdl)
             else:
                 o = ops.verify_attention(
-                    q,
-                    cache.keys(i),
-                    cache.values(i),
-                    self.start,
-                    self.scale,
-                    per_position=self.batch_invariant,
-                    pdl=pdl,
+                    q, k_cache, v_cache, start, self.scale, per_position=self.batch_invariant, pdl=pdl
                 )
-            x = self.mm.linear(o.transpose(1, 2).reshape(T, -1), w.o)
+            x = self.mm.linear(o.transpose(1, 2).reshape(B * T, -1), w.o)
             h, residual = ops.add_rms_norm(x, residual, lw.post_norm, self.eps, pdl=pdl)
             x = self.mm.linear(self.mm.gate_up(h, lw.gate, lw.up), lw.down)
         if rows is None:
             return None
-        h, _ = ops.add_rms_norm(x[rows], residual[rows], self.final_norm, self.eps, pdl=pdl)
+
+        def pick(t):  # `rows` of every block, contiguous
+            return t.view(B, T, -1)[:, rows].reshape(-1, t.shape[-1])
+
+        h, _ = ops.add_rms_norm(pick(x), pick(residual), self.final_norm, self.eps, pdl=pdl)
         return self.mm.linear(h, self.lm_head)
 
     def _qkv(self, h, w: _AttnWeights):
@@ -254,9 +287,9 @@ class OrthrusEngine:
         return qkv[:, :nq], qkv[:, nq : nq + nkv], qkv[:, nq + nkv :]
 
     @torch.no_grad()
-    def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
-        """Write the prompt (L,) into cache rows [0, L); returns the last position's logits (1, V) and
-        leaves `start` = L.
+    def prefill(self, prompt: torch.Tensor, slot: int = 0) -> torch.Tensor:
+        """Write the prompt (L,) into rows [0, L) of cache slot `slot`; returns the last position's
+        logits (1, V) and leaves start[slot] = L. The other slots are untouched.
 
         Chunks of up to PREFILL_CHUNK tokens, each padded to a power of two (>= 16): the attention
         kernels are compiled per block length, so this bounds the compilations to a handful instead of
@@ -264,28 +297,53 @@ class OrthrusEngine:
         their results; the rows it writes past L are overwritten before anything reads them.
         """
         L = prompt.shape[0]
+        slots = slice(slot, slot + 1)
         logits = None
         for lo in range(0, L, PREFILL_CHUNK):
             chunk = prompt[lo : lo + PREFILL_CHUNK]
             n = chunk.shape[0]
             padded = min(max(16, 1 << (n - 1).bit_length()), self.cache.max_seq_len - lo)
             chunk = F.pad(chunk, (0, padded - n), value=self.config.mask_token_id)
-            self.start.fill_(lo)
+            self.start[slot].fill_(lo)
             last_chunk = lo + PREFILL_CHUNK >= L
-            logits = self._logits(chunk, "verify", slice(n - 1, n) if last_chunk else None)
-        self.start.fill_(L)
+            logits = self._logits(chunk, "verify", slice(n - 1, n) if last_chunk else None, slots)
+        self.start[slot].fill_(L)
         return logits
 
     @torch.no_grad()
-    def steps(self, block_size: int) -> "_Steps":
-        """The iteration steps at block size K, built (and on CUDA, captured) on first use."""
-        if block_size not in self._steps:
+    def steps(self, block_size: int, batch: int = 1) -> "_Steps":
+        """The iteration steps at block size K over cache slots [0, batch), built (and on CUDA,
+        captured) on first use. Serving runs them at the batch-size buckets of `batch_bucket`."""
+        key = (block_size, batch)
+        if key not in self._steps:
             if block_size < 1:
                 raise ValueError(f"block_size={block_size} must be >= 1 (1 = plain AR decoding)")
             if block_size > self.cache.max_seq_len:
                 raise ValueError(f"block_size={block_size} exceeds max_seq_len={self.cache.max_seq_len}")
-            self._steps[block_size] = _Steps(self, block_size)
-        return self._steps[block_size]
+            if self.block_sizes is not None and block_size not in self.block_sizes:
+                raise ValueError(
+                    f"block_size={block_size}: this engine was built for block sizes {self.block_sizes} "
+                    "(its graphs are captured up front); build it with this K in block_sizes"
+                )
+            if not 1 <= batch <= self.max_batch_size:
+                raise ValueError(f"batch={batch} outside [1, max_batch_size={self.max_batch_size}]")
+            self._steps[key] = _Steps(self, block_size, batch)
+        return self._steps[key]
+
+    def first_token(self, logits: torch.Tensor, params: SamplingParams, slot: int) -> torch.Tensor:
+        """The prefill's token of slot `slot`: the argmax (greedy) or one draw from p with the slot's
+        generator row (eager; once per request)."""
+        if params.greedy:
+            return logits.argmax(-1)
+        stats = _stats(logits, params)
+        return kernels.sample.sample_rows(
+            logits, stats, params.temperature, self.rng[slot], kernels.sample.FIRST, **_kernel_kw(self)
+        )
+
+    def batch_bucket(self, n: int) -> int:
+        """The smallest batch-size bucket (1, 2, 4, ..., max_batch_size) holding n slots: graphs are
+        captured per bucket, not per batch size."""
+        return min(1 << (n - 1).bit_length(), self.max_batch_size)
 
     # --- decoding -------------------------------------------------------------------------------
 
@@ -296,144 +354,47 @@ class OrthrusEngine:
         max_new_tokens: int,
         *,
         block_size: int | None = None,
-        sampling: SamplingParams = SamplingParams(),
-        eos_token_id: int | list[int] | None = None,
         generator: torch.Generator | None = None,
-        streamer=None,
-        stop_strings: list[str] | None = None,
-        tokenizer=None,
         drafts: str = "sampled",
+        **request,
     ) -> GenerationResult:
-        """Same contract as `models.generate.generate` (so evaluation can use either), on this engine.
+        """Same contract as `models.generate.generate` (so evaluation can use either), on this engine:
+        one request through a `models.serving.Server` of its own (cache slot 0).
 
+        request: `Server.submit`'s sampling, eos_token_id, streamer, stop_strings, tokenizer.
         Sampling: the device generator's seed is one draw from `generator` (or torch's default
         generator), so a seeded generator reproduces a run. drafts: "sampled" (drafts drawn from the
         diffusion view's distribution q) or "greedy" (its argmax, q = one-hot); both are lossless.
         """
-        K = check_request(input_ids, max_new_tokens, block_size, self.config)
-        if drafts not in DRAFT_MODES:
-            raise ValueError(f"drafts={drafts!r}: choose one of {DRAFT_MODES}")
-        L = input_ids.shape[1]
-        need = max(L, L + max_new_tokens + K - 2)
-        if need > self.cache.max_seq_len:
-            raise ValueError(
-                f"prompt {L} + max_new_tokens {max_new_tokens} with block_size {K} needs {need} cache "
-                f"rows; this engine has max_seq_len={self.cache.max_seq_len}. Build it with a larger one."
-            )
-        steps = self.steps(K)
-        sampler = None if sampling.greedy else steps.sampler(sampling, drafts)
-        stopper = Stopper(_eos_ids(self.model, eos_token_id), stop_strings, tokenizer)
-        ids = input_ids.to(self.device)
-
-        result = GenerationResult(sequences=input_ids, prompt_len=L, block_size=K)
-        out: list[int] = []
-        if streamer is not None:
-            streamer.put(input_ids.cpu())
-
-        def emit(tokens: list[int]) -> int:
-            """Append tokens, clipped at max_new_tokens, EOS or a stop string; returns how many were kept."""
-            tokens = stopper.clip(tokens[: max_new_tokens - len(out)])
-            result.finished_by_eos, result.finished_by_stop_string = stopper.reason == "eos", stopper.reason == "stop"
-            out.extend(tokens)
-            if streamer is not None:
-                streamer.put(torch.tensor(tokens))
-            return len(tokens)
-
-        def finished() -> bool:
-            return stopper.reason is not None or len(out) >= max_new_tokens
-
-        logits = self.prefill(ids[0])
-        result.ar_forwards += 1
-        if sampler is None:
-            self.last.copy_(logits.argmax(-1))
-        else:
-            device = None if generator is None else generator.device  # a CUDA generator draws on its device
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=device))
-            self.rng.copy_(torch.tensor([seed, 0]))
-            self.last.copy_(sampler.first_token(logits))
-        emit([int(self.last)])
-
-        def launch():
-            """One iteration, no host sync: its result lands in the read-back queue."""
-            if K > 1:
-                steps.draft()
-                if sampler is not None and sampler.sampled_drafts:
-                    sampler.draft()
-            steps.verify()
-            reader.push(steps.accept() if sampler is None else sampler.accept())
-
-        reader = _ReadBack(K + 1, self.device)
-        rows = L  # the device's `start` after the iterations read so far
-        while not finished():
-            # Launch ahead while every launched iteration may still be needed and fits the cache.
-            while (
-                len(reader) < IN_FLIGHT
-                and len(out) + len(reader) < max_new_tokens
-                and rows + (len(reader) + 1) * K <= self.cache.max_seq_len
-            ):
-                launch()
-            packed = reader.pop()  # [n_acc, tokens (K)]: the iteration's one read-back
-            n_acc, tokens = packed[0], packed[1 : packed[0] + 2]
-            rows += n_acc + 1
-            result.accepted.append(n_acc)
-            result.proposed.append(K)  # always the whole block: emitted tokens are clipped instead
-            result.diffusion_forwards += K > 1
-            result.ar_forwards += 1
-            result.emitted.append(emit(tokens))
-
-        if streamer is not None:
-            streamer.end()
-        new_ids = torch.tensor(out, dtype=input_ids.dtype, device=input_ids.device)
-        result.sequences = torch.cat([input_ids[0], new_ids])[None]
-        return result
-
-
-class _ReadBack:
-    """Iteration results copied to host memory without blocking (pinned buffers + an event each on
-    CUDA), read in launch order: the host reads iteration i while iteration i + 1 runs."""
-
-    def __init__(self, n: int, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.buffers = [torch.empty(n, dtype=torch.long, pin_memory=self.cuda) for _ in range(IN_FLIGHT)]
-        self.events = [torch.cuda.Event() if self.cuda else None for _ in range(IN_FLIGHT)]
-        self.queue: deque[int] = deque()
-        self.next = 0
-
-    def __len__(self) -> int:
-        return len(self.queue)
-
-    def push(self, src: torch.Tensor) -> None:
-        i, self.next = self.next, (self.next + 1) % IN_FLIGHT
-        self.buffers[i].copy_(src, non_blocking=self.cuda)
-        if self.cuda:
-            self.events[i].record()
-        self.queue.append(i)
-
-    def pop(self) -> list[int]:
-        i = self.queue.popleft()
-        if self.cuda:
-            self.events[i].synchronize()
-        return self.buffers[i].tolist()
+        server = Server(self, block_size, drafts)
+        sampled = not request.get("sampling", SamplingParams()).greedy
+        seed = request_seed(generator) if sampled else None
+        server.submit(input_ids, max_new_tokens, seed=seed, **request)
+        return next(iter(server))[1]
 
 
 class _Steps:
-    """The steps of one iteration at block size K over static buffers.
+    """The steps of one iteration at block size K over cache slots [0, B), on static buffers.
 
-    draft():  diffusion pass over [last, MASK x (K-1)] -> draft logits (K-1, V); writes
-              block = [last, argmax drafts].
-    verify(): AR pass over `block`, appending it to the cache -> logits (K, V).
-    accept(): greedy acceptance on the device: n = longest prefix of drafts equal to the AR argmax;
-              packed = [n, AR argmax tokens]; start += n + 1; last = AR token n (the bonus).
+    draft():  diffusion pass over [last[b], MASK x (K-1)] per slot -> draft logits (B * (K-1), V);
+              writes block[b] = [last[b], argmax drafts].
+    verify(): AR pass over `block`, appending each slot's block to its cache -> logits (B * K, V).
+    accept(): greedy acceptance on the device, per slot: n = longest prefix of drafts equal to the AR
+              argmax; token = AR token n (the bonus); `finish`.
+    finish(n, token): packed[b] = [n, drafts, ...] with token at n + 1 (so packed[b, 1:n+2] are the
+              tokens emitted); start += n + 1; last = token. start is clamped to S_max - K: a slot's
+              start only gets there once its request is past its end (requests are checked to fit),
+              so a finished or free slot decoding on keeps writing inside its own rows.
     On CUDA with graphs each step is captured once (`_capture`) and replayed. Sampling adds the
     steps of a `_Sampler` per setting (`sampler()`).
     """
 
-    def __init__(self, engine: OrthrusEngine, K: int):
-        self.engine, self.K = engine, K
+    def __init__(self, engine: OrthrusEngine, K: int, B: int):
+        self.engine, self.K, self.B, self.slots = engine, K, B, slice(0, B)
         device = engine.device
-        self.draft_in = torch.full((K,), engine.config.mask_token_id, dtype=torch.long, device=device)
-        self.block = torch.zeros(K, dtype=torch.long, device=device)
-        self.packed = torch.zeros(K + 1, dtype=torch.long, device=device)
+        self.draft_in = torch.full((B, K), engine.config.mask_token_id, dtype=torch.long, device=device)
+        self.block = torch.zeros(B, K, dtype=torch.long, device=device)
+        self.packed = torch.zeros(B, K + 1, dtype=torch.long, device=device)
         fns = {"verify": self._verify, "accept": self._accept}
         if K > 1:
             fns = {"draft": self._draft, **fns}
@@ -444,28 +405,32 @@ class _Steps:
 
     def _draft(self):
         e = self.engine
-        self.draft_in[:1].copy_(e.last)
-        logits = e._logits(self.draft_in, "draft", slice(0, self.K - 1))
-        self.block[1:].copy_(logits.argmax(-1))
+        self.draft_in[:, 0].copy_(e.last[self.slots])
+        logits = e._logits(self.draft_in.view(-1), "draft", slice(0, self.K - 1), self.slots)
+        self.block[:, 1:].copy_(logits.argmax(-1).view(self.B, -1))
         return logits
 
     def _verify(self):
         e = self.engine
-        self.block[:1].copy_(e.last)
-        return e._logits(self.block, "verify", slice(None))
+        self.block[:, 0].copy_(e.last[self.slots])
+        return e._logits(self.block.view(-1), "verify", slice(None), self.slots)
 
     def _accept(self):
-        e = self.engine
-        ar = self._outputs["verify"].argmax(-1)
-        n_acc = e.ops.greedy_accept(self.block[None, 1:], ar[None], pdl=e.pdl)
-        self.packed[:1].copy_(n_acc)
-        self.packed[1:].copy_(ar)
-        e.start.add_(n_acc + 1)
-        e.last.copy_(ar.gather(0, n_acc))
-        return self.packed
+        ar = self._outputs["verify"].argmax(-1).view(self.B, self.K)
+        n = self.engine.ops.greedy_accept(self.block[:, 1:], ar, pdl=self.engine.pdl)
+        return self.finish(n, ar.gather(1, n[:, None])[:, 0])
 
-    def sampler(self, params: SamplingParams, drafts: str) -> "_Sampler":
-        """The sampling steps for one setting, built (and captured) on first use."""
+    def finish(self, n: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        e, packed = self.engine, self.packed
+        packed[:, :1].copy_(n[:, None])
+        packed[:, 1 : self.K].copy_(self.block[:, 1:])
+        packed.scatter_(1, n[:, None] + 1, token[:, None])
+        e.start[self.slots].add_(n + 1).clamp_(max=e.cache.max_seq_len - self.K)
+        e.last[self.slots].copy_(token)
+        return packed
+
+    def sampler(self, params: tuple[SamplingParams, ...], drafts: str) -> "_Sampler":
+        """The sampling steps for one setting (params: one per slot), built (and captured) on first use."""
         key = (params, drafts if self.K > 1 else "greedy")
         if key not in self._samplers:
             self._samplers[key] = _Sampler(self, params, key[1] == "sampled")
@@ -485,82 +450,65 @@ class _Steps:
 
 
 class _Sampler:
-    """Speculative rejection sampling steps for one (K, sampling params, draft mode), on the device.
+    """Speculative rejection sampling steps for one (K, B, sampling params per slot, draft mode), on
+    the device. A slot with greedy params is accepted greedily; each sampled slot draws with its own
+    parameters and its own generator row rng[b] = [seed, iteration] (the kernels of `kernels.sample`
+    take one block and one setting, so they run slot by slot: B small launches per step).
 
-    draft():  after the draft pass: q = transform(draft logits); block[1:] = one draw per row of q.
-              (Greedy drafts skip it: the draft pass already wrote the argmax, and q = one-hot.)
-    accept(): after the verify pass: p = transform(verify logits); acceptance, residual / bonus
-              token (`kernels.sample.accept`); packed = [n, drafts[:n], token, ...]; start += n + 1;
-              last = token; the generator's iteration += 1.
+    draft():  after the draft pass, per sampled slot: q = transform(draft logits); block[b, 1:] = one
+              draw per row of q. (Greedy drafts skip it: the draft pass already wrote the argmax, and
+              q = one-hot.)
+    accept(): after the verify pass, per sampled slot: p = transform(verify logits); acceptance,
+              residual / bonus token (`kernels.sample.accept`); then `_Steps.finish`, and every slot's
+              iteration += 1.
     The parameters are constants of the captured graphs, hence one sampler per setting.
     """
 
-    def __init__(self, steps: _Steps, params: SamplingParams, sampled_drafts: bool):
+    def __init__(self, steps: _Steps, params: tuple[SamplingParams, ...], sampled_drafts: bool):
         self.steps, self.params, self.sampled_drafts = steps, params, sampled_drafts
         e = steps.engine
-        self.triton = e.backend == "triton"
-        self.q_stats = None
+        self.q_stats: dict[int, torch.Tensor] = {}
         fns = {"draft": self._draft, "accept": self._accept} if sampled_drafts else {"accept": self._accept}
         self._fns = fns
         self._outputs: dict[str, torch.Tensor] = {}
         self._graphs = _capture(e, fns, self._outputs, 0) if e.cuda_graphs else {}
 
-    def _stats(self, logits):
-        p = self.params
-        return kernels.sample.transform_stats(logits, p.temperature, p.top_k, p.top_p)
-
-    def first_token(self, logits: torch.Tensor) -> torch.Tensor:
-        """The prefill's token: one draw from p (eager; once per request)."""
-        e = self.steps.engine
-        return kernels.sample.sample_rows(
-            logits,
-            self._stats(logits),
-            self.params.temperature,
-            e.rng,
-            kernels.sample.FIRST,
-            use_triton=self.triton,
-            pdl=e.pdl,
-        )
+    def _sampled(self):
+        return [(b, p) for b, p in enumerate(self.params) if not p.greedy]
 
     def _draft(self):
         e, steps = self.steps.engine, self.steps
-        logits = steps._outputs["draft"]
-        self.q_stats = self._stats(logits)
-        steps.block[1:].copy_(
-            kernels.sample.sample_rows(
-                logits,
-                self.q_stats,
-                self.params.temperature,
-                e.rng,
-                kernels.sample.DRAFT,
-                use_triton=self.triton,
-                pdl=e.pdl,
+        logits = steps._outputs["draft"].view(steps.B, steps.K - 1, -1)
+        for b, p in self._sampled():
+            self.q_stats[b] = _stats(logits[b], p)
+            draws = kernels.sample.sample_rows(
+                logits[b], self.q_stats[b], p.temperature, e.rng[b], kernels.sample.DRAFT, **_kernel_kw(e)
             )
-        )
+            steps.block[b, 1:].copy_(draws)
         return steps.block
 
     def _accept(self):
         e, steps = self.steps.engine, self.steps
-        p_logits = steps._outputs["verify"]
-        q_logits, q_stats = (steps._outputs["draft"], self.q_stats) if self.sampled_drafts else (None, None)
-        n, token = kernels.sample.accept(
-            p_logits,
-            self._stats(p_logits),
-            q_logits,
-            q_stats,
-            steps.block[1:],
-            self.params.temperature,
-            e.rng,
-            use_triton=self.triton,
-            pdl=e.pdl,
-        )
-        packed = steps.packed
-        packed[:1].copy_(n)
-        packed[1 : steps.K].copy_(steps.block[1:])
-        packed.scatter_(0, n + 1, token)
-        e.start.add_(n + 1)
-        e.last.copy_(token)
-        e.rng[1:].add_(1)
+        p_logits = steps._outputs["verify"].view(steps.B, steps.K, -1)
+        q_logits = steps._outputs["draft"].view(steps.B, steps.K - 1, -1) if self.sampled_drafts else None
+        ar = p_logits.argmax(-1)
+        n = e.ops.greedy_accept(steps.block[:, 1:], ar, pdl=e.pdl)
+        token = ar.gather(1, n[:, None])[:, 0]
+        for b, p in self._sampled():
+            n_b, token_b = kernels.sample.accept(
+                p_logits[b],
+                _stats(p_logits[b], p),
+                None if q_logits is None else q_logits[b],
+                self.q_stats.get(b) if self.sampled_drafts else None,
+                steps.block[b, 1:],
+                p.temperature,
+                e.rng[b],
+                **_kernel_kw(e),
+            )
+            n[b : b + 1].copy_(n_b)
+            token[b : b + 1].copy_(token_b)
+        packed = steps.finish(n, token)
+        e.rng[steps.slots, 1].add_(1)
         return packed
 
     def draft(self) -> torch.Tensor:
@@ -568,6 +516,14 @@ class _Sampler:
 
     def accept(self) -> torch.Tensor:
         return _run("accept", self._fns, self._graphs, self._outputs)
+
+
+def _stats(logits, params: SamplingParams):
+    return kernels.sample.transform_stats(logits, params.temperature, params.top_k, params.top_p)
+
+
+def _kernel_kw(e: OrthrusEngine) -> dict:
+    return dict(use_triton=e.backend == "triton", pdl=e.pdl)
 
 
 def _run(name, fns, graphs, outputs) -> torch.Tensor:
@@ -583,8 +539,8 @@ def _capture(e: OrthrusEngine, fns: dict, outputs: dict, cache_rows: int) -> dic
     fills `outputs` with the steps' static outputs and returns the graphs.
 
     The warm-ups and the capture run the steps for real: they move start/last/rng and write cache rows
-    start..start+cache_rows-1. They run at start 0 (inside the cache) and what they change is put
-    back, so steps may be built after a prefill without corrupting the prompt's rows.
+    start..start+cache_rows-1 of every slot. They run at start 0 (inside the cache) and what they change
+    is put back, so steps may be built after a prefill without corrupting the prompts' rows.
     """
     saved = e.start.clone(), e.last.clone(), e.rng.clone(), e.cache.kv[..., :cache_rows, :].clone()
     e.start.zero_()
@@ -622,6 +578,20 @@ def _resolve_pdl(pdl: bool | None, backend: str, device: torch.device) -> bool:
             "Pass pdl=False, or leave pdl=None to use it only where it is supported."
         )
     return bool(pdl)
+
+
+def _check_cache_fits(config, kv_heads, head_dim, max_seq_len, slots, dtype, device) -> None:
+    """On CUDA, a KV cache larger than the free device memory is a clear error before anything is allocated."""
+    if device.type != "cuda":
+        return
+    need = config.num_hidden_layers * 2 * slots * kv_heads * max_seq_len * head_dim * dtype.itemsize
+    free = torch.cuda.mem_get_info(device)[0]
+    if need > free:
+        raise ValueError(
+            f"the KV cache of max_batch_size={slots} slots x max_seq_len={max_seq_len} rows needs {need / 1e9:.1f} GB "
+            f"but {device} has {free / 1e9:.1f} GB free: lower max_batch_size (evaluation: decode.batch_size) "
+            "or max_seq_len"
+        )
 
 
 def _check_supported(model: OrthrusForCausalLM) -> None:

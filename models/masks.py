@@ -30,15 +30,23 @@ def verify_visible(query_pos, key_pos) -> torch.Tensor:
 
 
 def draft_mask(ctx_len, cache_len: int, block_size: int, device) -> torch.Tensor:
-    """(block_size, cache_len + block_size) bool: one decode-time block over [cache rows ; block keys],
-    the first `ctx_len` cache rows visible (ctx_len: an int or a one-element tensor on `device`)."""
+    """(block_size, cache_len + block_size) bool: one decode-time block over [cache rows ; block keys], the
+    first `ctx_len` cache rows visible (ctx_len: an int or a one-element tensor on `device`); with B
+    lengths (ragged contexts, one block per cache slot), (B, 1, block_size, cache_len + block_size)."""
     q = torch.arange(block_size, device=device)[:, None]
     kv = torch.arange(cache_len + block_size, device=device)[None, :]
-    return draft_visible(q, kv, 0, ctx_len, cache_len, block_size)
+    return draft_visible(q, kv, 0, _per_block(ctx_len, device), cache_len, block_size)
 
 
 def verify_mask(start, block_size: int, cache_len: int, device) -> torch.Tensor:
     """(block_size, cache_len) bool: block query t (position start + t) over the cache rows, the block
-    already written into the cache (start: an int or a one-element tensor on `device`)."""
-    query_pos = start + torch.arange(block_size, device=device)[:, None]
+    already written into the cache (start: an int or a one-element tensor on `device`); with B starts
+    (ragged contexts, one block per cache slot), (B, 1, block_size, cache_len)."""
+    query_pos = _per_block(start, device) + torch.arange(block_size, device=device)[:, None]
     return verify_visible(query_pos, torch.arange(cache_len, device=device)[None, :])
+
+
+def _per_block(length, device) -> torch.Tensor:
+    """A length as a scalar, or B lengths shaped to broadcast over (B, heads, queries, keys)."""
+    length = torch.as_tensor(length, device=device)
+    return length.reshape(()) if length.numel() == 1 else length.view(-1, 1, 1, 1)

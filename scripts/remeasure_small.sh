@@ -23,7 +23,7 @@ DTYPES=${DTYPES:-float32 bfloat16}
 COMMON=(out_dir="$OUT" model.base="$ART/base" model.diffusion="$ART/diffusion" tokenizer="$ART/tokenizer"
         'benchmarks=[humaneval,local_jsonl]' prompt_sets.local_jsonl.path="$ART/heldout_prompts.jsonl"
         prompt_sets.local_jsonl.id_field=id prompt.chat_template=false 'decode.block_sizes=[1,8,16,32]'
-        decode.max_new_tokens=256 decode.engine=fast model.device=cuda progress=false)
+        decode.max_new_tokens=256 decode.engine=fast decode.batch_size=1 model.device=cuda progress=false)  # batch 1
 TOP_P=(decode.temperature=0.6 decode.top_k=20 decode.top_p=0.95)
 T1=(decode.temperature=1.0)
 

@@ -73,9 +73,9 @@ def test_oracle_drafter_accepts_whole_blocks(make_model, monkeypatch, block_size
     engine = OrthrusEngine(model, 96)
     real_logits = engine._logits
 
-    def oracle(block, mode, rows):
+    def oracle(block, mode, rows, slots):
         if mode != "draft":
-            return real_logits(block, mode, rows)
+            return real_logits(block, mode, rows, slots)
         start = int(engine.start)
         logits = torch.full((block_size - 1, model.config.vocab_size), -1e4)
         for i in range(block_size - 1):
@@ -124,7 +124,7 @@ def test_pass_logits_match_model(make_model):
     scale = model.model.layers[0].self_attn.scaling
     ref_draft = model.diffusion_forward(block, positions, prefix_attend(cache, L, scale))[0, :-1]
     torch.testing.assert_close(draft_logits, ref_draft, rtol=1e-5, atol=1e-5)
-    block[0, 1:] = steps.block[1:]
+    block[0, 1:] = steps.block[0, 1:]
     ref_verify = model(input_ids=block, position_ids=positions, **cache_kwargs(cache)).logits[0]
     torch.testing.assert_close(verify_logits, ref_verify, rtol=1e-5, atol=1e-5)
 

@@ -58,12 +58,12 @@ def greedy_chain_drafter(engine, monkeypatch):
     greedy drafts get tested deep inside a block. Losslessness must hold for any drafter."""
     real = engine._logits
 
-    def chain(block, mode, rows):
+    def chain(block, mode, rows, slots):
         if mode != "draft":
-            return real(block, mode, rows)
+            return real(block, mode, rows, slots)
         start, token, out = engine.start.clone(), engine.last.clone(), []
         for _ in range(block.shape[0] - 1):
-            logits = real(token, "verify", slice(None))
+            logits = real(token, "verify", slice(None), slots)
             token = logits.argmax(-1)
             out.append(logits[0])
             engine.start.add_(1)

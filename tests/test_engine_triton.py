@@ -147,7 +147,7 @@ def test_batch_invariant_verify_equals_ar_steps(make_model, dtype):
     block.prefill(ids)
     block.last.fill_(int(tokens[0]))
     steps = block.steps(6)
-    steps.block[1:].copy_(tokens[1:])
+    steps.block[0, 1:].copy_(tokens[1:])
     logits = steps.verify().clone()
     single = OrthrusEngine(model, 64, backend="triton", cuda_graphs=CUDA, batch_invariant=True)
     single.prefill(ids)

@@ -373,6 +373,18 @@ def test_reproduce_skips_checkpoints_already_evaluated(tmp_path):
         evaluate_checkpoints(eval_config(["reproduce.run=[nope]"]))
 
 
+def test_reproduce_times_one_request_at_a_time(tmp_path, monkeypatch):
+    """Table 1's speedups are per request: every checkpoint of reproduce runs at decode.batch_size =
+    reproduce.batch_size (1), whatever the evaluation default."""
+    import eval.evaluate
+
+    seen = []
+    monkeypatch.setattr(eval.evaluate, "evaluate_suite", lambda c: seen.append(c.decode.batch_size) or tmp_path)
+    cfg = eval_config([f"out_dir={tmp_path}", "reproduce.run=[orthrus_qwen3_8b]", "decode.batch_size=16"])
+    evaluate_checkpoints(cfg)
+    assert seen == [1]
+
+
 def test_reproduce_runs_each_benchmark_at_its_suite_length(checkpoint, tmp_path):
     """reproduce.suite_lengths: one evaluate call per benchmark at its conf/eval/suite.yaml max_new_tokens,
     merged into one metrics.json whose suite benchmarks carry accuracy for the base (K=1) and Orthrus."""

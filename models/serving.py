@@ -1,0 +1,273 @@
+"""Many requests on one engine: a request queue with continuous batching.
+
+`Server(engine, block_size)` decodes up to `engine.max_batch_size` requests at once, one per cache slot:
+
+    server = Server(engine, block_size=8)
+    ids = [server.submit(prompt, 256, sampling=SamplingParams(0.7), seed=i) for i, prompt in enumerate(prompts)]
+    for request_id, result in server:          # finished requests, in the order they finish
+        ...
+
+or `server.step()` by hand (each call returns the requests that finished in it). A request waits in
+the queue until a slot is free (more requests than slots wait; none is dropped), joins between
+iterations (its prefill runs between the others' iterations, in its own slot), and leaves when it
+emits EOS, completes a stop string or reaches max_new_tokens; its slot is then free for the next one.
+Each request has its own sampling parameters, seed, EOS ids, stop strings and streamer.
+
+Every iteration runs the draft and verify passes of all slots in one pass each (`engine.steps(K, b)`,
+b the batch-size bucket holding the highest busy slot: free slots below it decode garbage that nobody
+reads; new requests take the lowest free slot, so the busy slots stay packed). Each slot reads its own
+cache length (ragged contexts), and acceptance runs per slot on the device, so a request's tokens are
+the ones it gets alone: fp32 greedy token for token, and sampled with the same seed the same draws
+(its generator row counts its own iterations from its join).
+
+The host keeps IN_FLIGHT iterations launched: each iteration's packed result (B, K + 1) is copied to
+pinned host memory without blocking and read while the next one runs (a request admitted while
+iterations are in flight has its first token copied the same way), so EOS and max_new_tokens are
+seen one iteration late; the extra iteration a finished request is part of is discarded (it writes
+only rows of its own slot: `_Steps.finish` clamps a slot's start inside the slot).
+"""
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from models.generate import GenerationResult, _eos_ids, check_request
+from models.sampling import SamplingParams
+from models.stopping import Stopper
+
+IN_FLIGHT = 2  # iterations launched ahead of the host's read-back
+DRAFT_MODES = ("sampled", "greedy")
+
+
+@dataclass
+class _Request:
+    id: int
+    prompt: torch.LongTensor  # (1, L), as submitted
+    max_new_tokens: int
+    sampling: SamplingParams
+    seed: int | None
+    stopper: Stopper
+    streamer: object
+    result: GenerationResult
+    out: list[int] = field(default_factory=list)
+    slot: int | None = None
+    first: torch.Tensor | None = None  # the prefill's token, being copied to the host (not emitted yet)
+    in_flight: int = 0  # launched iterations that decode it, not read back yet
+    done: bool = False
+
+
+class Server:
+    """A request queue over one `OrthrusEngine` at one block size K (every slot decodes the same K),
+    decoding up to `batch_size` requests at once (default: all of the engine's slots). The server owns
+    the engine's slots while it has requests: run one server per engine at a time (`engine.generate`
+    is one too)."""
+
+    def __init__(self, engine, block_size: int | None = None, drafts: str = "sampled", batch_size: int | None = None):
+        if drafts not in DRAFT_MODES:
+            raise ValueError(f"drafts={drafts!r}: choose one of {DRAFT_MODES}")
+        batch_size = engine.max_batch_size if batch_size is None else batch_size
+        if not 1 <= batch_size <= engine.max_batch_size:
+            raise ValueError(
+                f"batch_size={batch_size}: this engine has max_batch_size={engine.max_batch_size} slots; "
+                "build it with more"
+            )
+        self.engine, self.drafts = engine, drafts
+        self.K = engine.config.block_size if block_size is None else block_size
+        engine.steps(self.K)  # checks K against the engine before any request is taken
+        self.slots: list[_Request | None] = [None] * batch_size
+        self.waiting: deque[_Request] = deque()
+        self.reader = _ReadBack(engine.max_batch_size * (self.K + 1), engine.device)
+        self._finished: list[tuple[int, GenerationResult]] = []
+        self._next_id = 0
+
+    def submit(
+        self,
+        input_ids: torch.LongTensor,
+        max_new_tokens: int,
+        *,
+        sampling: SamplingParams = SamplingParams(),
+        seed: int | None = None,
+        eos_token_id: int | list[int] | None = None,
+        streamer=None,
+        stop_strings: list[str] | None = None,
+        tokenizer=None,
+    ) -> int:
+        """Queue a request (input_ids (1, L) or (L,)); returns its id. Checked now, decoded once a slot is free.
+
+        seed: the request's sampler seed (sampled requests; None: one draw from torch's default
+        generator). streamer: `put(tensor)` / `end()` for this request alone (prompt first, then each
+        iteration's tokens). eos_token_id / stop_strings / tokenizer: as in `models.generate.generate`.
+        """
+        e = self.engine
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        check_request(input_ids, max_new_tokens, self.K, e.config)
+        L = input_ids.shape[1]
+        need = max(L, L + max_new_tokens + self.K - 2)
+        if need > e.cache.max_seq_len:
+            raise ValueError(
+                f"prompt {L} + max_new_tokens {max_new_tokens} with block_size {self.K} needs {need} cache "
+                f"rows; this engine has max_seq_len={e.cache.max_seq_len} per slot. Build it with a larger one."
+            )
+        if seed is None and not sampling.greedy:
+            seed = request_seed(None)
+        request = _Request(
+            id=self._next_id,
+            prompt=input_ids,
+            max_new_tokens=max_new_tokens,
+            sampling=sampling,
+            seed=seed,
+            stopper=Stopper(_eos_ids(e.model, eos_token_id), stop_strings, tokenizer),
+            streamer=streamer,
+            result=GenerationResult(sequences=input_ids, prompt_len=L, block_size=self.K),
+        )
+        self._next_id += 1
+        self.waiting.append(request)
+        return request.id
+
+    @property
+    def busy(self) -> bool:
+        """Requests waiting or decoding."""
+        return bool(self.waiting) or any(r is not None for r in self.slots)
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[int, GenerationResult]]:
+        """Admit waiting requests to free slots, keep up to IN_FLIGHT iterations launched and read one
+        back. Returns the (id, result) of the requests that finished meanwhile."""
+        self._admit()
+        if not len(self.reader):  # nothing in flight: tokens still being copied are there now
+            for r in [r for r in self.slots if r is not None and r.first is not None]:
+                self._emit_first(r)
+        active = [r for r in self.slots if r is not None]
+        # Launch ahead while some request may still need every launched iteration.
+        while len(self.reader) < IN_FLIGHT and any(
+            len(r.out) + (r.first is not None) + r.in_flight < r.max_new_tokens for r in active
+        ):
+            self._launch(active)
+        if len(self.reader):
+            self._read()
+        finished, self._finished = self._finished, []
+        return finished
+
+    def __iter__(self):
+        """Step until the queue is empty, yielding (id, result) of each request as it finishes."""
+        while self.busy:
+            yield from self.step()
+
+    def _admit(self) -> None:
+        e = self.engine
+        while self.waiting and None in self.slots:
+            r, slot = self.waiting.popleft(), self.slots.index(None)
+            if r.streamer is not None:
+                r.streamer.put(r.prompt.cpu())
+            logits = e.prefill(r.prompt[0].to(e.device), slot)
+            r.result.ar_forwards += 1
+            if r.seed is not None:
+                e.rng[slot].copy_(torch.tensor([r.seed, 0]))
+            e.last[slot : slot + 1].copy_(e.first_token(logits, r.sampling, slot))
+            r.slot, self.slots[slot] = slot, r
+            if not len(self.reader):  # nothing in flight: reading the token now stalls nothing
+                self._emit(r, [int(e.last[slot])])
+                continue
+            # Iterations are in flight: copy the token without blocking; it is emitted when the first
+            # iteration launched after it is read back (by then the copy is done).
+            r.first = torch.empty(1, dtype=torch.long, pin_memory=self.reader.cuda)
+            r.first.copy_(e.last[slot : slot + 1], non_blocking=self.reader.cuda)
+
+    def _launch(self, active: list[_Request]) -> None:
+        """One iteration of every slot up to the bucket of the highest busy one; no host sync."""
+        e, K = self.engine, self.K
+        b = e.batch_bucket(1 + max(r.slot for r in active))
+        steps = e.steps(K, b)
+        # Free slots take the first request's parameters, so a batch of like requests needs one sampler.
+        params = [active[0].sampling] * b
+        for r in active:
+            params[r.slot] = r.sampling
+        sampler = None if all(p.greedy for p in params) else steps.sampler(tuple(params), self.drafts)
+        if K > 1:
+            steps.draft()
+            if sampler is not None and sampler.sampled_drafts:
+                sampler.draft()
+        steps.verify()
+        packed = steps.accept() if sampler is None else sampler.accept()
+        self.reader.push(packed.view(-1), list(active))
+        for r in active:
+            r.in_flight += 1
+
+    def _read(self) -> None:
+        """The oldest launched iteration's result, handed to the requests it decoded."""
+        rows, members = self.reader.pop()
+        K = self.K
+        for r in members:
+            r.in_flight -= 1
+            if r.first is not None:
+                self._emit_first(r)
+            if r.done:  # finished in an earlier iteration (or at its first token): this one ran past its end
+                continue
+            row = rows[r.slot * (K + 1) : (r.slot + 1) * (K + 1)]
+            n_acc = row[0]
+            res = r.result
+            res.accepted.append(n_acc)
+            res.proposed.append(K)  # always the whole block: emitted tokens are clipped instead
+            res.diffusion_forwards += K > 1
+            res.ar_forwards += 1
+            res.emitted.append(self._emit(r, row[1 : n_acc + 2]))
+
+    def _emit_first(self, r: _Request) -> None:
+        first, r.first = int(r.first), None
+        self._emit(r, [first])
+
+    def _emit(self, r: _Request, tokens: list[int]) -> int:
+        """Append tokens, clipped at max_new_tokens, EOS or a stop string; finish the request when it is
+        done. Returns how many were kept."""
+        tokens = r.stopper.clip(tokens[: r.max_new_tokens - len(r.out)])
+        res = r.result
+        res.finished_by_eos, res.finished_by_stop_string = r.stopper.reason == "eos", r.stopper.reason == "stop"
+        r.out.extend(tokens)
+        if r.streamer is not None:
+            r.streamer.put(torch.tensor(tokens))
+        if r.stopper.reason is not None or len(r.out) >= r.max_new_tokens:
+            r.done, self.slots[r.slot] = True, None
+            new_ids = torch.tensor(r.out, dtype=r.prompt.dtype, device=r.prompt.device)
+            res.sequences = torch.cat([r.prompt[0], new_ids])[None]
+            if r.streamer is not None:
+                r.streamer.end()
+            self._finished.append((r.id, res))
+        return len(tokens)
+
+
+def request_seed(generator: torch.Generator | None) -> int:
+    """A request's sampler seed: one draw from `generator` (None: torch's default generator), on the
+    generator's own device, so a seeded generator reproduces a run."""
+    device = generator.device if generator is not None else "cpu"
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=device))
+
+
+class _ReadBack:
+    """Iteration results copied to host memory without blocking (pinned buffers + an event each on
+    CUDA), read in launch order with the tag each was pushed with: the host reads iteration i while
+    iteration i + 1 runs."""
+
+    def __init__(self, n: int, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.buffers = [torch.empty(n, dtype=torch.long, pin_memory=self.cuda) for _ in range(IN_FLIGHT)]
+        self.events = [torch.cuda.Event() if self.cuda else None for _ in range(IN_FLIGHT)]
+        self.queue: deque[tuple[int, int, object]] = deque()
+        self.next = 0
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def push(self, src: torch.Tensor, tag) -> None:
+        i, self.next = self.next, (self.next + 1) % IN_FLIGHT
+        self.buffers[i][: src.numel()].copy_(src, non_blocking=self.cuda)
+        if self.cuda:
+            self.events[i].record()
+        self.queue.append((i, src.numel(), tag))
+
+    def pop(self) -> tuple[list[int], object]:
+        i, n, tag = self.queue.popleft()
+        if self.cuda:
+            self.events[i].synchronize()
+        return self.buffers[i][:n].tolist(), tag

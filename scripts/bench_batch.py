@@ -1,0 +1,138 @@
+"""Batched Orthrus decoding on one GPU (logic in eval/batch_bench.py): iteration time vs batch size at
+real shapes with rooflines, a trained model serving a prompt set at each batch size against the engine's
+AR, projections and memory per request. Writes bench.json (with provenance), bench.md and bench.png.
+
+    PYTHONUNBUFFERED=1 python -m scripts.bench_batch --out results/engine_batch_h200_<date> --budget-s 400
+    TRITON_INTERPRET=1 python -m scripts.bench_batch --shapes tiny --ctx 32 --ks 4 --batch-sizes 1,2 \
+        --small '' --out /tmp/bb  # CPU smoke
+
+--budget-s bounds the whole run: no new point starts once it is spent (the shapes part gets
+--shapes-share of it), and what was measured is written.
+"""
+
+import argparse
+import functools
+import json
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from data._io import atomic_write_text
+from eval.batch_bench import (
+    BATCH_SIZES,
+    DEVICE_PEAKS,
+    best_k,
+    iteration_points,
+    markdown,
+    memory_per_request,
+    project,
+    serving_points,
+    targets,
+)
+from eval.decode_bench import Budget, build_model
+from eval.figures import batch_figure
+from eval.metrics import free_memory
+from eval.provenance import provenance
+from eval.timing import median_ms
+from models.engine import OrthrusEngine
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="qwen3_8b,qwen3_1.7b", help="models.shapes names, or 'tiny'")
+    p.add_argument("--ctx", default="256,4096")
+    p.add_argument("--ks", default="4,8,16,32")
+    p.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--peaks", default="nvidia-h200", choices=sorted(DEVICE_PEAKS))
+    p.add_argument("--small", default="artifacts/orthrus-small", help="trained small model folder ('' to skip)")
+    p.add_argument("--small-k", type=int, default=16)
+    p.add_argument("--small-new-tokens", type=int, default=256)
+    p.add_argument("--small-limit", type=int, default=None, help="first N HumanEval prompts (default: all 164)")
+    p.add_argument("--budget-s", type=float, default=400)
+    p.add_argument("--shapes-share", type=float, default=0.6, help="share of the budget for the shapes part")
+    p.add_argument("--out", required=True)
+    return p.parse_args()
+
+
+def main():
+    args = parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.type == "cuda"
+    ks, ctxs = [int(k) for k in args.ks.split(",")], [int(c) for c in args.ctx.split(",")]
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    clock = functools.partial(median_ms, device=device)
+    peaks = DEVICE_PEAKS[args.peaks]
+    budget, t0 = Budget(args.budget_s), time.time()
+    results = {**provenance(device), "peaks": {args.peaks: peaks}, "iterations": [], "serving": []}
+
+    def log(msg):
+        print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
+
+    def save():
+        atomic_write_text(out / "bench.json", json.dumps(results, indent=1, default=str))
+        atomic_write_text(out / "bench.md", markdown(results))
+        batch_figure(results, out / "bench.png")
+
+    def phase(key, fn):
+        try:
+            fn()
+        except Exception:  # noqa: BLE001  one GPU call returns what it can
+            results.setdefault("errors", {})[key] = traceback.format_exc()
+            log(results["errors"][key])
+        save()
+
+    shapes_left = lambda: budget.elapsed() < args.shapes_share * args.budget_s  # noqa: E731
+    for shape in args.shapes.split(","):
+
+        def shapes_part(shape=shape):
+            model = build_model(shape, device)
+            engine = OrthrusEngine(
+                model, max(ctxs) + max(ks) + 16, backend="triton", fuse_qkv=cuda, max_batch_size=max(batch_sizes)
+            )
+            log(f"[{shape}] built; KV cache {engine.cache.nbytes / 1e9:.1f} GB for {max(batch_sizes)} slots")
+            points = iteration_points(engine, shape, ctxs, ks, batch_sizes, clock, args.reps, peaks, shapes_left, log)
+            results["iterations"] += points
+
+        phase(f"iterations_{shape}", shapes_part)
+        free_memory()
+
+    if args.small:
+
+        def small_part():
+            from data.tokenizer import load_tokenizer
+            from eval.prompts import PromptSpec, encode_prompt, load_prompts
+            from models.checkpoint import load_orthrus
+
+            folder = Path(args.small)
+            tok = load_tokenizer(str(folder / "tokenizer"))
+            specs = load_prompts(PromptSpec(source="humaneval"), args.small_limit)
+            prompts = [encode_prompt(tok, p.text, chat_template=False) for p in specs]
+            model = load_orthrus(
+                str(folder / "base"), str(folder / "diffusion"), dtype=torch.bfloat16, device=device
+            ).eval()
+            engine = OrthrusEngine(
+                model, max(map(len, prompts)) + args.small_new_tokens + args.small_k, max_batch_size=max(batch_sizes)
+            )
+            results["serving"] = serving_points(
+                engine, prompts, args.small_k, batch_sizes, args.small_new_tokens, budget.left, log
+            )
+
+        phase("serving_orthrus_small", small_part)
+
+    histogram = next((r["accepted_histogram"] for r in results["serving"] if "accepted_histogram" in r), None)
+    results["projections"] = project(results["iterations"], histogram)
+    results["best_k"] = best_k(results["projections"])
+    results["targets"] = targets(results)
+    shapes = [s for s in args.shapes.split(",") if s != "tiny"]
+    results["memory_per_request"] = [memory_per_request(s, c, max(ks)) for s in shapes for c in ctxs]
+    save()
+    log(f"wrote {out}/bench.json, bench.md, bench.png")
+
+
+if __name__ == "__main__":
+    main()

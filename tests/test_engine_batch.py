@@ -1,0 +1,282 @@
+"""Batched, continuously batched decoding (models/serving.py) is lossless: every request's output is its
+batch-1 output (fp32 greedy: the base model's, token for token; sampled: the same tokens as the request
+alone with the same seed), with ragged prompts, EOS at different iterations, requests joining mid-run and
+more requests than slots. Each exactness test is also run against a deliberately broken batched engine
+(a slot reading another slot's length, RoPE at another slot's position, one generator row for all slots)
+and must fail there.
+"""
+
+import pytest
+import torch
+
+import kernels.attention
+import kernels.sample
+from eval.runner import EngineDecode, decode_prompts, measure_block_sizes
+from models.engine import OrthrusEngine
+from models.engine_ops import TorchOps
+from models.sampling import SamplingParams
+from models.serving import Server
+from tests.test_greedy import RecordingStreamer, base_greedy, prompt
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+S = 96  # cache rows per slot
+
+# (prompt length, max_new_tokens, step at which it is submitted, EOS at this new token or None)
+# The last two join while iterations are in flight and end at their first token (max_new_tokens 1, EOS).
+GREEDY_REQUESTS = [(1, 23, 0, None), (5, 9, 0, None), (33, 17, 0, 6), (12, 30, 2, None), (3, 5, 3, None),
+                   (20, 12, 3, 1), (8, 23, 9, None), (4, 1, 4, None), (6, 10, 5, 0)]  # fmt: skip
+
+
+def serve(server: Server, requests: list[dict]) -> tuple[list, int]:
+    """Submit each request (submit kwargs plus "at": the step to submit it at) and step until all are done.
+    Returns the results in request order and the most requests seen waiting for a slot at once."""
+    todo = sorted(enumerate(requests), key=lambda r: r[1].get("at", 0))
+    ids, results, step, most_waiting = {}, {}, 0, 0
+    while todo or server.busy:
+        while todo and todo[0][1].get("at", 0) <= step:
+            i, r = todo.pop(0)
+            ids[server.submit(**{k: v for k, v in r.items() if k != "at"})] = i
+        most_waiting = max(most_waiting, len(server.waiting))
+        for rid, result in server.step():
+            results[ids[rid]] = result
+        step += 1
+        assert step < 1000, "the queue stopped making progress"
+    return [results[i] for i in range(len(requests))], most_waiting
+
+
+def greedy_case(model, requests=GREEDY_REQUESTS):
+    """The requests as submit kwargs (EOS ids taken from each prompt's own base continuation) and the
+    base model's greedy outputs."""
+    subs, refs = [], []
+    for n, (L, max_new, at, eos_at) in enumerate(requests):
+        ids = prompt(L, seed=n)
+        eos = None if eos_at is None else int(base_greedy(model, ids, max_new)[0, L + eos_at])
+        subs.append(dict(input_ids=ids, max_new_tokens=max_new, eos_token_id=eos, at=at))
+        refs.append(base_greedy(model, ids, max_new, eos_token_id=eos))
+    return subs, refs
+
+
+def roll_start(op, arg: int):
+    """A broken op: each slot reads the next slot's start (its positional argument `arg`)."""
+
+    def broken(*args, **kwargs):
+        args = list(args)
+        args[arg] = args[arg].roll(1)
+        return op(*args, **kwargs)
+
+    return staticmethod(broken)
+
+
+BROKEN_TORCH = {
+    "verify_reads_next_slots_length": ("verify_attention", 3),
+    "rope_at_next_slots_position": ("qkv_norm_rope", 7),
+}
+
+
+@pytest.mark.parametrize("broken", [None, *BROKEN_TORCH])
+@pytest.mark.parametrize("block_size", [1, 4, 8])
+def test_greedy_batch_equals_base(make_model, monkeypatch, block_size, broken):
+    model = make_model(seed=block_size)
+    subs, refs = greedy_case(model)
+    if broken is not None:
+        name, arg = BROKEN_TORCH[broken]
+        monkeypatch.setattr(TorchOps, name, roll_start(getattr(TorchOps, name), arg))
+    engine = OrthrusEngine(model, S, max_batch_size=3)
+    results, most_waiting = serve(Server(engine, block_size), subs)
+    exact = [torch.equal(out.sequences, ref) for out, ref in zip(results, refs)]
+    if broken is not None:
+        assert not all(exact), f"{broken} went unnoticed"
+        return
+    assert all(exact), exact
+    assert most_waiting >= 2, "more requests than slots: some must wait"
+    assert sum(out.finished_by_eos for out in results) == 3
+    for out in results:
+        assert sum(out.emitted) + 1 == out.num_new_tokens
+        assert out.ar_forwards == len(out.accepted) + 1
+    if block_size > 1:
+        assert sum(sum(out.accepted) for out in results) > 0, "no draft accepted: acceptance went untested"
+
+
+def test_triton_batch_equals_base(make_model, monkeypatch):
+    """The fast path (interpreted off the GPU): ragged Triton attention and per-slot RoPE in one pass;
+    broken, every slot reads slot 0's length."""
+    model = make_model(seed=2)
+    subs, refs = greedy_case(model, [(5, 7, 0, None), (17, 6, 0, 2), (3, 7, 1, None)])
+    engine = OrthrusEngine(model, 48, backend="triton", cuda_graphs=False, max_batch_size=2)
+    results, _ = serve(Server(engine, 4), subs)
+    assert all(torch.equal(out.sequences, ref) for out, ref in zip(results, refs))
+
+    check = kernels.attention._check_length
+    monkeypatch.setattr(kernels.attention, "_check_length", lambda *a: check(*a)[:2] + (0,))
+    results, _ = serve(Server(engine, 4), subs)
+    assert not all(torch.equal(out.sequences, ref) for out, ref in zip(results, refs)), "a shared length went unnoticed"
+
+
+SAMPLED_REQUESTS = [
+    (SamplingParams(1.0), 4, 0),  # (params, prompt length, step at which it is submitted)
+    (SamplingParams(0.7, 8, 0.9), 11, 0),
+    (SamplingParams(), 6, 1),
+    (SamplingParams(1.3, 0, 0.8), 2, 1),
+    (SamplingParams(1.0), 9, 4),
+]
+
+
+@pytest.mark.parametrize("broken", [False, True])
+@pytest.mark.parametrize("drafts", ["sampled", "greedy"])
+def test_sampled_batch_equals_alone(make_model, monkeypatch, drafts, broken):
+    """Per-request parameters and seeds in one batch: each request draws what it draws alone. Broken:
+    every slot samples with slot 0's generator row."""
+    model = make_model(seed=5)
+    subs = [
+        dict(input_ids=prompt(L, seed=10 + n), max_new_tokens=14, sampling=p, seed=100 + n, at=at)
+        for n, (p, L, at) in enumerate(SAMPLED_REQUESTS)
+    ]
+    alone = [serve(Server(OrthrusEngine(model, S), 4, drafts), [s])[0][0] for s in subs]
+    engine = OrthrusEngine(model, S, max_batch_size=3)
+    if broken:
+        for name, arg in (("sample_rows", 3), ("accept", 6)):
+            op = getattr(kernels.sample, name)
+
+            def shared_row(*args, op=op, arg=arg, **kwargs):
+                args = list(args)
+                args[arg] = engine.rng[0]
+                return op(*args, **kwargs)
+
+            monkeypatch.setattr(kernels.sample, name, shared_row)
+    batched, _ = serve(Server(engine, 4, drafts), subs)
+    same = [(a.sequences.tolist(), a.accepted) == (b.sequences.tolist(), b.accepted) for a, b in zip(alone, batched)]
+    if broken:
+        assert not all(same), "a shared generator row went unnoticed"
+        return
+    assert all(same), same
+    assert sum(sum(a.accepted) for a in alone) > 0, "no draft accepted: acceptance went untested"
+
+
+def test_triton_sampled_batch_equals_torch_alone(make_model):
+    """Per-slot sampling kernels (interpreted off the GPU) in a batch draw what the PyTorch path draws alone."""
+    model = make_model(seed=6)
+    subs = [
+        dict(input_ids=prompt(L, seed=20 + L), max_new_tokens=6, sampling=p, seed=30 + L, at=at)
+        for L, p, at in ((4, SamplingParams(1.0), 0), (7, SamplingParams(0.7, 8, 0.9), 0), (2, SamplingParams(), 1))
+    ]
+    alone = [serve(Server(OrthrusEngine(model, 32), 4), [s])[0][0] for s in subs]
+    engine = OrthrusEngine(model, 32, backend="triton", cuda_graphs=False, max_batch_size=2)
+    batched, _ = serve(Server(engine, 4), subs)
+    assert [(r.sequences.tolist(), r.accepted) for r in batched] == [(r.sequences.tolist(), r.accepted) for r in alone]
+
+
+def test_short_request_joining_last_finishes(make_model):
+    """A one-token request joining while iterations are in flight, with nothing else left to decode,
+    still finishes (its first token is read once the iterations in flight are)."""
+    model = make_model(seed=12)
+    subs, refs = greedy_case(model, [(5, 3, 0, None), (4, 1, 1, None)])
+    results, _ = serve(Server(OrthrusEngine(model, S, max_batch_size=2), 4), subs)
+    assert all(torch.equal(out.sequences, ref) for out, ref in zip(results, refs))
+
+
+def test_streamers_per_request(make_model):
+    model = make_model(seed=8)
+    subs, _ = greedy_case(model, [(3, 9, 0, None), (7, 5, 0, None), (2, 8, 1, None)])
+    streamers = [RecordingStreamer() for _ in subs]
+    for sub, streamer in zip(subs, streamers):
+        sub["streamer"] = streamer
+    results, _ = serve(Server(OrthrusEngine(model, S, max_batch_size=2), 4), subs)
+    for sub, out, s in zip(subs, results, streamers):
+        assert s.ended and s.chunks[0] == sub["input_ids"][0].tolist()
+        assert sum(s.chunks[1:], []) == out.new_tokens.tolist()
+
+
+def test_generate_on_a_batched_engine(make_model):
+    """`generate` (one request) on an engine with many slots, after a batched run: the base model's output."""
+    model = make_model(seed=9)
+    engine = OrthrusEngine(model, S, max_batch_size=4)
+    subs, _ = greedy_case(model, GREEDY_REQUESTS[:4])
+    serve(Server(engine, 4), subs)
+    ids = prompt(6, seed=40)
+    assert torch.equal(engine.generate(ids, 15, block_size=4).sequences, base_greedy(model, ids, 15))
+
+
+@pytest.mark.parametrize("per_position", [False, True])
+def test_ragged_attention_kernels_equal_one_slot_calls(per_position):
+    """Triton draft/verify attention over slots of different lengths = each slot's own batch-1 call."""
+    g = torch.Generator().manual_seed(0)
+    B, H, Hkv, K, D, S_max = 3, 4, 2, 4, 16, 80
+    q = torch.randn(B, H, K, D, generator=g)
+    k_cache, v_cache = torch.randn(B, Hkv, S_max, D, generator=g), torch.randn(B, Hkv, S_max, D, generator=g)
+    k_blk, v_blk = torch.randn(B, Hkv, K, D, generator=g), torch.randn(B, Hkv, K, D, generator=g)
+    start = torch.tensor([70, 3, 41])
+    verify = kernels.attention.verify_attention(q, k_cache, v_cache, start, 0.25, per_position=per_position)
+    draft = kernels.attention.diffusion_attention(q, k_cache, v_cache, start, k_blk, v_blk, 0.25)
+    for b in range(B):
+        one = slice(b, b + 1)
+        alone = kernels.attention.verify_attention(
+            q[one], k_cache[one], v_cache[one], start[one], 0.25, per_position=per_position
+        )
+        assert torch.equal(verify[one], alone)
+        alone = kernels.attention.diffusion_attention(
+            q[one], k_cache[one], v_cache[one], start[one], k_blk[one], v_blk[one], 0.25
+        )
+        assert torch.equal(draft[one], alone)
+
+
+def test_clear_errors(make_model):
+    model = make_model()
+    engine = OrthrusEngine(model, 32, max_batch_size=2, block_sizes=(4,))
+    server = Server(engine, 4)
+    with pytest.raises(ValueError, match="max_seq_len=32 per slot"):
+        server.submit(torch.zeros(1, 10, dtype=torch.long), 21)  # a request longer than a slot
+    assert not server.busy, "a refused request must leave nothing queued"
+    with pytest.raises(ValueError, match=r"built for block sizes \(4,\)"):
+        Server(engine, 8)
+    with pytest.raises(ValueError, match="max_batch_size=2"):
+        engine.steps(4, 3)
+    with pytest.raises(ValueError, match="max_batch_size=0"):
+        OrthrusEngine(model, 32, max_batch_size=0)
+    with pytest.raises(ValueError, match="drafts"):
+        Server(engine, 4, drafts="beam")
+    with pytest.raises(ValueError, match="shape"):
+        server.submit(torch.zeros(2, 3, dtype=torch.long), 4)
+
+
+@pytest.mark.parametrize("sampling", [SamplingParams(), SamplingParams(0.8, 10)], ids=str)
+def test_eval_serves_prompt_sets_with_one_by_one_outputs(make_model, sampling):
+    """eval.runner with a batched EngineDecode (evaluation's default) decodes a prompt set through the queue
+    with the outputs of one call per prompt (same seeds), and labels its rows with the batch size."""
+    model = make_model(seed=11)
+    prompts = [prompt(L, seed=50 + L)[0].tolist() for L in (3, 9, 1, 14, 6)]
+    kw = dict(block_size=4, max_new_tokens=10, sampling=sampling, seed=7, progress=False)
+    one_by_one = decode_prompts(model, prompts, decode_fn=EngineDecode(S), **kw)
+    batched = decode_prompts(model, prompts, decode_fn=EngineDecode(S, batch_size=2), **kw)
+    assert [r.sequences.tolist() for r in batched.results] == [r.sequences.tolist() for r in one_by_one.results]
+    assert batched.batch_size == 2 and batched.wall_seconds > 0 and one_by_one.wall_seconds is None
+    del kw["block_size"]
+    rows, _ = measure_block_sizes(model, prompts, [1, 4], decode_fn=EngineDecode(S, batch_size=2), **kw)
+    assert [r["batch_size"] for r in rows] == [2, 2] and rows[0]["speedup"] == 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@torch.no_grad()
+def test_batch_invariant_verify_independent_of_batch(make_model, dtype):
+    """batch_invariant: each slot's verify logits in a pass over 3 ragged slots are bitwise those of the
+    same block alone at batch 1 (so bf16 outputs do not depend on the batch size). GPU only: Triton's
+    interpreter multiplies tiles with numpy, whose BLAS rounds a row differently by its position in the
+    tile (rows 6-11 of 18 differ from the same rows alone), which a GPU's MMA does not."""
+    device = "cuda"
+    model = make_model(seed=23).to(device, dtype)
+    kw = dict(backend="triton", cuda_graphs=device == "cuda", batch_invariant=True)
+    batched = OrthrusEngine(model, 64, max_batch_size=3, **kw)
+    single = OrthrusEngine(model, 64, **kw)
+    cases = [(prompt(L, seed=L).to(device)[0], prompt(6, seed=L + 1).to(device)[0]) for L in (11, 3, 30)]
+    steps = batched.steps(6, 3)
+    for slot, (ids, tokens) in enumerate(cases):
+        batched.prefill(ids, slot)
+        batched.last[slot] = tokens[0]
+        steps.block[slot, 1:].copy_(tokens[1:])
+    logits = steps.verify().view(3, 6, -1).clone()
+    for slot, (ids, tokens) in enumerate(cases):
+        single.prefill(ids)
+        single.last.fill_(int(tokens[0]))
+        alone = single.steps(6)
+        alone.block[0, 1:].copy_(tokens[1:])
+        assert torch.equal(alone.verify(), logits[slot])
