@@ -5,12 +5,25 @@ so the view learns the distribution it will have to predict at decoding time rat
 the distribution of some other model that wrote the SFT data.
 
 `generate_responses` reads prompts with `data.datasets.load_raw_dataset` (a local
-.jsonl/.json/.parquet file or folder, or a hub dataset), runs batched `model.generate`
-with left padding and an explicit attention mask, and writes JSONL shards that
-`data.datasets.load_tokenized_dataset` reads back (conf/data/self_distill.yaml):
+.jsonl/.json/.parquet file or folder, or a hub dataset), has the base answer them, and writes JSONL
+shards that `data.datasets.load_tokenized_dataset` reads back (conf/data/self_distill.yaml):
 
 * chat_template=True:  {"messages": [...prompt turns, {"role": "assistant", "content": response}]}
 * chat_template=False: {"text": prompt + response}
+
+Two decoders answer (`decoder`):
+
+* "fast" (default): the batched engine's request queue (`models.serving.Server` on a
+  `models.engine.OrthrusEngine`), `batch_size` prompts decoding at once, each slot taking the next
+  prompt as its answer finishes, at block size K = 1: plain autoregressive decoding by the base
+  (fp32 greedy: its exact tokens; sampling: its exact distribution). K = 1 never runs the diffusion
+  view, so the engine is built over the base with that view tied to the AR view's weights
+  (`load_base`); its cache holds the rank's longest prompt plus max_new_tokens per slot. Prompt i
+  (its index in the whole prompt set) samples with seed `prompt_seed(seed, i)`, so its answer does
+  not depend on the batch, the shard or the rank that decodes it.
+* "hf": `transformers`' batched `generate` with left padding and an explicit attention mask,
+  prompts of similar length batched together; shard j samples from torch's generator seeded
+  `seed + j`.
 
 At the paper's scale (600K prompts of nvidia/Nemotron-Post-Training-Dataset-v2, chat : math :
 code = 1 : 1 : 1: `split=[chat, math, code]` with `limit=200000` per split) the job runs as one
@@ -28,6 +41,7 @@ its presence marks the folder complete, and a rerun into a complete folder is a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -39,10 +53,16 @@ from transformers import GenerationMixin
 
 from data._io import atomic_open, atomic_write_text
 from data.datasets import load_raw_dataset
+from models.checkpoint import load_orthrus
+from models.engine import OrthrusEngine
+from models.orthrus import DIFFUSION_MODULES
+from models.sampling import SamplingParams
+from models.serving import Server
 
 MANIFEST = "manifest.json"
 PARAMS = ".self_distill.json"  # hidden: data.datasets._split_files skips it
 SHARD = "train-{:05d}.jsonl"
+DECODERS = ("fast", "hf")
 
 DTYPES = {
     "float32": torch.float32,
@@ -87,8 +107,15 @@ def _is_local(text: str) -> bool:
     return os.path.isabs(text) or text.startswith((".", "~"))
 
 
-def load_base(model_name_or_path: str | os.PathLike, *, dtype: str = "auto", device: str = "auto"):
-    """The base model (eval mode, on `device`) and its tokenizer, set up for left-padded batches."""
+def load_base(model_name_or_path: str | os.PathLike, *, dtype: str = "auto", device: str = "auto", decoder: str = "hf"):
+    """The base model (eval mode, on `device`) and its tokenizer, set up for left-padded batches.
+
+    decoder="hf": the checkpoint as `transformers` loads it. decoder="fast": an `OrthrusForCausalLM`
+    (what the engine decodes) over the same weights, for K = 1 only: a plain Qwen3 checkpoint gets
+    placeholder block_size / mask_token_id (K = 1 drafts nothing; the mask id only pads prefill
+    chunks, after the real tokens), and every diffusion-view module is the AR view's own module, so
+    the view costs no memory (a merged Orthrus checkpoint's trained view is dropped the same way).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     text = str(model_name_or_path)
@@ -106,7 +133,13 @@ def load_base(model_name_or_path: str | os.PathLike, *, dtype: str = "auto", dev
         if tokenizer.eos_token_id is None:
             raise ValueError(f"tokenizer of {text!r} has neither a pad nor an eos token; cannot pad batches")
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=_resolve_dtype(dtype, dev)).to(dev).eval()
+    if decoder == "hf":
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=_resolve_dtype(dtype, dev)).to(dev).eval()
+        return model, tokenizer
+    model = load_orthrus(name, block_size=2, mask_token_id=0, dtype=_resolve_dtype(dtype, dev), device=dev)
+    for layer in model.model.layers:
+        for module in DIFFUSION_MODULES:
+            setattr(layer.self_attn, module, getattr(layer.self_attn, module.removesuffix("_diff")))
     return model, tokenizer
 
 
@@ -183,6 +216,38 @@ def generate_batch(
     return responses
 
 
+def prompt_seed(seed: int, index: int) -> int:
+    """The sampler seed of prompt `index` in a run seeded `seed` (decoder="fast"): a hash of both, so
+    no two prompts of a run, nor of runs with nearby seeds, share a seed, whatever decodes them."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{index}".encode()).digest()[:8], "little") >> 2
+
+
+def serve_batch(
+    engine: OrthrusEngine,
+    prompts: list[list[int]],
+    seeds: list[int | None],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    sampling: SamplingParams,
+    eos_ids: list[int],
+    bar=None,
+) -> list[list[int]]:
+    """Generated token ids per prompt (the eos that ends one included), all prompts through one request
+    queue at K = 1, `batch_size` decoding at once; prompt i samples with seeds[i]."""
+    server = Server(engine, 1, batch_size=batch_size)
+    index = {}
+    for i, (ids, seed) in enumerate(zip(prompts, seeds)):
+        prompt = torch.tensor(ids, dtype=torch.long, device=engine.device)
+        index[server.submit(prompt, max_new_tokens, sampling=sampling, seed=seed, eos_token_id=eos_ids)] = i
+    responses: list[list[int] | None] = [None] * len(prompts)
+    for rid, result in server:
+        responses[index[rid]] = result.new_tokens.tolist()
+        if bar is not None:
+            bar.update(1)
+    return responses
+
+
 def generate_responses(
     model_name_or_path: str | os.PathLike,
     prompts_source: str | os.PathLike,
@@ -199,6 +264,7 @@ def generate_responses(
     top_p: float = 1.0,
     top_k: int = 0,
     batch_size: int = 16,
+    decoder: str = "fast",
     dtype: str = "auto",
     device: str = "auto",
     limit: int | None = None,
@@ -221,7 +287,12 @@ def generate_responses(
             added) and write chat records; False: raw text prompts, {"text": prompt + response}.
         enable_thinking: passed to the chat template when it uses it (Qwen3); None: its default.
         temperature: 0 is greedy; > 0 samples with top_p / top_k (top_k=0: off).
-        limit: only the first `limit` records (of each split). seed: the sampling seed (per shard: seed + shard).
+        batch_size: prompts decoded at once (fast: engine slots, refilled as answers finish; hf: one
+            padded batch).
+        decoder: "fast" (the batched engine at K = 1) or "hf" (`transformers`' generate); see the module
+            docstring. Part of the run's parameters: a partial run resumes only with the same decoder.
+        limit: only the first `limit` records (of each split). seed: the run's sampling seed (fast: per
+            prompt, `prompt_seed(seed, index)`; hf: per shard, seed + shard).
         shard_size: records per JSONL shard (the unit of resumption and of work between ranks).
         overwrite: regenerate even if `out_dir` holds a complete run (one process only: clear the folder
             before starting several).
@@ -236,10 +307,11 @@ def generate_responses(
             "remove out_dir once, then start the ranks without overwrite"
         )
     out = Path(out_dir)
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if shard_size < 1 or batch_size < 1:
         raise ValueError("shard_size and batch_size must be >= 1")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder={decoder!r}: choose one of {DECODERS}")
+    sampling = SamplingParams(temperature, top_k, top_p)  # checks them
     params = {
         "model": str(model_name_or_path),
         "source": str(prompts_source),
@@ -253,6 +325,7 @@ def generate_responses(
         "temperature": temperature,
         "top_p": top_p,
         "top_k": top_k,
+        "decoder": decoder,
         "limit": limit,
         "seed": seed,
         "shard_size": shard_size,
@@ -269,7 +342,7 @@ def generate_responses(
             changed = sorted(k for k in params if previous.get(k) != params[k])
             raise ValueError(f"{out} holds a partial run with different parameters {changed}; pass overwrite=True")
 
-    model, tokenizer = load_base(model_name_or_path, dtype=dtype, device=device)
+    model, tokenizer = load_base(model_name_or_path, dtype=dtype, device=device, decoder=decoder)
     template_kwargs = {}
     if chat_template:
         if tokenizer.chat_template is None:
@@ -294,32 +367,54 @@ def generate_responses(
 
     shards = [kept[i : i + shard_size] for i in range(0, len(kept), shard_size)]
     mine = [i for i in range(len(shards)) if i % world_size == rank]
+    todo = [i for i in mine if not (_stats_path(out, i).is_file() and (out / SHARD.format(i)).is_file())]
+    texts, ids = {}, {}  # per shard still to do: rendered prompts and their token ids
+    for index in todo:
+        texts[index] = [_render(p, tokenizer, chat_template, template_kwargs) for p in shards[index]]
+        ids[index] = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[index]]
+    engine = None
+    if decoder == "fast" and todo:  # cache rows for the longest prompt of this rank plus its answer
+        longest = max(len(row) for index in todo for row in ids[index])
+        engine = OrthrusEngine(model, longest + max_new_tokens, max_batch_size=batch_size, block_sizes=(1,))
     bar = tqdm(total=sum(len(shards[i]) for i in mine), desc=f"self-distill rank {rank}/{world_size}", unit="prompt")
     for index in mine:
         shard, path = shards[index], out / SHARD.format(index)
-        if path.is_file() and _stats_path(out, index).is_file():  # done by an earlier, interrupted run
+        if index not in texts:  # done by an earlier, interrupted run
             bar.update(len(shard))
             continue
-        torch.manual_seed(seed + index)
-        texts = [_render(p, tokenizer, chat_template, template_kwargs) for p in shard]
-        lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # similar lengths share a batch
-        responses: list[list[int] | None] = [None] * len(texts)
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            ids = generate_batch(
-                model,
-                tokenizer,
-                [texts[i] for i in batch],
+        lengths = [len(row) for row in ids[index]]
+        if engine is not None:
+            first = index * shard_size
+            seeds = [None if sampling.greedy else prompt_seed(seed, first + i) for i in range(len(shard))]
+            responses = serve_batch(
+                engine,
+                ids[index],
+                seeds,
+                batch_size=batch_size,
                 max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
+                sampling=sampling,
                 eos_ids=eos_ids,
+                bar=bar,
             )
-            for i, row in zip(batch, ids):
-                responses[i] = row
-            bar.update(len(batch))
+        else:
+            torch.manual_seed(seed + index)
+            order = sorted(range(len(shard)), key=lambda i: -lengths[i])  # similar lengths share a batch
+            responses = [None] * len(shard)
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                rows = generate_batch(
+                    model,
+                    tokenizer,
+                    [texts[index][i] for i in batch],
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    top_k=top_k,
+                    eos_ids=eos_ids,
+                )
+                for i, row in zip(batch, rows):
+                    responses[i] = row
+                bar.update(len(batch))
         with atomic_open(path) as f:
             for prompt, row in zip(shard, responses):
                 text = tokenizer.decode(row, skip_special_tokens=True)

@@ -11,8 +11,8 @@
 #   1. the pinned inputs are checked against artifacts/orthrus-small/SHA256SUMS: base weights,
 #      tokenizer, the 2000 self-distillation prompts (windows of CPython 3.11 stdlib sources,
 #      shipped so the data does not depend on what a machine has installed) and held-out prompts;
-#   2. self-distillation: the frozen base answers every prompt, greedy, fp32, 256 new tokens
-#      (python -m scripts.self_distill) -> OUT_DIR/self_distill/;
+#   2. self-distillation: the frozen base answers every prompt, greedy, fp32, 256 new tokens, on the
+#      batched engine at K = 1 (python -m scripts.self_distill, decoder=fast) -> OUT_DIR/self_distill/;
 #   3. train.py +exp=small on those answers, 1800 steps -> OUT_DIR/train/ (diffusion_view/ is the view);
 #   4. python -m scripts.evaluate: HumanEval and the held-out prompts, greedy, fp32, 128 new tokens, at
 #      each K of EVAL_K -> OUT_DIR/eval/metrics.json and metrics.md (TPF per K);

@@ -182,7 +182,15 @@ def test_sharded_over_ranks_and_resumable(base_dir, tmp_path, monkeypatch):
         (source / f"{name}.jsonl").write_text(
             "".join(json.dumps({"messages": [{"role": "user", "content": f"{name} {i}"}]}) + "\n" for i in range(3))
         )
-    kwargs = dict(split=["chat", "math", "code"], limit=2, max_new_tokens=3, batch_size=2, shard_size=2, device="cpu")
+    kwargs = dict(
+        split=["chat", "math", "code"],
+        limit=2,
+        max_new_tokens=3,
+        batch_size=2,
+        shard_size=2,
+        device="cpu",
+        decoder="hf",
+    )
     single = generate_responses(base_dir, source, tmp_path / "one", **kwargs)
     assert single["records"] == 6 and len(single["shards"]) == 3  # 2 of each split
 
@@ -217,3 +225,111 @@ def test_sharded_over_ranks_and_resumable(base_dir, tmp_path, monkeypatch):
     assert calls == [2, 2] and done["complete"]
     for name in single["shards"]:
         assert (tmp_path / "three" / name).read_text() == (tmp_path / "one" / name).read_text()
+
+
+def _records(out: Path) -> list[str]:
+    return [line for f in sorted(out.glob("train-*.jsonl")) for line in f.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def eos_base_dir(base_dir, tmp_path_factory):
+    """The tiny base with extra eos ids, tokens its greedy answers emit at different steps: prompts stop at
+    different iterations, some at max_new_tokens."""
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    answers = []
+    for prompt in PROMPTS:
+        chat = [{"role": "user", "content": prompt}]
+        for text in (prompt, tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)):
+            ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+            out = model.generate(ids, max_new_tokens=MAX_NEW, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            answers.append(out[0, ids.shape[1] :].tolist())
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, answers[0][3], answers[4][1]]  # text prompts
+    folder = tmp_path_factory.mktemp("eos_base")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_fast_decoder_writes_what_hf_writes(eos_base_dir, prompts_file, tmp_path, monkeypatch, chat):
+    """fp32 greedy: the engine's request queue (2 slots for 5 ragged prompts, eos at different steps) writes
+    the records transformers' generate writes; a slot mix-up (answers handed to the wrong request) would not."""
+    from models.serving import Server
+
+    kwargs = dict(chat_template=chat, max_new_tokens=MAX_NEW, batch_size=2, shard_size=3, device="cpu")
+    hf = generate_responses(eos_base_dir, prompts_file, tmp_path / "hf", decoder="hf", **kwargs)
+    fast = generate_responses(eos_base_dir, prompts_file, tmp_path / "fast", decoder="fast", **kwargs)
+    assert hf["decoder"] == "hf" and fast["decoder"] == "fast"
+    if not chat:  # the text prompts' answers end at eos after 2 and 4 tokens, the others at max_new_tokens
+        assert 0 < hf["stopped_at_eos"] < hf["records"]
+        assert len({len(json.loads(r)["text"]) - len(p) for r, p in zip(_records(tmp_path / "hf"), PROMPTS)}) > 1
+    assert _records(tmp_path / "fast") == _records(tmp_path / "hf")
+    same = ("records", "tokens_generated", "stopped_at_eos", "prompt_tokens", "shards", "sampling")
+    assert {k: fast[k] for k in same} == {k: hf[k] for k in same}
+
+    if chat:  # the tiny model answers every chat prompt alike: a mix-up shows on the text prompts only
+        return
+    real = Server.__iter__
+
+    def mixed_up(self):
+        done = list(real(self))
+        yield from zip([rid for rid, _ in done][::-1], [result for _, result in done])
+
+    monkeypatch.setattr(Server, "__iter__", mixed_up)
+    generate_responses(eos_base_dir, prompts_file, tmp_path / "broken", decoder="fast", **kwargs)
+    assert _records(tmp_path / "broken") != _records(tmp_path / "hf")
+
+
+def test_fast_sampling_reproducible_across_resume(base_dir, tmp_path, monkeypatch):
+    """Sampled answers depend on the run seed and the prompt's index only: a run interrupted after one shard
+    and resumed by two ranks with another batch size writes what one uninterrupted run writes, and the same
+    prompt twice gets two draws. All prompts on one seed would answer the duplicates alike."""
+    import data.self_distill as sd
+
+    source = tmp_path / "prompts.jsonl"
+    source.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS * 2))
+    kwargs = dict(chat_template=False, max_new_tokens=4, temperature=1.5, shard_size=4, device="cpu")
+
+    def answers(out):
+        return [json.loads(r)["text"] for r in _records(out)]
+
+    one = generate_responses(base_dir, source, tmp_path / "one", batch_size=3, **kwargs)
+    assert one["records"] == 10 and len(one["shards"]) == 3
+    first = answers(tmp_path / "one")
+    assert first[:5] != first[5:]  # duplicates drew differently
+
+    real, calls = sd.serve_batch, []
+
+    def dies_after_first(*a, **k):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(sd, "serve_batch", dies_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        generate_responses(base_dir, source, tmp_path / "two", batch_size=3, **kwargs)
+    monkeypatch.setattr(sd, "serve_batch", real)
+    for rank in (0, 1):
+        done = generate_responses(base_dir, source, tmp_path / "two", batch_size=2, rank=rank, world_size=2, **kwargs)
+    assert done["complete"] and answers(tmp_path / "two") == first
+
+    monkeypatch.setattr(sd, "prompt_seed", lambda seed, index: seed)  # broken: one seed for every prompt
+    generate_responses(base_dir, source, tmp_path / "shared", batch_size=3, **kwargs)
+    shared = answers(tmp_path / "shared")
+    assert shared[:5] == shared[5:]  # the check above fails on it
+
+
+def test_decoder_is_a_run_parameter(base_dir, prompts_file, tmp_path, monkeypatch):
+    """A partial run resumes only with its own decoder (the two sample differently); a bad name fails first."""
+    import data.self_distill as sd
+
+    with pytest.raises(ValueError, match="decoder='vllm'"):
+        generate_responses(base_dir, prompts_file, tmp_path / "sd", decoder="vllm")
+    assert not (tmp_path / "sd").exists()
+    monkeypatch.setattr(sd, "serve_batch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        generate_responses(base_dir, prompts_file, tmp_path / "sd", max_new_tokens=2, device="cpu")
+    with pytest.raises(ValueError, match=r"different parameters \['decoder'\]"):
+        generate_responses(base_dir, prompts_file, tmp_path / "sd", max_new_tokens=2, device="cpu", decoder="hf")
