@@ -383,8 +383,9 @@ class _Steps:
               argmax; token = AR token n (the bonus); `finish`.
     finish(n, token): packed[b] = [n, drafts, ...] with token at n + 1 (so packed[b, 1:n+2] are the
               tokens emitted); start += n + 1; last = token. start is clamped to S_max - K: a slot's
-              start only gets there once its request is past its end (requests are checked to fit),
-              so a finished or free slot decoding on keeps writing inside its own rows.
+              start only gets there once its request is past its end (requests are checked to fit;
+              `Server` clamps a one-token request's start at its admission the same way), so a
+              finished or free slot decoding on keeps writing inside its own rows.
     On CUDA with graphs each step is captured once (`_capture`) and replayed. Sampling adds the
     steps of a `_Sampler` per setting (`sampler()`).
     """

@@ -162,6 +162,10 @@ class Server:
             if r.streamer is not None:
                 r.streamer.put(r.prompt.cpu())
             logits = e.prefill(r.prompt[0].to(e.device), slot)
+            # The slot runs in every iteration from now on (its request's or, once done, as a free slot)
+            # and writes its block at rows start..start+K-1: keep that inside the slot, as `_Steps.finish`
+            # does. Only a request that ends at its first token (it needs no iteration) has L > S_max - K.
+            e.start[slot].clamp_(max=e.cache.max_seq_len - self.K)
             r.result.ar_forwards += 1
             if r.seed is not None:
                 e.rng[slot].copy_(torch.tensor([r.seed, 0]))

@@ -174,6 +174,18 @@ def test_short_request_joining_last_finishes(make_model):
     assert all(torch.equal(out.sequences, ref) for out, ref in zip(results, refs))
 
 
+def test_one_token_request_at_the_end_of_a_slot(make_model):
+    """A one-token request whose prompt fills its slot but K - 1 rows (allowed: it needs no iteration)
+    joins while iterations are in flight: its slot decodes on in the next iterations and must write
+    inside its own rows (the PyTorch path raises on a row past the slot; Triton would write the next
+    slot's first row). Its first token, and the other request's output, are the base model's."""
+    model = make_model(seed=13)
+    K, rows = 4, 32
+    subs, refs = greedy_case(model, [(5, 10, 0, None), (rows - K + 1, 1, 1, None), (3, 6, 2, None)])
+    results, _ = serve(Server(OrthrusEngine(model, rows, max_batch_size=2), K), subs)
+    assert all(torch.equal(out.sequences, ref) for out, ref in zip(results, refs))
+
+
 def test_streamers_per_request(make_model):
     model = make_model(seed=8)
     subs, _ = greedy_case(model, [(3, 9, 0, None), (7, 5, 0, None), (2, 8, 1, None)])
