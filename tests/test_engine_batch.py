@@ -15,7 +15,7 @@ from eval.runner import EngineDecode, decode_prompts, measure_block_sizes
 from models.engine import OrthrusEngine
 from models.engine_ops import TorchOps
 from models.sampling import SamplingParams
-from models.serving import Server
+from models.serving import Server, _ReadBack
 from tests.test_greedy import RecordingStreamer, base_greedy, prompt
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -172,6 +172,36 @@ def test_short_request_joining_last_finishes(make_model):
     subs, refs = greedy_case(model, [(5, 3, 0, None), (4, 1, 1, None)])
     results, _ = serve(Server(OrthrusEngine(model, S, max_batch_size=2), 4), subs)
     assert all(torch.equal(out.sequences, ref) for out, ref in zip(results, refs))
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_first_token_copy_is_waited_for(make_model, monkeypatch, broken):
+    """The first token of a request joining while iterations are in flight is copied to the host without
+    blocking; when no later iteration is read back (a one-token request joining last), the host must
+    wait for that copy itself. Here a copy lands only when waited for (on CUDA it may still be in flight);
+    broken, the wait does nothing and the request's token is garbage."""
+    copies = []
+
+    class PendingCopy:
+        def __init__(self, host, src):
+            self.host, self.src = host, src.clone()
+
+        def synchronize(self):
+            if not broken:
+                self.host.copy_(self.src)
+
+    def pending_copy(reader, src):
+        host = torch.full(src.shape, -1, dtype=src.dtype)
+        copies.append(PendingCopy(host, src))
+        return host, copies[-1]
+
+    monkeypatch.setattr(_ReadBack, "copy", pending_copy)
+    model = make_model(seed=12)
+    subs, refs = greedy_case(model, [(5, 3, 0, None), (4, 1, 1, None)])
+    results, _ = serve(Server(OrthrusEngine(model, S, max_batch_size=2), 4), subs)
+    assert copies, "no first token was copied while iterations were in flight: the case went untested"
+    exact = [torch.equal(out.sequences, ref) for out, ref in zip(results, refs)]
+    assert all(exact) != broken, exact
 
 
 def test_one_token_request_at_the_end_of_a_slot(make_model):
