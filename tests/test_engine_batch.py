@@ -322,3 +322,42 @@ def test_batch_invariant_verify_independent_of_batch(make_model, dtype):
         alone = single.steps(6)
         alone.block[0, 1:].copy_(tokens[1:])
         assert torch.equal(alone.verify(), logits[slot])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("block_sizes", [None, (1, 4)], ids=["captured-while-serving", "captured-up-front"])
+@pytest.mark.parametrize("block_size", [1, 4])
+def test_cuda_graph_serving_greedy_equals_base(make_model, block_sizes, block_size):
+    """The batched engine as it runs on a GPU: compiled Triton, a CUDA graph per (K, batch bucket) (with
+    block_sizes None captured while iterations are in flight), two iterations in flight read back through
+    pinned memory, requests admitted between them (one-token ones joining last, one filling its slot but
+    K - 1 rows), EOS at different iterations: every fp32 greedy output is the base model's."""
+    model = make_model(seed=40 + block_size)
+    requests = GREEDY_REQUESTS + [(5, 3, 12, None), (4, 1, 13, None), (S - block_size + 1, 1, 13, None)]
+    subs, refs = greedy_case(model, requests)
+    engine = OrthrusEngine(model.cuda(), S, max_batch_size=3, block_sizes=block_sizes)
+    assert engine.backend == "triton" and engine.cuda_graphs
+    results, _ = serve(Server(engine, block_size), subs)
+    exact = [torch.equal(out.sequences, ref) for out, ref in zip(results, refs)]
+    assert all(exact), exact
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("drafts", ["sampled", "greedy"])
+def test_cuda_graph_serving_sampled_equals_alone(make_model, drafts):
+    """Sampled requests with their own parameters in one captured batch (a `_Sampler` graph per setting,
+    captured while iterations are in flight) draw what each draws alone at batch 1. batch_invariant, so
+    the logits are bitwise the same at every batch size and only the batching is tested."""
+    model = make_model(seed=5).cuda()
+    kw = dict(backend="triton", cuda_graphs=True, batch_invariant=True)
+    subs = [
+        dict(input_ids=prompt(L, seed=10 + n), max_new_tokens=14, sampling=p, seed=100 + n, at=at)
+        for n, (p, L, at) in enumerate(SAMPLED_REQUESTS)
+    ]
+    single = OrthrusEngine(model, S, **kw)
+    alone = [serve(Server(single, 4, drafts), [s])[0][0] for s in subs]
+    batched, _ = serve(Server(OrthrusEngine(model, S, max_batch_size=3, **kw), 4, drafts), subs)
+    same = [(a.sequences.tolist(), a.accepted) == (b.sequences.tolist(), b.accepted) for a, b in zip(alone, batched)]
+    assert all(same), same
