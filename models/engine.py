@@ -223,11 +223,15 @@ class OrthrusEngine:
         for K in self.block_sizes or ():
             self.warm_up(K)
 
-    def warm_up(self, block_size: int) -> None:
-        """Build (on CUDA, capture) the steps of block size K at every batch-size bucket."""
+    def warm_up(self, block_size: int, sampling: SamplingParams | None = None, drafts: str = "sampled") -> None:
+        """Build (on CUDA, capture) the steps of block size K at every batch-size bucket; with a sampled
+        `sampling`, also the sampling steps of a batch whose requests all sample with it (`Server`'s
+        setting for such a batch), so that no capture is left for the first iterations that need one."""
         b = 1
         while True:
-            self.steps(block_size, b)
+            steps = self.steps(block_size, b)
+            if sampling is not None and not sampling.greedy:
+                steps.sampler((sampling,) * b, drafts)
             if b >= self.max_batch_size:
                 return
             b = self.batch_bucket(b + 1)

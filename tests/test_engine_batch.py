@@ -6,12 +6,14 @@ more requests than slots. Each exactness test is also run against a deliberately
 and must fail there.
 """
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 import kernels.attention
 import kernels.sample
-from eval.runner import EngineDecode, decode_prompts, measure_block_sizes
+from eval.runner import EngineDecode, decode_prompts, measure_block_sizes, serve_prompts
 from models.engine import OrthrusEngine
 from models.engine_ops import TorchOps
 from models.sampling import SamplingParams
@@ -292,6 +294,15 @@ def test_eval_serves_prompt_sets_with_one_by_one_outputs(make_model, sampling):
     assert [r.sequences.tolist() for r in batched.results] == [r.sequences.tolist() for r in one_by_one.results]
     assert batched.batch_size == 2 and batched.wall_seconds > 0 and one_by_one.wall_seconds is None
     del kw["block_size"]
+    engine = EngineDecode(S, batch_size=4).engine(model)
+    built = []  # sampling steps built, at each reading of the clock (the first one starts it)
+
+    def now() -> float:
+        built.append(sum(len(steps._samplers) for steps in engine._steps.values()))
+        return 0.0
+
+    serve_prompts(engine, prompts, 4, 10, sampling=sampling, progress=False, clock=SimpleNamespace(now=now, stamp=now))
+    assert built[0] == built[-1], "sampling steps were built (on CUDA: captured) while the clock ran"
     rows, _ = measure_block_sizes(model, prompts, [1, 4], decode_fn=EngineDecode(S, batch_size=2), **kw)
     assert [r["batch_size"] for r in rows] == [2, 2] and rows[0]["speedup"] == 1.0
 
