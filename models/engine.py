@@ -223,6 +223,7 @@ class OrthrusEngine:
         for K in self.block_sizes or ():
             self.warm_up(K)
 
+    @torch.no_grad()
     def warm_up(self, block_size: int, sampling: SamplingParams | None = None, drafts: str = "sampled") -> None:
         """Build (on CUDA, capture) the steps of block size K at every batch-size bucket; with a sampled
         `sampling`, also the sampling steps of a batch whose requests all sample with it (`Server`'s
