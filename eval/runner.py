@@ -125,7 +125,8 @@ def serve_prompts(
     device = engine.device
     clock = clock or HostClock(device)
     server = Server(engine, block_size, batch_size=batch_size)
-    engine.warm_up(server.K)  # every batch-size bucket built (on CUDA: captured) before the clock starts
+    # Every batch-size bucket built (on CUDA: captured) before the clock starts, sampling steps included.
+    engine.warm_up(server.K, request.get("sampling"), server.drafts)
     start = clock.now()
     streams = {}
     marks = SimpleNamespace(now=clock.stamp)  # no device sync per request: the read-back already waited

@@ -328,8 +328,11 @@ def _accept_ref(p_logits, p_stats, q_logits, q_stats, draft, temperature, rng, o
         keep = torch.ones_like(keep)
     if rule == 2:
         keep = torch.zeros_like(keep)
-    n = torch.where(~keep, i, n_drafts).amin(0, keepdim=True) if n_drafts else torch.zeros(1, dtype=torch.long)
-    n = n.to(draft.device)
+    n = (
+        torch.where(~keep, i, n_drafts).amin(0, keepdim=True)
+        if n_drafts
+        else torch.zeros(1, dtype=torch.long, device=draft.device)  # made on the device: no copy in a graph
+    )
     has_q = n < n_drafts
     row = n.clamp_max(p_logits.shape[0] - 1)
     lp = lp_all[row][0]

@@ -223,11 +223,16 @@ class OrthrusEngine:
         for K in self.block_sizes or ():
             self.warm_up(K)
 
-    def warm_up(self, block_size: int) -> None:
-        """Build (on CUDA, capture) the steps of block size K at every batch-size bucket."""
+    @torch.no_grad()
+    def warm_up(self, block_size: int, sampling: SamplingParams | None = None, drafts: str = "sampled") -> None:
+        """Build (on CUDA, capture) the steps of block size K at every batch-size bucket; with a sampled
+        `sampling`, also the sampling steps of a batch whose requests all sample with it (`Server`'s
+        setting for such a batch), so that no capture is left for the first iterations that need one."""
         b = 1
         while True:
-            self.steps(block_size, b)
+            steps = self.steps(block_size, b)
+            if sampling is not None and not sampling.greedy:
+                steps.sampler((sampling,) * b, drafts)
             if b >= self.max_batch_size:
                 return
             b = self.batch_bucket(b + 1)
@@ -383,8 +388,9 @@ class _Steps:
               argmax; token = AR token n (the bonus); `finish`.
     finish(n, token): packed[b] = [n, drafts, ...] with token at n + 1 (so packed[b, 1:n+2] are the
               tokens emitted); start += n + 1; last = token. start is clamped to S_max - K: a slot's
-              start only gets there once its request is past its end (requests are checked to fit),
-              so a finished or free slot decoding on keeps writing inside its own rows.
+              start only gets there once its request is past its end (requests are checked to fit;
+              `Server` clamps a one-token request's start at its admission the same way), so a
+              finished or free slot decoding on keeps writing inside its own rows.
     On CUDA with graphs each step is captured once (`_capture`) and replayed. Sampling adds the
     steps of a `_Sampler` per setting (`sampler()`).
     """

@@ -53,6 +53,7 @@ class _Request:
     out: list[int] = field(default_factory=list)
     slot: int | None = None
     first: torch.Tensor | None = None  # the prefill's token, being copied to the host (not emitted yet)
+    first_copied: object = None  # on CUDA, the event recorded after that copy
     in_flight: int = 0  # launched iterations that decode it, not read back yet
     done: bool = False
 
@@ -162,6 +163,10 @@ class Server:
             if r.streamer is not None:
                 r.streamer.put(r.prompt.cpu())
             logits = e.prefill(r.prompt[0].to(e.device), slot)
+            # The slot runs in every iteration from now on (its request's or, once done, as a free slot)
+            # and writes its block at rows start..start+K-1: keep that inside the slot, as `_Steps.finish`
+            # does. Only a request that ends at its first token (it needs no iteration) has L > S_max - K.
+            e.start[slot].clamp_(max=e.cache.max_seq_len - self.K)
             r.result.ar_forwards += 1
             if r.seed is not None:
                 e.rng[slot].copy_(torch.tensor([r.seed, 0]))
@@ -171,9 +176,8 @@ class Server:
                 self._emit(r, [int(e.last[slot])])
                 continue
             # Iterations are in flight: copy the token without blocking; it is emitted when the first
-            # iteration launched after it is read back (by then the copy is done).
-            r.first = torch.empty(1, dtype=torch.long, pin_memory=self.reader.cuda)
-            r.first.copy_(e.last[slot : slot + 1], non_blocking=self.reader.cuda)
+            # iteration launched after it is read back, or once nothing is in flight (`_emit_first`).
+            r.first, r.first_copied = self.reader.copy(e.last[slot : slot + 1])
 
     def _launch(self, active: list[_Request]) -> None:
         """One iteration of every slot up to the bucket of the highest busy one; no host sync."""
@@ -215,7 +219,11 @@ class Server:
             res.emitted.append(self._emit(r, row[1 : n_acc + 2]))
 
     def _emit_first(self, r: _Request) -> None:
-        first, r.first = int(r.first), None
+        """Emit the prefill's token once its copy is done: it may not be yet when no iteration launched
+        after it was read back (a one-token request joining while the last iterations ran)."""
+        if r.first_copied is not None:
+            r.first_copied.synchronize()
+        first, r.first, r.first_copied = int(r.first), None, None
         self._emit(r, [first])
 
     def _emit(self, r: _Request, tokens: list[int]) -> int:
@@ -265,6 +273,17 @@ class _ReadBack:
         if self.cuda:
             self.events[i].record()
         self.queue.append((i, src.numel(), tag))
+
+    def copy(self, src: torch.Tensor) -> tuple[torch.Tensor, object]:
+        """src copied to (pinned) host memory without blocking, and the event to wait on before reading
+        it (None off CUDA, where the copy is done on return)."""
+        host = torch.empty(src.shape, dtype=src.dtype, pin_memory=self.cuda)
+        host.copy_(src, non_blocking=self.cuda)
+        if not self.cuda:
+            return host, None
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
 
     def pop(self) -> tuple[list[int], object]:
         i, n, tag = self.queue.popleft()

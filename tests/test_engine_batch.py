@@ -6,16 +6,18 @@ more requests than slots. Each exactness test is also run against a deliberately
 and must fail there.
 """
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 import kernels.attention
 import kernels.sample
-from eval.runner import EngineDecode, decode_prompts, measure_block_sizes
+from eval.runner import EngineDecode, decode_prompts, measure_block_sizes, serve_prompts
 from models.engine import OrthrusEngine
 from models.engine_ops import TorchOps
 from models.sampling import SamplingParams
-from models.serving import Server
+from models.serving import Server, _ReadBack
 from tests.test_greedy import RecordingStreamer, base_greedy, prompt
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -174,6 +176,48 @@ def test_short_request_joining_last_finishes(make_model):
     assert all(torch.equal(out.sequences, ref) for out, ref in zip(results, refs))
 
 
+@pytest.mark.parametrize("broken", [False, True])
+def test_first_token_copy_is_waited_for(make_model, monkeypatch, broken):
+    """The first token of a request joining while iterations are in flight is copied to the host without
+    blocking; when no later iteration is read back (a one-token request joining last), the host must
+    wait for that copy itself. Here a copy lands only when waited for (on CUDA it may still be in flight);
+    broken, the wait does nothing and the request's token is garbage."""
+    copies = []
+
+    class PendingCopy:
+        def __init__(self, host, src):
+            self.host, self.src = host, src.clone()
+
+        def synchronize(self):
+            if not broken:
+                self.host.copy_(self.src)
+
+    def pending_copy(reader, src):
+        host = torch.full(src.shape, -1, dtype=src.dtype)
+        copies.append(PendingCopy(host, src))
+        return host, copies[-1]
+
+    monkeypatch.setattr(_ReadBack, "copy", pending_copy)
+    model = make_model(seed=12)
+    subs, refs = greedy_case(model, [(5, 3, 0, None), (4, 1, 1, None)])
+    results, _ = serve(Server(OrthrusEngine(model, S, max_batch_size=2), 4), subs)
+    assert copies, "no first token was copied while iterations were in flight: the case went untested"
+    exact = [torch.equal(out.sequences, ref) for out, ref in zip(results, refs)]
+    assert all(exact) != broken, exact
+
+
+def test_one_token_request_at_the_end_of_a_slot(make_model):
+    """A one-token request whose prompt fills its slot but K - 1 rows (allowed: it needs no iteration)
+    joins while iterations are in flight: its slot decodes on in the next iterations and must write
+    inside its own rows (the PyTorch path raises on a row past the slot; Triton would write the next
+    slot's first row). Its first token, and the other request's output, are the base model's."""
+    model = make_model(seed=13)
+    K, rows = 4, 32
+    subs, refs = greedy_case(model, [(5, 10, 0, None), (rows - K + 1, 1, 1, None), (3, 6, 2, None)])
+    results, _ = serve(Server(OrthrusEngine(model, rows, max_batch_size=2), K), subs)
+    assert all(torch.equal(out.sequences, ref) for out, ref in zip(results, refs))
+
+
 def test_streamers_per_request(make_model):
     model = make_model(seed=8)
     subs, _ = greedy_case(model, [(3, 9, 0, None), (7, 5, 0, None), (2, 8, 1, None)])
@@ -250,6 +294,15 @@ def test_eval_serves_prompt_sets_with_one_by_one_outputs(make_model, sampling):
     assert [r.sequences.tolist() for r in batched.results] == [r.sequences.tolist() for r in one_by_one.results]
     assert batched.batch_size == 2 and batched.wall_seconds > 0 and one_by_one.wall_seconds is None
     del kw["block_size"]
+    engine = EngineDecode(S, batch_size=4).engine(model)
+    built = []  # sampling steps built, at each reading of the clock (the first one starts it)
+
+    def now() -> float:
+        built.append(sum(len(steps._samplers) for steps in engine._steps.values()))
+        return 0.0
+
+    serve_prompts(engine, prompts, 4, 10, sampling=sampling, progress=False, clock=SimpleNamespace(now=now, stamp=now))
+    assert built[0] == built[-1], "sampling steps were built (on CUDA: captured) while the clock ran"
     rows, _ = measure_block_sizes(model, prompts, [1, 4], decode_fn=EngineDecode(S, batch_size=2), **kw)
     assert [r["batch_size"] for r in rows] == [2, 2] and rows[0]["speedup"] == 1.0
 
@@ -280,3 +333,44 @@ def test_batch_invariant_verify_independent_of_batch(make_model, dtype):
         alone = single.steps(6)
         alone.block[0, 1:].copy_(tokens[1:])
         assert torch.equal(alone.verify(), logits[slot])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("block_sizes", [None, (1, 4)], ids=["captured-while-serving", "captured-up-front"])
+@pytest.mark.parametrize("block_size", [1, 4])
+def test_cuda_graph_serving_greedy_equals_base(make_model, block_sizes, block_size):
+    """The batched engine as it runs on a GPU: compiled Triton, a CUDA graph per (K, batch bucket) (with
+    block_sizes None captured while iterations are in flight), two iterations in flight read back through
+    pinned memory, requests admitted between them (one filling its slot but K - 1 rows), EOS at different
+    iterations: every fp32 greedy output is the base model's. Then a one-token request joining while the
+    last iterations run, its first token read back once nothing is in flight (a copy still landing)."""
+    model = make_model(seed=40 + block_size)
+    cases = [greedy_case(model, GREEDY_REQUESTS + [(S - block_size + 1, 1, 4, None)])]
+    cases.append(greedy_case(model, [(5, 3, 0, None), (4, 1, 1, None)]))
+    engine = OrthrusEngine(model.cuda(), S, max_batch_size=3, block_sizes=block_sizes)
+    assert engine.backend == "triton" and engine.cuda_graphs
+    for subs, refs in cases:
+        results, _ = serve(Server(engine, block_size), subs)
+        exact = [torch.equal(out.sequences, ref) for out, ref in zip(results, refs)]
+        assert all(exact), exact
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("drafts", ["sampled", "greedy"])
+def test_cuda_graph_serving_sampled_equals_alone(make_model, drafts):
+    """Sampled requests with their own parameters in one captured batch (a `_Sampler` graph per setting,
+    captured while iterations are in flight) draw what each draws alone at batch 1. batch_invariant, so
+    the logits are bitwise the same at every batch size and only the batching is tested."""
+    model = make_model(seed=5).cuda()
+    kw = dict(backend="triton", cuda_graphs=True, batch_invariant=True)
+    subs = [
+        dict(input_ids=prompt(L, seed=10 + n), max_new_tokens=14, sampling=p, seed=100 + n, at=at)
+        for n, (p, L, at) in enumerate(SAMPLED_REQUESTS)
+    ]
+    single = OrthrusEngine(model, S, **kw)
+    alone = [serve(Server(single, 4, drafts), [s])[0][0] for s in subs]
+    batched, _ = serve(Server(OrthrusEngine(model, S, max_batch_size=3, **kw), 4, drafts), subs)
+    same = [(a.sequences.tolist(), a.accepted) == (b.sequences.tolist(), b.accepted) for a, b in zip(alone, batched)]
+    assert all(same), same

@@ -30,6 +30,29 @@ def test_decode_attention_bf16_matches_float64_reference(K, ctx):
         assert float((got.double() - ref).norm() / ref.norm()) < BF16_REL_ERR
 
 
+@pytest.mark.parametrize("per_position", [False, True])
+def test_ragged_decode_attention_at_batch_64(per_position):
+    """One launch over 64 cache slots of Qwen3-8B attention shape with S_max = 4096 + K, each at its own
+    length (0, the clamp limit S_max - K, and random in between), against the float64 reference slot by
+    slot: the per-slot length reads, offsets into a 0.5 GB cache and split-K combine at a serving shape."""
+    K, S_max, B = 8, 4096 + 8, 64
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(B, 32, K, 128, generator=g, device="cuda", dtype=torch.bfloat16)
+    kc = torch.randn(B, 8, S_max, 128, generator=g, device="cuda", dtype=torch.bfloat16)
+    vc = torch.randn_like(kc)
+    kb, vb = torch.randn_like(kc[:, :, :K]), torch.randn_like(kc[:, :, :K])
+    start = torch.randint(0, S_max - K + 1, (B,), generator=g, device="cuda")
+    start[:3] = torch.tensor([0, S_max - K, 1])
+    draft = diffusion_attention(q, kc, vc, start, kb, vb, 0.088)
+    verify = verify_attention(q, kc, vc, start, 0.088, per_position=per_position)
+    for b, n in enumerate(start.tolist()):
+        s = slice(b, b + 1)
+        ref = diffusion_attention_ref(q[s], kc[s], vc[s], n, kb[s], vb[s], 0.088)
+        assert rel_err(draft[s].double(), ref) < BF16_REL_ERR, ("draft", b, n)
+        ref = verify_attention_ref(q[s], kc[s], vc[s], n, 0.088)
+        assert rel_err(verify[s].double(), ref) < BF16_REL_ERR, ("verify", b, n)
+
+
 @torch.inference_mode()
 def passes(model, backend, ids, block=None):
     """Draft and verify logits (float64) after a 256-token prefill; the verify block is `block` (default: the
@@ -39,8 +62,8 @@ def passes(model, backend, ids, block=None):
     engine.last.fill_(int(ids[-1]))
     steps = engine.steps(32)
     draft = steps.draft().double()
-    block = steps.block[1:].clone() if block is None else block
-    steps.block[1:].copy_(block)
+    block = steps.block[0, 1:].clone() if block is None else block
+    steps.block[0, 1:].copy_(block)
     return draft, steps.verify().double(), block
 
 
