@@ -162,14 +162,14 @@ class Server:
             r, slot = self.waiting.popleft(), self.slots.index(None)
             if r.streamer is not None:
                 r.streamer.put(r.prompt.cpu())
-            logits = e.prefill(r.prompt[0].to(e.device), slot)
+            logits = e.prefill(_to_device(r.prompt[0], e.device), slot)
             # The slot runs in every iteration from now on (its request's or, once done, as a free slot)
             # and writes its block at rows start..start+K-1: keep that inside the slot, as `_Steps.finish`
             # does. Only a request that ends at its first token (it needs no iteration) has L > S_max - K.
             e.start[slot].clamp_(max=e.cache.max_seq_len - self.K)
             r.result.ar_forwards += 1
             if r.seed is not None:
-                e.rng[slot].copy_(torch.tensor([r.seed, 0]))
+                e.rng[slot].copy_(_to_device(torch.tensor([r.seed, 0]), e.device))
             e.last[slot : slot + 1].copy_(e.first_token(logits, r.sampling, slot))
             r.slot, self.slots[slot] = slot, r
             if not len(self.reader):  # nothing in flight: reading the token now stalls nothing
@@ -243,6 +243,15 @@ class Server:
                 r.streamer.end()
             self._finished.append((r.id, res))
         return len(tokens)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on the device without waiting for the work already queued there: a copy from
+    pageable memory blocks the host until the stream drains (the in-flight iterations), one from
+    pinned memory is queued behind them (PyTorch keeps the pinned block alive until it is done)."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def request_seed(generator: torch.Generator | None) -> int:
