@@ -57,7 +57,7 @@ from models.checkpoint import load_orthrus
 from models.engine import OrthrusEngine
 from models.orthrus import DIFFUSION_MODULES
 from models.sampling import SamplingParams
-from models.serving import Server
+from models.serving import Server, serve_all
 
 MANIFEST = "manifest.json"
 PARAMS = ".self_distill.json"  # hidden: data.datasets._split_files skips it
@@ -236,16 +236,16 @@ def serve_batch(
     """Generated token ids per prompt (the eos that ends one included), all prompts through one request
     queue at K = 1, `batch_size` decoding at once; prompt i samples with seeds[i]."""
     server = Server(engine, 1, batch_size=batch_size)
-    index = {}
-    for i, (ids, seed) in enumerate(zip(prompts, seeds)):
-        prompt = torch.tensor(ids, dtype=torch.long, device=engine.device)
-        index[server.submit(prompt, max_new_tokens, sampling=sampling, seed=seed, eos_token_id=eos_ids)] = i
-    responses: list[list[int] | None] = [None] * len(prompts)
-    for rid, result in server:
-        responses[index[rid]] = result.new_tokens.tolist()
-        if bar is not None:
-            bar.update(1)
-    return responses
+    results = serve_all(
+        server,
+        prompts,
+        max_new_tokens,
+        seeds,
+        sampling=sampling,
+        eos_token_id=eos_ids,
+        on_finish=None if bar is None else lambda i, result: bar.update(1),
+    )
+    return [result.new_tokens.tolist() for result in results]
 
 
 def generate_responses(

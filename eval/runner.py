@@ -25,7 +25,7 @@ from eval.metrics import Timing, peak_memory, reset_peak_memory, summarize
 from eval.timing import FirstTokenClock, HostClock, add_speedups, speed, timed_call, warm_prompts
 from models.generate import GenerationResult, generate
 from models.sampling import SamplingParams
-from models.serving import Server, request_seed
+from models.serving import Server, request_seed, serve_all
 
 DecodeFn = Callable[..., GenerationResult]
 
@@ -128,23 +128,17 @@ def serve_prompts(
     # Every batch-size bucket built (on CUDA: captured) before the clock starts, sampling steps included.
     engine.warm_up(server.K, request.get("sampling"), server.drafts)
     start = clock.now()
-    streams = {}
     marks = SimpleNamespace(now=clock.stamp)  # no device sync per request: the read-back already waited
-    for i, ids in enumerate(prompts):
-        generator = torch.Generator(device=device).manual_seed(seed + i)
-        first = FirstTokenClock(marks, start)
-        rid = server.submit(
-            torch.tensor([ids], dtype=torch.long, device=device),
-            max_new_tokens,
-            seed=request_seed(generator),
-            streamer=first,
-            **request,
-        )
-        streams[rid] = i, first
-    results, timings = [None] * len(prompts), [None] * len(prompts)
-    for rid, result in tqdm(server, total=len(prompts), desc=desc, disable=not progress, leave=False):
-        i, first = streams[rid]
-        results[i], timings[i] = result, Timing(seconds=marks.now() - start, first_token_seconds=first.first)
+    seeds = [request_seed(torch.Generator(device=device).manual_seed(seed + i)) for i in range(len(prompts))]
+    firsts = [FirstTokenClock(marks, start) for _ in prompts]
+    timings = [None] * len(prompts)
+    with tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False) as bar:
+
+        def finished(i, result):
+            timings[i] = Timing(seconds=marks.now() - start, first_token_seconds=firsts[i].first)
+            bar.update(1)
+
+        results = serve_all(server, prompts, max_new_tokens, seeds, streamers=firsts, on_finish=finished, **request)
     wall = clock.now() - start
     return DecodeRun(block_size, results, timings, batch_size=len(server.slots), wall_seconds=wall)
 

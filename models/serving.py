@@ -17,8 +17,9 @@ Every iteration runs the draft and verify passes of all slots in one pass each (
 b the batch-size bucket holding the highest busy slot: free slots below it decode garbage that nobody
 reads; new requests take the lowest free slot, so the busy slots stay packed). Each slot reads its own
 cache length (ragged contexts), and acceptance runs per slot on the device, so a request's tokens are
-the ones it gets alone: fp32 greedy token for token, and sampled with the same seed the same draws
-(its generator row counts its own iterations from its join).
+the ones it gets alone: fp32 greedy token for token; sampled, the same distribution, and the same draws
+for the same seed wherever a row's logits do not depend on the number of rows (its generator row counts
+its own iterations from its join; on the GPU the passes' kernel choices depend on the batch size).
 
 The host keeps IN_FLIGHT iterations launched: each iteration's packed result (B, K + 1) is copied to
 pinned host memory without blocking and read while the next one runs (a request admitted while
@@ -243,6 +244,33 @@ class Server:
                 r.streamer.end()
             self._finished.append((r.id, res))
         return len(tokens)
+
+
+def serve_all(
+    server: Server,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    seeds: list[int | None],
+    *,
+    streamers: list | None = None,
+    on_finish=None,
+    **request,
+) -> list[GenerationResult]:
+    """Every prompt (token ids) queued on `server` at once, prompt i with seeds[i] (and streamers[i]);
+    returns the results in prompt order. on_finish(i, result) runs as each request finishes (in the
+    order they finish). request: `Server.submit`'s other keywords, the same for every prompt."""
+    index = {}
+    for i, (ids, seed) in enumerate(zip(prompts, seeds, strict=True)):
+        prompt = torch.tensor([ids], dtype=torch.long, device=server.engine.device)
+        streamer = None if streamers is None else streamers[i]
+        index[server.submit(prompt, max_new_tokens, seed=seed, streamer=streamer, **request)] = i
+    results: list[GenerationResult | None] = [None] * len(prompts)
+    for rid, result in server:
+        i = index[rid]
+        results[i] = result
+        if on_finish is not None:
+            on_finish(i, result)
+    return results
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
