@@ -180,3 +180,14 @@ def resolve_chat_template(setting: bool | str, tokenizer, eos_token_ids: set[int
     turn = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
     ids = tokenizer.encode(tokenizer.apply_chat_template(turn, tokenize=False), add_special_tokens=False)
     return any(t in eos_token_ids for t in ids)
+
+
+def humaneval_ids(tokenizer_folder: str | Path, limit: int | None = None) -> list[list[int]]:
+    """The first `limit` HumanEval prompts (all: None) as raw-text token ids of a local tokenizer: the
+    prompt set the benchmarks decode orthrus-small on."""
+    from data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(tokenizer_folder))
+    return [
+        encode_prompt(tok, p.text, chat_template=False) for p in load_prompts(PromptSpec(source="humaneval"), limit)
+    ]

@@ -34,6 +34,7 @@ from eval.batch_bench import (
 from eval.decode_bench import Budget, build_model
 from eval.figures import batch_figure
 from eval.metrics import free_memory
+from eval.prompts import humaneval_ids
 from eval.provenance import provenance
 from eval.timing import median_ms
 from models.engine import OrthrusEngine
@@ -104,14 +105,10 @@ def main():
     if args.small:
 
         def small_part():
-            from data.tokenizer import load_tokenizer
-            from eval.prompts import PromptSpec, encode_prompt, load_prompts
             from models.checkpoint import load_orthrus
 
             folder = Path(args.small)
-            tok = load_tokenizer(str(folder / "tokenizer"))
-            specs = load_prompts(PromptSpec(source="humaneval"), args.small_limit)
-            prompts = [encode_prompt(tok, p.text, chat_template=False) for p in specs]
+            prompts = humaneval_ids(folder / "tokenizer", args.small_limit)
             model = load_orthrus(
                 str(folder / "base"), str(folder / "diffusion"), dtype=torch.bfloat16, device=device
             ).eval()

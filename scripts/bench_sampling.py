@@ -25,6 +25,7 @@ import torch
 from data._io import atomic_write_text
 from eval.decode_bench import build_model
 from eval.metrics import free_memory
+from eval.prompts import humaneval_ids
 from eval.provenance import provenance
 from eval.sampling_bench import micro_sampler, speedups, time_iterations
 from eval.timing import median_ms
@@ -46,16 +47,6 @@ def parse_args():
     p.add_argument("--budget-s", type=float, default=300, help="small-model part: stop starting settings after this")
     p.add_argument("--out", required=True)
     return p.parse_args()
-
-
-def small_prompts(folder: Path, limit):
-    from data.tokenizer import load_tokenizer
-    from eval.prompts import PromptSpec, encode_prompt, load_prompts
-
-    tok = load_tokenizer(str(folder / "tokenizer"))
-    return [
-        encode_prompt(tok, p.text, chat_template=False) for p in load_prompts(PromptSpec(source="humaneval"), limit)
-    ]
 
 
 def main():
@@ -97,7 +88,7 @@ def main():
         folder = Path(args.small)
 
         def small():
-            prompts = small_prompts(folder, args.small_limit)
+            prompts = humaneval_ids(folder / "tokenizer", args.small_limit)
             model = load_orthrus(
                 str(folder / "base"), str(folder / "diffusion"), dtype=getattr(torch, args.small_dtype), device=device
             ).eval()
