@@ -81,7 +81,7 @@ def time_iterations(
 
         out[f"iteration_ms_K{K}"] = clock(greedy, reps, after=reset)
         for drafts in DRAFT_MODES:
-            sampler = s.sampler(sampling, drafts)
+            sampler = s.sampler((sampling,), drafts)
 
             def sampled():
                 if K > 1:

@@ -437,6 +437,15 @@ class _Steps:
 
     def sampler(self, params: tuple[SamplingParams, ...], drafts: str) -> "_Sampler":
         """The sampling steps for one setting (params: one per slot), built (and captured) on first use."""
+        if (
+            not isinstance(params, tuple)
+            or len(params) != self.B
+            or not all(isinstance(p, SamplingParams) for p in params)
+        ):
+            raise ValueError(
+                f"params must be a tuple of {self.B} SamplingParams (one per slot of this batch-{self.B} step), "
+                f"got {params!r}"
+            )
         key = (params, drafts if self.K > 1 else "greedy")
         if key not in self._samplers:
             self._samplers[key] = _Sampler(self, params, key[1] == "sampled")

@@ -8,6 +8,7 @@ seed (here, end to end; kernel by kernel, every rule, in tests/test_kernels_samp
 run on the Triton path with CUDA graphs. Each broken acceptance rule of `kernels.sample` must fail.
 """
 
+import functools
 import os
 
 import pytest
@@ -143,3 +144,24 @@ def test_bad_draft_mode(make_model):
     engine = _engine(make_model)
     with pytest.raises(ValueError, match="drafts"):
         engine.generate(PROMPT, 4, sampling=SamplingParams(1.0), drafts="beam")
+
+
+def test_iteration_benchmark_runs_each_mode(make_model):
+    """eval.sampling_bench.time_iterations (scripts/bench_sampling.py's GPU benchmark) drives the engine's
+    steps and samplers directly: it runs here at tiny size, so a call that the engine no longer accepts fails
+    in CI rather than on the GPU machine."""
+    from eval.sampling_bench import time_iterations
+    from eval.timing import median_ms
+
+    engine = _engine(make_model)
+    clock = functools.partial(median_ms, device=engine.device, warmup=1)
+    out = time_iterations(engine, [1, 4], 5, lambda fn, reps, after: clock(fn, reps, after=after), reps=2,
+                          new_tokens=8, log=lambda *a: None)  # fmt: skip
+    for key in ("iteration_ms", "sampling_iteration_ms", "sampling_greedy_drafts_iteration_ms", "e2e_iteration_ms"):
+        assert out[f"{key}_K4"] > 0 and out[f"{key}_K1"] > 0
+
+
+def test_sampler_params_one_per_slot(make_model):
+    steps = _engine(make_model).steps(4)
+    with pytest.raises(ValueError, match="tuple of 1 SamplingParams"):
+        steps.sampler(SamplingParams(1.0), "sampled")
