@@ -159,7 +159,7 @@ def run(cfg: DictConfig, command: list[str] | None = None) -> Path:
             "sampling": str(sampling),
             "block_sizes": block_sizes,
         },
-        "timing_protocol": protocol(cfg.decode.warmup),
+        "timing_protocol": protocol(cfg.decode.warmup, batch_size=getattr(decode_fn, "batch_size", 1)),
         "runs": [],
         "fidelity": [],
         "context_sweep": [],

@@ -80,8 +80,8 @@ def run_markdown(report: dict) -> str:
         "## Speed and acceptance\n",
         UNIT_NOTE + "\n",
         f"Decoder: {report['decode']['decode_fn']}. Timing protocol: {report['timing_protocol']}.\n",
-        "decode tok/s excludes the prefill and first token (TTFT, its own column); speedup = decode tok/s over "
-        "K=1 on the same decoder; end-to-end speedup includes the prefill.\n",
+        "decode tok/s excludes the prefill and first token (TTFT, its own column) at batch 1; speedup = decode "
+        "tok/s over K=1 on the same decoder; end-to-end speedup includes the prefill.\n",
         markdown_table(
             [*SPEED_COLUMNS, "peak MiB"],
             [[*speed_cells(r), r["peak_memory_bytes"] / MIB] for r in report["runs"]],

@@ -35,6 +35,11 @@ PROTOCOL = (
     "decode tokens/s = (new tokens - 1) / (seconds - TTFT) pooled over prompts; speedup = decode tokens/s at K "
     "over K=1 on the same decoder; end-to-end tokens/s (prefill included) kept beside it"
 )
+BATCHED = (
+    "; batch {batch}: every prompt queued at once on {batch} slots, so TTFT = start of the set to the request's "
+    "first token, queueing included, and decode and end-to-end tokens/s are both all new tokens over the set's "
+    "wall-clock (prefills interleave with the others' decoding)"
+)
 WARMUPS = {
     "buckets": "one prompt per prompt-length bucket, {tokens} new tokens",
     "all": "an untimed pass over every prompt at every K",
@@ -48,10 +53,12 @@ def check_warmup(warmup: str) -> None:
         raise ValueError(f"decode.warmup={warmup!r}: use one of {sorted(WARMUPS)}")
 
 
-def protocol(warmup: str, warm_tokens: str = "2K+1") -> str:
-    """The protocol text one report states (which warm-up it used, filled in)."""
+def protocol(warmup: str, warm_tokens: str = "2K+1", batch_size: int = 1) -> str:
+    """The protocol text one report states (which warm-up it used, filled in; how a batched run's
+    TTFT and throughputs differ from one call per prompt)."""
     check_warmup(warmup)
-    return PROTOCOL.format(warmup=WARMUPS[warmup].format(tokens=warm_tokens))
+    text = PROTOCOL.format(warmup=WARMUPS[warmup].format(tokens=warm_tokens))
+    return text + (BATCHED.format(batch=batch_size) if batch_size > 1 else "")
 
 
 def length_bucket(length: int) -> tuple[int, ...]:

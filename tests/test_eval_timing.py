@@ -102,6 +102,7 @@ def test_buckets_follow_the_engine_prefill():
     with pytest.raises(ValueError, match="warmup="):
         warm_prompts(PROMPTS, "first")
     assert "untimed" in protocol("buckets") and "NO warm-up" in protocol("none")
+    assert "queueing included" in protocol("buckets", batch_size=16) and "queueing" not in protocol("buckets")
 
 
 def test_decode_throughput_leaves_out_the_first_token():
