@@ -71,7 +71,7 @@ def run_markdown(report: dict) -> str:
         f"- commit: {git['commit']}{' (dirty tree)' if git['dirty'] else ''} (from {git.get('source', 'git')}); "
         f"sources that ran: sha256 {prov.get('source_hash', {}).get('sha256')}",
         f"- device: {prov['device']}; torch {prov['torch']}, transformers {prov['transformers']}; {prov['timestamp']}",
-        f"- model: {model['base']} ({model['dtype']}), K={model['block_size']}, "
+        f"- model: {model['base']} ({model['dtype']}), trained block size K={model['block_size']}, "
         f"max_new_tokens={report['decode']['max_new_tokens']}, sampling={report['decode']['sampling']}",
         f"- KV cache: Orthrus adds 0 persistent bytes; transient diffusion-block K/V "
         f"{model['kv_overhead']['diffusion_block_bytes']} B "
