@@ -129,6 +129,7 @@ def serving_points(
                 f"{name}_new_tokens": new,
                 f"{name}_mean_latency_s": sum(decode_s) / len(decode_s),  # first token to last, per request
                 f"{name}_p90_latency_s": float(torch.tensor(decode_s).quantile(0.9)),
+                f"{name}_serve": run.serve_stats,  # host seconds in admissions and read-back waits, buckets
             }
             if K > 1:
                 accepted = [a for r in run.results for a in r.accepted]
@@ -137,7 +138,9 @@ def serving_points(
         row["speedup_vs_ar"] = row["orthrus_tokens_per_second"] / row["ar_tokens_per_second"]
         log(
             f"B {B:2d}: orthrus {row['orthrus_tokens_per_second']:.0f} tok/s, AR {row['ar_tokens_per_second']:.0f} "
-            f"tok/s, speedup {row['speedup_vs_ar']:.2f}x"
+            f"tok/s, speedup {row['speedup_vs_ar']:.2f}x; admissions (prefill) "
+            f"{row['orthrus_serve']['admit_seconds']:.3f} s of {row['orthrus_wall_s']:.3f} s (orthrus), "
+            f"{row['ar_serve']['admit_seconds']:.3f} s of {row['ar_wall_s']:.3f} s (AR)"
         )
         points.append(row)
     return points
@@ -237,6 +240,16 @@ def targets(results: dict) -> dict:
     }
 
 
+def serve_stats_rows(serving: list[dict]) -> list[dict]:
+    """One row per (batch size, mode) of the serving points' `ServeStats` summaries, with the run's wall time."""
+    return [
+        {"batch_size": r["batch_size"], "mode": name, "wall_s": r[f"{name}_wall_s"], **r[f"{name}_serve"]}
+        for r in serving
+        for name in ("orthrus", "ar")
+        if r.get(f"{name}_serve")
+    ]
+
+
 def _table(spec: str, rows: list[dict]) -> list[str]:
     """Markdown table lines; spec: "header=key[:format]" columns separated by "|"."""
     columns = [(h, *(k.split(":", 1) + [""])[:2]) for h, k in (c.split("=") for c in spec.split("|"))]
@@ -256,6 +269,11 @@ def markdown(results: dict) -> str:
     spec += "|speedup_vs_ar=speedup_vs_ar:.2f|Orthrus mean latency s=orthrus_mean_latency_s:.3f"
     spec += "|AR mean latency s=ar_mean_latency_s:.3f"
     out += _table(spec, results.get("serving", []))
+    out += ["", "## Where the serving host loop's time went (Server.stats; host seconds)", ""]
+    spec = "B=batch_size|mode=mode|wall s=wall_s:.3f|admissions (prefill) s=admit_seconds:.3f"
+    spec += "|read-back waits s=wait_seconds:.3f|prefills=prefills|iterations=iterations"
+    spec += "|slot occupancy=slot_occupancy:.2f"
+    out += _table(spec, serve_stats_rows(results.get("serving", [])))
     out += ["", "## Best K per batch size (projection from measured iteration times)", ""]
     spec = "shape=shape|ctx=context|profile=profile|B=batch_size|best K=block_size"
     spec += "|projected tok/s=projected_tokens_per_second:.0f|projected speedup vs AR=projected_speedup_vs_ar:.2f"

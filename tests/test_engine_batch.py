@@ -17,7 +17,7 @@ from eval.runner import EngineDecode, decode_prompts, measure_block_sizes, serve
 from models.engine import OrthrusEngine
 from models.engine_ops import TorchOps
 from models.sampling import SamplingParams
-from models.serving import Server, _ReadBack
+from models.serving import IN_FLIGHT, Server, _ReadBack
 from tests.test_greedy import RecordingStreamer, base_greedy, prompt
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -88,13 +88,20 @@ def test_greedy_batch_equals_base(make_model, monkeypatch, block_size, broken):
         name, arg = BROKEN_TORCH[broken]
         monkeypatch.setattr(TorchOps, name, roll_start(getattr(TorchOps, name), arg))
     engine = OrthrusEngine(model, S, max_batch_size=3)
-    results, most_waiting = serve(Server(engine, block_size), subs)
+    server = Server(engine, block_size)
+    results, most_waiting = serve(server, subs)
     exact = [torch.equal(out.sequences, ref) for out, ref in zip(results, refs)]
     if broken is not None:
         assert not all(exact), f"{broken} went unnoticed"
         return
     assert all(exact), exact
     assert most_waiting >= 2, "more requests than slots: some must wait"
+    # Server.stats: every request was admitted once, and decoded in the iterations read back for it plus at most
+    # the IN_FLIGHT launched after it was done.
+    stats, read = server.stats.summary(), sum(len(out.accepted) for out in results)
+    assert stats["prefills"] == len(subs) and stats["admit_seconds"] > 0
+    assert read <= stats["busy_slot_iterations"] <= read + IN_FLIGHT * len(subs)
+    assert 0 < stats["slot_occupancy"] <= 1 and set(stats["iterations_per_bucket"]) <= {1, 2, 3}
     assert sum(out.finished_by_eos for out in results) == 3
     for out in results:
         assert sum(out.emitted) + 1 == out.num_new_tokens
