@@ -8,7 +8,8 @@
    dense bf16 peak), with the device numbers of `DEVICE_PEAKS`.
 2. `serving_points`: a trained model over a prompt set through the request queue (models/serving.py)
    at each batch size, Orthrus at K and the engine's AR (K = 1) at the same batch: total tokens/s,
-   per-request latency, `speedup_vs_ar`, and the measured acceptance profile.
+   per-request latency, `speedup_vs_ar`, the measured acceptance profile, and the queue's `ServeStats`
+   (host seconds in admissions and read-back waits, iterations per bucket, slot occupancy).
 3. `project`: projected total tokens/s per (batch size, K) from the measured iteration times and an
    acceptance profile (the small model's measured one, and the paper's acceptance length; labelled),
    and the best K per batch size.
@@ -274,6 +275,10 @@ def markdown(results: dict) -> str:
     spec += "|read-back waits s=wait_seconds:.3f|prefills=prefills|iterations=iterations"
     spec += "|slot occupancy=slot_occupancy:.2f"
     out += _table(spec, serve_stats_rows(results.get("serving", [])))
+    for prof in results.get("profiles", []):
+        head = f"## Kernel time by kernel: {prof['shape']}, ctx {prof['context']}, B {prof['batch_size']}, "
+        out += ["", head + f"K {prof['block_size']} (one eager iteration, torch.profiler)", ""]
+        out += _table("kernel=kernel|calls=calls|total us=total_us:.0f", prof["kernels"][:15])
     out += ["", "## Best K per batch size (projection from measured iteration times)", ""]
     spec = "shape=shape|ctx=context|profile=profile|B=batch_size|best K=block_size"
     spec += "|projected tok/s=projected_tokens_per_second:.0f|projected speedup vs AR=projected_speedup_vs_ar:.2f"

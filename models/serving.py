@@ -242,7 +242,9 @@ class Server:
 
     def _read(self) -> None:
         """The oldest launched iteration's result, handed to the requests it decoded."""
-        rows, members = self.reader.pop()
+        # With streamers, also the iteration as one host tensor, sliced per request (a tensor per request
+        # costs more host time than the rest of its bookkeeping).
+        rows, chunks, members = self.reader.pop(copy=any(r.streamer is not None for r in self.reader.next_tag()))
         K = self.K
         for r in members:
             r.in_flight -= 1
@@ -250,14 +252,15 @@ class Server:
                 self._emit_first(r)
             if r.done:  # finished in an earlier iteration (or at its first token): this one ran past its end
                 continue
-            row = rows[r.slot * (K + 1) : (r.slot + 1) * (K + 1)]
+            lo = r.slot * (K + 1)
+            row = rows[lo : lo + K + 1]
             n_acc = row[0]
             res = r.result
             res.accepted.append(n_acc)
             res.proposed.append(K)  # always the whole block: emitted tokens are clipped instead
             res.diffusion_forwards += K > 1
             res.ar_forwards += 1
-            res.emitted.append(self._emit(r, row[1 : n_acc + 2]))
+            res.emitted.append(self._emit(r, row[1 : n_acc + 2], None if chunks is None else chunks[lo + 1 :]))
 
     def _emit_first(self, r: _Request) -> None:
         """Emit the prefill's token once its copy is done: it may not be yet when no iteration launched
@@ -269,15 +272,16 @@ class Server:
         first, r.first, r.first_copied = int(r.first), None, None
         self._emit(r, [first])
 
-    def _emit(self, r: _Request, tokens: list[int]) -> int:
+    def _emit(self, r: _Request, tokens: list[int], chunk: torch.Tensor | None = None) -> int:
         """Append tokens, clipped at max_new_tokens, EOS or a stop string; finish the request when it is
-        done. Returns how many were kept."""
+        done. Returns how many were kept. chunk: the same tokens as a host tensor (or longer), for the
+        streamer."""
         tokens = r.stopper.clip(tokens[: r.max_new_tokens - len(r.out)])
         res = r.result
         res.finished_by_eos, res.finished_by_stop_string = r.stopper.reason == "eos", r.stopper.reason == "stop"
         r.out.extend(tokens)
         if r.streamer is not None:
-            r.streamer.put(torch.tensor(tokens))
+            r.streamer.put(torch.tensor(tokens) if chunk is None else chunk[: len(tokens)])
         if r.stopper.reason is not None or len(r.out) >= r.max_new_tokens:
             r.done, self.slots[r.slot] = True, None
             new_ids = _to_device(torch.tensor(r.out, dtype=r.prompt.dtype), r.prompt.device)
@@ -364,10 +368,16 @@ class _ReadBack:
         event.record()
         return host, event
 
-    def pop(self) -> tuple[list[int], object]:
+    def next_tag(self):
+        """The tag of the result `pop` returns next."""
+        return self.queue[0][2]
+
+    def pop(self, copy: bool = False) -> tuple[list[int], torch.Tensor | None, object]:
+        """The oldest result as a list, with copy also as a host tensor of its own (the buffer is reused), and
+        its tag."""
         i, n, tag = self.queue.popleft()
         if self.cuda:
             t0 = time.perf_counter()
             self.events[i].synchronize()
             self.stats.wait_seconds += time.perf_counter() - t0
-        return self.buffers[i][:n].tolist(), tag
+        return self.buffers[i][:n].tolist(), self.buffers[i][:n].clone() if copy else None, tag

@@ -13,8 +13,9 @@ import torch
 
 import kernels.attention
 import kernels.sample
+import models.engine
 from eval.runner import EngineDecode, decode_prompts, measure_block_sizes, serve_prompts
-from models.engine import OrthrusEngine
+from models.engine import OrthrusEngine, StaticKVCache
 from models.engine_ops import TorchOps
 from models.sampling import SamplingParams
 from models.serving import IN_FLIGHT, Server, _ReadBack
@@ -108,6 +109,28 @@ def test_greedy_batch_equals_base(make_model, monkeypatch, block_size, broken):
         assert out.ar_forwards == len(out.accepted) + 1
     if block_size > 1:
         assert sum(sum(out.accepted) for out in results) > 0, "no draft accepted: acceptance went untested"
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_graph_prefill_equals_base(make_model, monkeypatch, broken):
+    """graph_prefill: each prompt is prefilled chunk by chunk in the scratch slot (eagerly here; on a GPU through
+    graphs: test_cuda_graph_serving_greedy_equals_base) and its rows copied to the request's slot; every output is
+    the base model's (chunks of 16 tokens here, so the 20- and 33-token prompts take 2 and 3). Broken: the copy
+    leaves out row 0 (the slot keeps what it held there)."""
+    monkeypatch.setattr(models.engine, "PREFILL_CHUNK", 16)
+    if broken:
+
+        def copy_but_row_0(cache, src, dst, rows):
+            cache.kv[:, :, dst, :, 1:rows].copy_(cache.kv[:, :, src, :, 1:rows])
+
+        monkeypatch.setattr(StaticKVCache, "copy_rows", copy_but_row_0)
+    model = make_model(seed=3)
+    subs, refs = greedy_case(model)
+    engine = OrthrusEngine(model, S, max_batch_size=3, graph_prefill=True)
+    assert engine.cache.slots == 4
+    results, _ = serve(Server(engine, 4), subs)
+    exact = [torch.equal(out.sequences, ref) for out, ref in zip(results, refs)]
+    assert all(exact) != broken, exact
 
 
 def test_triton_batch_equals_base(make_model, monkeypatch):
@@ -366,18 +389,23 @@ def test_batch_invariant_verify_independent_of_batch(make_model, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("graph_prefill", [False, True], ids=["eager-prefill", "graph-prefill"])
 @pytest.mark.parametrize("block_sizes", [None, (1, 4)], ids=["captured-while-serving", "captured-up-front"])
 @pytest.mark.parametrize("block_size", [1, 4])
-def test_cuda_graph_serving_greedy_equals_base(make_model, block_sizes, block_size):
+def test_cuda_graph_serving_greedy_equals_base(make_model, monkeypatch, block_sizes, block_size, graph_prefill):
     """The batched engine as it runs on a GPU: compiled Triton, a CUDA graph per (K, batch bucket) (with
     block_sizes None captured while iterations are in flight), two iterations in flight read back through
     pinned memory, requests admitted between them (one filling its slot but K - 1 rows), EOS at different
     iterations: every fp32 greedy output is the base model's. Then a one-token request joining while the
-    last iterations run, its first token read back once nothing is in flight (a copy still landing)."""
+    last iterations run, its first token read back once nothing is in flight (a copy still landing).
+    graph_prefill: prompts prefilled through captured graphs in chunks of 32 (the first prompt's second
+    chunk, 8 tokens, is the first of its length: its graph is captured mid-prompt when block_sizes is None)."""
+    monkeypatch.setattr(models.engine, "PREFILL_CHUNK", 32)
     model = make_model(seed=40 + block_size)
-    cases = [greedy_case(model, GREEDY_REQUESTS + [(S - block_size + 1, 1, 4, None)])]
+    first = [(40, 5, 0, None)] if graph_prefill else []
+    cases = [greedy_case(model, first + GREEDY_REQUESTS + [(S - block_size + 1, 1, 4, None)])]
     cases.append(greedy_case(model, [(5, 3, 0, None), (4, 1, 1, None)]))
-    engine = OrthrusEngine(model.cuda(), S, max_batch_size=3, block_sizes=block_sizes)
+    engine = OrthrusEngine(model.cuda(), S, max_batch_size=3, block_sizes=block_sizes, graph_prefill=graph_prefill)
     assert engine.backend == "triton" and engine.cuda_graphs
     for subs, refs in cases:
         results, _ = serve(Server(engine, block_size), subs)
