@@ -146,9 +146,9 @@ class OrthrusEngine:
       Triton's interpreter); True where that does not hold is a ValueError.
     graph_prefill: prefill through one extra cache slot (a scratch slot) with the layers captured as a
       CUDA graph per chunk length, then copy the prompt's rows to the request's slot (`_Prefill`): a
-      graph replay and a copy instead of one eager launch per kernel (a few hundred per prompt), the
-      host's largest cost per request when the model is small. Without CUDA graphs the same path runs
-      eagerly. Same values either way; costs one slot of KV cache.
+      graph replay and a copy instead of one eager launch per kernel (~13 per layer), which makes a small
+      model's prefill cost host time (docs/engine.md, "Batched decoding: where the time goes"). Without
+      CUDA graphs the same path runs eagerly. Same values either way; costs one slot of KV cache.
     """
 
     def __init__(
