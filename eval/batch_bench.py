@@ -8,7 +8,8 @@
    dense bf16 peak), with the device numbers of `DEVICE_PEAKS`.
 2. `serving_points`: a trained model over a prompt set through the request queue (models/serving.py)
    at each batch size, Orthrus at K and the engine's AR (K = 1) at the same batch: total tokens/s,
-   per-request latency, `speedup_vs_ar`, and the measured acceptance profile.
+   per-request latency, `speedup_vs_ar`, the measured acceptance profile, and the queue's `ServeStats`
+   (host seconds in admissions and read-back waits, iterations per bucket, slot occupancy).
 3. `project`: projected total tokens/s per (batch size, K) from the measured iteration times and an
    acceptance profile (the small model's measured one, and the paper's acceptance length; labelled),
    and the best K per batch size.
@@ -129,6 +130,7 @@ def serving_points(
                 f"{name}_new_tokens": new,
                 f"{name}_mean_latency_s": sum(decode_s) / len(decode_s),  # first token to last, per request
                 f"{name}_p90_latency_s": float(torch.tensor(decode_s).quantile(0.9)),
+                f"{name}_serve": run.serve_stats,  # host seconds in admissions and read-back waits, buckets
             }
             if K > 1:
                 accepted = [a for r in run.results for a in r.accepted]
@@ -137,7 +139,9 @@ def serving_points(
         row["speedup_vs_ar"] = row["orthrus_tokens_per_second"] / row["ar_tokens_per_second"]
         log(
             f"B {B:2d}: orthrus {row['orthrus_tokens_per_second']:.0f} tok/s, AR {row['ar_tokens_per_second']:.0f} "
-            f"tok/s, speedup {row['speedup_vs_ar']:.2f}x"
+            f"tok/s, speedup {row['speedup_vs_ar']:.2f}x; admissions (prefill) "
+            f"{row['orthrus_serve']['admit_seconds']:.3f} s of {row['orthrus_wall_s']:.3f} s (orthrus), "
+            f"{row['ar_serve']['admit_seconds']:.3f} s of {row['ar_wall_s']:.3f} s (AR)"
         )
         points.append(row)
     return points
@@ -237,6 +241,16 @@ def targets(results: dict) -> dict:
     }
 
 
+def serve_stats_rows(serving: list[dict]) -> list[dict]:
+    """One row per (batch size, mode) of the serving points' `ServeStats` summaries, with the run's wall time."""
+    return [
+        {"batch_size": r["batch_size"], "mode": name, "wall_s": r[f"{name}_wall_s"], **r[f"{name}_serve"]}
+        for r in serving
+        for name in ("orthrus", "ar")
+        if r.get(f"{name}_serve")
+    ]
+
+
 def _table(spec: str, rows: list[dict]) -> list[str]:
     """Markdown table lines; spec: "header=key[:format]" columns separated by "|"."""
     columns = [(h, *(k.split(":", 1) + [""])[:2]) for h, k in (c.split("=") for c in spec.split("|"))]
@@ -256,6 +270,15 @@ def markdown(results: dict) -> str:
     spec += "|speedup_vs_ar=speedup_vs_ar:.2f|Orthrus mean latency s=orthrus_mean_latency_s:.3f"
     spec += "|AR mean latency s=ar_mean_latency_s:.3f"
     out += _table(spec, results.get("serving", []))
+    out += ["", "## Where the serving host loop's time went (Server.stats; host seconds)", ""]
+    spec = "B=batch_size|mode=mode|wall s=wall_s:.3f|admissions (prefill) s=admit_seconds:.3f"
+    spec += "|read-back waits s=wait_seconds:.3f|prefills=prefills|iterations=iterations"
+    spec += "|slot occupancy=slot_occupancy:.2f"
+    out += _table(spec, serve_stats_rows(results.get("serving", [])))
+    for prof in results.get("profiles", []):
+        head = f"## Kernel time by kernel: {prof['shape']}, ctx {prof['context']}, B {prof['batch_size']}, "
+        out += ["", head + f"K {prof['block_size']} (one eager iteration, torch.profiler)", ""]
+        out += _table("kernel=kernel|calls=calls|total us=total_us:.0f", prof["kernels"][:15])
     out += ["", "## Best K per batch size (projection from measured iteration times)", ""]
     spec = "shape=shape|ctx=context|profile=profile|B=batch_size|best K=block_size"
     spec += "|projected tok/s=projected_tokens_per_second:.0f|projected speedup vs AR=projected_speedup_vs_ar:.2f"

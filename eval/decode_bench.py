@@ -181,19 +181,27 @@ def gemm_probe(model) -> list[dict]:
 
 
 @torch.inference_mode()
-def profile_verify(engine, K, ctx, device, log) -> list[dict]:
-    """Kernel time by kernel name for one eager verify pass at `ctx` (the graph runs the same kernels)."""
+def profile_verify(engine, K, ctx, device, log, batch: int = 1, names: tuple[str, ...] = ("verify",)) -> list[dict]:
+    """Kernel time by kernel name for the eager steps `names` of one iteration (default: the verify pass) at
+    `ctx`, over `batch` slots (the graphs run the same kernels)."""
     if device.type != "cuda":
         return []
     from torch.profiler import ProfilerActivity, profile
 
-    steps = engine.steps(K)
-    engine.start.fill_(ctx)
-    steps._fns["verify"]()
+    steps = engine.steps(K, batch)
+    graph_outputs = dict(steps._outputs)  # the captured graphs' static outputs, put back below
+
+    def run():
+        for name in names:
+            engine.start[:batch].fill_(ctx)  # accept advances start
+            steps._outputs[name] = steps._fns[name]()  # accept reads verify's output from here
+
+    run()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        steps._fns["verify"]()
+        run()
         torch.cuda.synchronize()
+    steps._outputs.update(graph_outputs)
     rows = []
     for e in prof.key_averages():
         t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
@@ -201,7 +209,7 @@ def profile_verify(engine, K, ctx, device, log) -> list[dict]:
             rows.append({"kernel": e.key[:90], "calls": e.count, "total_us": t})
     rows.sort(key=lambda r: -r["total_us"])
     total = sum(r["total_us"] for r in rows)
-    log(f"verify-pass kernel profile (eager, total {total / 1e3:.2f} ms of kernel time):")
+    log(f"{'+'.join(names)} kernel profile at B={batch} (eager, total {total / 1e3:.2f} ms of kernel time):")
     for r in rows[:12]:
         log(f"  {r['total_us'] / 1e3:7.3f} ms  {r['calls']:4d}x  {r['kernel']}")
     return rows[:25]

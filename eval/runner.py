@@ -39,6 +39,7 @@ class DecodeRun:
     timings: list[Timing]
     batch_size: int = 1  # requests decoded at once
     wall_seconds: float | None = None  # the whole set, when its requests overlap (batch_size > 1)
+    serve_stats: dict | None = None  # the request queue's `ServeStats.summary()`, when served through one
 
 
 class EngineDecode:
@@ -140,7 +141,14 @@ def serve_prompts(
 
         results = serve_all(server, prompts, max_new_tokens, seeds, streamers=firsts, on_finish=finished, **request)
     wall = clock.now() - start
-    return DecodeRun(block_size, results, timings, batch_size=len(server.slots), wall_seconds=wall)
+    return DecodeRun(
+        block_size,
+        results,
+        timings,
+        batch_size=len(server.slots),
+        wall_seconds=wall,
+        serve_stats=server.stats.summary(),
+    )
 
 
 def measure_block_sizes(

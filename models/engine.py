@@ -90,6 +90,10 @@ class StaticKVCache:
     def nbytes(self) -> int:
         return self.kv.numel() * self.kv.element_size()
 
+    def copy_rows(self, src: int, dst: int, rows: int) -> None:
+        """Rows [0, rows) of every layer's keys and values, slot src -> slot dst (one copy, no host sync)."""
+        self.kv[:, :, dst, :, :rows].copy_(self.kv[:, :, src, :, :rows])
+
 
 class _AttnWeights:
     """One view's attention weights of one layer: q/k/v projections (one fused matrix, or three),
@@ -140,6 +144,11 @@ class OrthrusEngine:
       kernel's launch and weight loads overlap the end of the previous one. Same results either way.
       Default (None): on with the Triton backend on a CUDA GPU of compute capability >= 9.0 (not in
       Triton's interpreter); True where that does not hold is a ValueError.
+    graph_prefill: prefill through one extra cache slot (a scratch slot) with the layers captured as a
+      CUDA graph per chunk length, then copy the prompt's rows to the request's slot (`_Prefill`): a
+      graph replay and a copy instead of one eager launch per kernel (~13 per layer), which makes a small
+      model's prefill cost host time (docs/engine.md, "Batched decoding: where the time goes"). Without
+      CUDA graphs the same path runs eagerly. Same values either way; costs one slot of KV cache.
     """
 
     def __init__(
@@ -155,6 +164,7 @@ class OrthrusEngine:
         pdl: bool | None = None,
         max_batch_size: int = 1,
         block_sizes: tuple[int, ...] | None = None,
+        graph_prefill: bool = False,
     ):
         config = model.config
         _check_supported(model)
@@ -199,26 +209,20 @@ class OrthrusEngine:
             )
             self.embed, self.final_norm = model.model.embed_tokens.weight, model.model.norm.weight
             self.lm_head = model.lm_head.weight
-            _check_cache_fits(
-                config, self.num_kv_heads, self.head_dim, max_seq_len, max_batch_size, self.dtype, self.device
-            )
+            slots = max_batch_size + graph_prefill  # the scratch slot of `_Prefill` comes last
+            _check_cache_fits(config, self.num_kv_heads, self.head_dim, max_seq_len, slots, self.dtype, self.device)
             self.cache = StaticKVCache(
-                config.num_hidden_layers,
-                self.num_kv_heads,
-                max_seq_len,
-                self.head_dim,
-                self.dtype,
-                self.device,
-                max_batch_size,
+                config.num_hidden_layers, self.num_kv_heads, max_seq_len, self.head_dim, self.dtype, self.device, slots
             )
             # RoPE tables from the model's own rotary module: the same values `transformers` uses.
             positions = torch.arange(max_seq_len, device=self.device)[None]
             cos, sin = model.model.rotary_emb(self.embed[:1], positions)
             self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()
             # Per slot: valid cache rows, last emitted token, [seed, iteration] of the sampler.
-            self.start = torch.zeros(max_batch_size, dtype=torch.long, device=self.device)
-            self.last = torch.zeros(max_batch_size, dtype=torch.long, device=self.device)
-            self.rng = torch.zeros(max_batch_size, 2, dtype=torch.long, device=self.device)
+            self.start = torch.zeros(slots, dtype=torch.long, device=self.device)
+            self.last = torch.zeros(slots, dtype=torch.long, device=self.device)
+            self.rng = torch.zeros(slots, 2, dtype=torch.long, device=self.device)
+        self._prefill = _Prefill(self, slots - 1) if graph_prefill else None
         self._steps: dict[tuple[int, int], _Steps] = {}
         for K in self.block_sizes or ():
             self.warm_up(K)
@@ -227,7 +231,12 @@ class OrthrusEngine:
     def warm_up(self, block_size: int, sampling: SamplingParams | None = None, drafts: str = "sampled") -> None:
         """Build (on CUDA, capture) the steps of block size K at every batch-size bucket; with a sampled
         `sampling`, also the sampling steps of a batch whose requests all sample with it (`Server`'s
-        setting for such a batch), so that no capture is left for the first iterations that need one."""
+        setting for such a batch), so that no capture is left for the first iterations that need one.
+        With `graph_prefill`, also the prefill graph of every power-of-two chunk length."""
+        if self._prefill is not None:  # every whole-chunk length a prompt can pad to
+            for T in (1 << i for i in range(4, PREFILL_CHUNK.bit_length())):
+                if T <= self.cache.max_seq_len:
+                    self._prefill.build(T)
         b = 1
         while True:
             steps = self.steps(block_size, b)
@@ -248,6 +257,11 @@ class OrthrusEngine:
         in a block buffer, and each query sees its slot's cache rows [0, start[b]) plus its whole block.
         Returns the logits of `rows` of every block, block after block (None: skip the LM head).
         """
+        x, residual = self._layers(ids, mode, slots)
+        return None if rows is None else self._head(x, residual, rows, slots.stop - slots.start)
+
+    def _layers(self, ids: torch.Tensor, mode: str, slots: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder layers of `_logits`' pass: the last layer's output and residual stream, (B * T, hidden)."""
         start, ops, pdl = self.start[slots], self.ops, self.pdl
         B, draft = start.shape[0], mode == "draft"
         T = ids.shape[0] // B
@@ -275,13 +289,15 @@ class OrthrusEngine:
             x = self.mm.linear(o.transpose(1, 2).reshape(B * T, -1), w.o)
             h, residual = ops.add_rms_norm(x, residual, lw.post_norm, self.eps, pdl=pdl)
             x = self.mm.linear(self.mm.gate_up(h, lw.gate, lw.up), lw.down)
-        if rows is None:
-            return None
+        return x, residual
+
+    def _head(self, x: torch.Tensor, residual: torch.Tensor, rows: slice, B: int) -> torch.Tensor:
+        """Final norm and LM head over `rows` of each of the B blocks of `_layers`' output."""
 
         def pick(t):  # `rows` of every block, contiguous
-            return t.view(B, T, -1)[:, rows].reshape(-1, t.shape[-1])
+            return t.view(B, t.shape[0] // B, -1)[:, rows].reshape(-1, t.shape[-1])
 
-        h, _ = ops.add_rms_norm(pick(x), pick(residual), self.final_norm, self.eps, pdl=pdl)
+        h, _ = self.ops.add_rms_norm(pick(x), pick(residual), self.final_norm, self.eps, pdl=self.pdl)
         return self.mm.linear(h, self.lm_head)
 
     def _qkv(self, h, w: _AttnWeights):
@@ -300,20 +316,24 @@ class OrthrusEngine:
         kernels are compiled per block length, so this bounds the compilations to a handful instead of
         one per prompt length. Padding sits after the real tokens, so causal attention keeps it out of
         their results; the rows it writes past L are overwritten before anything reads them.
+        With `graph_prefill` the chunks run in the scratch slot (`_Prefill`) and are then copied to `slot`.
         """
         L = prompt.shape[0]
-        slots = slice(slot, slot + 1)
-        logits = None
+        at = slot if self._prefill is None else self._prefill.slot
         for lo in range(0, L, PREFILL_CHUNK):
             chunk = prompt[lo : lo + PREFILL_CHUNK]
             n = chunk.shape[0]
             padded = min(max(16, 1 << (n - 1).bit_length()), self.cache.max_seq_len - lo)
             chunk = F.pad(chunk, (0, padded - n), value=self.config.mask_token_id)
-            self.start[slot].fill_(lo)
-            last_chunk = lo + PREFILL_CHUNK >= L
-            logits = self._logits(chunk, "verify", slice(n - 1, n) if last_chunk else None, slots)
+            self.start[at].fill_(lo)
+            if self._prefill is None:
+                x, residual = self._layers(chunk, "verify", slice(at, at + 1))
+            else:
+                x, residual = self._prefill.layers(chunk)
+        if self._prefill is not None:
+            self.cache.copy_rows(at, slot, lo + padded)
         self.start[slot].fill_(L)
-        return logits
+        return self._head(x, residual, slice(n - 1, n), 1)
 
     @torch.no_grad()
     def steps(self, block_size: int, batch: int = 1) -> "_Steps":
@@ -376,6 +396,41 @@ class OrthrusEngine:
         seed = request_seed(generator) if sampled else None
         server.submit(input_ids, max_new_tokens, seed=seed, **request)
         return next(iter(server))[1]
+
+
+class _Prefill:
+    """`graph_prefill`: the decoder layers over one prompt chunk in the scratch cache slot `slot`, at
+    start[slot], captured (on CUDA with graphs) once per padded chunk length T from a static input of T
+    ids. The kernels read the slot's cache at a fixed address and its start from the device, so one graph
+    per T serves every request and chunk; `OrthrusEngine.prefill` copies the rows to the request's slot
+    and runs the LM head on the last prompt row eagerly."""
+
+    def __init__(self, engine: OrthrusEngine, slot: int):
+        self.engine, self.slot = engine, slot
+        self.inputs: dict[int, torch.Tensor] = {}  # per chunk length T: the static input of its graph
+        self._graphs: dict[int, object] = {}
+        self._outputs: dict[int, tuple] = {}
+        self._fns: dict[int, object] = {}
+
+    def layers(self, chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layers over `chunk` (T ids) at start[slot]; built (and captured) on the first chunk of length T."""
+        T = chunk.shape[0]
+        self.build(T)
+        self.inputs[T].copy_(chunk)
+        return _run(T, self._fns, self._graphs, self._outputs)
+
+    def build(self, T: int) -> None:
+        e = self.engine
+        if T in self._fns:
+            return
+        ids = self.inputs[T] = torch.full((T,), e.config.mask_token_id, dtype=torch.long, device=e.device)
+        self._fns[T] = lambda: e._layers(ids, "verify", slice(self.slot, self.slot + 1))
+        if e.cuda_graphs:
+            # The warm-ups and the capture run at start 0 and write this slot's rows [0, T): put back the
+            # earlier chunks of a prompt being prefilled.
+            rows = e.cache.kv[:, :, self.slot, :, :T].clone()
+            self._graphs.update(_capture(e, {T: self._fns[T]}, self._outputs, 0))
+            e.cache.kv[:, :, self.slot, :, :T].copy_(rows)
 
 
 class _Steps:

@@ -25,10 +25,16 @@ The host keeps IN_FLIGHT iterations launched: each iteration's packed result (B,
 pinned host memory without blocking and read while the next one runs (a request admitted while
 iterations are in flight has its first token copied the same way), so EOS and max_new_tokens are
 seen one iteration late; the extra iteration a finished request is part of is discarded (it writes
-only rows of its own slot: `_Steps.finish` clamps a slot's start inside the slot).
+only rows of its own slot: `_Steps.finish` clamps a slot's start inside the slot). Nothing else on the
+serving path waits for the device: a streamed prompt is copied to the host at `submit`, a finished
+request's tokens go to the device through pinned memory.
+
+`Server.stats` (`ServeStats`) counts where the host loop's time went: admissions (prefills), waits for
+read-backs, iterations per batch-size bucket and how many of their slots were busy.
 """
 
-from collections import deque
+import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import torch
@@ -39,6 +45,34 @@ from models.stopping import Stopper
 
 IN_FLIGHT = 2  # iterations launched ahead of the host's read-back
 DRAFT_MODES = ("sampled", "greedy")
+
+
+@dataclass
+class ServeStats:
+    """What one `Server` did, for finding where serving time goes (host clock, seconds).
+
+    admit_seconds: in admissions: the prefill's launches (eager: one launch per kernel) and the first
+      token. wait_seconds: blocked on a read-back, i.e. the device was behind the host; a host-bound loop
+      waits little. iterations: launched iterations per batch-size bucket; busy_slot_iterations: the busy
+      slots in them (a bucket also decodes its free slots below the highest busy one)."""
+
+    prefills: int = 0
+    admit_seconds: float = 0.0
+    wait_seconds: float = 0.0
+    iterations: Counter = field(default_factory=Counter)
+    busy_slot_iterations: int = 0
+
+    def summary(self) -> dict:
+        slot_iterations = sum(b * n for b, n in self.iterations.items())
+        return {
+            "prefills": self.prefills,
+            "admit_seconds": self.admit_seconds,
+            "wait_seconds": self.wait_seconds,
+            "iterations": sum(self.iterations.values()),
+            "iterations_per_bucket": dict(sorted(self.iterations.items())),
+            "busy_slot_iterations": self.busy_slot_iterations,
+            "slot_occupancy": self.busy_slot_iterations / slot_iterations if slot_iterations else None,
+        }
 
 
 @dataclass
@@ -79,7 +113,8 @@ class Server:
         engine.steps(self.K)  # checks K against the engine before any request is taken
         self.slots: list[_Request | None] = [None] * batch_size
         self.waiting: deque[_Request] = deque()
-        self.reader = _ReadBack(engine.max_batch_size * (self.K + 1), engine.device)
+        self.stats = ServeStats()
+        self.reader = _ReadBack(engine.max_batch_size * (self.K + 1), engine.device, self.stats)
         self._finished: list[tuple[int, GenerationResult]] = []
         self._next_id = 0
 
@@ -98,7 +133,7 @@ class Server:
         """Queue a request (input_ids (1, L) or (L,)); returns its id. Checked now, decoded once a slot is free.
 
         seed: the request's sampler seed (sampled requests; None: one draw from torch's default
-        generator). streamer: `put(tensor)` / `end()` for this request alone (prompt first, then each
+        generator). streamer: `put(tensor)` / `end()` for this request alone (the prompt, here, then each
         iteration's tokens). eos_token_id / stop_strings / tokenizer: as in `models.generate.generate`.
         """
         e = self.engine
@@ -125,6 +160,8 @@ class Server:
             result=GenerationResult(sequences=input_ids, prompt_len=L, block_size=self.K),
         )
         self._next_id += 1
+        if streamer is not None:  # now, not at admission, where the copy would wait for the iterations in flight
+            streamer.put(input_ids.cpu())
         self.waiting.append(request)
         return request.id
 
@@ -160,9 +197,8 @@ class Server:
     def _admit(self) -> None:
         e = self.engine
         while self.waiting and None in self.slots:
+            t0 = time.perf_counter()
             r, slot = self.waiting.popleft(), self.slots.index(None)
-            if r.streamer is not None:
-                r.streamer.put(r.prompt.cpu())
             logits = e.prefill(_to_device(r.prompt[0], e.device), slot)
             # The slot runs in every iteration from now on (its request's or, once done, as a free slot)
             # and writes its block at rows start..start+K-1: keep that inside the slot, as `_Steps.finish`
@@ -175,10 +211,12 @@ class Server:
             r.slot, self.slots[slot] = slot, r
             if not len(self.reader):  # nothing in flight: reading the token now stalls nothing
                 self._emit(r, [int(e.last[slot])])
-                continue
-            # Iterations are in flight: copy the token without blocking; it is emitted when the first
-            # iteration launched after it is read back, or once nothing is in flight (`_emit_first`).
-            r.first, r.first_copied = self.reader.copy(e.last[slot : slot + 1])
+            else:
+                # Iterations are in flight: copy the token without blocking; it is emitted when the first
+                # iteration launched after it is read back, or once nothing is in flight (`_emit_first`).
+                r.first, r.first_copied = self.reader.copy(e.last[slot : slot + 1])
+            self.stats.prefills += 1
+            self.stats.admit_seconds += time.perf_counter() - t0
 
     def _launch(self, active: list[_Request]) -> None:
         """One iteration of every slot up to the bucket of the highest busy one; no host sync."""
@@ -199,10 +237,14 @@ class Server:
         self.reader.push(packed.view(-1), list(active))
         for r in active:
             r.in_flight += 1
+        self.stats.iterations[b] += 1
+        self.stats.busy_slot_iterations += len(active)
 
     def _read(self) -> None:
         """The oldest launched iteration's result, handed to the requests it decoded."""
-        rows, members = self.reader.pop()
+        # With streamers, also the iteration as one host tensor, sliced per request (a tensor per request
+        # costs more host time than the rest of its bookkeeping).
+        rows, chunks, members = self.reader.pop(copy=any(r.streamer is not None for r in self.reader.next_tag()))
         K = self.K
         for r in members:
             r.in_flight -= 1
@@ -210,35 +252,39 @@ class Server:
                 self._emit_first(r)
             if r.done:  # finished in an earlier iteration (or at its first token): this one ran past its end
                 continue
-            row = rows[r.slot * (K + 1) : (r.slot + 1) * (K + 1)]
+            lo = r.slot * (K + 1)
+            row = rows[lo : lo + K + 1]
             n_acc = row[0]
             res = r.result
             res.accepted.append(n_acc)
             res.proposed.append(K)  # always the whole block: emitted tokens are clipped instead
             res.diffusion_forwards += K > 1
             res.ar_forwards += 1
-            res.emitted.append(self._emit(r, row[1 : n_acc + 2]))
+            res.emitted.append(self._emit(r, row[1 : n_acc + 2], None if chunks is None else chunks[lo + 1 :]))
 
     def _emit_first(self, r: _Request) -> None:
         """Emit the prefill's token once its copy is done: it may not be yet when no iteration launched
         after it was read back (a one-token request joining while the last iterations ran)."""
         if r.first_copied is not None:
+            t0 = time.perf_counter()
             r.first_copied.synchronize()
+            self.stats.wait_seconds += time.perf_counter() - t0
         first, r.first, r.first_copied = int(r.first), None, None
         self._emit(r, [first])
 
-    def _emit(self, r: _Request, tokens: list[int]) -> int:
+    def _emit(self, r: _Request, tokens: list[int], chunk: torch.Tensor | None = None) -> int:
         """Append tokens, clipped at max_new_tokens, EOS or a stop string; finish the request when it is
-        done. Returns how many were kept."""
+        done. Returns how many were kept. chunk: the same tokens as a host tensor (or longer), for the
+        streamer."""
         tokens = r.stopper.clip(tokens[: r.max_new_tokens - len(r.out)])
         res = r.result
         res.finished_by_eos, res.finished_by_stop_string = r.stopper.reason == "eos", r.stopper.reason == "stop"
         r.out.extend(tokens)
         if r.streamer is not None:
-            r.streamer.put(torch.tensor(tokens))
+            r.streamer.put(torch.tensor(tokens) if chunk is None else chunk[: len(tokens)])
         if r.stopper.reason is not None or len(r.out) >= r.max_new_tokens:
             r.done, self.slots[r.slot] = True, None
-            new_ids = torch.tensor(r.out, dtype=r.prompt.dtype, device=r.prompt.device)
+            new_ids = _to_device(torch.tensor(r.out, dtype=r.prompt.dtype), r.prompt.device)
             res.sequences = torch.cat([r.prompt[0], new_ids])[None]
             if r.streamer is not None:
                 r.streamer.end()
@@ -294,8 +340,8 @@ class _ReadBack:
     CUDA), read in launch order with the tag each was pushed with: the host reads iteration i while
     iteration i + 1 runs."""
 
-    def __init__(self, n: int, device: torch.device):
-        self.cuda = device.type == "cuda"
+    def __init__(self, n: int, device: torch.device, stats: ServeStats):
+        self.cuda, self.stats = device.type == "cuda", stats
         self.buffers = [torch.empty(n, dtype=torch.long, pin_memory=self.cuda) for _ in range(IN_FLIGHT)]
         self.events = [torch.cuda.Event() if self.cuda else None for _ in range(IN_FLIGHT)]
         self.queue: deque[tuple[int, int, object]] = deque()
@@ -322,8 +368,16 @@ class _ReadBack:
         event.record()
         return host, event
 
-    def pop(self) -> tuple[list[int], object]:
+    def next_tag(self):
+        """The tag of the result `pop` returns next."""
+        return self.queue[0][2]
+
+    def pop(self, copy: bool = False) -> tuple[list[int], torch.Tensor | None, object]:
+        """The oldest result as a list, with copy also as a host tensor of its own (the buffer is reused), and
+        its tag."""
         i, n, tag = self.queue.popleft()
         if self.cuda:
+            t0 = time.perf_counter()
             self.events[i].synchronize()
-        return self.buffers[i][:n].tolist(), tag
+            self.stats.wait_seconds += time.perf_counter() - t0
+        return self.buffers[i][:n].tolist(), self.buffers[i][:n].clone() if copy else None, tag

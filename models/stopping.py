@@ -22,15 +22,20 @@ class Stopper:
         # (a character is at most 4 bytes, a token at least one), so only that window is decoded
         # per token: no quadratic detokenisation over long outputs.
         self.lookback = 4 * max((len(s) for s in self.strings), default=0) + 1
-        self.emitted: list[int] = []
+        self.emitted: list[int] = []  # the tokens so far (kept only with stop strings, which read them)
         self.reason: str | None = None
 
     def clip(self, tokens: list[int]) -> list[int]:
+        if not self.strings:  # EOS only: one set test per iteration (the serving loop runs this per request)
+            if self.eos.isdisjoint(tokens):
+                return tokens
+            self.reason = "eos"
+            return tokens[: next(i for i, t in enumerate(tokens) if t in self.eos) + 1]
         for i, t in enumerate(tokens):
             self.emitted.append(t)
             if t in self.eos:
                 self.reason = "eos"
-            elif self.strings and self._stop_string_ends_here():
+            elif self._stop_string_ends_here():
                 self.reason = "stop"
             if self.reason is not None:
                 return tokens[: i + 1]

@@ -1,10 +1,12 @@
 """Batched Orthrus decoding on one GPU (logic in eval/batch_bench.py): iteration time vs batch size at
-real shapes with rooflines, a trained model serving a prompt set at each batch size against the engine's
-AR, projections and memory per request. Writes bench.json (with provenance), bench.md and bench.png.
+real shapes with rooflines and a kernel-time profile of chosen (B, K) points, a trained model serving a
+prompt set at each batch size against the engine's AR (with where the serving loop's host time went),
+projections and memory per request. Writes bench.json (with provenance), bench.md and bench.png.
 
     PYTHONUNBUFFERED=1 python -m scripts.bench_batch --out results/engine_batch_h200_<date> --budget-s 400
     TRITON_INTERPRET=1 python -m scripts.bench_batch --shapes tiny --ctx 32 --ks 4 --batch-sizes 1,2 \
         --small '' --out /tmp/bb  # CPU smoke
+    python -m scripts.bench_batch --shapes '' --graph-prefill --out /tmp/serve  # the serving part alone
 
 --budget-s bounds the whole run: no new point starts once it is spent (the shapes part gets
 --shapes-share of it), and what was measured is written.
@@ -31,7 +33,7 @@ from eval.batch_bench import (
     serving_points,
     targets,
 )
-from eval.decode_bench import Budget, build_model
+from eval.decode_bench import Budget, build_model, profile_verify
 from eval.figures import batch_figure
 from eval.metrics import free_memory
 from eval.prompts import humaneval_ids
@@ -42,16 +44,27 @@ from models.engine import OrthrusEngine
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", default="qwen3_8b,qwen3_1.7b", help="models.shapes names, or 'tiny'")
+    p.add_argument("--shapes", default="qwen3_8b,qwen3_1.7b", help="models.shapes names, or 'tiny' ('' for none)")
     p.add_argument("--ctx", default="256,4096")
     p.add_argument("--ks", default="4,8,16,32")
     p.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     p.add_argument("--reps", type=int, default=10)
+    p.add_argument(
+        "--profile",
+        default="1x16,16x16",
+        help="BxK points whose draft + verify + accept kernel time is profiled by kernel, per shape at the first "
+        "--ctx ('' for none)",
+    )
     p.add_argument("--peaks", default="nvidia-h200", choices=sorted(DEVICE_PEAKS))
     p.add_argument("--small", default="artifacts/orthrus-small", help="trained small model folder ('' to skip)")
     p.add_argument("--small-k", type=int, default=16)
     p.add_argument("--small-new-tokens", type=int, default=256)
     p.add_argument("--small-limit", type=int, default=None, help="first N HumanEval prompts (default: all 164)")
+    p.add_argument(
+        "--graph-prefill",
+        action="store_true",
+        help="the small model's engine prefills through captured graphs (OrthrusEngine graph_prefill)",
+    )
     p.add_argument("--budget-s", type=float, default=400)
     p.add_argument("--shapes-share", type=float, default=0.6, help="share of the budget for the shapes part")
     p.add_argument("--out", required=True)
@@ -88,7 +101,7 @@ def main():
         save()
 
     shapes_left = lambda: budget.elapsed() < args.shapes_share * args.budget_s  # noqa: E731
-    for shape in args.shapes.split(","):
+    for shape in filter(None, args.shapes.split(",")):  # --shapes '': the serving part alone
 
         def shapes_part(shape=shape):
             model = build_model(shape, device)
@@ -98,6 +111,15 @@ def main():
             log(f"[{shape}] built; KV cache {engine.cache.nbytes / 1e9:.1f} GB for {max(batch_sizes)} slots")
             points = iteration_points(engine, shape, ctxs, ks, batch_sizes, clock, args.reps, peaks, shapes_left, log)
             results["iterations"] += points
+            for B, K in (map(int, point.split("x")) for point in filter(None, args.profile.split(","))):
+                if B not in batch_sizes or K not in [1, *ks]:
+                    log(f"[{shape}] profile {B}x{K}: not a measured point (--batch-sizes, --ks); skipped")
+                    continue
+                names = ("draft", "verify", "accept") if K > 1 else ("verify", "accept")
+                kernels = profile_verify(engine, K, ctxs[0], device, log, batch=B, names=names)
+                results.setdefault("profiles", []).append(
+                    {"shape": shape, "context": ctxs[0], "batch_size": B, "block_size": K, "kernels": kernels}
+                )
 
         phase(f"iterations_{shape}", shapes_part)
         free_memory()
@@ -113,7 +135,10 @@ def main():
                 str(folder / "base"), str(folder / "diffusion"), dtype=torch.bfloat16, device=device
             ).eval()
             engine = OrthrusEngine(
-                model, max(map(len, prompts)) + args.small_new_tokens + args.small_k, max_batch_size=max(batch_sizes)
+                model,
+                max(map(len, prompts)) + args.small_new_tokens + args.small_k,
+                max_batch_size=max(batch_sizes),
+                graph_prefill=args.graph_prefill,
             )
             results["serving"] = serving_points(
                 engine, prompts, args.small_k, batch_sizes, args.small_new_tokens, budget.left, log
@@ -125,7 +150,7 @@ def main():
     results["projections"] = project(results["iterations"], histogram)
     results["best_k"] = best_k(results["projections"])
     results["targets"] = targets(results)
-    shapes = [s for s in args.shapes.split(",") if s != "tiny"]
+    shapes = [s for s in args.shapes.split(",") if s not in ("", "tiny")]
     results["memory_per_request"] = [memory_per_request(s, c, max(ks)) for s in shapes for c in ctxs]
     save()
     log(f"wrote {out}/bench.json, bench.md, bench.png")

@@ -13,15 +13,20 @@ import torch
 
 import kernels.attention
 import kernels.sample
+import models.engine
 from eval.runner import EngineDecode, decode_prompts, measure_block_sizes, serve_prompts
-from models.engine import OrthrusEngine
+from models.engine import OrthrusEngine, StaticKVCache
 from models.engine_ops import TorchOps
 from models.sampling import SamplingParams
-from models.serving import Server, _ReadBack
+from models.serving import IN_FLIGHT, Server, _ReadBack
 from tests.test_greedy import RecordingStreamer, base_greedy, prompt
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 S = 96  # cache rows per slot
+# The Triton tests run compiled on a GPU where there is one, else in Triton's interpreter (tests/conftest.py
+# sets TRITON_INTERPRET=1 only where CUDA is absent, so Triton on CPU tensors only works there).
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
 
 # (prompt length, max_new_tokens, step at which it is submitted, EOS at this new token or None)
 # The last two join while iterations are in flight and end at their first token (max_new_tokens 1, EOS).
@@ -48,10 +53,10 @@ def serve(server: Server, requests: list[dict]) -> tuple[list, int]:
 
 def greedy_case(model, requests=GREEDY_REQUESTS):
     """The requests as submit kwargs (EOS ids taken from each prompt's own base continuation) and the
-    base model's greedy outputs."""
+    base model's greedy outputs, on the model's device."""
     subs, refs = [], []
     for n, (L, max_new, at, eos_at) in enumerate(requests):
-        ids = prompt(L, seed=n)
+        ids = prompt(L, seed=n).to(model.device)
         eos = None if eos_at is None else int(base_greedy(model, ids, max_new)[0, L + eos_at])
         subs.append(dict(input_ids=ids, max_new_tokens=max_new, eos_token_id=eos, at=at))
         refs.append(base_greedy(model, ids, max_new, eos_token_id=eos))
@@ -84,13 +89,20 @@ def test_greedy_batch_equals_base(make_model, monkeypatch, block_size, broken):
         name, arg = BROKEN_TORCH[broken]
         monkeypatch.setattr(TorchOps, name, roll_start(getattr(TorchOps, name), arg))
     engine = OrthrusEngine(model, S, max_batch_size=3)
-    results, most_waiting = serve(Server(engine, block_size), subs)
+    server = Server(engine, block_size)
+    results, most_waiting = serve(server, subs)
     exact = [torch.equal(out.sequences, ref) for out, ref in zip(results, refs)]
     if broken is not None:
         assert not all(exact), f"{broken} went unnoticed"
         return
     assert all(exact), exact
     assert most_waiting >= 2, "more requests than slots: some must wait"
+    # Server.stats: every request was admitted once, and decoded in the iterations read back for it plus at most
+    # the IN_FLIGHT launched after it was done.
+    stats, read = server.stats.summary(), sum(len(out.accepted) for out in results)
+    assert stats["prefills"] == len(subs) and stats["admit_seconds"] > 0
+    assert read <= stats["busy_slot_iterations"] <= read + IN_FLIGHT * len(subs)
+    assert 0 < stats["slot_occupancy"] <= 1 and set(stats["iterations_per_bucket"]) <= {1, 2, 3}
     assert sum(out.finished_by_eos for out in results) == 3
     for out in results:
         assert sum(out.emitted) + 1 == out.num_new_tokens
@@ -99,10 +111,32 @@ def test_greedy_batch_equals_base(make_model, monkeypatch, block_size, broken):
         assert sum(sum(out.accepted) for out in results) > 0, "no draft accepted: acceptance went untested"
 
 
+@pytest.mark.parametrize("broken", [False, True])
+def test_graph_prefill_equals_base(make_model, monkeypatch, broken):
+    """graph_prefill: each prompt is prefilled chunk by chunk in the scratch slot (eagerly here; on a GPU through
+    graphs: test_cuda_graph_serving_greedy_equals_base) and its rows copied to the request's slot; every output is
+    the base model's (chunks of 16 tokens here, so the 20- and 33-token prompts take 2 and 3). Broken: the copy
+    leaves out row 0 (the slot keeps what it held there)."""
+    monkeypatch.setattr(models.engine, "PREFILL_CHUNK", 16)
+    if broken:
+
+        def copy_but_row_0(cache, src, dst, rows):
+            cache.kv[:, :, dst, :, 1:rows].copy_(cache.kv[:, :, src, :, 1:rows])
+
+        monkeypatch.setattr(StaticKVCache, "copy_rows", copy_but_row_0)
+    model = make_model(seed=3)
+    subs, refs = greedy_case(model)
+    engine = OrthrusEngine(model, S, max_batch_size=3, graph_prefill=True)
+    assert engine.cache.slots == 4
+    results, _ = serve(Server(engine, 4), subs)
+    exact = [torch.equal(out.sequences, ref) for out, ref in zip(results, refs)]
+    assert all(exact) != broken, exact
+
+
 def test_triton_batch_equals_base(make_model, monkeypatch):
-    """The fast path (interpreted off the GPU): ragged Triton attention and per-slot RoPE in one pass;
-    broken, every slot reads slot 0's length."""
-    model = make_model(seed=2)
+    """The fast path (compiled on a GPU, interpreted off it): ragged Triton attention and per-slot RoPE in
+    one pass; broken, every slot reads slot 0's length (eager launches, so the broken length reaches them)."""
+    model = make_model(seed=2).to(DEVICE)
     subs, refs = greedy_case(model, [(5, 7, 0, None), (17, 6, 0, 2), (3, 7, 1, None)])
     engine = OrthrusEngine(model, 48, backend="triton", cuda_graphs=False, max_batch_size=2)
     results, _ = serve(Server(engine, 4), subs)
@@ -155,13 +189,14 @@ def test_sampled_batch_equals_alone(make_model, monkeypatch, drafts, broken):
 
 
 def test_triton_sampled_batch_equals_torch_alone(make_model):
-    """Per-slot sampling kernels (interpreted off the GPU) in a batch draw what the PyTorch path draws alone."""
-    model = make_model(seed=6)
+    """Per-slot sampling kernels (compiled on a GPU, interpreted off it) in a batch draw what the PyTorch path
+    draws alone on the same device."""
+    model = make_model(seed=6).to(DEVICE)
     subs = [
-        dict(input_ids=prompt(L, seed=20 + L), max_new_tokens=6, sampling=p, seed=30 + L, at=at)
+        dict(input_ids=prompt(L, seed=20 + L).to(DEVICE), max_new_tokens=6, sampling=p, seed=30 + L, at=at)
         for L, p, at in ((4, SamplingParams(1.0), 0), (7, SamplingParams(0.7, 8, 0.9), 0), (2, SamplingParams(), 1))
     ]
-    alone = [serve(Server(OrthrusEngine(model, 32), 4), [s])[0][0] for s in subs]
+    alone = [serve(Server(OrthrusEngine(model, 32, backend="torch", cuda_graphs=False), 4), [s])[0][0] for s in subs]
     engine = OrthrusEngine(model, 32, backend="triton", cuda_graphs=False, max_batch_size=2)
     batched, _ = serve(Server(engine, 4), subs)
     assert [(r.sequences.tolist(), r.accepted) for r in batched] == [(r.sequences.tolist(), r.accepted) for r in alone]
@@ -240,27 +275,44 @@ def test_generate_on_a_batched_engine(make_model):
     assert torch.equal(engine.generate(ids, 15, block_size=4).sequences, base_greedy(model, ids, 15))
 
 
+@pytest.mark.parametrize("broken", [False, True])
 @pytest.mark.parametrize("per_position", [False, True])
-def test_ragged_attention_kernels_equal_one_slot_calls(per_position):
-    """Triton draft/verify attention over slots of different lengths = each slot's own batch-1 call."""
+def test_ragged_attention_kernels_equal_one_slot_calls(monkeypatch, per_position, broken):
+    """Triton draft/verify attention over slots of different lengths = each slot's own batch-1 call, bitwise.
+
+    With an explicit num_splits (2: the split + combine path, also off the GPU, where one split is the
+    default): the default depends on the batch size on a GPU (one wave of programs), so only a fixed split
+    count makes the batched and one-slot calls tile alike. per_position verify is batch-invariant with the
+    default splits too, by design, so it is also compared that way. Broken: every slot reads slot 0's length."""
     g = torch.Generator().manual_seed(0)
     B, H, Hkv, K, D, S_max = 3, 4, 2, 4, 16, 80
-    q = torch.randn(B, H, K, D, generator=g)
-    k_cache, v_cache = torch.randn(B, Hkv, S_max, D, generator=g), torch.randn(B, Hkv, S_max, D, generator=g)
-    k_blk, v_blk = torch.randn(B, Hkv, K, D, generator=g), torch.randn(B, Hkv, K, D, generator=g)
-    start = torch.tensor([70, 3, 41])
-    verify = kernels.attention.verify_attention(q, k_cache, v_cache, start, 0.25, per_position=per_position)
-    draft = kernels.attention.diffusion_attention(q, k_cache, v_cache, start, k_blk, v_blk, 0.25)
-    for b in range(B):
-        one = slice(b, b + 1)
-        alone = kernels.attention.verify_attention(
-            q[one], k_cache[one], v_cache[one], start[one], 0.25, per_position=per_position
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(DEVICE)
+
+    q, k_cache, v_cache = randn(B, H, K, D), randn(B, Hkv, S_max, D), randn(B, Hkv, S_max, D)
+    k_blk, v_blk = randn(B, Hkv, K, D), randn(B, Hkv, K, D)
+    start = torch.tensor([70, 3, 41], device=DEVICE)
+    if broken:
+        check = kernels.attention._check_length
+        monkeypatch.setattr(kernels.attention, "_check_length", lambda *a: check(*a)[:2] + (0,))
+    exact = []
+    for splits in [2, None] if per_position else [2]:
+        verify = kernels.attention.verify_attention(
+            q, k_cache, v_cache, start, 0.25, num_splits=splits, per_position=per_position
         )
-        assert torch.equal(verify[one], alone)
-        alone = kernels.attention.diffusion_attention(
-            q[one], k_cache[one], v_cache[one], start[one], k_blk[one], v_blk[one], 0.25
-        )
-        assert torch.equal(draft[one], alone)
+        draft = kernels.attention.diffusion_attention(q, k_cache, v_cache, start, k_blk, v_blk, 0.25, splits or 2)
+        for b in range(B):
+            one = slice(b, b + 1)
+            alone = kernels.attention.verify_attention(
+                q[one], k_cache[one], v_cache[one], start[one], 0.25, num_splits=splits, per_position=per_position
+            )
+            exact.append(torch.equal(verify[one], alone))
+            alone = kernels.attention.diffusion_attention(
+                q[one], k_cache[one], v_cache[one], start[one], k_blk[one], v_blk[one], 0.25, splits or 2
+            )
+            exact.append(torch.equal(draft[one], alone))
+    assert all(exact) != broken, exact
 
 
 def test_clear_errors(make_model):
@@ -337,18 +389,23 @@ def test_batch_invariant_verify_independent_of_batch(make_model, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("graph_prefill", [False, True], ids=["eager-prefill", "graph-prefill"])
 @pytest.mark.parametrize("block_sizes", [None, (1, 4)], ids=["captured-while-serving", "captured-up-front"])
 @pytest.mark.parametrize("block_size", [1, 4])
-def test_cuda_graph_serving_greedy_equals_base(make_model, block_sizes, block_size):
+def test_cuda_graph_serving_greedy_equals_base(make_model, monkeypatch, block_sizes, block_size, graph_prefill):
     """The batched engine as it runs on a GPU: compiled Triton, a CUDA graph per (K, batch bucket) (with
     block_sizes None captured while iterations are in flight), two iterations in flight read back through
     pinned memory, requests admitted between them (one filling its slot but K - 1 rows), EOS at different
     iterations: every fp32 greedy output is the base model's. Then a one-token request joining while the
-    last iterations run, its first token read back once nothing is in flight (a copy still landing)."""
+    last iterations run, its first token read back once nothing is in flight (a copy still landing).
+    graph_prefill: prompts prefilled through captured graphs in chunks of 32 (the first prompt's second
+    chunk, 8 tokens, is the first of its length: its graph is captured mid-prompt when block_sizes is None)."""
+    monkeypatch.setattr(models.engine, "PREFILL_CHUNK", 32)
     model = make_model(seed=40 + block_size)
-    cases = [greedy_case(model, GREEDY_REQUESTS + [(S - block_size + 1, 1, 4, None)])]
+    first = [(40, 5, 0, None)] if graph_prefill else []
+    cases = [greedy_case(model, first + GREEDY_REQUESTS + [(S - block_size + 1, 1, 4, None)])]
     cases.append(greedy_case(model, [(5, 3, 0, None), (4, 1, 1, None)]))
-    engine = OrthrusEngine(model.cuda(), S, max_batch_size=3, block_sizes=block_sizes)
+    engine = OrthrusEngine(model.cuda(), S, max_batch_size=3, block_sizes=block_sizes, graph_prefill=graph_prefill)
     assert engine.backend == "triton" and engine.cuda_graphs
     for subs, refs in cases:
         results, _ = serve(Server(engine, block_size), subs)
