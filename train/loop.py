@@ -54,7 +54,7 @@ class TrainConfig:
     micro_batch_size: int = 1  # packed rows per forward, per GPU
     grad_accum: int = 1  # micro-batches per optimizer step
     gradient_checkpointing: bool = False  # recompute each diffusion layer in backward
-    fp8: str = "none"  # frozen Linear layers in float8 via torchao: none | torchao | frozen (train/fp8.py)
+    fp8: str = "none"  # frozen Linear layers in float8: none | frozen | torchao (train/fp8.py)
     compile_frozen: bool = False  # torch.compile each layer's frozen MLP and norms (train/compile.py)
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     seed: int = 0  # random weights and block sampling
@@ -119,7 +119,7 @@ class Trainer:
             raise ValueError("train.precision=bf16 needs a GPU; on the CPU use train.precision=fp32 (or auto)")
         if t.fp8 != "none" and device.type != "cuda":
             raise ValueError(f"train.fp8={t.fp8} needs a GPU with FP8 tensor cores (H100, H200); set train.fp8=none")
-        if t.fp8 != "none":
+        if t.fp8 == "torchao":
             require_torchao()  # before the model is built
 
         self.pretrain = self.objective_cfg.kind == "next_token"
