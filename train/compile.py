@@ -1,4 +1,5 @@
-"""torch.compile of the frozen per-layer modules both passes run (train.compile_frozen).
+"""torch.compile of per-layer work: the frozen modules both passes run (train.compile_frozen) and
+the diffusion pass's whole layer around its attention call (train.compile_diffusion).
 
 Every decoder layer's MLP and its two RMSNorms run in the teacher pass and again, on four times
 as many tokens at the paper's density, in the diffusion pass and its backward. Eager, each is a
@@ -8,8 +9,16 @@ those chains (and torchao's casts into their producers). The modules are compile
 (nn.Module.compile), so parameters, state dicts and checkpoints are unchanged. The diffusion
 view's own projections and the flex attention call are left as they are (flex is compiled on
 its own in train/attention.py).
+
+train.compile_diffusion compiles the diffusion pass's per-layer math on either side of its
+attention call (`models.orthrus.diffusion_qkv`: input norm, q/k/v projections, q/k norms, RoPE;
+`diffusion_out`: output projection, residuals, post-attention norm, MLP), trainable projections
+included, forward and backward: eager, those are some forty kernels per layer each way around
+the matmuls, and the step of a small model is bound by launching them. One graph serves every
+layer (the layers' parameters are graph inputs); the attention call stays between the two.
 """
 
+import torch
 from torch import nn
 
 COMPILED = ("mlp", "input_layernorm", "post_attention_layernorm")
@@ -33,3 +42,10 @@ def compile_frozen_modules(model: nn.Module, backend: str = "inductor") -> list[
     for module in modules.values():
         module.compile(backend=backend)
     return list(modules)
+
+
+def compile_diffusion_layers(model: nn.Module, backend: str = "inductor") -> None:
+    """Swap `model.diffusion_layer_parts` for compiled versions (the diffusion pass's per-layer
+    math on either side of attention). `backend`: as compile_frozen_modules."""
+    qkv, out = model.diffusion_layer_parts
+    model.diffusion_layer_parts = (torch.compile(qkv, backend=backend), torch.compile(out, backend=backend))
