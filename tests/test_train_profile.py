@@ -112,24 +112,33 @@ def test_bench_variants_and_profile(tmp_path):
     assert throughput.projected_hours(1000.0, 7.2e6, 2) == 1.0
 
 
-def test_profile_train_script_parses_and_every_variant_composes():
-    """scripts/profile_train.sh's bench_train arguments parse, and each variant's overrides compose
-    into valid config sections (at the first shape: the shapes differ only in +exp): a typo fails
-    here, not on the GPU."""
-    import shlex
+def test_profile_train_script_parses_and_every_variant_composes(tmp_path):
+    """scripts/profile_train.sh's bench_train arguments (as bash expands them: a stand-in `python`
+    records them) parse, and each variant's overrides compose into valid config sections (at the
+    first shape: the shapes differ only in +exp): a typo fails here, not on the GPU."""
+    import os
+    import subprocess
 
     from eval.provenance import REPO_ROOT
     from scripts import bench_train
+    from train.backend import DeepSpeedConfig
     from train.config import compose
     from train.loop import TrainConfig, _section
     from train.objective import ObjectiveConfig
+    from train.optim import OptimConfig
 
-    text = (REPO_ROOT / "scripts" / "profile_train.sh").read_text().replace("\\\n", " ")
-    line = next(x for x in text.splitlines() if "-m scripts.bench_train" in x)
-    argv = shlex.split(line.split("-m scripts.bench_train", 1)[1].replace('"$@"', ""))
-    args = bench_train.parse_args([a.replace("$out", "OUT").replace("$budget", "420") for a in argv])
+    stub = tmp_path / "bin" / "python"
+    stub.parent.mkdir()
+    stub.write_text('#!/bin/sh\nprintf "%s\\0" "$@" > "$ARGS_FILE"\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}", "ARGS_FILE": str(tmp_path / "args")}
+    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "profile_train.sh"), "OUT"], env=env, check=True)
+    argv = (tmp_path / "args").read_text().split("\0")[:-1]
+    assert argv[:2] == ["-m", "scripts.bench_train"]
+    args = bench_train.parse_args(argv[2:])
     assert args.shapes == ["qwen3_8b", "qwen3_1.7b"] and args.blocks_per_row == 256 and args.seq_lens == [2048]
     assert list(args.variants)[0] == "baseline" and set(args.profile) <= set(args.variants)
+    assert args.budget_s == 360
     for variant in args.variants.values():
         overrides, blocks_per_row, K = throughput.setting_overrides(
             args.shapes[0], 2048, False, "flex", args, 1, variant
@@ -137,4 +146,8 @@ def test_profile_train_script_parses_and_every_variant_composes():
         cfg = compose(overrides)
         _section(cfg, "objective", ObjectiveConfig)
         _section(cfg, "train", TrainConfig)
+        _section(cfg, "optim", OptimConfig)
+        _section(cfg, "deepspeed", DeepSpeedConfig)
         assert (blocks_per_row, K, cfg.data.packed_dataset.seq_len) == (256, 32, 2048)
+    fast = args.variants["fast"]
+    assert "train.compile_diffusion=true" in fast and "optim.fused=true" in fast
