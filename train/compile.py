@@ -4,18 +4,19 @@ the diffusion pass's whole layer around its attention call (train.compile_diffus
 Every decoder layer's MLP and its two RMSNorms run in the teacher pass and again, on four times
 as many tokens at the paper's density, in the diffusion pass and its backward. Eager, each is a
 chain of elementwise kernels around the matmuls (RMSNorm: ~7; SiLU(gate) * up: 2), and with
-train.fp8 each float8 input cast is a reduction plus a cast kernel. Compiled, inductor fuses
-those chains (and torchao's casts into their producers). The modules are compiled in place
-(nn.Module.compile), so parameters, state dicts and checkpoints are unchanged. The diffusion
-view's own projections and the flex attention call are left as they are (flex is compiled on
-its own in train/attention.py).
+train.fp8 each float8 input cast is a reduction plus a few elementwise kernels. Compiled,
+inductor fuses those chains (and train.fp8's activation casts into their producers). The modules
+are compiled in place (nn.Module.compile), so parameters, state dicts and checkpoints are
+unchanged. compile_frozen leaves the diffusion view's own projections and the flex attention call
+as they are (flex is compiled on its own in train/attention.py).
 
 train.compile_diffusion compiles the diffusion pass's per-layer math on either side of its
 attention call (`models.orthrus.diffusion_qkv`: input norm, q/k/v projections, q/k norms, RoPE;
 `diffusion_out`: output projection, residuals, post-attention norm, MLP), trainable projections
 included, forward and backward: eager, those are some forty kernels per layer each way around
-the matmuls, and the step of a small model is bound by launching them. One graph serves every
-layer (the layers' parameters are graph inputs); the attention call stays between the two.
+the matmuls, and the step of a small model is bound by launching them. The graphs do not grow
+with the layer count (the layers' parameters are graph inputs; the first layer, whose input
+needs no gradient, gets its own); the attention call stays between the two parts.
 """
 
 import torch
