@@ -105,6 +105,36 @@ def test_frozen_float8_linear_matches_an_emulated_reference():
     assert plain.weight.grad is None and plain.bias.grad is None
 
 
+def cuda_layout_scaled_mm(real):
+    """torch._scaled_mm that first checks what its CUDA kernel demands of the rowwise form (the CPU
+    kernel accepts any strides): a row-major, b column-major, float32 scales (M, 1) and (1, N)."""
+
+    def scaled_mm(a, b, *, scale_a, scale_b, out_dtype):
+        assert a.dtype == b.dtype == E4M3 and out_dtype == torch.bfloat16
+        assert a.stride() == (a.shape[1], 1), f"a must be row-major: {a.stride()}"
+        assert b.stride() == (1, b.shape[0]), f"b must be column-major: {b.stride()}"
+        assert a.shape[1] % 16 == 0 and b.shape[0] % 16 == 0 and b.shape[1] % 16 == 0
+        assert scale_a.shape == (a.shape[0], 1) and scale_b.shape == (1, b.shape[1])
+        assert scale_a.dtype == scale_b.dtype == torch.float32 and scale_a.is_contiguous() and scale_b.is_contiguous()
+        return real(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype)
+
+    return scaled_mm
+
+
+def test_frozen_float8_linear_meets_the_cuda_kernels_layout(monkeypatch):
+    """Forward and input gradient with a non-contiguous input and an expanded output gradient
+    (what `.sum().backward()` sends); the check itself fails on a transposed weight copy."""
+    monkeypatch.setattr(torch, "_scaled_mm", cuda_layout_scaled_mm(torch._scaled_mm))
+    torch.manual_seed(3)
+    layer = FrozenFloat8Linear(nn.Linear(32, 48, bias=False).requires_grad_(False))
+    x = torch.randn(32, 16).t().requires_grad_(True)  # (16, 32), column-major
+    layer(x).sum().backward()
+    assert x.grad.shape == (16, 32)
+    with pytest.raises(AssertionError, match="column-major"):
+        torch._scaled_mm(layer.w8, layer.wt8.t().contiguous(), scale_a=torch.ones(48, 1),
+                         scale_b=torch.ones(1, 32), out_dtype=torch.bfloat16)  # fmt: skip
+
+
 def test_frozen_float8_linear_quantizes_its_weight_once_and_saves_no_input():
     torch.manual_seed(1)
     plain = nn.Linear(32, 16, bias=False).requires_grad_(False)

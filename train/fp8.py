@@ -83,11 +83,12 @@ def convert_frozen_linears(model: nn.Module, mode: str, *, emulate: bool = False
 
 def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A 2-D tensor in e4m3 with one float32 scale per row (shape rows x 1): the row's amax maps to
-    e4m3's largest value, and t ~= t8.float() * scale."""
+    e4m3's largest value, and t ~= t8.float() * scale. t8 is row-major whatever t's strides (a
+    transposed weight, an expanded gradient): torch._scaled_mm on CUDA takes nothing else."""
     amax = torch.linalg.vector_norm(t, ord=float("inf"), dim=-1, keepdim=True, dtype=torch.float32)
     scale = amax.clamp(min=MIN_AMAX) / E4M3_MAX
     t8 = (t.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
-    return t8, scale
+    return t8.contiguous(), scale
 
 
 def scaled_matmul(a8: torch.Tensor, a_scale: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
