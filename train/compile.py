@@ -2,7 +2,8 @@
 the diffusion pass's whole layer around its attention call (train.compile_diffusion).
 
 Every decoder layer's MLP and its two RMSNorms run in the teacher pass and again, on four times
-as many tokens at the paper's density, in the diffusion pass and its backward. Eager, each is a
+as many tokens at the paper's density, in the diffusion pass and its backward; the AR attention's
+q/k RMSNorms run in the teacher pass. Eager, each is a
 chain of elementwise kernels around the matmuls (RMSNorm: ~7; SiLU(gate) * up: 2), and with
 train.fp8 each float8 input cast is a reduction plus a few elementwise kernels. Compiled,
 inductor fuses those chains (and train.fp8's activation casts into their producers). The modules
@@ -22,15 +23,15 @@ needs no gradient, gets its own); the attention call stays between the two parts
 import torch
 from torch import nn
 
-COMPILED = ("mlp", "input_layernorm", "post_attention_layernorm")
+COMPILED = ("mlp", "input_layernorm", "post_attention_layernorm", "self_attn.q_norm", "self_attn.k_norm")
 
 
 def compile_frozen_modules(model: nn.Module, backend: str = "inductor") -> list[str]:
-    """Compile the MLP and the norms of every decoder layer of `model` in place; returns their
+    """Compile the MLP and the frozen norms of every decoder layer of `model` in place; returns their
     names. Call after train.fp8's conversion (so its casts are compiled too). `backend`: the
     torch.compile backend ("eager" in the CPU tests: tracing without code generation)."""
     modules = {
-        f"model.layers.{i}.{name}": getattr(layer, name)
+        f"model.layers.{i}.{name}": layer.get_submodule(name)
         for i, layer in enumerate(model.model.layers)
         for name in COMPILED
     }
