@@ -8,7 +8,7 @@
 #   TORCH_CUDA_ARCH_LIST=9.0 bash scripts/profile_train.sh OUT [BUDGET_S] [extra bench_train args...]
 #
 # Variants, in this order (each on both shapes before the next; what does not fit in BUDGET_S,
-# default 360 s, is recorded "skipped"; an out-of-memory point is recorded "oom"):
+# default 340 s, is recorded "skipped"; an out-of-memory point is recorded "oom"):
 #   baseline        the recipe's defaults (GC off, micro-batch 1); also profiled (OUT/profile/)
 #   fast            every speed knob that keeps the bf16 numerics: train.compile_frozen,
 #                   train.compile_diffusion, objective.compile_loss, objective.fused_loss,
@@ -28,7 +28,7 @@
 # OUT/profile/<point>/trace.json.gz (chrome://tracing or Perfetto), breakdown.{json,md}.
 set -euo pipefail
 out=${1:?usage: bash scripts/profile_train.sh OUT [BUDGET_S] [extra bench_train args...]}
-budget=${2:-360}
+budget=${2:-340}
 shift $(($# < 2 ? $# : 2))
 cd "$(dirname "$0")/.."
 fast="train.compile_frozen=true train.compile_diffusion=true objective.compile_loss=true"

@@ -138,7 +138,7 @@ def test_profile_train_script_parses_and_every_variant_composes(tmp_path):
     args = bench_train.parse_args(argv[2:])
     assert args.shapes == ["qwen3_8b", "qwen3_1.7b"] and args.blocks_per_row == 256 and args.seq_lens == [2048]
     assert list(args.variants)[0] == "baseline" and set(args.profile) <= set(args.variants)
-    assert args.budget_s == 360
+    assert args.budget_s == 340
     for variant in args.variants.values():
         overrides, blocks_per_row, K = throughput.setting_overrides(
             args.shapes[0], 2048, False, "flex", args, 1, variant
