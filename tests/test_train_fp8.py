@@ -169,7 +169,7 @@ def test_frozen_float8_linear_traces_inside_a_compiled_module():
     eager_out, eager_grad = mlp(x).detach(), x.grad.clone()
     x.grad = None
     torch._dynamo.reset()
-    compiled = torch.compile(mlp, backend="eager", fullgraph=True)
+    compiled = torch.compile(mlp, backend="aot_eager", fullgraph=True)  # AOTAutograd, as under inductor
     out = compiled(x)
     out.square().sum().backward()
     torch.testing.assert_close(out.detach(), eager_out, rtol=0, atol=0)
