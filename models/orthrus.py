@@ -54,6 +54,9 @@ class OrthrusForCausalLM(Qwen3ForCausalLM):
         super().__init__(config)
         for layer in self.model.layers:
             add_diffusion_view(layer.self_attn, config)
+        # the per-layer math before and after `attend`: training may swap in compiled versions
+        # (train.compile_diffusion); the functions are the same either way
+        self.diffusion_layer_parts = (diffusion_qkv, diffusion_out)
         self.post_init()
 
     # --- parameters -------------------------------------------------------------------------
@@ -97,11 +100,12 @@ class OrthrusForCausalLM(Qwen3ForCausalLM):
         """
         hidden = self.model.embed_tokens(input_ids)
         cos, sin = self.model.rotary_emb(hidden, position_ids)
+        parts = self.diffusion_layer_parts
         for idx, layer in enumerate(self.model.layers):
             if gradient_checkpointing and torch.is_grad_enabled():
-                hidden = checkpoint(_diffusion_layer, layer, idx, hidden, cos, sin, attend, use_reentrant=False)
+                hidden = checkpoint(_diffusion_layer, layer, idx, hidden, cos, sin, attend, parts, use_reentrant=False)
             else:
-                hidden = _diffusion_layer(layer, idx, hidden, cos, sin, attend)
+                hidden = _diffusion_layer(layer, idx, hidden, cos, sin, attend, parts)
         return self.model.norm(hidden)
 
     def diffusion_forward(self, *args, **kwargs) -> torch.Tensor:
@@ -118,18 +122,31 @@ class OrthrusForCausalLM(Qwen3ForCausalLM):
         return orthrus_generate(self, inputs, **kwargs)
 
 
-def _diffusion_layer(layer: nn.Module, idx: int, hidden, cos, sin, attend: AttendFn) -> torch.Tensor:
-    """One decoder layer with the diffusion view's attention; MLP and norms are the base's."""
+def _diffusion_layer(layer: nn.Module, idx: int, hidden, cos, sin, attend: AttendFn, parts) -> torch.Tensor:
+    """One decoder layer with the diffusion view's attention; MLP and norms are the base's.
+    `parts`: (diffusion_qkv, diffusion_out) or compiled versions of them."""
+    qkv, out = parts
+    return out(layer, hidden, attend(idx, *qkv(layer, hidden, cos, sin)))
+
+
+def diffusion_qkv(layer: nn.Module, hidden, cos, sin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The layer's input norm, then the diffusion view's q/k/v projections, q/k norms and RoPE:
+    q (B, H, T, D), k and v (B, Hkv, T, D)."""
     attn = layer.self_attn
-    residual = hidden
     x = layer.input_layernorm(hidden)
     shape = (*x.shape[:-1], -1, attn.head_dim)
     q = attn.q_norm_diff(attn.q_proj_diff(x).view(shape)).transpose(1, 2)
     k = attn.k_norm_diff(attn.k_proj_diff(x).view(shape)).transpose(1, 2)
     v = attn.v_proj_diff(x).view(shape).transpose(1, 2)
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
-    out = attend(idx, q, k, v)
-    hidden = residual + attn.o_proj_diff(out.transpose(1, 2).reshape(*x.shape[:-1], -1))
+    return q, k, v
+
+
+def diffusion_out(layer: nn.Module, residual, attended) -> torch.Tensor:
+    """The diffusion view's output projection of the attention output (B, H, T, D), the residual,
+    then the base's post-attention norm and MLP with their residual."""
+    attn = layer.self_attn
+    hidden = residual + attn.o_proj_diff(attended.transpose(1, 2).reshape(*residual.shape[:-1], -1))
     return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
 

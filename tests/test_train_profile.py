@@ -16,19 +16,56 @@ def test_union_length_counts_overlaps_once():
     assert profile.union_length([(0, 10), (2, 3), (4, 5)]) == 10.0  # nested intervals
 
 
-def test_breakdown_reads_gpu_ranges_when_present():
-    """GPU-side ranges win over the CPU ones (those only time the kernel launches)."""
+def cuda_like_trace(backward_launch_thread: int) -> list[dict]:
+    """A CUDA trace's layout: CPU ranges on the main thread (tid 1), the kernels' launch calls
+    (matched to the kernels by correlation id), the kernels later on the GPU stream, and the
+    per-thread "gpu_user_annotation" ranges the profiler derives. The backward's launches come
+    from `backward_launch_thread` (the autograd engine's device thread on CUDA), inside the
+    main thread's backward range."""
     events = [
-        {"name": profile.BACKWARD, "cat": "user_annotation", "dur": 1000.0, "ph": "X", "ts": 0},
-        {"name": profile.BACKWARD, "cat": "gpu_user_annotation", "dur": 6000.0, "ph": "X", "ts": 0},
-        {"name": profile.LOSS, "cat": "gpu_user_annotation", "dur": 2000.0, "ph": "X", "ts": 0},
-        {"name": "gemm", "cat": "kernel", "dur": 3000.0, "ph": "X", "ts": 0},
-        {"name": "gemm", "cat": "kernel", "dur": 3000.0, "ph": "X", "ts": 2000},
+        {"name": profile.LOSS, "cat": "user_annotation", "ph": "X", "ts": 0, "dur": 100, "tid": 1},
+        {"name": profile.BACKWARD, "cat": "user_annotation", "ph": "X", "ts": 100, "dur": 200, "tid": 1},
+        {"name": profile.LOSS, "cat": "gpu_user_annotation", "ph": "X", "ts": 1000, "dur": 1000, "tid": 7},
+        {"name": profile.BACKWARD, "cat": "gpu_user_annotation", "ph": "X", "ts": 2000, "dur": 10, "tid": 7},
     ]
-    result = profile.breakdown(events, [0.010, 0.010], steps=2, ops=[])
+    launches = [(1, 10, 1), (2, 50, 1), (3, 110, 1), (4, 150, backward_launch_thread), (5, 250, backward_launch_thread)]
+    kernels = [(1, 1000, 600), (2, 1600, 400), (3, 2000, 10), (4, 2010, 3000), (5, 6000, 1000)]
+    for corr, ts, tid in launches:
+        events.append({"name": "cudaLaunchKernel", "cat": "cuda_runtime", "ph": "X", "ts": ts, "dur": 5,
+                       "tid": tid, "args": {"correlation": corr}})  # fmt: skip
+    for corr, ts, dur in kernels:
+        events.append({"name": f"k{corr}", "cat": "kernel", "ph": "X", "ts": ts, "dur": dur, "tid": 7,
+                       "args": {"correlation": corr}})  # fmt: skip
+    return events
+
+
+def test_breakdown_counts_kernels_launched_by_the_autograd_thread():
+    """The backward's kernels belong to train.backward although another thread launched them (the
+    per-thread GPU ranges give it 10 us here); its span is the first to the last of its kernels."""
+    result = profile.breakdown(cuda_like_trace(backward_launch_thread=2), [0.005, 0.005], steps=2, ops=[])
+    backward, loss = result["phases"][profile.BACKWARD], result["phases"][profile.LOSS]
+    assert backward["ms_per_step"] == pytest.approx((7000 - 2000) / 1e3 / 2)
+    assert backward["gpu_busy_ms_per_step"] == pytest.approx((10 + 3000 + 1000) / 1e3 / 2)
+    assert backward["kernels_per_step"] == 1.5 and loss["kernels_per_step"] == 1.0
+    assert loss["ms_per_step"] == 0.5 and loss["share_of_step"] == pytest.approx(0.1)
+    assert result["gpu_busy_ms_per_step"] == pytest.approx(5010 / 1e3 / 2) and result["kernels_per_step"] == 2.5
+    assert profile.breakdown(cuda_like_trace(backward_launch_thread=1), [0.005], 2, [])["phases"] == result["phases"]
+    # the check can fail: kernels launched outside the range are not counted in it
+    shifted = [dict(e, ts=400) if e.get("args", {}).get("correlation") in (4, 5) and e["cat"] == "cuda_runtime" else e
+               for e in cuda_like_trace(2)]  # fmt: skip
+    assert profile.breakdown(shifted, [0.005], 2, [])["phases"][profile.BACKWARD]["ms_per_step"] == 0.005
+
+
+def test_breakdown_on_the_cpu_reads_the_ranges():
+    events = [
+        {"name": profile.BACKWARD, "cat": "user_annotation", "ph": "X", "ts": 0, "dur": 3000},
+        {"name": profile.ATTENTION, "cat": "user_annotation", "ph": "X", "ts": 0, "dur": 1000},
+        {"name": profile.ATTENTION, "cat": "user_annotation", "ph": "X", "ts": 500, "dur": 1000},  # nested: once
+    ]
+    result = profile.breakdown(events, [0.010], steps=1, ops=[])
     assert result["phases"][profile.BACKWARD]["ms_per_step"] == 3.0
-    assert result["phases"][profile.LOSS]["share_of_step"] == pytest.approx(0.1)
-    assert result["gpu_busy_ms_per_step"] == 2.5 and result["kernels_per_step"] == 1.0
+    assert result["phases"][profile.ATTENTION]["ms_per_step"] == 1.5
+    assert result["gpu_busy_ms_per_step"] is None and result["source"] == "cpu ranges"
 
 
 def test_bench_variants_and_profile(tmp_path):
@@ -75,24 +112,33 @@ def test_bench_variants_and_profile(tmp_path):
     assert throughput.projected_hours(1000.0, 7.2e6, 2) == 1.0
 
 
-def test_profile_train_script_parses_and_every_variant_composes():
-    """scripts/profile_train.sh's bench_train arguments parse, and each variant's overrides compose
-    into valid config sections (at the first shape: the shapes differ only in +exp): a typo fails
-    here, not on the GPU."""
-    import shlex
+def test_profile_train_script_parses_and_every_variant_composes(tmp_path):
+    """scripts/profile_train.sh's bench_train arguments (as bash expands them: a stand-in `python`
+    records them) parse, and each variant's overrides compose into valid config sections (at the
+    first shape: the shapes differ only in +exp): a typo fails here, not on the GPU."""
+    import os
+    import subprocess
 
     from eval.provenance import REPO_ROOT
     from scripts import bench_train
+    from train.backend import DeepSpeedConfig
     from train.config import compose
     from train.loop import TrainConfig, _section
     from train.objective import ObjectiveConfig
+    from train.optim import OptimConfig
 
-    text = (REPO_ROOT / "scripts" / "profile_train.sh").read_text().replace("\\\n", " ")
-    line = next(x for x in text.splitlines() if "-m scripts.bench_train" in x)
-    argv = shlex.split(line.split("-m scripts.bench_train", 1)[1].replace('"$@"', ""))
-    args = bench_train.parse_args([a.replace("$out", "OUT").replace("$budget", "420") for a in argv])
+    stub = tmp_path / "bin" / "python"
+    stub.parent.mkdir()
+    stub.write_text('#!/bin/sh\nprintf "%s\\0" "$@" > "$ARGS_FILE"\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}", "ARGS_FILE": str(tmp_path / "args")}
+    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "profile_train.sh"), "OUT"], env=env, check=True)
+    argv = (tmp_path / "args").read_text().split("\0")[:-1]
+    assert argv[:2] == ["-m", "scripts.bench_train"]
+    args = bench_train.parse_args(argv[2:])
     assert args.shapes == ["qwen3_8b", "qwen3_1.7b"] and args.blocks_per_row == 256 and args.seq_lens == [2048]
     assert list(args.variants)[0] == "baseline" and set(args.profile) <= set(args.variants)
+    assert args.budget_s == 340
     for variant in args.variants.values():
         overrides, blocks_per_row, K = throughput.setting_overrides(
             args.shapes[0], 2048, False, "flex", args, 1, variant
@@ -100,4 +146,8 @@ def test_profile_train_script_parses_and_every_variant_composes():
         cfg = compose(overrides)
         _section(cfg, "objective", ObjectiveConfig)
         _section(cfg, "train", TrainConfig)
+        _section(cfg, "optim", OptimConfig)
+        _section(cfg, "deepspeed", DeepSpeedConfig)
         assert (blocks_per_row, K, cfg.data.packed_dataset.seq_len) == (256, 32, 2048)
+    fast = args.variants["fast"]
+    assert "train.compile_diffusion=true" in fast and "optim.fused=true" in fast

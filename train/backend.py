@@ -63,6 +63,12 @@ def deepspeed_config(
         zero["stage3_param_persistence_threshold"] = ds.stage3_param_persistence_threshold
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if optim.fused and not ds.torch_adam:
+        raise ValueError(
+            "optim.fused=true picks torch's fused AdamW, but deepspeed.torch_adam=false asks for DeepSpeed's "
+            "FusedAdam (fused already): set one of them"
+        )
+    adam = {"torch_adam": ds.torch_adam} | ({"fused": True} if optim.fused else {})
     return {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": grad_accum,
@@ -77,7 +83,7 @@ def deepspeed_config(
                 "betas": list(optim.betas),
                 "eps": optim.eps,
                 "weight_decay": optim.weight_decay,
-                "torch_adam": ds.torch_adam,
+                **adam,  # DeepSpeed's torch_adam path passes the rest to torch.optim.AdamW
             },
         },
         "steps_per_print": 2**31 - 1,  # our logger reports; keep DeepSpeed quiet

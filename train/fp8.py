@@ -1,24 +1,28 @@
-"""FP8 matmuls for the frozen base (train.fp8), through torchao's float8 training.
+"""FP8 matmuls for the frozen base (train.fp8).
 
 The frozen Linear layers (the AR view's q/k/v/o projections, used by the teacher pass, and the
 MLPs, used by the teacher and the diffusion pass; any diffusion projection left out of
-model.trainable too) are swapped for torchao Float8Linear modules with dynamic tensorwise
-scaling (e4m3 forward, e5m2 gradients). Never converted: a layer with a trainable weight
-(the diffusion view's trainable projections keep bf16 matmuls and exact gradients) and lm_head
-(the KL's logits stay in the base's precision). The parameters are the same objects before and
-after, so checkpoints, the optimizer and the saved view are unchanged; decoding never sees this.
+model.trainable too) run their matmuls in float8. Never converted: a layer with a trainable
+weight (the diffusion view's trainable projections keep bf16 matmuls and exact gradients) and
+lm_head (the KL's logits stay in the base's precision). The parameters are the same objects
+before and after, so checkpoints, the optimizer and the saved view are unchanged; decoding and
+verification never see this (they run the base in its own precision).
 
 Modes:
   none     bf16 matmuls everywhere (default)
-  torchao  torchao's Float8Linear as is: its backward also forms the weight gradient, which a
-           frozen weight discards (one wasted fp8 matmul per frozen layer in the diffusion backward)
-  frozen   FrozenFloat8Linear: torchao's casts and scaled matmul for the forward and the input
-           gradient, no weight gradient; like a frozen nn.Linear it keeps only the weight for
-           backward (torchao's Float8Linear also keeps the layer input: more activation memory)
+  frozen   FrozenFloat8Linear (this module, torch._scaled_mm): each frozen weight is quantized
+           once, when the layer is converted, to e4m3 with one scale per output channel (for the
+           forward) and again per input channel (its transpose, for the input gradient); each call
+           quantizes only its activations (per row), and the backward forms only the input
+           gradient. It keeps both float8 copies (2 bytes per frozen weight, the size of the bf16
+           weight it keeps for checkpoints) and saves nothing of the input for backward.
+  torchao  torchao's Float8Linear as is (dynamic tensorwise scaling): it recasts the weight on
+           every call and its backward also forms the weight gradient, which a frozen weight
+           discards; kept as the library reference for the benchmark
 
-FP8 numerics need a GPU with FP8 tensor cores (H100/H200); on the CPU torchao's `emulate` mode
-runs the same casts with high-precision matmuls (the tests use it). torchao's casts are
-separate kernels unless the model is compiled; the GPU benchmark measures what that costs.
+Each call's activation quantization is a row-amax reduction and a cast: separate kernels eager,
+fused into their producers when the layer sits inside a compiled module (train.compile_frozen).
+FP8 tensor cores need an H100/H200; torch._scaled_mm also runs on the CPU (the tests use it).
 """
 
 import torch
@@ -26,6 +30,9 @@ from torch import nn
 
 FP8_MODES = ("none", "torchao", "frozen")
 KEEP = ("lm_head",)  # module names never converted
+E4M3 = torch.float8_e4m3fn
+E4M3_MAX = torch.finfo(E4M3).max
+MIN_AMAX = 1e-12  # an all-zero row gets this amax: its scale stays finite and its values 0
 
 
 def require_torchao():
@@ -49,93 +56,95 @@ def frozen_linear_names(model: nn.Module) -> list[str]:
 
 
 def convert_frozen_linears(model: nn.Module, mode: str, *, emulate: bool = False) -> list[str]:
-    """Swap the frozen Linear layers of `model` for torchao float8 ones (in place) per `mode`;
-    returns the converted names. Call after the model is frozen and before the optimizer and
-    any DDP/DeepSpeed wrapper are built. `emulate`: high-precision matmuls (CPU tests)."""
+    """Swap the frozen Linear layers of `model` for float8 ones (in place) per `mode`; returns the
+    converted names. Call after the model is frozen, its weights loaded and on their device, and
+    before the optimizer and any DDP/DeepSpeed wrapper are built. `emulate`: torchao mode only,
+    high-precision matmuls (CPU tests)."""
     if mode not in FP8_MODES:
         raise ValueError(f"train.fp8={mode!r}: choose one of {FP8_MODES}")
     if mode == "none":
         return []
-    require_torchao()
-    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
-
-    names = set(frozen_linear_names(model))
+    names = sorted(frozen_linear_names(model))
     if not names:
         raise ValueError("train.fp8: the model has no frozen Linear layer to convert")
-    config = Float8LinearConfig(emulate=emulate)
     if mode == "torchao":
-        convert_to_float8_training(model, config=config, module_filter_fn=lambda mod, fqn: fqn in names)
+        require_torchao()
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+        config = Float8LinearConfig(emulate=emulate)
+        convert_to_float8_training(model, config=config, module_filter_fn=lambda mod, fqn: fqn in set(names))
     else:
-        cls = frozen_float8_linear_class()
         for name in names:
             parent, _, child = name.rpartition(".")
             owner = model.get_submodule(parent) if parent else model
-            setattr(owner, child, cls.from_float(getattr(owner, child), config=config))
-    return sorted(names)
+            setattr(owner, child, FrozenFloat8Linear(getattr(owner, child)))
+    return names
 
 
-_FROZEN_CLASS = None
+def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 2-D tensor in e4m3 with one float32 scale per row (shape rows x 1): the row's amax maps to
+    e4m3's largest value, and t ~= t8.float() * scale. t8 is row-major whatever t's strides (a
+    transposed weight, an expanded gradient): torch._scaled_mm on CUDA takes nothing else."""
+    amax = torch.linalg.vector_norm(t, ord=float("inf"), dim=-1, keepdim=True, dtype=torch.float32)
+    scale = amax.clamp(min=MIN_AMAX) / E4M3_MAX
+    t8 = (t.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+    return t8.contiguous(), scale
 
 
-def frozen_float8_linear_class():
-    """FrozenFloat8Linear, built on first use so that importing this module needs no torchao."""
-    global _FROZEN_CLASS
-    if _FROZEN_CLASS is not None:
-        return _FROZEN_CLASS
-    require_torchao()
-    from torchao.float8.float8_linear import Float8Linear
-    from torchao.float8.float8_scaling_utils import get_maybe_axiswise_dim, hp_tensor_to_float8_dynamic
-    from torchao.float8.float8_training_tensor import GemmInputRole
+def scaled_matmul(a8: torch.Tensor, a_scale: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """(a8 * a_scale) @ (w8 * w_scale).T in bf16, fp32 accumulation: a8 (M, K) and w8 (N, K) row-major
+    e4m3, a_scale (M, 1), w_scale (1, N), one scale per row of each (torch._scaled_mm's rowwise form;
+    it takes its second operand column-major, which w8.t() is)."""
+    return torch._scaled_mm(a8, w8.t(), scale_a=a_scale, scale_b=w_scale, out_dtype=torch.bfloat16)
 
-    def cast(t, cast_config, config, mm_config, role, dim):
-        return hp_tensor_to_float8_dynamic(
-            t,
-            cast_config.target_dtype,
-            mm_config,
-            gemm_input_role=role,
-            scaling_granularity=cast_config.scaling_granularity,
-            axiswise_dim=get_maybe_axiswise_dim(dim, cast_config.scaling_granularity),
-            round_scales_to_power_of_2=config.round_scales_to_power_of_2,
-        )
 
-    @torch._dynamo.allow_in_graph
-    class FrozenFloat8Matmul(torch.autograd.Function):
-        """x @ w_t with float8 casts, gradient for x only (w_t is frozen): torchao's forward and
-        input-gradient casts, without its weight gradient; saves w_t, not x."""
+class FrozenFloat8Matmul(torch.autograd.Function):
+    """x @ w.T with x quantized per call and w given already quantized, both ways: the gradient
+    flows to x only (w is frozen: no weight gradient is formed) and nothing of x is saved."""
 
-        @staticmethod
-        def forward(ctx, x, w_t, mm_config, config):
-            ctx.save_for_backward(w_t)
-            ctx.mm_config, ctx.config = mm_config, config
-            x8 = cast(x, config.cast_config_input, config, mm_config, GemmInputRole.INPUT, -1)
-            w8 = cast(w_t, config.cast_config_weight, config, mm_config, GemmInputRole.WEIGHT, 0)
-            out = torch.mm(x8.reshape(-1, x8.shape[-1]), w8)
-            return out.reshape(*x.shape[:-1], out.shape[-1])
+    @staticmethod
+    def forward(ctx, x, w8, w_scale, wt8, wt_scale):
+        ctx.save_for_backward(wt8, wt_scale)
+        x8, x_scale = quantize_rows(x.reshape(-1, x.shape[-1]))
+        out = scaled_matmul(x8, x_scale, w8, w_scale)
+        return out.to(x.dtype).reshape(*x.shape[:-1], w8.shape[0])
 
-        @staticmethod
-        def backward(ctx, grad_out):
-            (w_t,) = ctx.saved_tensors
-            config, mm_config = ctx.config, ctx.mm_config
-            g = grad_out.reshape(-1, grad_out.shape[-1])
-            g8 = cast(g, config.cast_config_grad_output, config, mm_config, GemmInputRole.GRAD_OUTPUT, -1)
-            w8 = cast(w_t, config.cast_config_weight_for_grad_input, config, mm_config, GemmInputRole.WEIGHT, -1)
-            grad_in = torch.mm(g8, w8.t())
-            return grad_in.reshape(*grad_out.shape[:-1], grad_in.shape[-1]), None, None, None
+    @staticmethod
+    def backward(ctx, grad_out):
+        wt8, wt_scale = ctx.saved_tensors
+        g8, g_scale = quantize_rows(grad_out.reshape(-1, grad_out.shape[-1]))
+        grad_in = scaled_matmul(g8, g_scale, wt8, wt_scale).to(grad_out.dtype)
+        return grad_in.reshape(*grad_out.shape[:-1], wt8.shape[0]), None, None, None, None
 
-    class FrozenFloat8Linear(Float8Linear):
-        """torchao's Float8Linear for a frozen weight: no weight gradient, input not saved."""
 
-        @classmethod
-        def from_float(cls, mod, config=None):
-            if any(p.requires_grad for p in mod.parameters()):
-                raise ValueError("FrozenFloat8Linear is for frozen layers; this one has a trainable parameter")
-            return super().from_float(mod, config=config)
+class FrozenFloat8Linear(nn.Module):
+    """A frozen nn.Linear whose matmuls run in float8 (train.fp8=frozen). The weight is quantized
+    once, here: `w8` (out x in, a scale per output channel) for the forward and `wt8` (its
+    transpose, a scale per input channel) for the input gradient. Those are plain attributes, not
+    buffers: state dicts, checkpoints and a dtype cast of the module (DeepSpeed's bf16) leave them
+    alone. `weight` and `bias` are the original Parameters, for checkpoints and nothing else."""
 
-        def forward(self, input: torch.Tensor) -> torch.Tensor:
-            if torch.is_autocast_enabled(input.device.type):  # the output dtype nn.Linear has under autocast
-                input = input.to(torch.get_autocast_dtype(input.device.type))
-            out = FrozenFloat8Matmul.apply(input, self.weight.t(), self.linear_mm_config, self.config)
-            return out if self.bias is None else out + self.bias.to(out.dtype)
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        if any(p.requires_grad for p in linear.parameters()):
+            raise ValueError("FrozenFloat8Linear is for frozen layers; this one has a trainable parameter")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        if linear.weight.is_cuda and (self.in_features % 16 or self.out_features % 16):
+            raise ValueError(
+                f"train.fp8=frozen: a {self.out_features}x{self.in_features} Linear; float8 matmuls need both "
+                "dimensions divisible by 16 (set train.fp8=none)"
+            )
+        self.weight, self.bias = linear.weight, linear.bias
+        with torch.no_grad():
+            self.w8, w_scale = quantize_rows(linear.weight)
+            self.wt8, wt_scale = quantize_rows(linear.weight.t())
+        self.w_scale, self.wt_scale = w_scale.t().contiguous(), wt_scale.t().contiguous()
 
-    _FROZEN_CLASS = FrozenFloat8Linear
-    return _FROZEN_CLASS
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(input.device.type):  # the output dtype nn.Linear has under autocast
+            input = input.to(torch.get_autocast_dtype(input.device.type))
+        out = FrozenFloat8Matmul.apply(input, self.w8, self.w_scale, self.wt8, self.wt_scale)
+        return out if self.bias is None else out + self.bias.to(out.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

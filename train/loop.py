@@ -31,7 +31,7 @@ from train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from train.compile import compile_frozen_modules
+from train.compile import compile_diffusion_layers, compile_frozen_modules
 from train.config import typed_section
 from train.data import batches, build_dataset, check_data_inputs, data_tokenizer
 from train.distributed import barrier, broadcast_object, init_distributed
@@ -54,8 +54,9 @@ class TrainConfig:
     micro_batch_size: int = 1  # packed rows per forward, per GPU
     grad_accum: int = 1  # micro-batches per optimizer step
     gradient_checkpointing: bool = False  # recompute each diffusion layer in backward
-    fp8: str = "none"  # frozen Linear layers in float8 via torchao: none | torchao | frozen (train/fp8.py)
+    fp8: str = "none"  # frozen Linear layers in float8: none | frozen | torchao (train/fp8.py)
     compile_frozen: bool = False  # torch.compile each layer's frozen MLP and norms (train/compile.py)
+    compile_diffusion: bool = False  # torch.compile the diffusion pass's per-layer math around attention
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     seed: int = 0  # random weights and block sampling
     checkpoint_every: int = 500  # steps; the last step is always saved
@@ -119,7 +120,7 @@ class Trainer:
             raise ValueError("train.precision=bf16 needs a GPU; on the CPU use train.precision=fp32 (or auto)")
         if t.fp8 != "none" and device.type != "cuda":
             raise ValueError(f"train.fp8={t.fp8} needs a GPU with FP8 tensor cores (H100, H200); set train.fp8=none")
-        if t.fp8 != "none":
+        if t.fp8 == "torchao":
             require_torchao()  # before the model is built
 
         self.pretrain = self.objective_cfg.kind == "next_token"
@@ -145,6 +146,8 @@ class Trainer:
             log.info("train.fp8=%s: %d frozen Linear layers run in float8", t.fp8, len(converted))
         if t.compile_frozen:
             compile_frozen_modules(self.model)
+        if t.compile_diffusion:
+            compile_diffusion_layers(self.model)
         self.block_size = self.model.config.block_size
         self.dataset = build_dataset(
             cfg.data,

@@ -28,6 +28,10 @@ one chunk's logits exist at a time, in forward and in backward. Two ways to get 
     matmul by the frozen lm_head weight) and kept (targets x hidden); backward only scales it:
     three lm_head matmuls per target and no recomputation. It needs a frozen, unpartitioned
     lm_head (not ZeRO-3).
+Eager, a chunk's softmaxes, KL and gradient are a dozen elementwise passes over its fp32
+(chunk x vocab) logits; `compile_loss=true` compiles the chunk function (either way of getting
+the gradient) so inductor fuses them into a few passes (compiled once for full chunks and once,
+dynamic, for other sizes).
 Each phase runs inside a `torch.profiler.record_function` range named in train.profile.
 """
 
@@ -60,6 +64,7 @@ class ObjectiveConfig:
     denoise_fill: str = "data"  # revealed slots hold the data token or the teacher's greedy token
     chunk_size: int = 1024  # targets per lm_head/loss chunk
     fused_loss: bool = False  # true: gradient of each chunk formed in its forward (no recomputation)
+    compile_loss: bool = False  # true: each chunk's lm_head + softmax + loss math through torch.compile
     attention: str = "auto"  # "flex" | "sdpa" | "auto" (flex on CUDA, sdpa on CPU)
     flex_block_size: int | None = None  # flex BlockMask tile (queries and keys); null: flex's default (128)
 
@@ -98,11 +103,18 @@ def teacher_pass(model, input_ids, position_ids, doc_ids) -> tuple[torch.Tensor,
 class DistillationObjective(nn.Module):
     """forward(batch, blocks) -> (loss, stats). A module so DDP/DeepSpeed can wrap it whole."""
 
-    def __init__(self, model, config: ObjectiveConfig, gradient_checkpointing: bool = False):
+    def __init__(
+        self, model, config: ObjectiveConfig, gradient_checkpointing: bool = False, compile_backend="inductor"
+    ):
+        """`compile_backend`: torch.compile's backend for compile_loss (the CPU tests trace without code generation)."""
         super().__init__()
         self.model = model
         self.config = config
         self.gradient_checkpointing = gradient_checkpointing
+        self.chunk_loss, self.fused_chunk_loss = self._chunk_loss, self._fused_chunk_loss
+        if config.compile_loss:
+            self.chunk_loss = torch.compile(self._chunk_loss, backend=compile_backend)
+            self.fused_chunk_loss = torch.compile(self._fused_chunk_loss, backend=compile_backend)
 
     def forward(self, batch: dict[str, torch.Tensor], blocks: DiffusionBlocks):
         model, cfg = self.model, self.config
@@ -134,9 +146,9 @@ class DistillationObjective(nn.Module):
             if grad and cfg.fused_loss:
                 chunk_loss, chunk_correct = FusedChunkLoss.apply(*args, self)
             elif grad:
-                chunk_loss, chunk_correct = checkpoint(self._chunk_loss, *args, use_reentrant=False)
+                chunk_loss, chunk_correct = checkpoint(self.chunk_loss, *args, use_reentrant=False)
             else:
-                chunk_loss, chunk_correct = self._chunk_loss(*args)
+                chunk_loss, chunk_correct = self.chunk_loss(*args)
             total = total + chunk_loss
             correct[part] = chunk_correct
         loss = total / weight.sum().clamp(min=torch.finfo(weight.dtype).tiny)
@@ -154,6 +166,24 @@ class DistillationObjective(nn.Module):
         with torch.no_grad():
             log_target, correct = self._log_target(logits, teacher, token)
         return (self._per_target(logp, log_target, token) * weight).sum(), correct
+
+    @torch.no_grad()
+    def _fused_chunk_loss(self, student, teacher, token, weight):
+        """(sum of weighted per-target losses, correct, d sum / d student) for one chunk, the
+        gradient formed here: d / d logits_t = w_t * (softmax(logits_t) - target_t) for both
+        KL(target || student) and CE (target = one-hot), times the frozen lm_head weight."""
+        head = self.model.lm_head.weight
+        logits = self.model.lm_head(student).float()
+        logp = F.log_softmax(logits, dim=-1)
+        log_target, correct = self._log_target(logits, teacher, token)
+        per_target = self._per_target(logp, log_target, token)
+        d_logits = logp.exp_()  # softmax(student) minus the target distribution, in place
+        if log_target is None:  # cross-entropy: the target is the data token's one-hot
+            d_logits[torch.arange(len(token), device=token.device), token] -= 1
+        else:
+            d_logits -= log_target.exp_()
+        d_logits *= weight[:, None]
+        return (per_target * weight).sum(), correct, (d_logits.to(head.dtype) @ head).to(student.dtype)
 
     def _log_target(self, logits, teacher, token):
         """(log of the distribution the student is pulled towards: the teacher's (KL), None for CE,
@@ -182,9 +212,8 @@ class DistillationObjective(nn.Module):
 
 class FusedChunkLoss(torch.autograd.Function):
     """One chunk's (weighted loss sum, correct) whose gradient with respect to the student hidden
-    states is computed in the forward: d sum_t w_t loss_t / d logits_t = w_t * (softmax(logits_t) -
-    target_t) for both KL(target || student) and CE (target = one-hot), times the frozen lm_head
-    weight. Backward scales the stored gradient; the logits are never recomputed."""
+    states is computed in the forward (DistillationObjective._fused_chunk_loss). Backward scales
+    the stored gradient; the logits are never recomputed."""
 
     @staticmethod
     def forward(ctx, student, teacher, token, weight, objective: "DistillationObjective"):
@@ -194,20 +223,10 @@ class FusedChunkLoss(torch.autograd.Function):
                 "objective.fused_loss=true needs a frozen lm_head whose weight is whole on every rank "
                 "(not partitioned by deepspeed=zero3): set objective.fused_loss=false"
             )
-        with torch.no_grad():
-            logits = objective.model.lm_head(student).float()
-            logp = F.log_softmax(logits, dim=-1)
-            log_target, correct = objective._log_target(logits, teacher, token)
-            per_target = objective._per_target(logp, log_target, token)
-            d_logits = logp.exp_()  # softmax(student) minus the target distribution, in place
-            if log_target is None:  # cross-entropy: the target is the data token's one-hot
-                d_logits[torch.arange(len(token), device=token.device), token] -= 1
-            else:
-                d_logits -= log_target.exp_()
-            d_logits *= weight[:, None]
-            ctx.save_for_backward((d_logits.to(head.dtype) @ head).to(student.dtype))
+        loss, correct, d_student = objective.fused_chunk_loss(student, teacher, token, weight)
+        ctx.save_for_backward(d_student)
         ctx.mark_non_differentiable(correct)
-        return (per_target * weight).sum(), correct
+        return loss, correct
 
     @staticmethod
     def backward(ctx, grad_loss, grad_correct):

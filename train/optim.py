@@ -2,7 +2,9 @@
 
 Only parameters with requires_grad enter the optimizer, so the frozen base gets neither
 gradients nor optimizer state (a third of the memory of full fine-tuning at 8B is Adam state).
-Matrices are weight-decayed; norm weights and biases are not, as usual.
+Matrices are weight-decayed; norm weights and biases are not, as usual. `fused`: torch's fused
+AdamW (one multi-tensor kernel for the whole update; DeepSpeed's torch_adam path gets it too),
+instead of the foreach one (a kernel per elementwise op over each tensor list).
 """
 
 import functools
@@ -22,6 +24,7 @@ class OptimConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # the cosine ends at min_lr_ratio * lr
     grad_clip: float | None = 1.0  # max global grad norm; None: no clipping
+    fused: bool = False  # torch's fused AdamW: one kernel per parameter chunk, not one per op per tensor list
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -44,7 +47,8 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    groups = param_groups(module, cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=cfg.fused or None)
 
 
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:

@@ -11,10 +11,16 @@ The objective and the backends mark their phases with `torch.profiler.record_fun
     train.backward            backward of the micro-batch (recomputation included)
     train.optimizer_step      clipping, optimizer and schedule (DeepSpeed: engine.step)
 
-A phase's time is read from the Chrome trace: on CUDA the GPU-side span of its range (first
-kernel start to last kernel end, the trace's "gpu_user_annotation" events), on the CPU the range
-itself. Per step, the trace also gives the GPU busy time (the union of kernel intervals) and the
-kernel count: a step whose GPU is idle for much of its wall time is launch- or host-bound.
+A phase's time is read from the Chrome trace. On CUDA a kernel belongs to a phase when the CPU
+call that launched it (its `cudaLaunchKernel`-like runtime event, matched by correlation id) lies
+inside the phase's CPU range, on any thread: the autograd engine launches the backward's kernels
+from its own device thread while the main thread waits inside `train.backward`, so the trace's
+per-thread "gpu_user_annotation" ranges would miss them. A phase's time is the GPU-side span of
+its kernels per range (first kernel start to last kernel end; ranges of one name counted once
+where they overlap), with its GPU busy time (union of the kernel intervals) and kernel count
+beside it. On the CPU the range itself is the time. Per step, the trace also gives the GPU busy
+time and the kernel count: a step whose GPU is idle for much of its wall time is launch- or
+host-bound.
 Outputs in the profile folder: trace.json.gz (open in chrome://tracing or Perfetto),
 breakdown.json and breakdown.md (ms per phase and share of the step, the ops with the most time).
 """
@@ -23,6 +29,7 @@ import gzip
 import json
 import shutil
 import time
+from bisect import bisect_left, bisect_right
 from pathlib import Path
 
 import torch
@@ -34,6 +41,7 @@ LOSS = "train.loss"
 BACKWARD = "train.backward"
 OPTIMIZER = "train.optimizer_step"
 PHASES = (TEACHER, DIFFUSION, ATTENTION, LOSS, BACKWARD, OPTIMIZER)
+LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")  # the CPU-side calls that launch kernels and copies
 TOP_OPS = 25
 
 
@@ -92,25 +100,49 @@ class StepProfiler:
 
 def breakdown(events: list[dict], step_times_s: list[float], steps: int, ops: list[dict]) -> dict:
     """Per-step phase times (ms and share of the mean step) from Chrome-trace events."""
-    gpu = any(e.get("cat") == "gpu_user_annotation" for e in events)
-    category = "gpu_user_annotation" if gpu else "user_annotation"
-    phase_us = dict.fromkeys(PHASES, 0.0)
+    ranges = {name: [] for name in PHASES}
     for e in events:
-        if e.get("cat") == category and e.get("name") in phase_us:
-            phase_us[e["name"]] += float(e.get("dur", 0.0))
+        if e.get("cat") == "user_annotation" and e.get("name") in ranges:
+            ranges[e["name"]].append((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0))))
+    kernels = [e for e in events if is_kernel(e)]
+    launched_at = {
+        e["args"]["correlation"]: float(e["ts"])
+        for e in events
+        if e.get("cat") in LAUNCH_CATEGORIES and "correlation" in e.get("args", {})
+    }
+    by_launch = sorted((launched_at[c], c, interval(k)) for k in kernels if (c := correlation(k)) in launched_at)
+    launch_times = [t for t, _, _ in by_launch]
     step_ms = 1e3 * sum(step_times_s) / len(step_times_s) if step_times_s else None
-    kernels = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0))) for e in events if is_kernel(e))
     phases = {}
-    for name, us in phase_us.items():
+    for name, windows in ranges.items():
+        if kernels:
+            spans, intervals = [], set()
+            for start, end in windows:
+                mine = [
+                    (c, k) for _, c, k in by_launch[bisect_left(launch_times, start) : bisect_right(launch_times, end)]
+                ]
+                intervals.update(mine)
+                if mine:
+                    spans.append((min(k[0] for _, k in mine), max(k[1] for _, k in mine)))
+            busy_us = union_length(sorted(k for _, k in intervals))
+            us, count = union_length(sorted(spans)), len(intervals)
+        else:
+            us, busy_us, count = union_length(sorted(windows)), None, None
         ms = us / 1e3 / steps
-        phases[name] = {"ms_per_step": ms, "share_of_step": ms / step_ms if step_ms else None}
+        phases[name] = {
+            "ms_per_step": ms,
+            "share_of_step": ms / step_ms if step_ms else None,
+            "gpu_busy_ms_per_step": busy_us / 1e3 / steps if busy_us is not None else None,
+            "kernels_per_step": count / steps if count is not None else None,
+        }
+    all_kernels = sorted(interval(k) for k in kernels)
     return {
-        "source": "cuda kernels (GPU-side ranges)" if gpu else "cpu ranges",
+        "source": "cuda kernels, by the range their launch lies in" if kernels else "cpu ranges",
         "profiled_steps": steps,
         "step_ms": step_ms,
         "step_ms_each": [1e3 * t for t in step_times_s],
         "phases": phases,
-        "gpu_busy_ms_per_step": union_length(kernels) / 1e3 / steps if kernels else None,
+        "gpu_busy_ms_per_step": union_length(all_kernels) / 1e3 / steps if kernels else None,
         "kernels_per_step": len(kernels) / steps if kernels else None,
         "top_ops": ops,
     }
@@ -118,6 +150,14 @@ def breakdown(events: list[dict], step_times_s: list[float], steps: int, ops: li
 
 def is_kernel(event: dict) -> bool:
     return event.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and event.get("ph") == "X"
+
+
+def correlation(event: dict) -> int | None:
+    return event.get("args", {}).get("correlation")
+
+
+def interval(event: dict) -> tuple[float, float]:
+    return float(event["ts"]), float(event["ts"]) + float(event.get("dur", 0.0))
 
 
 def union_length(intervals: list[tuple[float, float]]) -> float:
@@ -155,13 +195,15 @@ def markdown(result: dict) -> str:
         if step
         else f"Phases per optimizer step ({result['source']}).",
         "",
-        "| phase | ms / step | share of step |",
-        "|---|---:|---:|",
+        "| phase | ms / step | share of step | GPU busy ms / step | kernels / step |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, p in result["phases"].items():
         nested = "&nbsp;&nbsp;" if name == ATTENTION else ""
         share = f"{p['share_of_step']:.1%}" if p["share_of_step"] is not None else ""
-        lines.append(f"| {nested}{name} | {p['ms_per_step']:.1f} | {share} |")
+        busy = f"{p['gpu_busy_ms_per_step']:.1f}" if p.get("gpu_busy_ms_per_step") is not None else ""
+        count = f"{p['kernels_per_step']:.0f}" if p.get("kernels_per_step") is not None else ""
+        lines.append(f"| {nested}{name} | {p['ms_per_step']:.1f} | {share} | {busy} | {count} |")
     if result["gpu_busy_ms_per_step"] is not None:
         busy = result["gpu_busy_ms_per_step"]
         idle = f", idle {1 - busy / step:.1%} of the step" if step else ""
