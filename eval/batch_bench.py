@@ -21,6 +21,7 @@
 import torch
 
 from eval.decode_bench import PAPER_TOKENS_PER_ITERATION, kv_row_bytes, pass_weight_bytes
+from eval.report import markdown_table
 from eval.runner import serve_prompts
 from eval.timing import warm_prompts
 from models.shapes import shape_config
@@ -252,10 +253,11 @@ def serve_stats_rows(serving: list[dict]) -> list[dict]:
 
 
 def _table(spec: str, rows: list[dict]) -> list[str]:
-    """Markdown table lines; spec: "header=key[:format]" columns separated by "|"."""
+    """Markdown table lines (eval.report.markdown_table: a missing value is "–"); spec: "header=key[:format]"
+    columns separated by "|"."""
     columns = [(h, *(k.split(":", 1) + [""])[:2]) for h, k in (c.split("=") for c in spec.split("|"))]
-    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |", "|" + "---|" * len(columns)]
-    return lines + ["| " + " | ".join(format(r.get(k), f) for _, k, f in columns) + " |" for r in rows]
+    cells = [[None if r.get(k) is None else format(r[k], f) for _, k, f in columns] for r in rows]
+    return markdown_table([h for h, _, _ in columns], cells).splitlines()
 
 
 def markdown(results: dict) -> str:

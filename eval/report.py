@@ -167,8 +167,8 @@ def sampling_target_rows(reports: list[dict]) -> list[dict]:
             continue
         for r in rep["runs"]:
             g = greedy.get((rep["model"]["dtype"], r["benchmark"], r["block_size"]))
-            if r["block_size"] == 1 or g is None:
-                continue
+            if r["block_size"] == 1 or g is None or g["speedup"] is None or r["speedup"] is None:
+                continue  # no K = 1 run in one of the two reports: no speedup to compare
             t = sampling_target(r["tokens_per_iteration"], g["tokens_per_iteration"], g["speedup"])
             rows.append(
                 {

@@ -90,7 +90,7 @@ def decode_prompts(
     if getattr(decode_fn, "batch_size", 1) > 1:
         engine, request = decode_fn.engine(model), dict(sampling=sampling, eos_token_id=eos_token_id)
         return serve_prompts(
-            engine, prompts, block_size, max_new_tokens, seed=seed, progress=progress, clock=clock, **request
+            engine, prompts, block_size, max_new_tokens, seed=seed, progress=progress, clock=clock, desc=desc, **request
         )
     run = DecodeRun(block_size=block_size, results=[], timings=[])
     for i, ids in enumerate(tqdm(prompts, desc=desc, disable=not progress, leave=False)):

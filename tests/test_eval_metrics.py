@@ -155,7 +155,7 @@ def test_runner_needs_a_streaming_decode_fn(make_model):
 
 def test_sampling_target_pairs_each_sampled_run_with_its_greedy_run():
     """target = sampled tok/iter / greedy tok/iter x greedy speedup, the greedy run of the same dtype,
-    prompt set and K; K = 1 and runs without a greedy partner are left out."""
+    prompt set and K; K = 1, runs without a greedy partner and runs without a speedup are left out."""
 
     def report(name, dtype, temperature, runs):
         rows = [{"benchmark": b, "block_size": k, "tokens_per_iteration": t, "speedup": s} for b, k, t, s in runs]
@@ -170,8 +170,18 @@ def test_sampling_target_pairs_each_sampled_run_with_its_greedy_run():
         report("g16", "bfloat16", 0.0, [("he", 1, 1.0, 1.0), ("he", 16, 5.0, 2.5)]),
         report("g32", "float32", 0.0, [("he", 16, 4.0, 1.0)]),
         report("s16", "bfloat16", 0.6, [("he", 1, 1.0, 1.0), ("he", 16, 4.0, 1.8), ("other", 16, 3.0, 1.5)]),
+        report("f16", "float32", 0.6, [("he", 16, 3.0, None)]),  # no K = 1 run: no speedup, left out
     ]
     rows = sampling_target_rows(reports)
     assert [(r["run"], r["K"]) for r in rows] == [("s16", 16)]
     assert rows[0]["target"] == pytest.approx(sampling_target(4.0, 5.0, 2.5)) == pytest.approx(2.0)
     assert rows[0]["of target"] == pytest.approx(0.9)
+
+
+def test_batch_bench_tables_show_a_missing_value():
+    """bench_batch's bench.md: a value a run could not measure (no decode iteration: no slot occupancy)
+    is printed as "–", the way every other table here prints it, instead of failing the whole write."""
+    from eval.batch_bench import markdown
+
+    text = markdown({"iterations": [{"shape": "tiny", "context": 8, "block_size": 4, "batch_size": 2, "ms": 1.5}]})
+    assert "| tiny | 8 | 4 | 2 | 1.500 | – | – | – |" in text
