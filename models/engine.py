@@ -248,17 +248,17 @@ class OrthrusEngine:
 
     # --- the forward ----------------------------------------------------------------------------
 
-    def _logits(self, ids: torch.Tensor, mode: str, rows: slice | None, slots: slice) -> torch.Tensor | None:
+    def _logits(self, ids: torch.Tensor, mode: str, rows: slice, slots: slice) -> torch.Tensor:
         """One pass of the decoder over B blocks `ids` (B * T,), block b in cache slot slots.start + b at
         positions start[b]..start[b]+T-1 (ragged: each slot at its own length).
 
         mode "verify": the AR view; keys/values are written to the slot's cache rows start[b].. and each
         query sees its slot's cache up to itself. mode "draft": the diffusion view; its keys/values stay
         in a block buffer, and each query sees its slot's cache rows [0, start[b]) plus its whole block.
-        Returns the logits of `rows` of every block, block after block (None: skip the LM head).
+        Returns the logits of `rows` of every block, block after block.
         """
         x, residual = self._layers(ids, mode, slots)
-        return None if rows is None else self._head(x, residual, rows, slots.stop - slots.start)
+        return self._head(x, residual, rows, slots.stop - slots.start)
 
     def _layers(self, ids: torch.Tensor, mode: str, slots: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder layers of `_logits`' pass: the last layer's output and residual stream, (B * T, hidden)."""

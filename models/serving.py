@@ -206,7 +206,8 @@ class Server:
             e.start[slot].clamp_(max=e.cache.max_seq_len - self.K)
             r.result.ar_forwards += 1
             if r.seed is not None:
-                e.rng[slot].copy_(_to_device(torch.tensor([r.seed, 0]), e.device))
+                e.rng[slot, 0].fill_(r.seed)  # generator row [seed, iteration 0], written on the device
+                e.rng[slot, 1].zero_()
             e.last[slot : slot + 1].copy_(e.first_token(logits, r.sampling, slot))
             r.slot, self.slots[slot] = slot, r
             if not len(self.reader):  # nothing in flight: reading the token now stalls nothing
