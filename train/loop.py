@@ -124,7 +124,7 @@ class Trainer:
             require_torchao()  # before the model is built
 
         self.pretrain = self.objective_cfg.kind == "next_token"
-        if self.pretrain and (cfg.resume or self.ds_cfg.zero_stage == 3 and self.ds_cfg.enabled):
+        if self.pretrain and (cfg.resume or zero3):
             raise ValueError(
                 "objective.kind=next_token writes only the final base: it cannot resume=, and with "
                 "deepspeed=zero3 the base is partitioned at export; use deepspeed=none or zero2"

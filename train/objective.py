@@ -176,12 +176,13 @@ class DistillationObjective(nn.Module):
         logits = self.model.lm_head(student).float()
         logp = F.log_softmax(logits, dim=-1)
         log_target, correct = self._log_target(logits, teacher, token)
-        per_target = self._per_target(logp, log_target, token)
+        target = None if log_target is None else log_target.exp()
+        per_target = self._per_target(logp, log_target, token, target)
         d_logits = logp.exp_()  # softmax(student) minus the target distribution, in place
-        if log_target is None:  # cross-entropy: the target is the data token's one-hot
+        if target is None:  # cross-entropy: the target is the data token's one-hot
             d_logits[torch.arange(len(token), device=token.device), token] -= 1
         else:
-            d_logits -= log_target.exp_()
+            d_logits -= target
         d_logits *= weight[:, None]
         return (per_target * weight).sum(), correct, (d_logits.to(head.dtype) @ head).to(student.dtype)
 
@@ -192,10 +193,12 @@ class DistillationObjective(nn.Module):
         correct = logits.argmax(-1) == teacher_logits.argmax(-1)
         return (F.log_softmax(teacher_logits, dim=-1) if self.config.loss == "kl" else None), correct
 
-    def _per_target(self, logp, log_target, token):
-        """KL(teacher || student) or cross-entropy on the data token, per target."""
+    def _per_target(self, logp, log_target, token, target=None):
+        """KL(teacher || student) or cross-entropy on the data token, per target. target: the teacher's
+        probabilities, log_target.exp(), where the caller has them already."""
         if self.config.loss == "kl":
-            return (log_target.exp() * (log_target - logp)).sum(-1)
+            target = log_target.exp() if target is None else target
+            return (target * (log_target - logp)).sum(-1)
         return -logp.gather(-1, token[:, None]).squeeze(-1)
 
     @torch.no_grad()

@@ -177,11 +177,7 @@ def top_ops(prof, cuda: bool, steps: int) -> list[dict]:
     """The ops (and kernels) with the most self time per step: device time on CUDA, else CPU."""
     rows = []
     for evt in prof.key_averages():
-        if cuda:
-            us = getattr(evt, "self_device_time_total", None)
-            us = getattr(evt, "self_cuda_time_total", 0.0) if us is None else us
-        else:
-            us = evt.self_cpu_time_total
+        us = evt.self_device_time_total if cuda else evt.self_cpu_time_total
         if us > 0 and evt.key not in PHASES and not evt.key.startswith("ProfilerStep"):
             rows.append({"name": evt.key, "ms_per_step": us / 1e3 / steps, "calls_per_step": evt.count / steps})
     return sorted(rows, key=lambda r: -r["ms_per_step"])[:TOP_OPS]
