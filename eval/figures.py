@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-from eval.paper_tables import PaperNumbers, largest_k_rows, report_label  # noqa: E402
+from eval.paper_tables import PaperNumbers, largest_k_rows, report_label, report_temperature  # noqa: E402
 
 
 def save_figure(fig, path: Path, dpi: int = 120) -> Path:
@@ -35,7 +35,7 @@ def tpf_by_benchmark(reports: list[dict], paper: PaperNumbers, path: Path) -> Pa
     """Grouped bars: the paper's TPF (tokens / all forward passes) at each model's largest K, per
     benchmark; the paper's values at the same temperature as markers."""
     per_model = {report_label(r): {row["benchmark"]: row["tpf"] for row in largest_k_rows(r)} for r in reports}
-    temps = {report_label(r): r["config"]["decode"]["temperature"] for r in reports}
+    temps = {report_label(r): report_temperature(r) for r in reports}
     benchmarks = sorted({b for tpf in per_model.values() for b in tpf})
     if not benchmarks:
         return None

@@ -78,7 +78,7 @@ def test_batched_greedy_equals_unbatched(base_dir, prompts_file, tmp_path, chat)
         shard_size=3,
         device="cpu",
     )
-    records = [json.loads(line) for f in sorted(out.glob("train-*.jsonl")) for line in f.read_text().splitlines()]
+    records = [json.loads(line) for line in _records(out)]
     assert len(records) == 5 and manifest["records"] == 5 and len(manifest["shards"]) == 2
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     for prompt, record in zip(PROMPTS, records):
