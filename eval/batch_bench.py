@@ -115,7 +115,12 @@ def serving_points(
         serve_prompts(engine, warm, K, min(max_new_tokens, 2 * K + 1), progress=False)
     points = []
     for B in batch_sizes:
-        row = {"batch_size": B, "block_size": block_size, "num_prompts": len(prompts)}
+        row = {
+            "batch_size": B,
+            "block_size": block_size,
+            "num_prompts": len(prompts),
+            "graph_prefill": engine.graph_prefill,
+        }
         for K, name in ((1, "ar"), (block_size, "orthrus")):
             if not budget():
                 log(f"budget spent: stopping before B {B} {name}")

@@ -6,7 +6,7 @@ projections and memory per request. Writes bench.json (with provenance), bench.m
     PYTHONUNBUFFERED=1 python -m scripts.bench_batch --out results/engine_batch_h200_<date> --budget-s 400
     TRITON_INTERPRET=1 python -m scripts.bench_batch --shapes tiny --ctx 32 --ks 4 --batch-sizes 1,2 \
         --small '' --out /tmp/bb  # CPU smoke
-    python -m scripts.bench_batch --shapes '' --graph-prefill --out /tmp/serve  # the serving part alone
+    python -m scripts.bench_batch --shapes '' --out /tmp/serve  # the serving part alone
 
 --budget-s bounds the whole run: no new point starts once it is spent (the shapes part gets
 --shapes-share of it), and what was measured is written.
@@ -61,9 +61,10 @@ def parse_args():
     p.add_argument("--small-new-tokens", type=int, default=256)
     p.add_argument("--small-limit", type=int, default=None, help="first N HumanEval prompts (default: all 164)")
     p.add_argument(
-        "--graph-prefill",
+        "--eager-prefill",
         action="store_true",
-        help="the small model's engine prefills through captured graphs (OrthrusEngine graph_prefill)",
+        help="the small model's engine prefills eagerly (OrthrusEngine graph_prefill=False; default: the engine's, "
+        "through captured graphs on a GPU)",
     )
     p.add_argument("--budget-s", type=float, default=400)
     p.add_argument("--shapes-share", type=float, default=0.6, help="share of the budget for the shapes part")
@@ -138,7 +139,7 @@ def main():
                 model,
                 max(map(len, prompts)) + args.small_new_tokens + args.small_k,
                 max_batch_size=max(batch_sizes),
-                graph_prefill=args.graph_prefill,
+                graph_prefill=False if args.eager_prefill else None,
             )
             results["serving"] = serving_points(
                 engine, prompts, args.small_k, batch_sizes, args.small_new_tokens, budget.left, log
