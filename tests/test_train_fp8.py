@@ -1,7 +1,9 @@
 """train.fp8: which layers run in float8, that training still reaches the same trainable
 parameters, and FrozenFloat8Linear's math (weights quantized once, activations per call, input
-gradient only) against an fp64 reference with the same e4m3 rounding. torch._scaled_mm runs on
-the CPU; torchao's mode uses its `emulate` casts here."""
+gradient only) against an fp64 reference with the same e4m3 rounding. FrozenFloat8Linear's tests run
+on the GPU where there is one (its real kernel), else on the CPU where torch._scaled_mm's CPU kernel
+takes rowwise scales (not in every supported torch: those tests are then skipped, saying why);
+torchao's mode uses its `emulate` casts here."""
 
 import pytest
 import torch
@@ -12,6 +14,24 @@ from tests.test_train_objective import blocks_for, packed_batch
 from train.fp8 import E4M3, FP8_MODES, FrozenFloat8Linear, convert_frozen_linears, frozen_linear_names
 from train.loop import TrainConfig, Trainer
 from train.objective import DistillationObjective, ObjectiveConfig
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def rowwise_scaled_mm_runs(device: torch.device) -> bool:
+    """Whether torch._scaled_mm takes one scale per row on `device` (torch 2.11's CPU kernel takes
+    per-tensor scales only)."""
+    a = torch.ones(16, 16, device=device).to(E4M3)
+    ones = torch.ones(16, 1, device=device)
+    try:
+        torch._scaled_mm(a, a.t(), scale_a=ones, scale_b=ones.t(), out_dtype=torch.bfloat16)
+    except RuntimeError:
+        return False
+    return True
+
+
+ROWWISE = rowwise_scaled_mm_runs(DEVICE)
+needs_rowwise = pytest.mark.skipif(not ROWWISE, reason=f"torch._scaled_mm has no rowwise form on {DEVICE} here")
 
 
 def test_fp8_mode_is_checked_and_needs_a_gpu(tmp_path):
@@ -49,6 +69,8 @@ def test_conversion_touches_only_frozen_layers_and_keeps_the_trainable_parameter
         pytest.importorskip("torchao.float8")
         from torchao.float8.float8_linear import Float8Linear as converted_class
     else:
+        if not rowwise_scaled_mm_runs(torch.device("cpu")):  # the tiny model's shapes are CPU-only
+            pytest.skip("torch._scaled_mm has no rowwise form on the CPU here")
         converted_class = FrozenFloat8Linear
 
     model = make_model(seed=1, block_size=8)
@@ -80,15 +102,18 @@ def e4m3_rows(t: torch.Tensor) -> torch.Tensor:
     return (t.double() / scale).to(E4M3).double() * scale
 
 
+@needs_rowwise
 def test_frozen_float8_linear_matches_an_emulated_reference():
     """Forward: x and W rounded to e4m3 per row (W per output channel); input gradient: grad_out
     per row and W^T per input channel; fp64 products, bf16 outputs. The outputs are float8 results
     (they differ from the plain matmul), so the comparison can fail."""
     torch.manual_seed(0)
-    plain = nn.Linear(64, 48, bias=True).requires_grad_(False)
+    plain = nn.Linear(64, 48, bias=True, device=DEVICE).requires_grad_(False)
     layer = FrozenFloat8Linear(plain)
-    x = (torch.randn(2, 5, 64) * torch.logspace(-2, 2, 64)).requires_grad_(True)  # rows of wide range
-    grad_out = torch.randn(2, 5, 48)
+    x = (torch.randn(2, 5, 64, device=DEVICE) * torch.logspace(-2, 2, 64, device=DEVICE)).requires_grad_(
+        True
+    )  # rows of wide range
+    grad_out = torch.randn(2, 5, 48, device=DEVICE)
     y = layer(x)
     y.backward(grad_out)
     w = plain.weight
@@ -121,13 +146,14 @@ def cuda_layout_scaled_mm(real):
     return scaled_mm
 
 
+@needs_rowwise
 def test_frozen_float8_linear_meets_the_cuda_kernels_layout(monkeypatch):
     """Forward and input gradient with a non-contiguous input and an expanded output gradient
     (what `.sum().backward()` sends); the check itself fails on a transposed weight copy."""
     monkeypatch.setattr(torch, "_scaled_mm", cuda_layout_scaled_mm(torch._scaled_mm))
     torch.manual_seed(3)
-    layer = FrozenFloat8Linear(nn.Linear(32, 48, bias=False).requires_grad_(False))
-    x = torch.randn(32, 16).t().requires_grad_(True)  # (16, 32), column-major
+    layer = FrozenFloat8Linear(nn.Linear(32, 48, bias=False, device=DEVICE).requires_grad_(False))
+    x = torch.randn(32, 16, device=DEVICE).t().requires_grad_(True)  # (16, 32), column-major
     layer(x).sum().backward()
     assert x.grad.shape == (16, 32)
     with pytest.raises(AssertionError, match="column-major"):
@@ -135,11 +161,12 @@ def test_frozen_float8_linear_meets_the_cuda_kernels_layout(monkeypatch):
                          scale_b=torch.ones(1, 32), out_dtype=torch.bfloat16)  # fmt: skip
 
 
+@needs_rowwise
 def test_frozen_float8_linear_quantizes_its_weight_once_and_saves_no_input():
     torch.manual_seed(1)
-    plain = nn.Linear(32, 16, bias=False).requires_grad_(False)
+    plain = nn.Linear(32, 16, bias=False, device=DEVICE).requires_grad_(False)
     layer = FrozenFloat8Linear(plain)
-    x = torch.randn(3, 32)
+    x = torch.randn(3, 32, device=DEVICE)
     before = layer(x)
     with torch.no_grad():
         plain.weight.mul_(2)  # what the layer computes was fixed at conversion
@@ -149,22 +176,24 @@ def test_frozen_float8_linear_quantizes_its_weight_once_and_saves_no_input():
     assert layer.w8.dtype == E4M3 and layer.w_scale.dtype == torch.float32
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        layer(torch.randn(4, 32, requires_grad=True))
+        layer(torch.randn(4, 32, device=DEVICE, requires_grad=True))
     assert [t.dtype for t in saved] == [E4M3, torch.float32]  # the transposed float8 weight and its scales
     assert saved[0] is layer.wt8
-    zero = layer(torch.zeros(2, 32))
+    zero = layer(torch.zeros(2, 32, device=DEVICE))
     assert torch.equal(zero, torch.zeros_like(zero))  # an all-zero row: zeros, no NaN from its scale
     with pytest.raises(ValueError, match="for frozen layers"):
         FrozenFloat8Linear(nn.Linear(32, 16))
 
 
+@needs_rowwise
 def test_frozen_float8_linear_traces_inside_a_compiled_module():
     """train.compile_frozen compiles the MLPs around these layers: dynamo traces the autograd
     Function (forward and backward) and gives the same outputs and input gradients."""
     torch.manual_seed(2)
-    mlp = nn.Sequential(nn.Linear(32, 64, bias=False), nn.SiLU(), nn.Linear(64, 32, bias=False)).requires_grad_(False)
+    mlp = nn.Sequential(nn.Linear(32, 64, bias=False), nn.SiLU(), nn.Linear(64, 32, bias=False)).to(DEVICE)
+    mlp.requires_grad_(False)
     mlp[0], mlp[2] = FrozenFloat8Linear(mlp[0]), FrozenFloat8Linear(mlp[2])
-    x = torch.randn(6, 32, requires_grad=True)
+    x = torch.randn(6, 32, device=DEVICE, requires_grad=True)
     mlp(x).square().sum().backward()
     eager_out, eager_grad = mlp(x).detach(), x.grad.clone()
     x.grad = None
