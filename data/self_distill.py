@@ -53,9 +53,8 @@ from transformers import GenerationMixin
 
 from data._io import atomic_open, atomic_write_text
 from data.datasets import load_raw_dataset
-from models.checkpoint import load_orthrus
+from models.checkpoint import load_ar_view
 from models.engine import OrthrusEngine
-from models.orthrus import DIFFUSION_MODULES
 from models.sampling import SamplingParams
 from models.serving import Server, serve_all
 
@@ -113,8 +112,9 @@ def load_base(model_name_or_path: str | os.PathLike, *, dtype: str = "auto", dev
     decoder="hf": the checkpoint as `transformers` loads it. decoder="fast": an `OrthrusForCausalLM`
     (what the engine decodes) over the same weights, for K = 1 only: a plain Qwen3 checkpoint gets
     placeholder block_size / mask_token_id (K = 1 drafts nothing; the mask id only pads prefill
-    chunks, after the real tokens), and every diffusion-view module is the AR view's own module, so
-    the view costs no memory (a merged Orthrus checkpoint's trained view is dropped the same way).
+    chunks, after the real tokens), and every diffusion-view module is the AR view's own module
+    (`models.checkpoint.load_ar_view`), so the view is never allocated (a merged Orthrus checkpoint's
+    trained view is not read).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -136,10 +136,7 @@ def load_base(model_name_or_path: str | os.PathLike, *, dtype: str = "auto", dev
     if decoder == "hf":
         model = AutoModelForCausalLM.from_pretrained(name, dtype=_resolve_dtype(dtype, dev)).to(dev).eval()
         return model, tokenizer
-    model = load_orthrus(name, block_size=2, mask_token_id=0, dtype=_resolve_dtype(dtype, dev), device=dev)
-    for layer in model.model.layers:
-        for module in DIFFUSION_MODULES:
-            setattr(layer.self_attn, module, getattr(layer.self_attn, module.removesuffix("_diff")))
+    model = load_ar_view(name, block_size=2, mask_token_id=0, dtype=_resolve_dtype(dtype, dev), device=dev)
     return model, tokenizer
 
 

@@ -27,6 +27,7 @@ import torch
 from transformers import GenerationMixin
 
 from data._io import atomic_write_text
+from eval.bench_run import run_phase, save_results
 from eval.fidelity import greedy_divergence, small_model_divergence
 from eval.metrics import free_memory
 from eval.provenance import provenance, source_hash
@@ -322,16 +323,9 @@ def run_shape(name, args, device, clock, budget, bw, log, checkpoint) -> dict:
         "attn_implementation": model.config._attn_implementation,
     }
 
-    def phase(key, fn):
-        if not budget.left():
-            log(f"[{name}] budget spent: skipping {key}")
-            return
-        try:
-            res[key] = fn()
-        except Exception:  # noqa: BLE001  report and go on
-            res.setdefault("errors", {})[key] = traceback.format_exc()
-            log(f"[{name}] {key} FAILED:\n{res['errors'][key]}")
-        checkpoint(res)
+    phase = functools.partial(
+        run_phase, results=res, save=lambda: checkpoint(res), log=lambda msg: log(f"[{name}] {msg}"), budget=budget
+    )
 
     skip = set(args.skip.split(","))
     engine_len = max(max(int(c) for c in args.ctx.split(",")), 256 + args.new_tokens) + max(ks) + 64
@@ -513,7 +507,7 @@ def render(results: dict, ks: list[int], out: Path) -> None:
 def write_outputs(results: dict, ks: list[int], out: Path) -> None:
     """bench.json (the measurements), bench.md and bench.png under `out`."""
     render(results, ks, out)
-    atomic_write_text(out / "bench.json", json.dumps(results, indent=1, default=str))
+    save_results(out, results)
 
 
 def run_benchmark(args, out: Path, log) -> dict:
@@ -541,7 +535,7 @@ def run_benchmark(args, out: Path, log) -> dict:
 
     def checkpoint(res):
         """The results so far, with the unfinished shape, as JSON only (a run killed mid-shape keeps them)."""
-        atomic_write_text(out / "bench.json", json.dumps({**results, "unfinished_shape": res}, indent=1, default=str))
+        save_results(out, {**results, "unfinished_shape": res})
 
     for name in args.shapes.split(","):
         if not budget.left():

@@ -58,12 +58,7 @@ def load_orthrus(
         else meta.get("mask_token_id", getattr(source_config, "mask_token_id", None)),
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    fields = {
-        k: v
-        for k, v in source_config.to_dict().items()
-        if k not in ("model_type", "transformers_version", "architectures", "auto_map")
-    }
-    config = OrthrusConfig(**{**fields, **overrides})
+    config = OrthrusConfig(**{**_config_fields(source_config), **overrides})
     # A plain Qwen3 checkpoint has no diffusion tensors; transformers reports them as missing,
     # which is expected here: they are set from the AR view right after.
     verbosity = hf_logging.get_verbosity()
@@ -81,6 +76,47 @@ def load_orthrus(
         load_diffusion_view(model, diffusion)
     model.requires_grad_(False)
     return model.to(device).eval()
+
+
+def load_ar_view(
+    base: str,
+    *,
+    block_size: int,
+    mask_token_id: int,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "auto",
+    attn_implementation: str = "sdpa",
+) -> OrthrusForCausalLM:
+    """`base` (Qwen3 or merged Orthrus) as an Orthrus model whose diffusion view IS its AR view
+    (`OrthrusForCausalLM.share_ar_view`): only the AR weights are read and allocated, a merged
+    checkpoint's trained view is skipped. For decoding at K = 1, which never runs the view (the
+    self-distillation data's fast decoder); block_size / mask_token_id then only fill the config."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    device = resolve_device(device)
+    fields = _config_fields(_load_config(base))
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a merged checkpoint's diffusion tensors are unexpected here: skipped
+    try:
+        ar = Qwen3ForCausalLM.from_pretrained(
+            base, config=Qwen3Config(**fields), dtype=dtype, attn_implementation=attn_implementation
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    config = OrthrusConfig(**{**_config_fields(ar.config), "block_size": block_size, "mask_token_id": mask_token_id})
+    config._attn_implementation = ar.config._attn_implementation
+    with torch.device("meta"):  # the Orthrus wrapper only: its modules are replaced by the loaded ones
+        model = OrthrusForCausalLM(config)
+    model.model, model.lm_head, model.generation_config = ar.model, ar.lm_head, ar.generation_config
+    model.share_ar_view()
+    model.requires_grad_(False)
+    return model.to(device).eval()
+
+
+def _config_fields(config) -> dict:
+    """A checkpoint config's model fields, without what names its class."""
+    drop = ("model_type", "transformers_version", "architectures", "auto_map")
+    return {k: v for k, v in config.to_dict().items() if k not in drop}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

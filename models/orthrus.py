@@ -85,6 +85,16 @@ class OrthrusForCausalLM(Qwen3ForCausalLM):
             for name in DIFFUSION_MODULES:
                 getattr(attn, name).load_state_dict(getattr(attn, name.removesuffix("_diff")).state_dict())
 
+    def share_ar_view(self) -> None:
+        """Make every diffusion-view module the AR view's module of the same name (q_proj_diff *is*
+        q_proj, ...): drafts then run the base's own attention and the view holds no weights of its
+        own. For decoding at K = 1 (which never runs the view) without paying for it; see
+        `models.checkpoint.load_ar_view`."""
+        for layer in self.model.layers:
+            attn = layer.self_attn
+            for name in DIFFUSION_MODULES:
+                setattr(attn, name, getattr(attn, name.removesuffix("_diff")))
+
     # --- diffusion pass ---------------------------------------------------------------------
 
     def diffusion_hidden_states(

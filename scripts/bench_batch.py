@@ -14,14 +14,11 @@ projections and memory per request. Writes bench.json (with provenance), bench.m
 
 import argparse
 import functools
-import json
 import time
-import traceback
 from pathlib import Path
 
 import torch
 
-from data._io import atomic_write_text
 from eval.batch_bench import (
     BATCH_SIZES,
     DEVICE_PEAKS,
@@ -33,6 +30,7 @@ from eval.batch_bench import (
     serving_points,
     targets,
 )
+from eval.bench_run import run_phase, save_results
 from eval.decode_bench import Budget, build_model, profile_verify
 from eval.figures import batch_figure
 from eval.metrics import free_memory
@@ -88,18 +86,8 @@ def main():
     def log(msg):
         print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
 
-    def save():
-        atomic_write_text(out / "bench.json", json.dumps(results, indent=1, default=str))
-        atomic_write_text(out / "bench.md", markdown(results))
-        batch_figure(results, out / "bench.png")
-
-    def phase(key, fn):
-        try:
-            fn()
-        except Exception:  # noqa: BLE001  one GPU call returns what it can
-            results.setdefault("errors", {})[key] = traceback.format_exc()
-            log(results["errors"][key])
-        save()
+    save = functools.partial(save_results, out, results, markdown, batch_figure)
+    phase = functools.partial(run_phase, results=results, save=save, log=log, keep=False)  # parts fill results
 
     shapes_left = lambda: budget.elapsed() < args.shapes_share * args.budget_s  # noqa: E731
     for shape in filter(None, args.shapes.split(",")):  # --shapes '': the serving part alone

@@ -16,13 +16,11 @@
 import argparse
 import functools
 import json
-import time
-import traceback
 from pathlib import Path
 
 import torch
 
-from data._io import atomic_write_text
+from eval.bench_run import run_phase, save_results
 from eval.decode_bench import build_model
 from eval.metrics import free_memory
 from eval.prompts import humaneval_ids
@@ -58,18 +56,8 @@ def main():
     clock = functools.partial(median_ms, device=device)  # clock(fn, reps, after=...) -> median ms
     results = {**provenance(device), "shape": args.shape}
 
-    def save():
-        atomic_write_text(out / "bench.json", json.dumps(results, indent=1, default=str))
-
-    def phase(key, fn):
-        t0 = time.time()
-        try:
-            results[key] = fn()
-        except Exception:  # noqa: BLE001  keep the other phases' results
-            results.setdefault("errors", {})[key] = traceback.format_exc()
-            print(results["errors"][key], flush=True)
-        print(f"[{key}] {time.time() - t0:.0f}s", flush=True)
-        save()
+    save = functools.partial(save_results, out, results)
+    phase = functools.partial(run_phase, results=results, save=save, log=functools.partial(print, flush=True))
 
     def shape():
         model = build_model(args.shape, device)

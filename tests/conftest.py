@@ -59,6 +59,20 @@ def qwen3_dir(tmp_path):
     return tmp_path / "qwen3"
 
 
+@pytest.fixture
+def counting_backend():
+    """A torch.compile backend that appends each graph dynamo captures to `counting_backend.graphs`
+    and runs it through AOTAutograd as inductor does, without code generation (seconds on the CPU)."""
+    from torch._dynamo.backends.registry import lookup_backend
+
+    def backend(gm, example_inputs):
+        backend.graphs.append(gm)
+        return lookup_backend("aot_eager")(gm, example_inputs)
+
+    backend.graphs = []
+    return backend
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models are dispatch-bound: a second thread only contends with other test runs."""

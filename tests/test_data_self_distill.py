@@ -13,8 +13,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3
 from data.corpus import build_corpus
 from data.datasets import load_tokenized_dataset
 from data.packing import PackedDataset
-from data.self_distill import MANIFEST, eos_token_ids, generate_responses
+from data.self_distill import MANIFEST, eos_token_ids, generate_responses, load_base, serve_batch
 from data.tokenizer import train_tokenizer
+from models.engine import OrthrusEngine
+from models.sampling import SamplingParams
 from tests.tiny import TINY_QWEN3
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -279,6 +281,54 @@ def test_fast_decoder_writes_what_hf_writes(eos_base_dir, prompts_file, tmp_path
     monkeypatch.setattr(Server, "__iter__", mixed_up)
     generate_responses(eos_base_dir, prompts_file, tmp_path / "broken", decoder="fast", **kwargs)
     assert _records(tmp_path / "broken") != _records(tmp_path / "hf")
+
+
+def test_fast_base_shares_the_ar_view_without_allocating_a_copy(base_dir):
+    """load_base(decoder="fast"): every diffusion-view module is the AR module, loading allocates what the
+    plain Qwen3 does (torch.profiler's count of allocated bytes), not the view's copy as well, and the engine
+    at K = 1 decodes, greedy and sampled, token for token what it decodes over the view copied from the AR
+    view and then replaced by it (the construction this one saves)."""
+    from models.checkpoint import load_orthrus
+    from models.orthrus import DIFFUSION_MODULES, is_diffusion_param
+
+    def allocated_bytes(load):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+            model = load()
+        return model, sum(e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage > 0)
+
+    def copied_then_replaced():
+        model = load_orthrus(str(base_dir), block_size=2, mask_token_id=0, device="cpu")
+        view = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if is_diffusion_param(n))
+        model.share_ar_view()
+        return model, view
+
+    (model, tokenizer), fast_bytes = allocated_bytes(lambda: load_base(base_dir, decoder="fast", device="cpu"))
+    _, plain_bytes = allocated_bytes(lambda: AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32))
+    (reference, view_bytes), copy_bytes = allocated_bytes(copied_then_replaced)
+    assert fast_bytes - plain_bytes < 0.1 * view_bytes  # no copy of the view
+    assert copy_bytes - plain_bytes > 0.9 * view_bytes  # the count sees one where it is made
+    attn = model.model.layers[0].self_attn
+    assert all(getattr(attn, m) is getattr(attn, m.removesuffix("_diff")) for m in DIFFUSION_MODULES)
+    assert reference.config.to_dict() == model.config.to_dict()
+
+    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    for sampling, seeds in (
+        (SamplingParams(), [None] * len(prompts)),
+        (SamplingParams(1.0), list(range(len(prompts)))),
+    ):
+        answers = [
+            serve_batch(
+                OrthrusEngine(m, 64, max_batch_size=2, block_sizes=(1,)),
+                prompts,
+                seeds,
+                batch_size=2,
+                max_new_tokens=MAX_NEW,
+                sampling=sampling,
+                eos_ids=eos_token_ids(m, tokenizer),
+            )
+            for m in (model, reference)
+        ]
+        assert answers[0] == answers[1] and all(len(a) == MAX_NEW for a in answers[0])
 
 
 def test_fast_sampling_reproducible_across_resume(base_dir, tmp_path, monkeypatch):

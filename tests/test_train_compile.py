@@ -4,7 +4,6 @@ gradients (the "eager" backend traces with dynamo without code generation: secon
 
 import pytest
 import torch
-from torch._dynamo.backends.registry import lookup_backend
 
 from tests.test_train_objective import blocks_for, loss_and_grads, packed_batch
 from train.compile import COMPILED, compile_diffusion_layers, compile_frozen_modules
@@ -37,7 +36,9 @@ def test_compile_refuses_trainable_modules(make_model):
 
 
 @pytest.mark.parametrize("gradient_checkpointing", [False, True])
-def test_compiled_diffusion_layers_give_the_same_loss_and_gradients(make_model, gradient_checkpointing):
+def test_compiled_diffusion_layers_give_the_same_loss_and_gradients(
+    make_model, counting_backend, gradient_checkpointing
+):
     """Same loss and gradients, with and without recomputation; the graphs do not grow with the
     layers (a recompile per layer would hit dynamo's recompile limit at 28-36 layers)."""
     model = make_model(seed=0, block_size=8, num_hidden_layers=4)
@@ -45,21 +46,15 @@ def test_compiled_diffusion_layers_give_the_same_loss_and_gradients(make_model, 
     batch = packed_batch(seed=1)
     blocks = blocks_for(batch, 8, seed=1)
     ref_loss, _, ref_grads = loss_and_grads(model, batch, blocks)
-    graphs = []
-
-    def backend(gm, example_inputs):  # counts the graphs; AOTAutograd as inductor's, without code generation
-        graphs.append(gm)
-        return lookup_backend("aot_eager")(gm, example_inputs)
-
     torch._dynamo.reset()
-    compile_diffusion_layers(model, backend=backend)
+    compile_diffusion_layers(model, backend=counting_backend)
     objective = DistillationObjective(model, ObjectiveConfig(attention="sdpa"), gradient_checkpointing)
     loss, _ = objective(batch, blocks)
     loss.backward()
     grads = [p.grad.clone() for _, p in model.diffusion_named_parameters()]
     # diffusion_qkv and diffusion_out, each compiled twice: for the first layer (its input, the
     # frozen embedding, needs no gradient) and once for the three others
-    assert len(graphs) == 4
+    assert len(counting_backend.graphs) == 4
     torch.testing.assert_close(loss.detach(), ref_loss, rtol=1e-6, atol=1e-6)
     for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-7)

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from torch._dynamo.backends.registry import lookup_backend
 from transformers import DynamicCache
 
 import train.objective as objective_module
@@ -199,29 +198,23 @@ def test_chunked_loss_equals_dense_loss(make_model, kind, decay):
 
 
 @pytest.mark.parametrize("kind", ["kl", "ce"])
-def test_compiled_loss_chunks_give_the_same_loss_and_gradients(make_model, kind):
+def test_compiled_loss_chunks_give_the_same_loss_and_gradients(make_model, counting_backend, kind):
     """objective.compile_loss: the chunk functions (checkpointed and fused) run through dynamo (the
     graphs it captured are counted) and give the eager loss and gradients, partial chunk included."""
     model = make_model(seed=2, block_size=8)
     model.freeze_base()
     batch = packed_batch(seed=2)
     blocks = blocks_for(batch, 8, seed=2)
-    graphs = []
-
-    def backend(gm, example_inputs):  # counts the graphs; AOTAutograd as inductor's, without code generation
-        graphs.append(gm)
-        return lookup_backend("aot_eager")(gm, example_inputs)
-
     for fused in (False, True):
         ref_loss, _, ref_grads = loss_and_grads(model, batch, blocks, loss=kind, chunk_size=3, fused_loss=fused)
         torch._dynamo.reset()
-        graphs.clear()
+        counting_backend.graphs.clear()
         config = ObjectiveConfig(attention="sdpa", loss=kind, chunk_size=3, fused_loss=fused, compile_loss=True)
-        loss, _ = DistillationObjective(model, config, compile_backend=backend)(batch, blocks)
+        loss, _ = DistillationObjective(model, config, compile_backend=counting_backend)(batch, blocks)
         loss.backward()
         grads = [p.grad.clone() for _, p in model.diffusion_named_parameters()]
         model.zero_grad(set_to_none=True)
-        assert graphs  # the chunks went through torch.compile
+        assert counting_backend.graphs  # the chunks went through torch.compile
         torch.testing.assert_close(loss.detach(), ref_loss, atol=1e-6, rtol=1e-6)
         for g, r in zip(grads, ref_grads, strict=True):
             torch.testing.assert_close(g, r, atol=1e-7, rtol=1e-5)

@@ -112,6 +112,32 @@ def test_bench_variants_and_profile(tmp_path):
     assert throughput.projected_hours(1000.0, 7.2e6, 2) == 1.0
 
 
+def test_rows_that_did_not_run_name_the_variants_batch_shape(tmp_path, monkeypatch):
+    """Out-of-memory, unsupported and skipped settings record (in bench.json and bench.md) the
+    micro-batch and checkpointing of their variant, not those of the command line."""
+    import torch
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(throughput, "run_setting", out_of_memory)
+    variants = ("--variant", "baseline:", "--variant", "mb2:train.micro_batch_size=2 train.gradient_checkpointing=true")
+    runs = {
+        "oom": run_bench(tmp_path / "oom", "--seq-lens", "64", "--checkpointing", "off", "--attention", "sdpa,flex",
+                         *variants),
+        "skipped": run_bench(tmp_path / "skipped", "--seq-lens", "64", "--checkpointing", "off", "--attention", "sdpa",
+                             "--budget-s", "0", *variants),
+    }  # fmt: skip
+    for status, (report, out) in runs.items():
+        rows = {(r["variant"], r["attention"]): r for r in report["results"]}
+        assert {r["status"] for r in rows.values()} == {status} | ({"unsupported"} if status == "oom" else set())
+        for (variant, attention), r in rows.items():
+            mb, gc_ = (2, True) if variant == "mb2" else (1, False)
+            assert (r["micro_batch_size"], r["grad_accum"], r["gradient_checkpointing"]) == (mb, 1, gc_)
+            row = f"\n| {variant} | tiny | 64 | {'on' if gc_ else 'off'} | {mb} | {attention} | {r['status']} |"
+            assert row in (out / "bench.md").read_text()
+
+
 def test_profile_train_script_parses_and_every_variant_composes(tmp_path):
     """scripts/profile_train.sh's bench_train arguments (as bash expands them: a stand-in `python`
     records them) parse, and each variant's overrides compose into valid config sections (at the
@@ -140,8 +166,9 @@ def test_profile_train_script_parses_and_every_variant_composes(tmp_path):
     assert list(args.variants)[0] == "baseline" and set(args.profile) <= set(args.variants)
     assert args.budget_s == 340
     for variant in args.variants.values():
+        point = throughput.point_config(args.shapes[0], False, args, variant)
         overrides, blocks_per_row, K = throughput.setting_overrides(
-            args.shapes[0], 2048, False, "flex", args, 1, variant
+            point, args.shapes[0], 2048, "flex", args, 1, variant
         )
         cfg = compose(overrides)
         _section(cfg, "objective", ObjectiveConfig)

@@ -141,6 +141,8 @@ class DistillationObjective(nn.Module):
         total = hidden.sum() * 0.0  # keeps the graph connected when a batch has no targets
         correct = torch.zeros(len(weight), dtype=torch.bool, device=hidden.device)
         grad = torch.is_grad_enabled() and student.requires_grad
+        if grad and cfg.fused_loss:
+            self._check_fused_head()
         for part in chunk_slices(len(weight), cfg.chunk_size):
             args = (student[part], teacher[part], blocks.target_token[part], weight[part])
             if grad and cfg.fused_loss:
@@ -158,6 +160,17 @@ class DistillationObjective(nn.Module):
             "count": zeros.index_add(0, pos, torch.ones_like(weight)),
         }
         return loss, stats
+
+    def _check_fused_head(self) -> None:
+        """The fused chunks form the student's gradient with the lm_head weight as it is at the call:
+        it must be frozen and whole. Checked once per call, not at construction: DeepSpeed ZeRO-3
+        partitions the weight (numel 0 on each rank) after the objective is built."""
+        head = self.model.lm_head.weight
+        if head.requires_grad or head.numel() == 0:
+            raise ValueError(
+                "objective.fused_loss=true needs a frozen lm_head whose weight is whole on every rank "
+                "(not partitioned by deepspeed=zero3): set objective.fused_loss=false"
+            )
 
     def _chunk_loss(self, student, teacher, token, weight):
         """(sum of weighted per-target losses, student argmax == teacher argmax) for one chunk."""
@@ -220,12 +233,6 @@ class FusedChunkLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student, teacher, token, weight, objective: "DistillationObjective"):
-        head = objective.model.lm_head.weight
-        if head.requires_grad or head.numel() == 0:
-            raise ValueError(
-                "objective.fused_loss=true needs a frozen lm_head whose weight is whole on every rank "
-                "(not partitioned by deepspeed=zero3): set objective.fused_loss=false"
-            )
         loss, correct, d_student = objective.fused_chunk_loss(student, teacher, token, weight)
         ctx.save_for_backward(d_student)
         ctx.mark_non_differentiable(correct)

@@ -106,28 +106,44 @@ def release_zero3_globals() -> None:
             f.cache_clear()
 
 
+def point_config(shape: str, checkpointing: bool, args, variant=()):
+    """The config that fixes one point's batch shape, block size and gradient checkpointing, composed
+    once per point: the shape, DeepSpeed, the command line's batch and checkpointing, then --override
+    and the variant (last, so they win: a variant may set train.micro_batch_size or
+    train.gradient_checkpointing). The setting's overrides (`setting_overrides`) derive from it."""
+    from train.config import compose
+
+    return compose(
+        [
+            *_common(shape, args),
+            *_batch(args),
+            f"train.gradient_checkpointing={checkpointing}",
+            *args.override,
+            *variant,
+        ]
+    )
+
+
 def setting_overrides(
-    shape: str, seq_len: int, checkpointing: bool, attention: str, args, world_size: int, variant=(), extra_steps=0
+    point, shape: str, seq_len: int, attention: str, args, world_size: int, variant=(), extra_steps=0
 ):
     """The Hydra overrides of one setting (the variant's last, so they win) and its blocks per row
-    (--diffusion-fraction of the row); `extra_steps` run after the timed ones (the profile)."""
-    from train.config import compose, shape_overrides, synthetic_data_overrides
+    (--diffusion-fraction of the row), from the point's composed config `point` (`point_config`);
+    `extra_steps` run after the timed ones (the profile)."""
+    from train.config import synthetic_data_overrides
 
-    common = [*shape_overrides(shape), f"deepspeed={args.deepspeed}"]
-    batch = [f"train.micro_batch_size={args.micro_batch_size}", f"train.grad_accum={args.grad_accum}"]
-    composed = compose([*common, *batch, *args.override, *variant])  # the variant's batch shape, if it sets one
-    K = composed.model.block_size or 32
+    K = point.model.block_size or 32
     blocks_per_row = args.blocks_per_row or max(1, int(seq_len * args.diffusion_fraction) // K)
     steps = args.warmup + args.steps + extra_steps
-    rows = steps * composed.train.micro_batch_size * composed.train.grad_accum * world_size
+    rows = steps * point.train.micro_batch_size * point.train.grad_accum * world_size
     overrides = [
-        *common,
+        *_common(shape, args),
         *synthetic_data_overrides(seq_len, max(rows, 4 * world_size)),
         f"objective.blocks_per_row={blocks_per_row}",
         f"objective.attention={ATTENTION[attention]}",
         f"train.steps={steps}",
-        *batch,
-        f"train.gradient_checkpointing={checkpointing}",
+        *_batch(args),
+        f"train.gradient_checkpointing={point.train.gradient_checkpointing}",
         f"train.precision={args.precision}",
         f"logging.log_every={steps}",
         "logging.progress_bar=false",
@@ -138,18 +154,20 @@ def setting_overrides(
     return overrides, blocks_per_row, K
 
 
-def variant_checkpointing(shape: str, checkpointing: bool, args, variant) -> bool:
-    """Gradient checkpointing as the setting runs it: a variant may set train.gradient_checkpointing."""
-    from train.config import compose, shape_overrides
+def _common(shape: str, args) -> list[str]:
+    from train.config import shape_overrides
 
-    cfg = compose([*shape_overrides(shape), f"train.gradient_checkpointing={checkpointing}", *args.override, *variant])
-    return bool(cfg.train.gradient_checkpointing)
+    return [*shape_overrides(shape), f"deepspeed={args.deepspeed}"]
+
+
+def _batch(args) -> list[str]:
+    return [f"train.micro_batch_size={args.micro_batch_size}", f"train.grad_accum={args.grad_accum}"]
 
 
 def run_setting(
+    point,
     shape: str,
     seq_len: int,
-    checkpointing: bool,
     attention: str,
     args,
     dist,
@@ -157,9 +175,10 @@ def run_setting(
     variant=(),
     profile_dir: Path | None = None,
 ):
-    """Build the Trainer of one setting and run its warm-up + timed steps on this rank (then, with
-    `profile_dir`, 1 + args.profile_steps profiled steps on rank 0); raises on out-of-memory (the
-    Trainer is released either way). Returns this rank's timings, FLOPs and effective settings."""
+    """Build the Trainer of one setting (`point`: its `point_config`) and run its warm-up + timed
+    steps on this rank (then, with `profile_dir`, 1 + args.profile_steps profiled steps on rank 0);
+    raises on out-of-memory (the Trainer is released either way). Returns this rank's timings,
+    FLOPs and effective settings."""
     import torch
 
     from eval.metrics import free_memory
@@ -173,7 +192,7 @@ def run_setting(
         profiler = StepProfiler(profile_dir, start_after=timed, active=args.profile_steps, device=dist.device)
     extra = profiler.total_steps - timed if profiler else 0
     overrides, blocks_per_row, K = setting_overrides(
-        shape, seq_len, checkpointing, attention, args, dist.world_size, variant, extra
+        point, shape, seq_len, attention, args, dist.world_size, variant, extra
     )
     cfg = compose(overrides)
     cuda = dist.device.type == "cuda"
@@ -328,8 +347,9 @@ def markdown(report: dict) -> str:
     ]
     for r in report["results"]:
         gc_ = "on" if r["gradient_checkpointing"] else "off"
-        mb = r.get("micro_batch_size", s["micro_batch_size"])
-        head = f"| {r.get('variant', '')} | {r['shape']} | {r['seq_len']} | {gc_} | {mb} | {r['attention']} |"
+        head = (
+            f"| {r['variant']} | {r['shape']} | {r['seq_len']} | {gc_} | {r['micro_batch_size']} | {r['attention']} |"
+        )
         head += f" {r['status']} |"
         if r["status"] != "ok":
             lines.append(f"{head} | | | {_gib(r.get('max_memory_gib'))} | | | |")
@@ -525,12 +545,15 @@ def run_benchmark(args, command: list[str]) -> dict | None:
     # variant-major: every shape gets the first variant (the baseline) before any gets the second
     points = [(v, shape, *setting) for v in args.variants for shape in args.shapes for setting in settings]
     for variant, shape, seq_len, checkpointing, attention in points:
-        checkpointing = variant_checkpointing(shape, checkpointing, args, args.variants[variant])
-        base = {
+        point = point_config(shape, checkpointing, args, args.variants[variant])
+        checkpointing = bool(point.train.gradient_checkpointing)
+        base = {  # every row, also oom / skipped / unsupported, names the batch shape it has or would have run
             "variant": variant,
             "shape": shape,
             "seq_len": seq_len,
             "gradient_checkpointing": checkpointing,
+            "micro_batch_size": point.train.micro_batch_size,
+            "grad_accum": point.train.grad_accum,
             "attention": attention,
         }
         name = f"{variant}: {shape} seq {seq_len} GC {'on' if checkpointing else 'off'} {attention}"
@@ -556,9 +579,9 @@ def run_benchmark(args, command: list[str]) -> dict | None:
         with tempfile.TemporaryDirectory(prefix="bench_train_") as run_dir:  # rank 0's is the run's
             try:
                 local = run_setting(
+                    point,
                     shape,
                     seq_len,
-                    checkpointing,
                     attention,
                     args,
                     dist,
