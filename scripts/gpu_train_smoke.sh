@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Single-GPU smoke test of the training path at real Qwen3-8B shapes (random weights, synthetic
-# data: no network, no corpus): the +exp=qwen3_8b recipe (K=32, 64 blocks per 4096-token row,
-# KL, bf16, ZeRO-2, gradient checkpointing, compiled flex attention), a few hundred steps, then
-# a throughput summary as JSON.
+# data: no network, no corpus): the +exp=qwen3_8b recipe (K=32, 256 blocks per 2,048-token row,
+# KL, bf16, ZeRO-2, speed=fast at micro-batch 2, compiled flex attention), a few hundred steps,
+# then a throughput summary as JSON.
 #
 #   TORCH_CUDA_ARCH_LIST=9.0 bash scripts/gpu_train_smoke.sh OUT.json [STEPS] [hydra overrides...]
 #

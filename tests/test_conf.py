@@ -1,6 +1,7 @@
 """conf/ composes for every preset, mirrors the code key for key, and rejects typos by name."""
 
 import inspect
+import re
 from dataclasses import fields
 from pathlib import Path
 
@@ -64,8 +65,15 @@ def test_presets_exist():
 def test_every_exp_composes(exp):
     cfg = compose_cfg(f"+exp={exp}", hydra=True)
     build_sections(cfg)
-    for key in OmegaConf.select(cfg, "hydra.sweeper.params") or {}:  # a sweep must name existing keys
-        assert OmegaConf.select(cfg, key, default="missing") != "missing", f"exp/{exp}.yaml sweeps unknown key {key}"
+    for key, arms in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}).items():  # existing keys or groups
+        if key in cfg.hydra.runtime.choices:  # a config group: every arm is one of its entries and composes
+            for arm in str(arms).split(","):
+                assert (CONF / key / f"{arm}.yaml").is_file(), f"exp/{exp}.yaml sweeps {key}={arm}: no such entry"
+                build_sections(compose_cfg(f"+exp={exp}", f"{key}={arm}"))
+        else:
+            assert OmegaConf.select(cfg, key, default="missing") != "missing", (
+                f"exp/{exp}.yaml sweeps unknown key {key}"
+            )
 
 
 def test_qwen3_8b_is_the_paper_recipe():
@@ -87,9 +95,48 @@ def test_qwen3_8b_is_the_paper_recipe():
     for size in ("1.7b", "4b"):
         small = compose_cfg(f"+exp=qwen3_{size}")
         assert small.data.load_tokenized_dataset.source == f"data_out/self_distill/qwen3-{size}"
-        assert small.optim == cfg.optim and small.train == cfg.train and small.objective == cfg.objective
+        assert small.optim == cfg.optim and small.objective == cfg.objective
+        batch = ("micro_batch_size", "grad_accum")
+        assert {k: v for k, v in small.train.items() if k not in batch} == {
+            k: v for k, v in cfg.train.items() if k not in batch
+        }
+        assert small.train.micro_batch_size * small.train.grad_accum * 8 == 128
     alt = build_sections(compose_cfg("+exp=qwen3_8b_sft4k"))
     assert alt["optim"].lr == pytest.approx(1e-4) and alt["objective"].blocks_per_row == 64
+
+
+SPEED_KNOBS = ("train.compile_frozen", "train.compile_diffusion", "objective.compile_loss", "objective.fused_loss")
+
+
+@pytest.mark.parametrize(
+    "speed,on,fp8", [("plain", False, "none"), ("fast", True, "none"), ("fast_fp8", True, "frozen")]
+)
+def test_speed_groups_set_their_knobs(speed, on, fp8):
+    """conf/speed/: plain turns every knob off, fast the five bf16 ones on, fast_fp8 adds float8; the
+    group wins over what a recipe picks, under the orthrus-small ablation too."""
+    for base in ([], ["+exp=qwen3_8b"], ["+exp=[ablate_speed,small]"]):
+        cfg = compose_cfg(*base, f"speed={speed}")
+        knobs = [OmegaConf.select(cfg, k) for k in (*SPEED_KNOBS, "optim.fused")]
+        assert knobs == [on] * 5 and cfg.train.fp8 == fp8, (base, speed)
+        build_sections(cfg)
+
+
+def test_speed_defaults_and_one_place_for_the_knobs():
+    """Plain by default and on orthrus-small; fast on the paper-size recipes (micro-batch 2 at 8B and
+    4B, 4 at 1.7B, no gradient checkpointing); the knobs are set in conf/speed/ only, so a group
+    choice is never undone by a recipe."""
+    expected = {None: "plain", "small": "plain", "pretrain_small": "plain", "qwen3_8b_sft4k": "plain"}
+    expected |= {e: "fast" for e in ("qwen3_8b", "qwen3_4b", "qwen3_1.7b", "ablate_tokens", "ablate_speed")}
+    for exp, speed in expected.items():
+        cfg = compose_cfg(*([f"+exp={exp}"] if exp else []), hydra=True)
+        assert cfg.hydra.runtime.choices.speed == speed, exp
+        assert all(OmegaConf.select(cfg, k) == (speed == "fast") for k in SPEED_KNOBS), exp
+    for exp, micro in (("qwen3_8b", 2), ("qwen3_4b", 2), ("qwen3_1.7b", 4)):
+        train = compose_cfg(f"+exp={exp}").train
+        assert (train.micro_batch_size, train.gradient_checkpointing) == (micro, False), exp
+    knob = re.compile(r"^\s*(compile_frozen|compile_diffusion|compile_loss|fused_loss|fused|fp8):", re.M)
+    setters = [p for p in CONF.rglob("*.yaml") if p.parent.name != "speed" and knob.search(p.read_text())]
+    assert not setters, f"speed knobs set outside conf/speed/: {setters}"
 
 
 def test_ablation_block_size_keeps_diffusion_tokens_fixed():
@@ -169,7 +216,7 @@ def test_deepspeed_config_dict():
         s["deepspeed"], s["optim"], s["train"].micro_batch_size, s["train"].grad_accum, world_size=8, bf16=True
     )
     assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"]
-    assert ds["train_batch_size"] == 4 * 4 * 8 == 128 and ds["gradient_accumulation_steps"] == 4
+    assert ds["train_batch_size"] == 2 * 8 * 8 == 128 and ds["gradient_accumulation_steps"] == 8
     assert ds["optimizer"]["params"]["torch_adam"] is True and ds["optimizer"]["params"]["lr"] == pytest.approx(2e-4)
     assert ds["gradient_clipping"] == 1.0
     z3 = deepspeed_config(

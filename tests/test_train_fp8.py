@@ -210,3 +210,9 @@ def test_zero3_is_refused_with_the_knobs_that_keep_frozen_weights(tmp_path, knob
     pytest.importorskip("deepspeed")
     with pytest.raises(ValueError, match="deepspeed=zero3 partitions the frozen weights"):
         Trainer(compose_cfg("deepspeed=zero3", knob), tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is the CPU's")
+def test_fp8_is_refused_on_the_cpu_before_the_model_is_built(tmp_path):
+    with pytest.raises(ValueError, match=r"FP8 tensor cores .*speed=fast instead of speed=fast_fp8"):
+        Trainer(compose_cfg("speed=fast_fp8"), tmp_path)

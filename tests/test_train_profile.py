@@ -165,16 +165,30 @@ def test_profile_train_script_parses_and_every_variant_composes(tmp_path):
     assert args.shapes == ["qwen3_8b", "qwen3_1.7b"] and args.blocks_per_row == 256 and args.seq_lens == [2048]
     assert list(args.variants)[0] == "baseline" and set(args.profile) <= set(args.variants)
     assert args.budget_s == 340
-    for variant in args.variants.values():
+    composed = {}
+    for name, variant in args.variants.items():
         point = throughput.point_config(args.shapes[0], False, args, variant)
         overrides, blocks_per_row, K = throughput.setting_overrides(
             point, args.shapes[0], 2048, "flex", args, 1, variant
         )
-        cfg = compose(overrides)
+        cfg = composed[name] = compose(overrides)
         _section(cfg, "objective", ObjectiveConfig)
         _section(cfg, "train", TrainConfig)
         _section(cfg, "optim", OptimConfig)
         _section(cfg, "deepspeed", DeepSpeedConfig)
         assert (blocks_per_row, K, cfg.data.packed_dataset.seq_len) == (256, 32, 2048)
-    fast = args.variants["fast"]
-    assert "train.compile_diffusion=true" in fast and "optim.fused=true" in fast
+    # every variant names its settings group (the recipe's default is fast), and each group exists
+    assert list(args.variants)[:5] == ["baseline", "fast", "fast_fp8", "fast_fp8_mb2", "fast_mb4"]
+    groups = {o.split("=", 1)[1] for v in args.variants.values() for o in v if o.startswith("speed=")}
+    assert all(any(o.startswith("speed=") for o in v) for v in args.variants.values())
+    assert groups <= {p.stem for p in (REPO_ROOT / "conf" / "speed").glob("*.yaml")}
+    assert args.variants["baseline"] == ["speed=plain"] and args.variants["fast"] == ["speed=fast"]
+
+    # through the bench's composition the group wins over the recipe's own (fast), each way
+    def knobs(c):
+        return c.train.compile_diffusion, c.objective.fused_loss, c.optim.fused, c.train.fp8
+
+    assert knobs(composed["baseline"]) == (False, False, False, "none")
+    assert knobs(composed["fast"]) == (True, True, True, "none")
+    assert knobs(composed["fast_fp8_mb2"]) == (True, True, True, "frozen")
+    assert composed["fast_fp8_mb2"].train.micro_batch_size == 2 and composed["baseline"].train.micro_batch_size == 1

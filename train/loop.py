@@ -107,7 +107,8 @@ class Trainer:
         if zero3 and (t.fp8 != "none" or self.objective_cfg.fused_loss):
             raise ValueError(
                 "deepspeed=zero3 partitions the frozen weights that train.fp8 and objective.fused_loss keep "
-                "for backward: use deepspeed=zero2 (or none), or train.fp8=none objective.fused_loss=false"
+                "for backward: use deepspeed=zero2 (or none), or speed=plain "
+                "(train.fp8=none objective.fused_loss=false)"
             )
         check_data_inputs(cfg.data)
 
@@ -119,7 +120,10 @@ class Trainer:
         if bf16 and device.type == "cpu":
             raise ValueError("train.precision=bf16 needs a GPU; on the CPU use train.precision=fp32 (or auto)")
         if t.fp8 != "none" and device.type != "cuda":
-            raise ValueError(f"train.fp8={t.fp8} needs a GPU with FP8 tensor cores (H100, H200); set train.fp8=none")
+            raise ValueError(
+                f"train.fp8={t.fp8} needs a GPU with FP8 tensor cores (H100, H200); set train.fp8=none "
+                "(speed=fast instead of speed=fast_fp8)"
+            )
         if t.fp8 == "torchao":
             require_torchao()  # before the model is built
 
