@@ -234,6 +234,7 @@ class OrthrusEngine:
         self.head_dim, self.scale, self.eps = attn.head_dim, attn.scaling, config.rms_norm_eps
         with torch.no_grad():
             self.layers = [_LayerWeights(layer, fuse_qkv, fuse_gate_up) for layer in model.model.layers]
+            self.fuse_gate_up = fuse_gate_up
             self.fused_weight_bytes = (
                 sum(t.numel() * t.element_size() for lw in self.layers for v in (lw.ar, lw.diff) for t in v.qkv)
                 if fuse_qkv
