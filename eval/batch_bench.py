@@ -95,6 +95,7 @@ def iteration_points(
                         "block_size": K,
                         "batch_size": B,
                         "step": "iteration" if K > 1 else "ar_step",
+                        "fuse_gate_up": e.fuse_gate_up,
                         "ms": ms,
                         **bound,
                         "fraction_of_roofline": max(bound["memory_bound_ms"], bound["compute_bound_ms"]) / ms,
@@ -268,6 +269,12 @@ def _table(spec: str, rows: list[dict]) -> list[str]:
 def markdown(results: dict) -> str:
     """The tables of bench.md: iteration times with rooflines, serving throughput, best K, targets, memory."""
     out = [f"# Batched decoding ({results.get('device', '?')})", "", results.get("command", ""), ""]
+    if "fuse_gate_up" in results:
+        out += [f"Shapes engines: fuse_gate_up={results['fuse_gate_up']} (OrthrusEngine; docs/engine.md)", ""]
+    gate_up = {k: v for k, v in results.get("matmul_tuning", {}).items() if ", True, " in k}
+    if gate_up:
+        out += ["## gate/up products as tuned: (row tile, N, K, gate_up, fused) -> fastest first, ms", ""]
+        out += [f"- {k}: " + ", ".join(f"{c} {ms}" for ms, c in v) for k, v in gate_up.items()] + [""]
     out += ["## Iteration time vs batch size (graph replay, median; K = 1: the AR step)", ""]
     spec = "shape=shape|ctx=context|K=block_size|B=batch_size|ms=ms:.3f|memory bound ms=memory_bound_ms:.3f"
     spec += "|compute bound ms=compute_bound_ms:.3f|fraction of roofline=fraction_of_roofline:.2f"

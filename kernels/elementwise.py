@@ -90,13 +90,25 @@ def qkv_norm_rope(q, k, v, q_weight, k_weight, cos_table, sin_table, start, k_ds
 
 
 def silu_mul(gate, up, pdl=False):
-    """silu(gate) * up for contiguous tensors of one shape."""
-    if not (gate.is_contiguous() and up.is_contiguous()) or gate.shape != up.shape:
-        raise ValueError("gate and up must be contiguous and of one shape")
-    out = torch.empty_like(gate)
-    n, block = gate.numel(), 1024
-    _silu_mul_kernel[(triton.cdiv(n, block),)](gate, up, out, n, BLOCK=block, **launch_options(pdl, gate.device))
-    return out
+    """silu(gate) * up for two tensors of one shape, either contiguous or (rows, N) with any row stride and
+    unit column stride (e.g. the two halves of a fused [gate; up] product's output); the result is contiguous."""
+    shape = gate.shape
+    if gate.shape != up.shape:
+        raise ValueError(f"gate {tuple(gate.shape)} and up {tuple(up.shape)} must be of one shape")
+    if gate.is_contiguous() and up.is_contiguous():
+        gate, up = gate.view(-1, shape[-1]), up.view(-1, shape[-1])
+    elif gate.dim() != 2 or gate.stride(1) != 1 or up.stride(1) != 1:
+        raise ValueError(
+            "gate and up must be contiguous, or (rows, N) with unit column stride; "
+            f"got strides {gate.stride()} and {up.stride()}"
+        )
+    M, N = gate.shape
+    out = torch.empty(M, N, dtype=gate.dtype, device=gate.device)
+    block = min(1024, triton.next_power_of_2(N))
+    _silu_mul_kernel[(M, triton.cdiv(N, block))](
+        gate, up, out, N, gate.stride(0), up.stride(0), BLOCK=block, **launch_options(pdl, gate.device)
+    )
+    return out.view(shape)
 
 
 @triton.jit
@@ -220,15 +232,16 @@ def _qkv_norm_rope_kernel(
 
 
 @triton.jit
-def _silu_mul_kernel(g_ptr, u_ptr, out_ptr, n, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
-    """silu(gate) rounded to the model dtype (as F.silu), times up, rounded again."""
+def _silu_mul_kernel(g_ptr, u_ptr, out_ptr, n_cols, stride_g, stride_u, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    """Grid (rows, column blocks): silu(gate) rounded to the model dtype (as F.silu), times up, rounded again."""
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()  # small: let the next kernel launch (it still waits for this one)
         tl.extra.cuda.gdc_wait()  # gate and up come from earlier kernels
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n_cols
     dtype = g_ptr.dtype.element_ty
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + row * stride_g + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + row * stride_u + cols, mask=mask, other=0.0).to(tl.float32)
     s = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
-    tl.store(out_ptr + offs, (s * u).to(dtype), mask=mask)
+    tl.store(out_ptr + row * n_cols + cols, (s * u).to(dtype), mask=mask)

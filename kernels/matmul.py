@@ -343,15 +343,25 @@ def chain_ms(calls, n_calls: int = CHAIN_CALLS) -> float:
     return statistics.median(times[2:])
 
 
+CUBLAS, CUBLAS_FUSED = "cublas", "cublas_fused"  # `Matmul` choices besides a skinny MatmulConfig
+
+
 class Matmul:
     """The engine's matrix products: x @ w^T (`linear`) and silu(x @ gate^T) * (x @ up^T) (`gate_up`).
 
     mode "torch": cuBLAS (`F.linear`) and `silu_mul`. "auto": per (row tile, weight shape), the
     fastest of cuBLAS and the skinny kernel's candidate configs, timed on first use (on CUDA, in a
-    CUDA-graph chain: `chain_ms`; elsewhere the skinny kernel with the first candidate); cuBLAS above
-    MAX_SKINNY_ROWS rows. "triton": the same without cuBLAS for <= MAX_SKINNY_ROWS rows. "invariant":
-    the skinny kernel for every row count with BLOCK_M = 32 and one config per weight shape, so each
-    row's result does not depend on M.
+    CUDA-graph chain: `chain_ms`; elsewhere the first candidate); cuBLAS above MAX_SKINNY_ROWS rows.
+    "triton": the same without cuBLAS for <= MAX_SKINNY_ROWS rows. "invariant": the skinny kernel for
+    every row count with BLOCK_M = 32 and one config per weight shape, so each row's result does not
+    depend on M.
+    gate/up given a fused [gate; up] weight as well (`gate_up(..., fused)`; the engine's `fuse_gate_up`):
+    cuBLAS may run one product against it (CUBLAS_FUSED: N = 2 x intermediate, fewer partial waves of output
+    tiles than two products of N each) and SiLU * up on the two halves of its output. "torch" then always runs
+    it; "auto" and "triton" time it against the two products (and, at <= MAX_SKINNY_ROWS rows, against the
+    skinny kernel in "auto") per row tile, so it runs only where it is the faster; above MAX_SKINNY_ROWS the row
+    tile is M rounded up to a power of two. Off CUDA the first candidate runs: the skinny kernel up to
+    MAX_SKINNY_ROWS rows, the fused product above.
     Timings are shared by all instances (`_timed`), so engines of one model tune once.
     pdl: launch the skinny kernels with Programmatic Dependent Launch (kernels/pdl.py; CUDA sm_90+).
     `silu_mul` should launch the same way (the engine passes it with the same setting). Candidates are
@@ -365,57 +375,74 @@ class Matmul:
         if mode not in self.MODES:
             raise ValueError(f"matmul={mode!r}: choose one of {self.MODES}")
         self.mode, self.silu_mul, self.pdl = mode, silu_mul, pdl
-        self.chosen: dict = {}  # (rows tile, N, K, gate_up) -> MatmulConfig or "cublas", for reports
+        # (rows tile, N, K, gate_up, fused) -> MatmulConfig, CUBLAS or CUBLAS_FUSED, for reports
+        self.chosen: dict = {}
 
     def linear(self, x, w):
-        config = self._config(x, w, None)
-        return F.linear(x, w) if config is None else skinny_matmul(x, w, config, pdl=self.pdl)
+        return self._run(self._choice(x, w), x, w)
 
-    def gate_up(self, x, gate, up):
-        config = self._config(x, gate, up)
-        if config is None:
-            return self.silu_mul(F.linear(x, gate), F.linear(x, up))
-        return skinny_matmul(x, gate, config, up, pdl=self.pdl)
+    def gate_up(self, x, gate, up, fused=None):
+        """silu(x @ gate^T) * (x @ up^T); fused: None, or [gate; up] as one (2N, K) matrix (the engine's are
+        views: gate and up are its halves)."""
+        if fused is not None and fused.shape != (2 * gate.shape[0], gate.shape[1]):
+            raise ValueError(f"fused {tuple(fused.shape)} is not [gate; up] of gate {tuple(gate.shape)}")
+        fused = None if self.mode == "invariant" else fused  # the skinny kernel at every row count
+        return self._run(self._choice(x, gate, up, fused), x, gate, up, fused)
 
-    def _config(self, x, w, w2) -> MatmulConfig | None:
+    def _run(self, choice, x, w, w2=None, fused=None):
+        """One product by `choice` (a MatmulConfig, CUBLAS or CUBLAS_FUSED); w2: up (gate_up)."""
+        if choice == CUBLAS_FUSED:
+            y, n = F.linear(x, fused), w.shape[0]
+            return self.silu_mul(y[:, :n], y[:, n:])
+        if choice == CUBLAS:
+            return F.linear(x, w) if w2 is None else self.silu_mul(F.linear(x, w), F.linear(x, w2))
+        return skinny_matmul(x, w, choice, w2, pdl=self.pdl)
+
+    def _choice(self, x, w, w2=None, fused=None):
         M = x.shape[0]
-        if self.mode == "torch" or (self.mode != "invariant" and M > MAX_SKINNY_ROWS):
-            return None
+        if self.mode == "torch":
+            return CUBLAS if fused is None else CUBLAS_FUSED
+        skinny = self.mode == "invariant" or M <= MAX_SKINNY_ROWS
+        if not skinny and fused is None:
+            return CUBLAS
         block_m = MAX_SKINNY_ROWS if self.mode == "invariant" else max(16, triton.next_power_of_2(M))
-        key = (block_m, *w.shape, w2 is not None, x.dtype, x.device.type, self.pdl)
+        key = (block_m, *w.shape, w2 is not None, fused is not None, x.dtype, x.device.type, self.pdl)
         if key not in self._timed:
-            self._timed[key] = self._tune(block_m, x, w, w2)
-        ranked = self._timed[key]  # [(ms, config or None = cuBLAS)], fastest first
-        config = next(c for _, c in ranked if c is not None or self.mode == "auto")
-        self.chosen[key[:4]] = config or "cublas"
-        return config
+            self._timed[key] = self._tune(block_m, x, w, w2, fused)
+        ranked = self._timed[key]  # [(ms, choice)], fastest first
+        choice = next(c for _, c in ranked if isinstance(c, MatmulConfig) or self.mode == "auto" or not skinny)
+        self.chosen[key[:5]] = choice
+        return choice
 
-    def _tune(self, block_m, x, w, w2):
+    def _tune(self, block_m, x, w, w2, fused):
+        """[(ms, choice)], fastest first: at <= MAX_SKINNY_ROWS rows the skinny configs and cuBLAS, above
+        it cuBLAS alone; both with and without the fused product where `fused` is given."""
         N, K = w.shape
+        gate_up = w2 is not None
+        skinny = block_m <= MAX_SKINNY_ROWS
+        cublas = [CUBLAS_FUSED, CUBLAS] if fused is not None else [CUBLAS]
         if x.device.type != "cuda":
-            return [(0.0, candidate_configs(block_m, N, K, 1, w2 is not None)[0])]
+            return [(0.0, candidate_configs(block_m, N, K, 1, gate_up)[0] if skinny else cublas[0])]
         xs = torch.randn(block_m, K, device=x.device, dtype=x.dtype)
-        copies = weight_copies((w,) if w2 is None else (w, w2))
+        if fused is not None:  # copies of the fused matrix, gate and up its halves (as in the engine)
+            copies = [(c[:N], c[N:], c) for (c,) in weight_copies((fused,))]
+        else:
+            copies = weight_copies((w,) if w2 is None else (w, w2))
+        sms = sm_count(x.device)
+        configs = candidate_configs(block_m, N, K, sms, gate_up, elem_bytes=x.element_size()) if skinny else []
         ranked = []
-        sms, gate_up = sm_count(x.device), w2 is not None
-        for config in candidate_configs(block_m, N, K, sms, gate_up, elem_bytes=x.element_size()):
+        for choice in configs + cublas:
             try:
-                calls = [partial(skinny_matmul, xs, c[0], config, *c[1:], pdl=self.pdl) for c in copies]
-                ranked.append((chain_ms(calls), config))
+                ranked.append((chain_ms([partial(self._run, choice, xs, *c) for c in copies]), choice))
             except triton.runtime.errors.OutOfResources:
                 continue
-        if gate_up:
-            calls = [lambda g=g, u=u: self.silu_mul(F.linear(xs, g), F.linear(xs, u)) for g, u in copies]
-        else:
-            calls = [partial(F.linear, xs, c[0]) for c in copies]
-        ranked.append((chain_ms(calls), None))
         return sorted(ranked, key=lambda r: r[0])
 
     @classmethod
     def report(cls) -> dict:
-        """The four fastest candidates of every tuned (row tile, N, K, gate_up) and their times (ms);
+        """The four fastest candidates of every tuned (row tile, N, K, gate_up, fused) and their times (ms);
         timings taken with PDL on are listed under the same key plus " pdl"."""
         return {
-            str(k[:4]) + (" pdl" if k[-1] else ""): [(round(ms, 4), str(c) if c else "cublas") for ms, c in v[:4]]
+            str(k[:5]) + (" pdl" if k[-1] else ""): [(round(ms, 4), str(c)) for ms, c in v[:4]]
             for k, v in cls._timed.items()
         }

@@ -112,12 +112,36 @@ class _AttnWeights:
 
 
 class _LayerWeights:
-    def __init__(self, layer, fuse_qkv: bool):
+    def __init__(self, layer, fuse_qkv: bool, fuse_gate_up: bool):
         self.in_norm = layer.input_layernorm.weight
         self.post_norm = layer.post_attention_layernorm.weight
         self.ar = _AttnWeights(layer.self_attn, "", fuse_qkv)
         self.diff = _AttnWeights(layer.self_attn, "_diff", fuse_qkv)
-        self.gate, self.up, self.down = layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight, layer.mlp.down_proj.weight
+        mlp = layer.mlp
+        self.gate_up = _fuse_gate_up(mlp) if fuse_gate_up else None
+        self.gate, self.up, self.down = mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight
+
+
+def _fuse_gate_up(mlp) -> torch.Tensor:
+    """One [gate; up] matrix (2I, H) that is the storage of the MLP's own gate_proj and up_proj weights: their
+    `.data` become its two halves (views), so the model and the engine share one copy and the model's forward
+    computes what it did (the Parameters stay the same objects). Where the two already lie back to back in one
+    storage (an engine fused them before), the matrix is a view over them and nothing moves. The old storages
+    are freed: CUDA graphs captured before on this model by an engine without `fuse_gate_up` would read freed
+    memory, so build such engines after this one (they then run on the halves)."""
+    gate, up = mlp.gate_proj.weight, mlp.up_proj.weight
+    rows, cols = gate.shape
+    if (
+        up.shape == gate.shape
+        and gate.is_contiguous()
+        and up.is_contiguous()
+        and gate.untyped_storage().data_ptr() == up.untyped_storage().data_ptr()
+        and up.storage_offset() == gate.storage_offset() + gate.numel()
+    ):
+        return gate.new_empty(0).set_(gate.untyped_storage(), gate.storage_offset(), (2 * rows, cols), (cols, 1))
+    fused = torch.cat([gate.detach(), up.detach()])
+    gate.data, up.data = fused[:rows], fused[rows:]
+    return fused
 
 
 class OrthrusEngine:
@@ -134,6 +158,11 @@ class OrthrusEngine:
     cuda_graphs: capture each step as a CUDA graph (default: on CUDA).
     fuse_qkv: one [q; k; v] weight matrix per view and layer, a one-time copy of
       `fused_weight_bytes` (one matrix product instead of three small ones).
+    fuse_gate_up: one [gate; up] weight matrix per layer, at no memory cost: the engine re-binds the
+      model's own `mlp.gate_proj.weight` / `up_proj.weight` to the two halves of it (`_fuse_gate_up`), so
+      the model's forward is unchanged and shares the weights. cuBLAS may then run gate and up as one
+      product of twice the columns (fewer partial waves of output tiles at many rows; `Matmul` times it
+      against the two products and keeps the faster). Off by default until measured (docs/engine.md).
     matmul: how matrix products run (`kernels.matmul.Matmul` modes): "auto" (default with the
       Triton backend on CUDA: per shape the faster of cuBLAS and the skinny Triton kernel, timed on
       first use), "triton", or "torch" (cuBLAS / F.linear; the default elsewhere).
@@ -161,6 +190,7 @@ class OrthrusEngine:
         backend: str | None = None,
         cuda_graphs: bool | None = None,
         fuse_qkv: bool = False,
+        fuse_gate_up: bool = False,
         matmul: str | None = None,
         batch_invariant: bool = False,
         pdl: bool | None = None,
@@ -203,7 +233,8 @@ class OrthrusEngine:
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim, self.scale, self.eps = attn.head_dim, attn.scaling, config.rms_norm_eps
         with torch.no_grad():
-            self.layers = [_LayerWeights(layer, fuse_qkv) for layer in model.model.layers]
+            self.layers = [_LayerWeights(layer, fuse_qkv, fuse_gate_up) for layer in model.model.layers]
+            self.fuse_gate_up = fuse_gate_up
             self.fused_weight_bytes = (
                 sum(t.numel() * t.element_size() for lw in self.layers for v in (lw.ar, lw.diff) for t in v.qkv)
                 if fuse_qkv
@@ -291,7 +322,7 @@ class OrthrusEngine:
                 )
             x = self.mm.linear(o.transpose(1, 2).reshape(B * T, -1), w.o)
             h, residual = ops.add_rms_norm(x, residual, lw.post_norm, self.eps, pdl=pdl)
-            x = self.mm.linear(self.mm.gate_up(h, lw.gate, lw.up), lw.down)
+            x = self.mm.linear(self.mm.gate_up(h, lw.gate, lw.up, lw.gate_up), lw.down)
         return x, residual
 
     def _head(self, x: torch.Tensor, residual: torch.Tensor, rows: slice, B: int) -> torch.Tensor:

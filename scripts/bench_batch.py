@@ -7,6 +7,8 @@ projections and memory per request. Writes bench.json (with provenance), bench.m
     TRITON_INTERPRET=1 python -m scripts.bench_batch --shapes tiny --ctx 32 --ks 4 --batch-sizes 1,2 \
         --small '' --out /tmp/bb  # CPU smoke
     python -m scripts.bench_batch --shapes '' --out /tmp/serve  # the serving part alone
+    python -m scripts.bench_batch --shapes qwen3_8b --ctx 256 --ks 16 --batch-sizes 1,16 --small '' \
+        --budget-s 200 --out /tmp/fused [--fuse-gate-up]  # fused gate|up or not (docs/engine.md)
 
 --budget-s bounds the whole run: no new point starts once it is spent (the shapes part gets
 --shapes-share of it), and what was measured is written.
@@ -37,6 +39,7 @@ from eval.metrics import free_memory
 from eval.prompts import humaneval_ids
 from eval.provenance import provenance
 from eval.timing import median_ms
+from kernels.matmul import Matmul
 from models.engine import OrthrusEngine
 
 
@@ -52,6 +55,11 @@ def parse_args():
         default="1x16,16x16",
         help="BxK points whose draft + verify + accept kernel time is profiled by kernel, per shape at the first "
         "--ctx ('' for none)",
+    )
+    p.add_argument(
+        "--fuse-gate-up",
+        action="store_true",
+        help="the shapes' engines fuse each layer's gate and up weights into one matrix (OrthrusEngine fuse_gate_up)",
     )
     p.add_argument("--peaks", default="nvidia-h200", choices=sorted(DEVICE_PEAKS))
     p.add_argument("--small", default="artifacts/orthrus-small", help="trained small model folder ('' to skip)")
@@ -82,6 +90,7 @@ def main():
     peaks = DEVICE_PEAKS[args.peaks]
     budget, t0 = Budget(args.budget_s), time.time()
     results = {**provenance(device), "peaks": {args.peaks: peaks}, "iterations": [], "serving": []}
+    results["fuse_gate_up"] = args.fuse_gate_up
 
     def log(msg):
         print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
@@ -95,11 +104,18 @@ def main():
         def shapes_part(shape=shape):
             model = build_model(shape, device)
             engine = OrthrusEngine(
-                model, max(ctxs) + max(ks) + 16, backend="triton", fuse_qkv=cuda, max_batch_size=max(batch_sizes)
+                model,
+                max(ctxs) + max(ks) + 16,
+                backend="triton",
+                fuse_qkv=cuda,
+                fuse_gate_up=args.fuse_gate_up,
+                max_batch_size=max(batch_sizes),
             )
             log(f"[{shape}] built; KV cache {engine.cache.nbytes / 1e9:.1f} GB for {max(batch_sizes)} slots")
             points = iteration_points(engine, shape, ctxs, ks, batch_sizes, clock, args.reps, peaks, shapes_left, log)
             results["iterations"] += points
+            results.setdefault("matmul_choices", {})[shape] = {str(k): str(c) for k, c in engine.mm.chosen.items()}
+            results["matmul_tuning"] = Matmul.report()
             for B, K in (map(int, point.split("x")) for point in filter(None, args.profile.split(","))):
                 if B not in batch_sizes or K not in [1, *ks]:
                     log(f"[{shape}] profile {B}x{K}: not a measured point (--batch-sizes, --ks); skipped")

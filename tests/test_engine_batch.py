@@ -148,6 +148,46 @@ def test_triton_batch_equals_base(make_model, monkeypatch):
     assert not all(torch.equal(out.sequences, ref) for out, ref in zip(results, refs)), "a shared length went unnoticed"
 
 
+@pytest.mark.parametrize(
+    "backend,batch,swapped",
+    [("torch", 1, False), ("torch", 3, False), ("torch", 3, True), ("triton", 1, False), ("triton", 3, False)],
+)
+def test_fused_gate_up_equals_base(make_model, monkeypatch, backend, batch, swapped):
+    """fuse_gate_up: each layer's gate and up weights become the halves of one [gate; up] matrix, shared with
+    the model, whose own forward stays bit for bit what it was (fp32); greedy output is the base model's (as
+    the unfused engine's is: the tests above), at batch 1 and with 3 slots, on the PyTorch path and the Triton
+    path (compiled on a GPU, interpreted off it). Off CUDA both run one product against the fused matrix and
+    SiLU * up on the halves of its output (the Triton kernel on strided halves); the skinny kernel reading the
+    halves is tests/test_kernels_matmul.py's. Broken: the engine's fused matrix holds [up; gate]."""
+    model = make_model(seed=4).to(DEVICE)
+    requests = GREEDY_REQUESTS if backend == "torch" else [(33, 6, 0, None), (5, 7, 0, 2)]
+    subs, refs = greedy_case(model, requests)
+    ids = prompt(40, seed=9).to(DEVICE)
+    with torch.no_grad():
+        before = model(ids).logits
+    if swapped:
+        fuse = models.engine._fuse_gate_up
+        monkeypatch.setattr(models.engine, "_fuse_gate_up", lambda mlp: torch.cat(fuse(mlp).chunk(2)[::-1]))
+    kw = dict(backend=backend, cuda_graphs=False, max_batch_size=batch, fuse_gate_up=True)
+    engine = OrthrusEngine(model, S if backend == "torch" else 48, **kw)
+    results, _ = serve(Server(engine, 4), subs)
+    exact = [torch.equal(out.sequences, ref) for out, ref in zip(results, refs)]
+    assert all(exact) != swapped, exact
+    if swapped:
+        return
+    mlp, fused = model.model.layers[1].mlp, engine.layers[1].gate_up
+    half = fused.shape[0] // 2
+    assert engine.layers[1].gate is mlp.gate_proj.weight and fused.shape == (2 * half, mlp.gate_proj.in_features)
+    assert (
+        mlp.gate_proj.weight.data_ptr() == fused.data_ptr() and mlp.up_proj.weight.data_ptr() == fused[half:].data_ptr()
+    )
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, before)
+    again = OrthrusEngine(model, 48, **kw)  # the halves already lie in one matrix: nothing moves
+    assert again.layers[1].gate_up.data_ptr() == fused.data_ptr()
+    assert mlp.up_proj.weight.data_ptr() == fused[half:].data_ptr()
+
+
 SAMPLED_REQUESTS = [
     (SamplingParams(1.0), 4, 0),  # (params, prompt length, step at which it is submitted)
     (SamplingParams(0.7, 8, 0.9), 11, 0),

@@ -79,8 +79,16 @@ def test_qkv_norm_rope(dtype, dst_at_start):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_silu_mul(dtype):
+    """Contiguous inputs, and the two halves of a fused gate|up product's output (row stride 2 x 1500); the
+    result is contiguous either way."""
     g, u = _rand(3, 1500, dtype=dtype, seed=7), _rand(3, 1500, dtype=dtype, seed=8)
     torch.testing.assert_close(TritonOps.silu_mul(g, u), TorchOps.silu_mul(g, u), **TOL[dtype])
+    gu = torch.cat([g, u], dim=1)
+    out = TritonOps.silu_mul(gu[:, :1500], gu[:, 1500:])
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, TorchOps.silu_mul(g, u), **TOL[dtype])
+    with pytest.raises(ValueError, match="unit column stride"):
+        TritonOps.silu_mul(gu[:, ::2], gu[:, 1::2])
 
 
 def test_greedy_matches_base(make_model):

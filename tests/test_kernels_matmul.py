@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.matmul import Matmul, MatmulConfig, candidate_configs, skinny_matmul
+from kernels.elementwise import silu_mul
+from kernels.matmul import CUBLAS_FUSED, MAX_SKINNY_ROWS, Matmul, MatmulConfig, candidate_configs, skinny_matmul
 from kernels.reference import matmul_ref
 
 CUDA = torch.cuda.is_available()
@@ -115,6 +116,31 @@ def test_matmul_modes():
     assert all(c != "cublas" and c.block_m == 32 for c in inv.chosen.values())
     with pytest.raises(ValueError, match="matmul="):
         Matmul("fast", silu_mul)
+
+
+@pytest.mark.parametrize("M", [5, 40])
+def test_gate_up_with_a_fused_weight(M):
+    """gate_up given [gate; up] as one matrix (gate and up its halves, as the engine's fuse_gate_up makes them):
+    every mode gives the product, at skinny row counts and above them. "torch", and off CUDA every mode but
+    "invariant" above MAX_SKINNY_ROWS, run one product against the fused matrix and SiLU * up (the Triton
+    kernel) on the two halves of its output (on CUDA "auto" and "triton" run what they timed fastest); the
+    skinny kernel reads the halves as gate and up. Broken: the fused matrix holds [up; gate], which the fused
+    product must show."""
+    x = _rand(M, 300, dtype=torch.float32, seed=21)
+    fused = _rand(140, 300, dtype=torch.float32, seed=22)
+    gate, up = fused[:70], fused[70:]
+    ref = matmul_ref(x, gate, up)
+    for mode in Matmul.MODES:
+        mm = Matmul(mode, silu_mul)
+        torch.testing.assert_close(mm.gate_up(x, gate, up, fused).double(), ref, rtol=1e-4, atol=1e-4)
+        (choice,) = set(mm.chosen.values()) or {CUBLAS_FUSED}  # "torch" tunes nothing: always the fused product
+        fused_product = choice == CUBLAS_FUSED
+        if not CUDA:  # untimed: the first candidate
+            assert fused_product == (mode == "torch" or (M > MAX_SKINNY_ROWS and mode != "invariant")), mode
+        swapped = mm.gate_up(x, gate, up, torch.cat([up, gate]))
+        assert torch.allclose(swapped.double(), ref, rtol=1e-4, atol=1e-4) != fused_product, mode
+    with pytest.raises(ValueError, match="not \\[gate; up\\]"):
+        Matmul("torch", silu_mul).gate_up(x, gate, up, fused[:100])
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
