@@ -6,6 +6,9 @@
 #     EVAL_K='[16]' EVAL_ARGS='fidelity.exact_match=false' bash scripts/orthrus_small.sh OUT_DIR
 #                                                  # evaluate fewer block sizes, no exact-match check
 #     bash scripts/orthrus_small.sh OUT_DIR full ablate_ce_loss ablate_trainable   # + ablations
+#     ARM_JOBS=3 ONLY_ABLATIONS=1 bash scripts/orthrus_small.sh OUT_DIR full ablate_speed
+#                       # the arms train at once (Hydra's joblib launcher: one process per arm, one GPU
+#                       # holds several small runs); steps 3-4 skipped (an arm is the recipe's own setting)
 #
 # Steps, each an ordinary entry point (the exact commands are echoed and can be rerun by hand):
 #   1. the pinned inputs are checked against artifacts/orthrus-small/SHA256SUMS: base weights,
@@ -67,12 +70,16 @@ run python -m scripts.self_distill model_name_or_path="$ART/base" prompts_source
   out_dir="$OUT/self_distill" split=train chat_template=false messages_field=null temperature=0.0 dtype=float32 \
   "${DISTILL[@]}"
 
-run python train.py +exp=small "${DATA[@]}" hydra.run.dir="$OUT/train" "${TRAIN[@]}"
-evaluate "$OUT/train/diffusion_view" "$OUT"
+if [[ -z "${ONLY_ABLATIONS:-}" ]]; then
+  run python train.py +exp=small "${DATA[@]}" hydra.run.dir="$OUT/train" "${TRAIN[@]}"
+  evaluate "$OUT/train/diffusion_view" "$OUT"
+fi
+LAUNCHER=()
+[[ -n "${ARM_JOBS:-}" ]] && LAUNCHER=(hydra/launcher=joblib hydra.launcher.n_jobs="$ARM_JOBS")
 
 for name in "${ABLATIONS[@]}"; do
   run python train.py -m "+exp=[$name,small]" "${DATA[@]}" hydra.sweep.dir="$OUT/$name" \
-    hydra.sweep.subdir=arm_\${hydra.job.num} "${TRAIN[@]}"
+    hydra.sweep.subdir=arm_\${hydra.job.num} "${LAUNCHER[@]}" "${TRAIN[@]}"
   for arm in "$OUT/$name"/arm_*/; do
     evaluate "$arm/diffusion_view" "$arm"
   done

@@ -74,3 +74,25 @@ def test_small_ablations_take_their_arms_from_the_shared_yaml(name):
     own = OmegaConf.load(REPO / "conf" / "exp" / f"{name}.yaml").hydra.sweeper.params
     assert cfg.hydra.sweeper.params == own
     assert cfg.model.base == "artifacts/orthrus-small/base" and "build_corpus" not in cfg.data
+
+
+@pytest.mark.slow
+def test_ablation_arms_train_at_once_without_the_recipe_view(tmp_path):
+    """ARM_JOBS=2 ONLY_ABLATIONS=1: the arms of an ablation train in parallel processes (Hydra's
+    joblib launcher) and are each evaluated; the recipe's own view (steps 3-4) is not trained."""
+    proc = subprocess.run(
+        ["bash", "scripts/orthrus_small.sh", str(tmp_path), "toy", "ablate_ce_loss"],
+        cwd=REPO,
+        env={**ENV, "ARM_JOBS": "2", "ONLY_ABLATIONS": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "hydra/launcher=joblib hydra.launcher.n_jobs=2" in proc.stdout
+    assert not (tmp_path / "train").exists() and not (tmp_path / "eval").exists()
+    arms = sorted((tmp_path / "ablate_ce_loss").glob("arm_*"))
+    assert len(arms) == 2
+    for arm in arms:
+        assert (arm / "diffusion_view" / "diffusion_view.safetensors").is_file()
+        assert json.loads((arm / "eval" / "metrics.json").read_text())["runs"]
