@@ -9,6 +9,7 @@
 #     ARM_JOBS=3 ONLY_ABLATIONS=1 bash scripts/orthrus_small.sh OUT_DIR full ablate_speed
 #                       # the arms train at once (Hydra's joblib launcher: one process per arm, one GPU
 #                       # holds several small runs); steps 3-4 skipped (an arm is the recipe's own setting)
+#     TRAIN_ARGS='speed=plain,fast' ...  # extra train.py overrides, e.g. a subset of an ablation's arms
 #
 # Steps, each an ordinary entry point (the exact commands are echoed and can be rerun by hand):
 #   1. the pinned inputs are checked against artifacts/orthrus-small/SHA256SUMS: base weights,
@@ -71,7 +72,7 @@ run python -m scripts.self_distill model_name_or_path="$ART/base" prompts_source
   "${DISTILL[@]}"
 
 if [[ -z "${ONLY_ABLATIONS:-}" ]]; then
-  run python train.py +exp=small "${DATA[@]}" hydra.run.dir="$OUT/train" "${TRAIN[@]}"
+  run python train.py +exp=small "${DATA[@]}" hydra.run.dir="$OUT/train" "${TRAIN[@]}" ${TRAIN_ARGS:-}
   evaluate "$OUT/train/diffusion_view" "$OUT"
 fi
 LAUNCHER=()
@@ -79,7 +80,7 @@ LAUNCHER=()
 
 for name in "${ABLATIONS[@]}"; do
   run python train.py -m "+exp=[$name,small]" "${DATA[@]}" hydra.sweep.dir="$OUT/$name" \
-    hydra.sweep.subdir=arm_\${hydra.job.num} "${LAUNCHER[@]}" "${TRAIN[@]}"
+    hydra.sweep.subdir=arm_\${hydra.job.num} "${LAUNCHER[@]}" "${TRAIN[@]}" ${TRAIN_ARGS:-}
   for arm in "$OUT/$name"/arm_*/; do
     evaluate "$arm/diffusion_view" "$arm"
   done

@@ -79,11 +79,12 @@ def test_small_ablations_take_their_arms_from_the_shared_yaml(name):
 @pytest.mark.slow
 def test_ablation_arms_train_at_once_without_the_recipe_view(tmp_path):
     """ARM_JOBS=2 ONLY_ABLATIONS=1: the arms of an ablation train in parallel processes (Hydra's
-    joblib launcher) and are each evaluated; the recipe's own view (steps 3-4) is not trained."""
+    joblib launcher) and are each evaluated; the recipe's own view (steps 3-4) is not trained;
+    TRAIN_ARGS picks two of the ablation's four arms."""
     proc = subprocess.run(
-        ["bash", "scripts/orthrus_small.sh", str(tmp_path), "toy", "ablate_ce_loss"],
+        ["bash", "scripts/orthrus_small.sh", str(tmp_path), "toy", "ablate_block_size"],
         cwd=REPO,
-        env={**ENV, "ARM_JOBS": "2", "ONLY_ABLATIONS": "1"},
+        env={**ENV, "ARM_JOBS": "2", "ONLY_ABLATIONS": "1", "TRAIN_ARGS": "model.block_size=8,16"},
         capture_output=True,
         text=True,
         check=False,
@@ -91,7 +92,7 @@ def test_ablation_arms_train_at_once_without_the_recipe_view(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "hydra/launcher=joblib hydra.launcher.n_jobs=2" in proc.stdout
     assert not (tmp_path / "train").exists() and not (tmp_path / "eval").exists()
-    arms = sorted((tmp_path / "ablate_ce_loss").glob("arm_*"))
+    arms = sorted((tmp_path / "ablate_block_size").glob("arm_*"))
     assert len(arms) == 2
     for arm in arms:
         assert (arm / "diffusion_view" / "diffusion_view.safetensors").is_file()
