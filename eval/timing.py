@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from eval.metrics import Timing
-from models.engine import PREFILL_CHUNK
+from models.engine import PREFILL_CHUNK, prefill_chunk_length
 
 PROTOCOL = (
     "warm-up: every (prompt-length bucket, block size K, sampling mode) is decoded once untimed on the same "
@@ -63,10 +63,10 @@ def protocol(warmup: str, warm_tokens: str = "2K+1", batch_size: int = 1) -> str
 
 def length_bucket(length: int) -> tuple[int, ...]:
     """The prefill shapes a prompt of `length` tokens runs at: chunks of PREFILL_CHUNK, the last padded
-    to a power of two (>= 16), as OrthrusEngine.prefill pads them. Prompts in one bucket compile and
-    tune the same kernels, so warming one of them warms all."""
+    by `models.engine.prefill_chunk_length` (in a slot with room for it). Prompts in one bucket compile
+    and tune the same kernels, so warming one of them warms all."""
     full, rest = divmod(length, PREFILL_CHUNK)
-    return (PREFILL_CHUNK,) * full + ((max(16, 1 << (rest - 1).bit_length()),) if rest else ())
+    return (PREFILL_CHUNK,) * full + ((prefill_chunk_length(rest),) if rest else ())
 
 
 def warm_prompts(prompts: list[list[int]], warmup: str) -> list[list[int]]:

@@ -61,6 +61,25 @@ __all__ = ["DRAFT_MODES", "OrthrusEngine", "StaticKVCache"]
 PREFILL_CHUNK = 1024  # prompt tokens per prefill pass: bounds activation memory for long prompts
 
 
+def prefill_chunk_length(n: int, room: int | None = None) -> int:
+    """The length `OrthrusEngine.prefill` pads a chunk of n prompt tokens to: the next power of two (>= 16),
+    at most the `room` rows left in the slot from the chunk's first row. The attention kernels (and
+    `graph_prefill`'s graphs) are built per chunk length, so this bounds them to a handful instead of one
+    per prompt length."""
+    padded = max(16, 1 << (n - 1).bit_length())
+    return padded if room is None else min(padded, room)
+
+
+def prefill_chunk_lengths(max_seq_len: int) -> set[int]:
+    """Every chunk length a prompt of 1..max_seq_len tokens is prefilled at (chunks of PREFILL_CHUNK tokens
+    from rows 0, PREFILL_CHUNK, ..., each padded by `prefill_chunk_length`)."""
+    return {
+        prefill_chunk_length(n, max_seq_len - lo)
+        for lo in range(0, max_seq_len, PREFILL_CHUNK)
+        for n in range(1, min(PREFILL_CHUNK, max_seq_len - lo) + 1)
+    }
+
+
 class StaticKVCache:
     """All layers' keys and values in one zero-initialised buffer (L, 2, slots, Hkv, S_max, D): one slot of
     S_max rows per concurrent sequence.
@@ -235,11 +254,10 @@ class OrthrusEngine:
         """Build (on CUDA, capture) the steps of block size K at every batch-size bucket; with a sampled
         `sampling`, also the sampling steps of a batch whose requests all sample with it (`Server`'s
         setting for such a batch), so that no capture is left for the first iterations that need one.
-        With `graph_prefill`, also the prefill graph of every power-of-two chunk length."""
-        if self._prefill is not None:  # every whole-chunk length a prompt can pad to
-            for T in (1 << i for i in range(4, PREFILL_CHUNK.bit_length())):
-                if T <= self.cache.max_seq_len:
-                    self._prefill.build(T)
+        With `graph_prefill`, also the prefill graph of every chunk length a prompt can pad to."""
+        if self._prefill is not None:
+            for T in sorted(prefill_chunk_lengths(self.cache.max_seq_len)):
+                self._prefill.build(T)
         b = 1
         while True:
             steps = self.steps(block_size, b)
@@ -315,10 +333,9 @@ class OrthrusEngine:
         """Write the prompt (L,) into rows [0, L) of cache slot `slot`; returns the last position's
         logits (1, V) and leaves start[slot] = L. The other slots are untouched.
 
-        Chunks of up to PREFILL_CHUNK tokens, each padded to a power of two (>= 16): the attention
-        kernels are compiled per block length, so this bounds the compilations to a handful instead of
-        one per prompt length. Padding sits after the real tokens, so causal attention keeps it out of
-        their results; the rows it writes past L are overwritten before anything reads them.
+        Chunks of up to PREFILL_CHUNK tokens, each padded to `prefill_chunk_length`. Padding sits after
+        the real tokens, so causal attention keeps it out of their results; the rows it writes past L are
+        overwritten before anything reads them.
         With `graph_prefill` the chunks run in the scratch slot (`_Prefill`) and are then copied to `slot`.
         """
         L = prompt.shape[0]
@@ -326,7 +343,7 @@ class OrthrusEngine:
         for lo in range(0, L, PREFILL_CHUNK):
             chunk = prompt[lo : lo + PREFILL_CHUNK]
             n = chunk.shape[0]
-            padded = min(max(16, 1 << (n - 1).bit_length()), self.cache.max_seq_len - lo)
+            padded = prefill_chunk_length(n, self.cache.max_seq_len - lo)
             chunk = F.pad(chunk, (0, padded - n), value=self.config.mask_token_id)
             self.start[at].fill_(lo)
             if self._prefill is None:

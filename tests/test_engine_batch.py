@@ -133,6 +133,24 @@ def test_graph_prefill_equals_base(make_model, monkeypatch, broken):
     assert all(exact) != broken, exact
 
 
+def test_warm_up_builds_every_prefill_chunk_length(make_model, monkeypatch):
+    """warm_up builds (on CUDA: captures) the graph_prefill layers of exactly the chunk lengths prompts pad to,
+    so prefilling a prompt of any length a request can have builds nothing while a clock runs. With chunks of
+    16 in slots of 40 rows, a prompt's third chunk has room for 8 rows only: it pads to 8, not 16."""
+    monkeypatch.setattr(models.engine, "PREFILL_CHUNK", 16)
+    K, rows = 4, 40
+    engine = OrthrusEngine(make_model(seed=14), rows, graph_prefill=True)
+    engine.warm_up(K)
+    warmed = set(engine._prefill._fns)  # the lengths built (without CUDA graphs the build records them too)
+    used = []
+    build = engine._prefill.build
+    monkeypatch.setattr(engine._prefill, "build", lambda T: used.append(T) or build(T))
+    for L in range(1, rows - K + 1):
+        engine.prefill(prompt(L, seed=L)[0])
+    assert set(engine._prefill._fns) == warmed, "a prefill built a chunk length warm_up left out"
+    assert set(used) == warmed == {8, 16}
+
+
 def test_triton_batch_equals_base(make_model, monkeypatch):
     """The fast path (compiled on a GPU, interpreted off it): ragged Triton attention and per-slot RoPE in
     one pass; broken, every slot reads slot 0's length (eager launches, so the broken length reaches them)."""
