@@ -445,12 +445,8 @@ class _Prefill:
             return
         ids = self.inputs[T] = torch.full((T,), e.config.mask_token_id, dtype=torch.long, device=e.device)
         self._fns[T] = lambda: e._layers(ids, "verify", slice(self.slot, self.slot + 1))
-        if e.cuda_graphs:
-            # The warm-ups and the capture run at start 0 and write this slot's rows [0, T): put back the
-            # earlier chunks of a prompt being prefilled.
-            rows = e.cache.kv[:, :, self.slot, :, :T].clone()
-            self._graphs.update(_capture(e, {T: self._fns[T]}, self._outputs, 0))
-            e.cache.kv[:, :, self.slot, :, :T].copy_(rows)
+        if e.cuda_graphs:  # mid-prompt too: `_capture` puts back the rows of the chunks prefilled so far
+            self._graphs.update(_capture(e, {T: self._fns[T]}, self._outputs, slice(self.slot, self.slot + 1), T))
 
 
 class _Steps:
@@ -481,7 +477,7 @@ class _Steps:
             fns = {"draft": self._draft, **fns}
         self._fns = fns
         self._outputs: dict[str, torch.Tensor] = {}
-        self._graphs = _capture(engine, fns, self._outputs, K) if engine.cuda_graphs else {}
+        self._graphs = _capture(engine, fns, self._outputs, self.slots, K) if engine.cuda_graphs else {}
         self._samplers: dict[tuple, _Sampler] = {}
 
     def _draft(self):
@@ -561,7 +557,7 @@ class _Sampler:
         fns = {"draft": self._draft, "accept": self._accept} if sampled_drafts else {"accept": self._accept}
         self._fns = fns
         self._outputs: dict[str, torch.Tensor] = {}
-        self._graphs = _capture(e, fns, self._outputs, 0) if e.cuda_graphs else {}
+        self._graphs = _capture(e, fns, self._outputs, steps.slots, 0) if e.cuda_graphs else {}
 
     def _sampled(self):
         return [(b, p) for b, p in enumerate(self.params) if not p.greedy]
@@ -624,16 +620,18 @@ def _run(name, fns, graphs, outputs) -> torch.Tensor:
     return outputs[name]
 
 
-def _capture(e: OrthrusEngine, fns: dict, outputs: dict, cache_rows: int) -> dict:
-    """Capture each step of `fns` as a CUDA graph (after two warm-ups that compile the kernels);
-    fills `outputs` with the steps' static outputs and returns the graphs.
+def _capture(e: OrthrusEngine, fns: dict, outputs: dict, slots: slice, cache_rows: int) -> dict:
+    """Capture each step of `fns` (steps over cache slots `slots`) as a CUDA graph (after two warm-ups
+    that compile the kernels); fills `outputs` with the steps' static outputs and returns the graphs.
 
-    The warm-ups and the capture run the steps for real: they move start/last/rng and write cache rows
-    start..start+cache_rows-1 of every slot. They run at start 0 (inside the cache) and what they change
-    is put back, so steps may be built after a prefill without corrupting the prompts' rows.
+    The warm-ups and the capture run the steps for real: they move start/last/rng of `slots` and write
+    cache rows start..start+cache_rows-1 of those slots. They run at start 0 (inside the cache) and what
+    they change is put back, so steps may be built after a prefill, or mid-prompt, without corrupting the
+    prompts' rows; the other slots are not touched.
     """
-    saved = e.start.clone(), e.last.clone(), e.rng.clone(), e.cache.kv[..., :cache_rows, :].clone()
-    e.start.zero_()
+    state = e.start[slots], e.last[slots], e.rng[slots], e.cache.kv[:, :, slots, :, :cache_rows]  # views
+    saved = [t.clone() for t in state]
+    e.start[slots].zero_()
     pool = torch.cuda.graph_pool_handle()
     side = torch.cuda.Stream()
     graphs = {}
@@ -647,10 +645,8 @@ def _capture(e: OrthrusEngine, fns: dict, outputs: dict, cache_rows: int) -> dic
         with torch.cuda.graph(graph, pool=pool):
             outputs[name] = fn()
         graphs[name] = graph
-    e.start.copy_(saved[0])
-    e.last.copy_(saved[1])
-    e.rng.copy_(saved[2])
-    e.cache.kv[..., :cache_rows, :].copy_(saved[3])
+    for t, s in zip(state, saved):
+        t.copy_(s)
     return graphs
 
 
