@@ -22,12 +22,13 @@ for the same seed wherever a row's logits do not depend on the number of rows (i
 its own iterations from its join; on the GPU the passes' kernel choices depend on the batch size).
 
 The host keeps IN_FLIGHT iterations launched: each iteration's packed result (B, K + 1) is copied to
-pinned host memory without blocking and read while the next one runs (a request admitted while
-iterations are in flight has its first token copied the same way), so EOS and max_new_tokens are
-seen one iteration late; the extra iteration a finished request is part of is discarded (it writes
-only rows of its own slot: `_Steps.finish` clamps a slot's start inside the slot). Nothing else on the
-serving path waits for the device: a streamed prompt is copied to the host at `submit`, a finished
-request's tokens go to the device through pinned memory.
+pinned host memory without blocking and read while the next one runs (the requests admitted between two
+iterations have their prefills launched one after another and their first tokens copied the same way, in
+one copy, read back together), so EOS and max_new_tokens are seen one iteration late; the extra
+iteration a finished request is part of is discarded (it writes only rows of its own slot:
+`_Steps.finish` clamps a slot's start inside the slot). Nothing else on the serving path waits for the
+device: a streamed prompt is copied to the host at `submit`, a finished request's tokens go to the device
+through pinned memory.
 
 `Server.stats` (`ServeStats`) counts where the host loop's time went: admissions (prefills), waits for
 read-backs, iterations per batch-size bucket and how many of their slots were busy.
@@ -51,10 +52,11 @@ DRAFT_MODES = ("sampled", "greedy")
 class ServeStats:
     """What one `Server` did, for finding where serving time goes (host clock, seconds).
 
-    admit_seconds: in admissions: the prefill's launches (eager: one launch per kernel) and the first
-      token. wait_seconds: blocked on a read-back, i.e. the device was behind the host; a host-bound loop
-      waits little. iterations: launched iterations per batch-size bucket; busy_slot_iterations: the busy
-      slots in them (a bucket also decodes its free slots below the highest busy one)."""
+    admit_seconds: in admissions: the prefills' launches (eager: one launch per kernel) and their first
+      tokens' copy. wait_seconds: blocked on a read-back (an iteration's, or the first tokens'), i.e. the
+      device was behind the host; a host-bound loop waits little. iterations: launched iterations per
+      batch-size bucket; busy_slot_iterations: the busy slots in them (a bucket also decodes its free slots
+      below the highest busy one)."""
 
     prefills: int = 0
     admit_seconds: float = 0.0
@@ -175,9 +177,8 @@ class Server:
         """Admit waiting requests to free slots, keep up to IN_FLIGHT iterations launched and read one
         back. Returns the (id, result) of the requests that finished meanwhile."""
         self._admit()
-        if not len(self.reader):  # nothing in flight: tokens still being copied are there now
-            for r in [r for r in self.slots if r is not None and r.first is not None]:
-                self._emit_first(r)
+        if not len(self.reader):  # nothing in flight: the first tokens being copied are read back now, together
+            self._emit_first([r for r in self.slots if r is not None and r.first is not None])
         active = [r for r in self.slots if r is not None]
         # Launch ahead while some request may still need every launched iteration.
         while len(self.reader) < IN_FLIGHT and any(
@@ -195,7 +196,12 @@ class Server:
             yield from self.step()
 
     def _admit(self) -> None:
+        """Waiting requests into the free slots: each one's prefill and first token launched on the device,
+        then all their first tokens copied to the host in one copy, without blocking. They are emitted at
+        the read-back of the first iteration launched after them or, with nothing in flight, right after
+        (`step`): one wait for all, not one blocking read per request between its prefill and the next."""
         e = self.engine
+        admitted = []
         while self.waiting and None in self.slots:
             t0 = time.perf_counter()
             r, slot = self.waiting.popleft(), self.slots.index(None)
@@ -210,13 +216,15 @@ class Server:
                 e.rng[slot, 1].zero_()
             e.last[slot : slot + 1].copy_(e.first_token(logits, r.sampling, slot))
             r.slot, self.slots[slot] = slot, r
-            if not len(self.reader):  # nothing in flight: reading the token now stalls nothing
-                self._emit(r, [int(e.last[slot])])
-            else:
-                # Iterations are in flight: copy the token without blocking; it is emitted when the first
-                # iteration launched after it is read back, or once nothing is in flight (`_emit_first`).
-                r.first, r.first_copied = self.reader.copy(e.last[slot : slot + 1])
+            admitted.append(r)
             self.stats.prefills += 1
+            self.stats.admit_seconds += time.perf_counter() - t0
+        if admitted:
+            t0 = time.perf_counter()
+            lo, hi = min(r.slot for r in admitted), max(r.slot for r in admitted) + 1
+            firsts, copied = self.reader.copy(e.last[lo:hi])  # one copy over the admitted slots' span
+            for r in admitted:
+                r.first, r.first_copied = firsts[r.slot - lo], copied
             self.stats.admit_seconds += time.perf_counter() - t0
 
     def _launch(self, active: list[_Request]) -> None:
@@ -250,7 +258,7 @@ class Server:
         for r in members:
             r.in_flight -= 1
             if r.first is not None:
-                self._emit_first(r)
+                self._emit_first([r])
             if r.done:  # finished in an earlier iteration (or at its first token): this one ran past its end
                 continue
             lo = r.slot * (K + 1)
@@ -263,15 +271,20 @@ class Server:
             res.ar_forwards += 1
             res.emitted.append(self._emit(r, row[1 : n_acc + 2], None if chunks is None else chunks[lo + 1 :]))
 
-    def _emit_first(self, r: _Request) -> None:
-        """Emit the prefill's token once its copy is done: it may not be yet when no iteration launched
-        after it was read back (a one-token request joining while the last iterations ran)."""
-        if r.first_copied is not None:
+    def _emit_first(self, requests: list[_Request]) -> None:
+        """Emit the prefills' tokens of `requests` once their copies are done, one wait per copy (requests
+        admitted together share one). A copy may not be done yet when no iteration launched after it was
+        read back: requests admitted while nothing was in flight, or a one-token request joining while the
+        last iterations ran."""
+        copies = {id(r.first_copied): r.first_copied for r in requests if r.first_copied is not None}
+        if copies:
             t0 = time.perf_counter()
-            r.first_copied.synchronize()
+            for event in copies.values():
+                event.synchronize()
             self.stats.wait_seconds += time.perf_counter() - t0
-        first, r.first, r.first_copied = int(r.first), None, None
-        self._emit(r, [first])
+        for r in requests:
+            first, r.first, r.first_copied = int(r.first), None, None
+            self._emit(r, [first])
 
     def _emit(self, r: _Request, tokens: list[int], chunk: torch.Tensor | None = None) -> int:
         """Append tokens, clipped at max_new_tokens, EOS or a stop string; finish the request when it is

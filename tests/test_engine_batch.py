@@ -248,15 +248,47 @@ def test_first_token_copy_is_waited_for(make_model, monkeypatch, broken):
     def pending_copy(reader, src):
         host = torch.full(src.shape, -1, dtype=src.dtype)
         copies.append(PendingCopy(host, src))
+        in_flight.append(len(reader))
         return host, copies[-1]
 
+    in_flight = []  # iterations in flight at each copy
     monkeypatch.setattr(_ReadBack, "copy", pending_copy)
     model = make_model(seed=12)
     subs, refs = greedy_case(model, [(5, 3, 0, None), (4, 1, 1, None)])
     results, _ = serve(Server(OrthrusEngine(model, S, max_batch_size=2), 4), subs)
-    assert copies, "no first token was copied while iterations were in flight: the case went untested"
+    assert any(in_flight), "no first token was copied while iterations were in flight: the case went untested"
     exact = [torch.equal(out.sequences, ref) for out, ref in zip(results, refs)]
     assert all(exact) != broken, exact
+
+
+def test_admissions_into_an_idle_server_read_back_once(make_model, monkeypatch):
+    """Requests filling an idle server's slots have their prefills launched one after another and their first
+    tokens read back together: one copy and one wait, not a blocking read per request between its prefill and
+    the next one's."""
+    copies, waits = [], []
+    copy = _ReadBack.copy
+
+    class Waited:
+        def __init__(self, event):
+            self.event = event
+
+        def synchronize(self):
+            waits.append(1)
+            if self.event is not None:
+                self.event.synchronize()
+
+    def counted_copy(reader, src):
+        copies.append(src.numel())
+        host, event = copy(reader, src)
+        return host, Waited(event)
+
+    monkeypatch.setattr(_ReadBack, "copy", counted_copy)
+    model = make_model(seed=15)
+    subs, refs = greedy_case(model, [(5, 6, 0, None), (9, 4, 0, None), (2, 7, 0, None)])
+    server = Server(OrthrusEngine(model, S, max_batch_size=3), 4)
+    results, _ = serve(server, subs)
+    assert all(torch.equal(out.sequences, ref) for out, ref in zip(results, refs))
+    assert server.stats.prefills == 3 and copies == [3] and waits == [1], (copies, waits)
 
 
 def test_one_token_request_at_the_end_of_a_slot(make_model):
