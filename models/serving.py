@@ -116,7 +116,7 @@ class Server:
         self.slots: list[_Request | None] = [None] * batch_size
         self.waiting: deque[_Request] = deque()
         self.stats = ServeStats()
-        self.reader = _ReadBack(engine.max_batch_size * (self.K + 1), engine.device, self.stats)
+        self.reader = _ReadBack(engine.max_batch_size * (self.K + 1), engine.device)
         self._finished: list[tuple[int, GenerationResult]] = []
         self._next_id = 0
 
@@ -251,9 +251,13 @@ class Server:
 
     def _read(self) -> None:
         """The oldest launched iteration's result, handed to the requests it decoded."""
-        # With streamers, also the iteration as one host tensor, sliced per request (a tensor per request
-        # costs more host time than the rest of its bookkeeping).
-        rows, chunks, members = self.reader.pop(copy=any(r.streamer is not None for r in self.reader.next_tag()))
+        t0 = time.perf_counter()
+        result, members = self.reader.pop()
+        self.stats.wait_seconds += time.perf_counter() - t0
+        rows = result.tolist()
+        # With streamers, also the iteration as one host tensor of its own (the buffer is reused), sliced per
+        # request (a tensor per request costs more host time than the rest of its bookkeeping).
+        chunks = result.clone() if any(r.streamer is not None for r in members) else None
         K = self.K
         for r in members:
             r.in_flight -= 1
@@ -354,8 +358,8 @@ class _ReadBack:
     CUDA), read in launch order with the tag each was pushed with: the host reads iteration i while
     iteration i + 1 runs."""
 
-    def __init__(self, n: int, device: torch.device, stats: ServeStats):
-        self.cuda, self.stats = device.type == "cuda", stats
+    def __init__(self, n: int, device: torch.device):
+        self.cuda = device.type == "cuda"
         self.buffers = [torch.empty(n, dtype=torch.long, pin_memory=self.cuda) for _ in range(IN_FLIGHT)]
         self.events = [torch.cuda.Event() if self.cuda else None for _ in range(IN_FLIGHT)]
         self.queue: deque[tuple[int, int, object]] = deque()
@@ -382,16 +386,10 @@ class _ReadBack:
         event.record()
         return host, event
 
-    def next_tag(self):
-        """The tag of the result `pop` returns next."""
-        return self.queue[0][2]
-
-    def pop(self, copy: bool = False) -> tuple[list[int], torch.Tensor | None, object]:
-        """The oldest result as a list, with copy also as a host tensor of its own (the buffer is reused), and
-        its tag."""
+    def pop(self) -> tuple[torch.Tensor, object]:
+        """The oldest result, once its copy is done, and its tag. The result is a view of a host buffer that
+        the next `push` may reuse: read (or clone) it before pushing again."""
         i, n, tag = self.queue.popleft()
         if self.cuda:
-            t0 = time.perf_counter()
             self.events[i].synchronize()
-            self.stats.wait_seconds += time.perf_counter() - t0
-        return self.buffers[i][:n].tolist(), self.buffers[i][:n].clone() if copy else None, tag
+        return self.buffers[i][:n], tag
