@@ -20,7 +20,7 @@
 
 import torch
 
-from eval.decode_bench import PAPER_TOKENS_PER_ITERATION, kv_row_bytes, pass_weight_bytes
+from eval.decode_bench import PAPER_TOKENS_PER_ITERATION, kv_row_bytes, pass_weight_bytes, profile_verify
 from eval.report import markdown_table
 from eval.runner import serve_prompts
 from eval.timing import warm_prompts
@@ -102,6 +102,33 @@ def iteration_points(
                 )
                 log(f"[{shape}] ctx {ctx} K {K:2d} B {B:2d}: {ms:.3f} ms (roofline {bound['memory_bound_ms']:.3f})")
     return points
+
+
+def parse_points(points: str) -> list[tuple[int, int]]:
+    """ "BxK,BxK,..." (e.g. "1x16,16x16"; "" for none) as (batch size, block size) pairs; ValueError naming a
+    malformed point."""
+    pairs = []
+    for point in filter(None, points.split(",")):
+        B, x, K = point.partition("x")
+        if not (x and B.isdigit() and K.isdigit()):
+            raise ValueError(f"profile point {point!r}: write it as BxK (batch size x block size), e.g. 16x16")
+        pairs.append((int(B), int(K)))
+    return pairs
+
+
+def profile_points(engine, shape: str, points: str, batch_sizes, ks, ctx: int, device, log) -> list[dict]:
+    """Kernel time by kernel name of one eager iteration (draft + verify + accept; K = 1: verify + accept) at
+    each "BxK" point of `points` at context ctx (`eval.decode_bench.profile_verify`; nothing off CUDA). A point
+    that `iteration_points` did not measure (B not in batch_sizes, K not 1 or in ks) is logged and skipped."""
+    rows = []
+    for B, K in parse_points(points):
+        if B not in batch_sizes or K not in [1, *ks]:
+            log(f"[{shape}] profile {B}x{K}: not a measured point (--batch-sizes, --ks); skipped")
+            continue
+        names = ("draft", "verify", "accept") if K > 1 else ("verify", "accept")
+        kernels = profile_verify(engine, K, ctx, device, log, batch=B, names=names)
+        rows.append({"shape": shape, "context": ctx, "batch_size": B, "block_size": K, "kernels": kernels})
+    return rows
 
 
 def serving_points(

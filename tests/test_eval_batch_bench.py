@@ -1,9 +1,11 @@
 """The GPU benchmarks' library parts that hold logic (eval/decode_bench.py, eval/batch_bench.py), run on a tiny
-model on the CPU: the kernel profile puts the engine back whatever happens."""
+model on the CPU: the kernel profile puts the engine back whatever happens, and profiles the points asked
+for."""
 
 import pytest
 import torch
 
+from eval.batch_bench import parse_points, profile_points
 from eval.decode_bench import profile_verify
 from models.engine import OrthrusEngine
 from tests.test_greedy import base_greedy, prompt
@@ -32,3 +34,19 @@ def test_failed_profile_leaves_the_engine_usable(make_model, monkeypatch):
     assert all(steps._outputs[name] is out for name, out in outputs.items()), "the graphs' outputs were not put back"
     ids = prompt(6, seed=2)
     assert torch.equal(engine.generate(ids, 9, block_size=4).sequences, base_greedy(model, ids, 9))
+
+
+def test_profile_points_profile_the_measured_points_only(make_model):
+    """bench_batch --profile: each BxK point that iteration_points measured gets a profile row (no kernels off
+    CUDA), another is logged and skipped, and a malformed point is a clear error before any profiling."""
+    engine = OrthrusEngine(make_model(seed=17), 48, max_batch_size=2)
+    logged = []
+    rows = profile_points(engine, "tiny", "1x4,2x1,4x4,1x8", [1, 2], [4], 16, engine.device, logged.append)
+    assert [(r["shape"], r["context"], r["batch_size"], r["block_size"], r["kernels"]) for r in rows] == [
+        ("tiny", 16, 1, 4, []),
+        ("tiny", 16, 2, 1, []),
+    ]
+    assert [m.split(":")[0] for m in logged] == ["[tiny] profile 4x4", "[tiny] profile 1x8"]
+    assert parse_points("") == [] and parse_points("16x16") == [(16, 16)]
+    with pytest.raises(ValueError, match="'16-16': write it as BxK"):
+        parse_points("1x4,16-16")
