@@ -14,8 +14,8 @@
    acceptance profile (the small model's measured one, and the paper's acceptance length; labelled),
    and the best K per batch size.
 4. `memory_per_request`: bytes of state one request holds, computed from shapes: Orthrus (the base's KV
-   cache; the K draft rows are transient), plain AR, and a design with a separate drafter model that
-   keeps its own KV cache per request.
+   cache; the K draft rows are transient), plain AR, and a design with a separate drafter model (a smaller
+   Qwen3 per target shape, `DRAFTERS`) that keeps its own KV cache per request.
 """
 
 import torch
@@ -32,6 +32,9 @@ DEVICE_PEAKS = {
     "nvidia-h200": {"hbm_bytes_per_s": 4.8e12, "dense_bf16_flops_per_s": 989e12, "source": "NVIDIA H200 datasheet"},
 }
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+# The separate drafter `memory_per_request` pairs with each target shape: a smaller Qwen3 (same tokenizer), as
+# speculative decoding with a draft model pairs them.
+DRAFTERS = {"qwen3_1.7b": "qwen3_0.6b", "qwen3_4b": "qwen3_0.6b", "qwen3_8b": "qwen3_1.7b"}
 
 
 def pass_flops(config, tokens: int, attention_pairs: int, logit_rows: int) -> float:
@@ -232,10 +235,12 @@ def best_k(projections: list[dict]) -> list[dict]:
     return list(best.values())
 
 
-def memory_per_request(shape: str, context: int, K: int, drafter: str = "qwen3_1.7b", dtype_bytes: int = 2) -> dict:
+def memory_per_request(shape: str, context: int, K: int, drafter: str | None = None, dtype_bytes: int = 2) -> dict:
     """Bytes of state one request holds at `context` tokens, from the shapes: AR and Orthrus keep the base's
     KV cache (Orthrus's draft block adds K transient rows per running request, never stored); a
-    separate-drafter design also keeps its drafter's KV cache for the whole context."""
+    separate-drafter design also keeps its drafter's KV cache (default: `DRAFTERS[shape]`) for the whole
+    context."""
+    drafter = drafter or DRAFTERS[shape]
 
     def kv_row(name):
         c = shape_config(name)
@@ -254,7 +259,6 @@ def memory_per_request(shape: str, context: int, K: int, drafter: str = "qwen3_1
         "block_size": K,
         "drafter": drafter,
         **{f"{k}_bytes": v for k, v in sizes.items()},
-        **{f"{k}_MB": v / 1e6 for k, v in sizes.items()},
     }
 
 
@@ -319,7 +323,12 @@ def markdown(results: dict) -> str:
     out += _table(spec, results.get("best_k", []))
     out += ["", "## Targets", "", *(f"- {k}: {v}" for k, v in results.get("targets", {}).items())]
     out += ["", "## State per request (computed from shapes, bf16, MB)", ""]
-    spec = "shape=shape|ctx=context|AR=ar_MB:.1f|Orthrus=orthrus_MB:.1f|Orthrus transient draft"
-    spec += "=orthrus_transient_draft_MB:.2f|separate drafter=separate_drafter_MB:.1f|drafter=drafter"
-    out += _table(spec, results.get("memory_per_request", []))
+    spec = "shape=shape|ctx=context|AR=ar_mb:.1f|Orthrus=orthrus_mb:.1f|Orthrus transient draft"
+    spec += "=orthrus_transient_draft_mb:.2f|separate drafter (target + drafter)=separate_drafter_mb:.1f"
+    spec += "|its drafter=drafter"
+    memory = [
+        r | {k.removesuffix("_bytes") + "_mb": v / 1e6 for k, v in r.items() if k.endswith("_bytes")}
+        for r in results.get("memory_per_request", [])
+    ]
+    out += _table(spec, memory)
     return "\n".join(out) + "\n"

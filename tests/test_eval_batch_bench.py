@@ -1,13 +1,14 @@
 """The GPU benchmarks' library parts that hold logic (eval/decode_bench.py, eval/batch_bench.py), run on a tiny
-model on the CPU: the kernel profile puts the engine back whatever happens, and profiles the points asked
-for."""
+model on the CPU: the kernel profile puts the engine back whatever happens and profiles the points asked for;
+the state per request is computed in bytes against a smaller drafter per shape."""
 
 import pytest
 import torch
 
-from eval.batch_bench import parse_points, profile_points
+from eval.batch_bench import markdown, memory_per_request, parse_points, profile_points
 from eval.decode_bench import profile_verify
 from models.engine import OrthrusEngine
+from models.shapes import shape_config
 from tests.test_greedy import base_greedy, prompt
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -50,3 +51,19 @@ def test_profile_points_profile_the_measured_points_only(make_model):
     assert parse_points("") == [] and parse_points("16x16") == [(16, 16)]
     with pytest.raises(ValueError, match="'16-16': write it as BxK"):
         parse_points("1x4,16-16")
+
+
+def test_memory_per_request_in_bytes_with_a_smaller_drafter_per_shape():
+    """memory_per_request keeps bytes only (bench.md shows MB) and pairs each target with a smaller Qwen3 as the
+    separate drafter, named in the table: the 1.7B shape with the 0.6B one (a KV row of 28 layers x 2 x 8 heads
+    x 128 x 2 bytes, as the 1.7B's), the 8B shape (36 layers) with the 1.7B one."""
+    row = 28 * 2 * 8 * 128 * 2
+    small, large = memory_per_request("qwen3_1.7b", 1000, 16), memory_per_request("qwen3_8b", 1000, 16)
+    assert (small["drafter"], large["drafter"]) == ("qwen3_0.6b", "qwen3_1.7b")
+    assert not any(k.endswith("_MB") or k.endswith("_mb") for k in small)
+    assert small["ar_bytes"] == small["orthrus_bytes"] == 1000 * row and small["separate_drafter_bytes"] == 2000 * row
+    assert large["separate_drafter_bytes"] == 1000 * (36 * 2 * 8 * 128 * 2 + row)
+    assert "| qwen3_1.7b | 1000 | 114.7 | 114.7 | 1.84 | 229.4 | qwen3_0.6b |" in markdown(
+        {"memory_per_request": [small]}
+    )
+    assert shape_config("qwen3_0.6b").hidden_size == 1024
