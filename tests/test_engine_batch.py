@@ -6,6 +6,7 @@ more requests than slots. Each exactness test is also run against a deliberately
 and must fail there.
 """
 
+import contextlib
 from types import SimpleNamespace
 
 import pytest
@@ -149,6 +150,40 @@ def test_warm_up_builds_every_prefill_chunk_length(make_model, monkeypatch):
         engine.prefill(prompt(L, seed=L)[0])
     assert set(engine._prefill._fns) == warmed, "a prefill built a chunk length warm_up left out"
     assert set(used) == warmed == {8, 16}
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_captures_put_back_what_they_change(make_model, monkeypatch, broken):
+    """`_capture` runs the steps it captures for real (warm-ups, capture) at start 0 of its slots and puts back
+    their start, last, rng and cache rows. Here on the CPU, torch.cuda's graph calls stubbed so that a capture
+    runs its steps eagerly and its graphs are then left out (the steps run eagerly): the steps of bucket 3 are
+    captured after three prompts are prefilled, and the prefill graph of 16-token chunks in the middle of a
+    40-token prompt (chunks of 32); every output is still the base model's. Broken: the cache rows are not put
+    back."""
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    for name, stub in (("graph_pool_handle", lambda: None), ("Stream", Stream), ("current_stream", Stream),
+                       ("stream", lambda s: contextlib.nullcontext()), ("CUDAGraph", lambda: None),
+                       ("graph", lambda g, pool: contextlib.nullcontext())):  # fmt: skip
+        monkeypatch.setattr(torch.cuda, name, stub)
+    capture = models.engine._capture
+
+    def eager_capture(e, fns, outputs, slots, cache_rows):
+        capture(e, fns, outputs, slots, 0 if broken else cache_rows)
+        return {}
+
+    monkeypatch.setattr(models.engine, "_capture", eager_capture)
+    monkeypatch.setattr(models.engine, "PREFILL_CHUNK", 32)
+    model = make_model(seed=18)
+    subs, refs = greedy_case(model, [(40, 5, 0, None), (5, 9, 0, None), (12, 6, 0, None), (3, 7, 2, None)])
+    engine = OrthrusEngine(model, S, max_batch_size=3, graph_prefill=True)
+    engine.cuda_graphs = True  # as on a GPU: steps and prefill chunk lengths are captured when first needed
+    results, _ = serve(Server(engine, 4), subs)
+    exact = [torch.equal(out.sequences, ref) for out, ref in zip(results, refs)]
+    assert all(exact) != broken, exact
 
 
 def test_triton_batch_equals_base(make_model, monkeypatch):
