@@ -177,8 +177,11 @@ class Server:
         """Admit waiting requests to free slots, keep up to IN_FLIGHT iterations launched and read one
         back. Returns the (id, result) of the requests that finished meanwhile."""
         self._admit()
-        if not len(self.reader):  # nothing in flight: the first tokens being copied are read back now, together
-            self._emit_first([r for r in self.slots if r is not None and r.first is not None])
+        # Nothing in flight: the first tokens being copied are read back now, together; the slots of requests
+        # that end at their first token take the next waiting requests.
+        while not len(self.reader) and (firsts := [r for r in self.slots if r is not None and r.first is not None]):
+            self._emit_first(firsts)
+            self._admit()
         active = [r for r in self.slots if r is not None]
         # Launch ahead while some request may still need every launched iteration.
         while len(self.reader) < IN_FLIGHT and any(

@@ -290,7 +290,8 @@ def test_first_token_copy_is_waited_for(make_model, monkeypatch, broken):
 def test_admissions_into_an_idle_server_read_back_once(make_model, monkeypatch):
     """Requests filling an idle server's slots have their prefills launched one after another and their first
     tokens read back together: one copy and one wait, not a blocking read per request between its prefill and
-    the next one's."""
+    the next one's. A request that ends at its first token frees its slot for the next waiting one in the
+    same step (a second round: one more copy and wait)."""
     copies, waits = [], []
     copy = _ReadBack.copy
 
@@ -310,11 +311,14 @@ def test_admissions_into_an_idle_server_read_back_once(make_model, monkeypatch):
 
     monkeypatch.setattr(_ReadBack, "copy", counted_copy)
     model = make_model(seed=15)
-    subs, refs = greedy_case(model, [(5, 6, 0, None), (9, 4, 0, None), (2, 7, 0, None)])
+    subs, refs = greedy_case(model, [(5, 6, 0, None), (9, 1, 0, None), (2, 7, 0, None), (4, 5, 0, None)])
     server = Server(OrthrusEngine(model, S, max_batch_size=3), 4)
-    results, _ = serve(server, subs)
-    assert all(torch.equal(out.sequences, ref) for out, ref in zip(results, refs))
-    assert server.stats.prefills == 3 and copies == [3] and waits == [1], (copies, waits)
+    ids = {server.submit(**{k: v for k, v in sub.items() if k != "at"}): i for i, sub in enumerate(subs)}
+    results = dict(server.step())
+    assert (copies, waits, len(server.waiting), server.stats.prefills) == ([3, 1], [1, 1], 0, 4)
+    while server.busy:
+        results.update(server.step())
+    assert all(torch.equal(results[rid].sequences, refs[i]) for rid, i in ids.items())
 
 
 def test_one_token_request_at_the_end_of_a_slot(make_model):
