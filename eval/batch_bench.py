@@ -14,13 +14,13 @@
    acceptance profile (the small model's measured one, and the paper's acceptance length; labelled),
    and the best K per batch size.
 4. `memory_per_request`: bytes of state one request holds, computed from shapes: Orthrus (the base's KV
-   cache; the K draft rows are transient), plain AR, and a design with a separate drafter model that
-   keeps its own KV cache per request.
+   cache; the K draft rows are transient), plain AR, and a design with a separate drafter model (a smaller
+   Qwen3 per target shape, `DRAFTERS`) that keeps its own KV cache per request.
 """
 
 import torch
 
-from eval.decode_bench import PAPER_TOKENS_PER_ITERATION, kv_row_bytes, pass_weight_bytes
+from eval.decode_bench import PAPER_TOKENS_PER_ITERATION, kv_row_bytes, pass_weight_bytes, profile_verify
 from eval.report import markdown_table
 from eval.runner import serve_prompts
 from eval.timing import warm_prompts
@@ -32,6 +32,9 @@ DEVICE_PEAKS = {
     "nvidia-h200": {"hbm_bytes_per_s": 4.8e12, "dense_bf16_flops_per_s": 989e12, "source": "NVIDIA H200 datasheet"},
 }
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+# The separate drafter `memory_per_request` pairs with each target shape: a smaller Qwen3 (same tokenizer), as
+# speculative decoding with a draft model pairs them.
+DRAFTERS = {"qwen3_1.7b": "qwen3_0.6b", "qwen3_4b": "qwen3_0.6b", "qwen3_8b": "qwen3_1.7b"}
 
 
 def pass_flops(config, tokens: int, attention_pairs: int, logit_rows: int) -> float:
@@ -103,6 +106,33 @@ def iteration_points(
                 )
                 log(f"[{shape}] ctx {ctx} K {K:2d} B {B:2d}: {ms:.3f} ms (roofline {bound['memory_bound_ms']:.3f})")
     return points
+
+
+def parse_points(points: str) -> list[tuple[int, int]]:
+    """ "BxK,BxK,..." (e.g. "1x16,16x16"; "" for none) as (batch size, block size) pairs; ValueError naming a
+    malformed point."""
+    pairs = []
+    for point in filter(None, points.split(",")):
+        B, x, K = point.partition("x")
+        if not (x and B.isdigit() and K.isdigit()):
+            raise ValueError(f"profile point {point!r}: write it as BxK (batch size x block size), e.g. 16x16")
+        pairs.append((int(B), int(K)))
+    return pairs
+
+
+def profile_points(engine, shape: str, points: str, batch_sizes, ks, ctx: int, device, log) -> list[dict]:
+    """Kernel time by kernel name of one eager iteration (draft + verify + accept; K = 1: verify + accept) at
+    each "BxK" point of `points` at context ctx (`eval.decode_bench.profile_verify`; nothing off CUDA). A point
+    that `iteration_points` did not measure (B not in batch_sizes, K not 1 or in ks) is logged and skipped."""
+    rows = []
+    for B, K in parse_points(points):
+        if B not in batch_sizes or K not in [1, *ks]:
+            log(f"[{shape}] profile {B}x{K}: not a measured point (--batch-sizes, --ks); skipped")
+            continue
+        names = ("draft", "verify", "accept") if K > 1 else ("verify", "accept")
+        kernels = profile_verify(engine, K, ctx, device, log, batch=B, names=names)
+        rows.append({"shape": shape, "context": ctx, "batch_size": B, "block_size": K, "kernels": kernels})
+    return rows
 
 
 def serving_points(
@@ -206,10 +236,12 @@ def best_k(projections: list[dict]) -> list[dict]:
     return list(best.values())
 
 
-def memory_per_request(shape: str, context: int, K: int, drafter: str = "qwen3_1.7b", dtype_bytes: int = 2) -> dict:
+def memory_per_request(shape: str, context: int, K: int, drafter: str | None = None, dtype_bytes: int = 2) -> dict:
     """Bytes of state one request holds at `context` tokens, from the shapes: AR and Orthrus keep the base's
     KV cache (Orthrus's draft block adds K transient rows per running request, never stored); a
-    separate-drafter design also keeps its drafter's KV cache for the whole context."""
+    separate-drafter design also keeps its drafter's KV cache (default: `DRAFTERS[shape]`) for the whole
+    context."""
+    drafter = drafter or DRAFTERS[shape]
 
     def kv_row(name):
         c = shape_config(name)
@@ -228,7 +260,6 @@ def memory_per_request(shape: str, context: int, K: int, drafter: str = "qwen3_1
         "block_size": K,
         "drafter": drafter,
         **{f"{k}_bytes": v for k, v in sizes.items()},
-        **{f"{k}_MB": v / 1e6 for k, v in sizes.items()},
     }
 
 
@@ -299,7 +330,12 @@ def markdown(results: dict) -> str:
     out += _table(spec, results.get("best_k", []))
     out += ["", "## Targets", "", *(f"- {k}: {v}" for k, v in results.get("targets", {}).items())]
     out += ["", "## State per request (computed from shapes, bf16, MB)", ""]
-    spec = "shape=shape|ctx=context|AR=ar_MB:.1f|Orthrus=orthrus_MB:.1f|Orthrus transient draft"
-    spec += "=orthrus_transient_draft_MB:.2f|separate drafter=separate_drafter_MB:.1f|drafter=drafter"
-    out += _table(spec, results.get("memory_per_request", []))
+    spec = "shape=shape|ctx=context|AR=ar_mb:.1f|Orthrus=orthrus_mb:.1f|Orthrus transient draft"
+    spec += "=orthrus_transient_draft_mb:.2f|separate drafter (target + drafter)=separate_drafter_mb:.1f"
+    spec += "|its drafter=drafter"
+    memory = [
+        r | {k.removesuffix("_bytes") + "_mb": v / 1e6 for k, v in r.items() if k.endswith("_bytes")}
+        for r in results.get("memory_per_request", [])
+    ]
+    out += _table(spec, memory)
     return "\n".join(out) + "\n"

@@ -197,12 +197,14 @@ def profile_verify(engine, K, ctx, device, log, batch: int = 1, names: tuple[str
             engine.start[:batch].fill_(ctx)  # accept advances start
             steps._outputs[name] = steps._fns[name]()  # accept reads verify's output from here
 
-    run()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    try:
         run()
         torch.cuda.synchronize()
-    steps._outputs.update(graph_outputs)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            run()
+            torch.cuda.synchronize()
+    finally:  # the graphs' later steps read these outputs: a failure here must not leave them eager ones
+        steps._outputs.update(graph_outputs)
     rows = []
     for e in prof.key_averages():
         t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)

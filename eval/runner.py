@@ -16,7 +16,6 @@ compilation inflate them.
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 from tqdm import tqdm
@@ -129,14 +128,14 @@ def serve_prompts(
     # Every batch-size bucket built (on CUDA: captured) before the clock starts, sampling steps included.
     engine.warm_up(server.K, request.get("sampling"), server.drafts)
     start = clock.now()
-    marks = SimpleNamespace(now=clock.stamp)  # no device sync per request: the read-back already waited
     seeds = [request_seed(torch.Generator(device=device).manual_seed(seed + i)) for i in range(len(prompts))]
-    firsts = [FirstTokenClock(marks, start) for _ in prompts]
+    # No device sync per request: the read-back already waited for its tokens.
+    firsts = [FirstTokenClock(clock, start, synced=False) for _ in prompts]
     timings = [None] * len(prompts)
     with tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False) as bar:
 
         def finished(i, result):
-            timings[i] = Timing(seconds=marks.now() - start, first_token_seconds=firsts[i].first)
+            timings[i] = Timing(seconds=firsts[i].now() - start, first_token_seconds=firsts[i].first)
             bar.update(1)
 
         results = serve_all(server, prompts, max_new_tokens, seeds, streamers=firsts, on_finish=finished, **request)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from eval.metrics import Timing
-from models.engine import PREFILL_CHUNK
+from models.engine import PREFILL_CHUNK, prefill_chunk_length
 
 PROTOCOL = (
     "warm-up: every (prompt-length bucket, block size K, sampling mode) is decoded once untimed on the same "
@@ -63,10 +63,10 @@ def protocol(warmup: str, warm_tokens: str = "2K+1", batch_size: int = 1) -> str
 
 def length_bucket(length: int) -> tuple[int, ...]:
     """The prefill shapes a prompt of `length` tokens runs at: chunks of PREFILL_CHUNK, the last padded
-    to a power of two (>= 16), as OrthrusEngine.prefill pads them. Prompts in one bucket compile and
-    tune the same kernels, so warming one of them warms all."""
+    by `models.engine.prefill_chunk_length` (in a slot with room for it). Prompts in one bucket compile
+    and tune the same kernels, so warming one of them warms all."""
     full, rest = divmod(length, PREFILL_CHUNK)
-    return (PREFILL_CHUNK,) * full + ((max(16, 1 << (rest - 1).bit_length()),) if rest else ())
+    return (PREFILL_CHUNK,) * full + ((prefill_chunk_length(rest),) if rest else ())
 
 
 def warm_prompts(prompts: list[list[int]], warmup: str) -> list[list[int]]:
@@ -83,8 +83,8 @@ def warm_prompts(prompts: list[list[int]], warmup: str) -> list[list[int]]:
 
 
 class HostClock:
-    """Wall-clock seconds with the device synchronised first (kernels launched are kernels finished).
-    Tests pass a fake clock with the same two methods."""
+    """Wall-clock seconds (time.perf_counter) with the device synchronised first (kernels launched are
+    kernels finished). Tests pass a fake clock with the same method."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -94,22 +94,23 @@ class HostClock:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def stamp(self) -> float:
-        """Host time without a device sync, on now()'s time base: for marks taken right after a read-back
-        that already waited for the work being timed (a served request's tokens)."""
-        return time.perf_counter()
-
 
 class FirstTokenClock:
-    """A streamer that notes when the first new token arrives (the first put is the prompt)."""
+    """A streamer that notes when the first new token arrives (the first put is the prompt), `now()` seconds
+    after `start`. now(): clock.now(); with synced=False, host time alone (time.perf_counter, HostClock's time
+    base, without its device sync): for marks taken right after a read-back that already waited for the work
+    being timed (a served request's tokens)."""
 
-    def __init__(self, clock, start: float):
-        self.clock, self.start, self.puts, self.first = clock, start, 0, None
+    def __init__(self, clock, start: float, synced: bool = True):
+        self.clock, self.start, self.synced, self.puts, self.first = clock, start, synced, 0, None
+
+    def now(self) -> float:
+        return self.clock.now() if self.synced else time.perf_counter()
 
     def put(self, tokens):
         self.puts += 1
         if self.puts == 2:
-            self.first = self.clock.now() - self.start
+            self.first = self.now() - self.start
 
     def end(self):
         pass

@@ -61,6 +61,25 @@ __all__ = ["DRAFT_MODES", "OrthrusEngine", "StaticKVCache"]
 PREFILL_CHUNK = 1024  # prompt tokens per prefill pass: bounds activation memory for long prompts
 
 
+def prefill_chunk_length(n: int, room: int | None = None) -> int:
+    """The length `OrthrusEngine.prefill` pads a chunk of n prompt tokens to: the next power of two (>= 16),
+    at most the `room` rows left in the slot from the chunk's first row. The attention kernels (and
+    `graph_prefill`'s graphs) are built per chunk length, so this bounds them to a handful instead of one
+    per prompt length."""
+    padded = max(16, 1 << (n - 1).bit_length())
+    return padded if room is None else min(padded, room)
+
+
+def prefill_chunk_lengths(max_seq_len: int) -> set[int]:
+    """Every chunk length a prompt of 1..max_seq_len tokens is prefilled at (chunks of PREFILL_CHUNK tokens
+    from rows 0, PREFILL_CHUNK, ..., each padded by `prefill_chunk_length`)."""
+    return {
+        prefill_chunk_length(n, max_seq_len - lo)
+        for lo in range(0, max_seq_len, PREFILL_CHUNK)
+        for n in range(1, min(PREFILL_CHUNK, max_seq_len - lo) + 1)
+    }
+
+
 class StaticKVCache:
     """All layers' keys and values in one zero-initialised buffer (L, 2, slots, Hkv, S_max, D): one slot of
     S_max rows per concurrent sequence.
@@ -266,11 +285,10 @@ class OrthrusEngine:
         """Build (on CUDA, capture) the steps of block size K at every batch-size bucket; with a sampled
         `sampling`, also the sampling steps of a batch whose requests all sample with it (`Server`'s
         setting for such a batch), so that no capture is left for the first iterations that need one.
-        With `graph_prefill`, also the prefill graph of every power-of-two chunk length."""
-        if self._prefill is not None:  # every whole-chunk length a prompt can pad to
-            for T in (1 << i for i in range(4, PREFILL_CHUNK.bit_length())):
-                if T <= self.cache.max_seq_len:
-                    self._prefill.build(T)
+        With `graph_prefill`, also the prefill graph of every chunk length a prompt can pad to."""
+        if self._prefill is not None:
+            for T in sorted(prefill_chunk_lengths(self.cache.max_seq_len)):
+                self._prefill.build(T)
         b = 1
         while True:
             steps = self.steps(block_size, b)
@@ -346,10 +364,9 @@ class OrthrusEngine:
         """Write the prompt (L,) into rows [0, L) of cache slot `slot`; returns the last position's
         logits (1, V) and leaves start[slot] = L. The other slots are untouched.
 
-        Chunks of up to PREFILL_CHUNK tokens, each padded to a power of two (>= 16): the attention
-        kernels are compiled per block length, so this bounds the compilations to a handful instead of
-        one per prompt length. Padding sits after the real tokens, so causal attention keeps it out of
-        their results; the rows it writes past L are overwritten before anything reads them.
+        Chunks of up to PREFILL_CHUNK tokens, each padded to `prefill_chunk_length`. Padding sits after
+        the real tokens, so causal attention keeps it out of their results; the rows it writes past L are
+        overwritten before anything reads them.
         With `graph_prefill` the chunks run in the scratch slot (`_Prefill`) and are then copied to `slot`.
         """
         L = prompt.shape[0]
@@ -357,7 +374,7 @@ class OrthrusEngine:
         for lo in range(0, L, PREFILL_CHUNK):
             chunk = prompt[lo : lo + PREFILL_CHUNK]
             n = chunk.shape[0]
-            padded = min(max(16, 1 << (n - 1).bit_length()), self.cache.max_seq_len - lo)
+            padded = prefill_chunk_length(n, self.cache.max_seq_len - lo)
             chunk = F.pad(chunk, (0, padded - n), value=self.config.mask_token_id)
             self.start[at].fill_(lo)
             if self._prefill is None:
@@ -459,12 +476,8 @@ class _Prefill:
             return
         ids = self.inputs[T] = torch.full((T,), e.config.mask_token_id, dtype=torch.long, device=e.device)
         self._fns[T] = lambda: e._layers(ids, "verify", slice(self.slot, self.slot + 1))
-        if e.cuda_graphs:
-            # The warm-ups and the capture run at start 0 and write this slot's rows [0, T): put back the
-            # earlier chunks of a prompt being prefilled.
-            rows = e.cache.kv[:, :, self.slot, :, :T].clone()
-            self._graphs.update(_capture(e, {T: self._fns[T]}, self._outputs, 0))
-            e.cache.kv[:, :, self.slot, :, :T].copy_(rows)
+        if e.cuda_graphs:  # mid-prompt too: `_capture` puts back the rows of the chunks prefilled so far
+            self._graphs.update(_capture(e, {T: self._fns[T]}, self._outputs, slice(self.slot, self.slot + 1), T))
 
 
 class _Steps:
@@ -495,7 +508,7 @@ class _Steps:
             fns = {"draft": self._draft, **fns}
         self._fns = fns
         self._outputs: dict[str, torch.Tensor] = {}
-        self._graphs = _capture(engine, fns, self._outputs, K) if engine.cuda_graphs else {}
+        self._graphs = _capture(engine, fns, self._outputs, self.slots, K) if engine.cuda_graphs else {}
         self._samplers: dict[tuple, _Sampler] = {}
 
     def _draft(self):
@@ -575,7 +588,7 @@ class _Sampler:
         fns = {"draft": self._draft, "accept": self._accept} if sampled_drafts else {"accept": self._accept}
         self._fns = fns
         self._outputs: dict[str, torch.Tensor] = {}
-        self._graphs = _capture(e, fns, self._outputs, 0) if e.cuda_graphs else {}
+        self._graphs = _capture(e, fns, self._outputs, steps.slots, 0) if e.cuda_graphs else {}
 
     def _sampled(self):
         return [(b, p) for b, p in enumerate(self.params) if not p.greedy]
@@ -638,16 +651,18 @@ def _run(name, fns, graphs, outputs) -> torch.Tensor:
     return outputs[name]
 
 
-def _capture(e: OrthrusEngine, fns: dict, outputs: dict, cache_rows: int) -> dict:
-    """Capture each step of `fns` as a CUDA graph (after two warm-ups that compile the kernels);
-    fills `outputs` with the steps' static outputs and returns the graphs.
+def _capture(e: OrthrusEngine, fns: dict, outputs: dict, slots: slice, cache_rows: int) -> dict:
+    """Capture each step of `fns` (steps over cache slots `slots`) as a CUDA graph (after two warm-ups
+    that compile the kernels); fills `outputs` with the steps' static outputs and returns the graphs.
 
-    The warm-ups and the capture run the steps for real: they move start/last/rng and write cache rows
-    start..start+cache_rows-1 of every slot. They run at start 0 (inside the cache) and what they change
-    is put back, so steps may be built after a prefill without corrupting the prompts' rows.
+    The warm-ups and the capture run the steps for real: they move start/last/rng of `slots` and write
+    cache rows start..start+cache_rows-1 of those slots. They run at start 0 (inside the cache) and what
+    they change is put back, so steps may be built after a prefill, or mid-prompt, without corrupting the
+    prompts' rows; the other slots are not touched.
     """
-    saved = e.start.clone(), e.last.clone(), e.rng.clone(), e.cache.kv[..., :cache_rows, :].clone()
-    e.start.zero_()
+    state = e.start[slots], e.last[slots], e.rng[slots], e.cache.kv[:, :, slots, :, :cache_rows]  # views
+    saved = [t.clone() for t in state]
+    e.start[slots].zero_()
     pool = torch.cuda.graph_pool_handle()
     side = torch.cuda.Stream()
     graphs = {}
@@ -661,10 +676,8 @@ def _capture(e: OrthrusEngine, fns: dict, outputs: dict, cache_rows: int) -> dic
         with torch.cuda.graph(graph, pool=pool):
             outputs[name] = fn()
         graphs[name] = graph
-    e.start.copy_(saved[0])
-    e.last.copy_(saved[1])
-    e.rng.copy_(saved[2])
-    e.cache.kv[..., :cache_rows, :].copy_(saved[3])
+    for t, s in zip(state, saved):
+        t.copy_(s)
     return graphs
 
 

@@ -22,12 +22,13 @@ for the same seed wherever a row's logits do not depend on the number of rows (i
 its own iterations from its join; on the GPU the passes' kernel choices depend on the batch size).
 
 The host keeps IN_FLIGHT iterations launched: each iteration's packed result (B, K + 1) is copied to
-pinned host memory without blocking and read while the next one runs (a request admitted while
-iterations are in flight has its first token copied the same way), so EOS and max_new_tokens are
-seen one iteration late; the extra iteration a finished request is part of is discarded (it writes
-only rows of its own slot: `_Steps.finish` clamps a slot's start inside the slot). Nothing else on the
-serving path waits for the device: a streamed prompt is copied to the host at `submit`, a finished
-request's tokens go to the device through pinned memory.
+pinned host memory without blocking and read while the next one runs (the requests admitted between two
+iterations have their prefills launched one after another and their first tokens copied the same way, in
+one copy, read back together), so EOS and max_new_tokens are seen one iteration late; the extra
+iteration a finished request is part of is discarded (it writes only rows of its own slot:
+`_Steps.finish` clamps a slot's start inside the slot). Nothing else on the serving path waits for the
+device: a streamed prompt is copied to the host at `submit`, a finished request's tokens go to the device
+through pinned memory.
 
 `Server.stats` (`ServeStats`) counts where the host loop's time went: admissions (prefills), waits for
 read-backs, iterations per batch-size bucket and how many of their slots were busy.
@@ -51,10 +52,11 @@ DRAFT_MODES = ("sampled", "greedy")
 class ServeStats:
     """What one `Server` did, for finding where serving time goes (host clock, seconds).
 
-    admit_seconds: in admissions: the prefill's launches (eager: one launch per kernel) and the first
-      token. wait_seconds: blocked on a read-back, i.e. the device was behind the host; a host-bound loop
-      waits little. iterations: launched iterations per batch-size bucket; busy_slot_iterations: the busy
-      slots in them (a bucket also decodes its free slots below the highest busy one)."""
+    admit_seconds: in admissions: the prefills' launches (eager: one launch per kernel) and their first
+      tokens' copy. wait_seconds: blocked on a read-back (an iteration's, or the first tokens'), i.e. the
+      device was behind the host; a host-bound loop waits little. iterations: launched iterations per
+      batch-size bucket; busy_slot_iterations: the busy slots in them (a bucket also decodes its free slots
+      below the highest busy one)."""
 
     prefills: int = 0
     admit_seconds: float = 0.0
@@ -114,7 +116,7 @@ class Server:
         self.slots: list[_Request | None] = [None] * batch_size
         self.waiting: deque[_Request] = deque()
         self.stats = ServeStats()
-        self.reader = _ReadBack(engine.max_batch_size * (self.K + 1), engine.device, self.stats)
+        self.reader = _ReadBack(engine.max_batch_size * (self.K + 1), engine.device)
         self._finished: list[tuple[int, GenerationResult]] = []
         self._next_id = 0
 
@@ -175,9 +177,11 @@ class Server:
         """Admit waiting requests to free slots, keep up to IN_FLIGHT iterations launched and read one
         back. Returns the (id, result) of the requests that finished meanwhile."""
         self._admit()
-        if not len(self.reader):  # nothing in flight: tokens still being copied are there now
-            for r in [r for r in self.slots if r is not None and r.first is not None]:
-                self._emit_first(r)
+        # Nothing in flight: the first tokens being copied are read back now, together; the slots of requests
+        # that end at their first token take the next waiting requests.
+        while not len(self.reader) and (firsts := [r for r in self.slots if r is not None and r.first is not None]):
+            self._emit_first(firsts)
+            self._admit()
         active = [r for r in self.slots if r is not None]
         # Launch ahead while some request may still need every launched iteration.
         while len(self.reader) < IN_FLIGHT and any(
@@ -195,7 +199,12 @@ class Server:
             yield from self.step()
 
     def _admit(self) -> None:
+        """Waiting requests into the free slots: each one's prefill and first token launched on the device,
+        then all their first tokens copied to the host in one copy, without blocking. They are emitted at
+        the read-back of the first iteration launched after them or, with nothing in flight, right after
+        (`step`): one wait for all, not one blocking read per request between its prefill and the next."""
         e = self.engine
+        admitted = []
         while self.waiting and None in self.slots:
             t0 = time.perf_counter()
             r, slot = self.waiting.popleft(), self.slots.index(None)
@@ -210,13 +219,15 @@ class Server:
                 e.rng[slot, 1].zero_()
             e.last[slot : slot + 1].copy_(e.first_token(logits, r.sampling, slot))
             r.slot, self.slots[slot] = slot, r
-            if not len(self.reader):  # nothing in flight: reading the token now stalls nothing
-                self._emit(r, [int(e.last[slot])])
-            else:
-                # Iterations are in flight: copy the token without blocking; it is emitted when the first
-                # iteration launched after it is read back, or once nothing is in flight (`_emit_first`).
-                r.first, r.first_copied = self.reader.copy(e.last[slot : slot + 1])
+            admitted.append(r)
             self.stats.prefills += 1
+            self.stats.admit_seconds += time.perf_counter() - t0
+        if admitted:
+            t0 = time.perf_counter()
+            lo, hi = min(r.slot for r in admitted), max(r.slot for r in admitted) + 1
+            firsts, copied = self.reader.copy(e.last[lo:hi])  # one copy over the admitted slots' span
+            for r in admitted:
+                r.first, r.first_copied = firsts[r.slot - lo], copied
             self.stats.admit_seconds += time.perf_counter() - t0
 
     def _launch(self, active: list[_Request]) -> None:
@@ -243,14 +254,18 @@ class Server:
 
     def _read(self) -> None:
         """The oldest launched iteration's result, handed to the requests it decoded."""
-        # With streamers, also the iteration as one host tensor, sliced per request (a tensor per request
-        # costs more host time than the rest of its bookkeeping).
-        rows, chunks, members = self.reader.pop(copy=any(r.streamer is not None for r in self.reader.next_tag()))
+        t0 = time.perf_counter()
+        result, members = self.reader.pop()
+        self.stats.wait_seconds += time.perf_counter() - t0
+        rows = result.tolist()
+        # With streamers, also the iteration as one host tensor of its own (the buffer is reused), sliced per
+        # request (a tensor per request costs more host time than the rest of its bookkeeping).
+        chunks = result.clone() if any(r.streamer is not None for r in members) else None
         K = self.K
         for r in members:
             r.in_flight -= 1
             if r.first is not None:
-                self._emit_first(r)
+                self._emit_first([r])
             if r.done:  # finished in an earlier iteration (or at its first token): this one ran past its end
                 continue
             lo = r.slot * (K + 1)
@@ -263,15 +278,20 @@ class Server:
             res.ar_forwards += 1
             res.emitted.append(self._emit(r, row[1 : n_acc + 2], None if chunks is None else chunks[lo + 1 :]))
 
-    def _emit_first(self, r: _Request) -> None:
-        """Emit the prefill's token once its copy is done: it may not be yet when no iteration launched
-        after it was read back (a one-token request joining while the last iterations ran)."""
-        if r.first_copied is not None:
+    def _emit_first(self, requests: list[_Request]) -> None:
+        """Emit the prefills' tokens of `requests` once their copies are done, one wait per copy (requests
+        admitted together share one). A copy may not be done yet when no iteration launched after it was
+        read back: requests admitted while nothing was in flight, or a one-token request joining while the
+        last iterations ran."""
+        copies = {id(r.first_copied): r.first_copied for r in requests if r.first_copied is not None}
+        if copies:
             t0 = time.perf_counter()
-            r.first_copied.synchronize()
+            for event in copies.values():
+                event.synchronize()
             self.stats.wait_seconds += time.perf_counter() - t0
-        first, r.first, r.first_copied = int(r.first), None, None
-        self._emit(r, [first])
+        for r in requests:
+            first, r.first, r.first_copied = int(r.first), None, None
+            self._emit(r, [first])
 
     def _emit(self, r: _Request, tokens: list[int], chunk: torch.Tensor | None = None) -> int:
         """Append tokens, clipped at max_new_tokens, EOS or a stop string; finish the request when it is
@@ -341,8 +361,8 @@ class _ReadBack:
     CUDA), read in launch order with the tag each was pushed with: the host reads iteration i while
     iteration i + 1 runs."""
 
-    def __init__(self, n: int, device: torch.device, stats: ServeStats):
-        self.cuda, self.stats = device.type == "cuda", stats
+    def __init__(self, n: int, device: torch.device):
+        self.cuda = device.type == "cuda"
         self.buffers = [torch.empty(n, dtype=torch.long, pin_memory=self.cuda) for _ in range(IN_FLIGHT)]
         self.events = [torch.cuda.Event() if self.cuda else None for _ in range(IN_FLIGHT)]
         self.queue: deque[tuple[int, int, object]] = deque()
@@ -369,16 +389,10 @@ class _ReadBack:
         event.record()
         return host, event
 
-    def next_tag(self):
-        """The tag of the result `pop` returns next."""
-        return self.queue[0][2]
-
-    def pop(self, copy: bool = False) -> tuple[list[int], torch.Tensor | None, object]:
-        """The oldest result as a list, with copy also as a host tensor of its own (the buffer is reused), and
-        its tag."""
+    def pop(self) -> tuple[torch.Tensor, object]:
+        """The oldest result, once its copy is done, and its tag. The result is a view of a host buffer that
+        the next `push` may reuse: read (or clone) it before pushing again."""
         i, n, tag = self.queue.popleft()
         if self.cuda:
-            t0 = time.perf_counter()
             self.events[i].synchronize()
-            self.stats.wait_seconds += time.perf_counter() - t0
-        return self.buffers[i][:n].tolist(), self.buffers[i][:n].clone() if copy else None, tag
+        return self.buffers[i][:n], tag

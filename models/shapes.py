@@ -27,10 +27,15 @@ _SIZES = {
 QWEN3_SHAPES: dict[str, dict] = {
     name: dict(_COMMON, **dict(zip(_SIZE_FIELDS, sizes))) for name, sizes in _SIZES.items()
 }
+# Smaller Qwen3s that appear only as the separate drafter a design without Orthrus would pair with a target
+# (eval.batch_bench.memory_per_request); no Orthrus is released at these sizes, so they stay out of QWEN3_SHAPES.
+# Numbers of the public `Qwen/Qwen3-0.6B` config.json.
+DRAFTER_SHAPES: dict[str, dict] = {"qwen3_0.6b": dict(_COMMON, **dict(zip(_SIZE_FIELDS, (1024, 3072, 28, 16, True))))}
 
 
 def shape_config(name: str, **overrides) -> OrthrusConfig:
-    """An OrthrusConfig at a named real shape (no weights involved)."""
-    if name not in QWEN3_SHAPES:
-        raise ValueError(f"unknown shape '{name}'; known shapes: {sorted(QWEN3_SHAPES)}")
-    return OrthrusConfig(**{**QWEN3_SHAPES[name], **overrides})
+    """An OrthrusConfig at a named real shape, or a drafter's shape (no weights involved)."""
+    shapes = QWEN3_SHAPES | DRAFTER_SHAPES
+    if name not in shapes:
+        raise ValueError(f"unknown shape '{name}'; known shapes: {sorted(shapes)}")
+    return OrthrusConfig(**{**shapes[name], **overrides})

@@ -28,12 +28,14 @@ from eval.batch_bench import (
     iteration_points,
     markdown,
     memory_per_request,
+    parse_points,
+    profile_points,
     project,
     serving_points,
     targets,
 )
 from eval.bench_run import run_phase, save_results
-from eval.decode_bench import Budget, build_model, profile_verify
+from eval.decode_bench import Budget, build_model
 from eval.figures import batch_figure
 from eval.metrics import free_memory
 from eval.prompts import humaneval_ids
@@ -80,12 +82,14 @@ def parse_args():
 
 def main():
     args = parse_args()
+    parse_points(args.profile)  # a malformed point is an error before any work (and before --out exists)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
     ks, ctxs = [int(k) for k in args.ks.split(",")], [int(c) for c in args.ctx.split(",")]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    shapes = [s for s in args.shapes.split(",") if s]  # --shapes '': the serving part alone
     clock = functools.partial(median_ms, device=device)
     peaks = DEVICE_PEAKS[args.peaks]
     budget, t0 = Budget(args.budget_s), time.time()
@@ -99,7 +103,7 @@ def main():
     phase = functools.partial(run_phase, results=results, save=save, log=log, keep=False)  # parts fill results
 
     shapes_left = lambda: budget.elapsed() < args.shapes_share * args.budget_s  # noqa: E731
-    for shape in filter(None, args.shapes.split(",")):  # --shapes '': the serving part alone
+    for shape in shapes:
 
         def shapes_part(shape=shape):
             model = build_model(shape, device)
@@ -116,15 +120,8 @@ def main():
             results["iterations"] += points
             results.setdefault("matmul_choices", {})[shape] = {str(k): str(c) for k, c in engine.mm.chosen.items()}
             results["matmul_tuning"] = Matmul.report()
-            for B, K in (map(int, point.split("x")) for point in filter(None, args.profile.split(","))):
-                if B not in batch_sizes or K not in [1, *ks]:
-                    log(f"[{shape}] profile {B}x{K}: not a measured point (--batch-sizes, --ks); skipped")
-                    continue
-                names = ("draft", "verify", "accept") if K > 1 else ("verify", "accept")
-                kernels = profile_verify(engine, K, ctxs[0], device, log, batch=B, names=names)
-                results.setdefault("profiles", []).append(
-                    {"shape": shape, "context": ctxs[0], "batch_size": B, "block_size": K, "kernels": kernels}
-                )
+            profiles = profile_points(engine, shape, args.profile, batch_sizes, ks, ctxs[0], device, log)
+            results.setdefault("profiles", []).extend(profiles)
 
         phase(f"iterations_{shape}", shapes_part)
         free_memory()
@@ -155,8 +152,8 @@ def main():
     results["projections"] = project(results["iterations"], histogram)
     results["best_k"] = best_k(results["projections"])
     results["targets"] = targets(results)
-    shapes = [s for s in args.shapes.split(",") if s not in ("", "tiny")]
-    results["memory_per_request"] = [memory_per_request(s, c, max(ks)) for s in shapes for c in ctxs]
+    real = [s for s in shapes if s != "tiny"]
+    results["memory_per_request"] = [memory_per_request(s, c, max(ks)) for s in real for c in ctxs]
     save()
     log(f"wrote {out}/bench.json, bench.md, bench.png")
 

@@ -6,6 +6,7 @@ more requests than slots. Each exactness test is also run against a deliberately
 and must fail there.
 """
 
+import contextlib
 from types import SimpleNamespace
 
 import pytest
@@ -133,6 +134,58 @@ def test_graph_prefill_equals_base(make_model, monkeypatch, broken):
     assert all(exact) != broken, exact
 
 
+def test_warm_up_builds_every_prefill_chunk_length(make_model, monkeypatch):
+    """warm_up builds (on CUDA: captures) the graph_prefill layers of exactly the chunk lengths prompts pad to,
+    so prefilling a prompt of any length a request can have builds nothing while a clock runs. With chunks of
+    16 in slots of 40 rows, a prompt's third chunk has room for 8 rows only: it pads to 8, not 16."""
+    monkeypatch.setattr(models.engine, "PREFILL_CHUNK", 16)
+    K, rows = 4, 40
+    engine = OrthrusEngine(make_model(seed=14), rows, graph_prefill=True)
+    engine.warm_up(K)
+    warmed = set(engine._prefill._fns)  # the lengths built (without CUDA graphs the build records them too)
+    used = []
+    build = engine._prefill.build
+    monkeypatch.setattr(engine._prefill, "build", lambda T: used.append(T) or build(T))
+    for L in range(1, rows - K + 1):
+        engine.prefill(prompt(L, seed=L)[0])
+    assert set(engine._prefill._fns) == warmed, "a prefill built a chunk length warm_up left out"
+    assert set(used) == warmed == {8, 16}
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_captures_put_back_what_they_change(make_model, monkeypatch, broken):
+    """`_capture` runs the steps it captures for real (warm-ups, capture) at start 0 of its slots and puts back
+    their start, last, rng and cache rows. Here on the CPU, torch.cuda's graph calls stubbed so that a capture
+    runs its steps eagerly and its graphs are then left out (the steps run eagerly): the steps of bucket 3 are
+    captured after three prompts are prefilled, and the prefill graph of 16-token chunks in the middle of a
+    40-token prompt (chunks of 32); every output is still the base model's. Broken: the cache rows are not put
+    back."""
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    for name, stub in (("graph_pool_handle", lambda: None), ("Stream", Stream), ("current_stream", Stream),
+                       ("stream", lambda s: contextlib.nullcontext()), ("CUDAGraph", lambda: None),
+                       ("graph", lambda g, pool: contextlib.nullcontext())):  # fmt: skip
+        monkeypatch.setattr(torch.cuda, name, stub)
+    capture = models.engine._capture
+
+    def eager_capture(e, fns, outputs, slots, cache_rows):
+        capture(e, fns, outputs, slots, 0 if broken else cache_rows)
+        return {}
+
+    monkeypatch.setattr(models.engine, "_capture", eager_capture)
+    monkeypatch.setattr(models.engine, "PREFILL_CHUNK", 32)
+    model = make_model(seed=18)
+    subs, refs = greedy_case(model, [(40, 5, 0, None), (5, 9, 0, None), (12, 6, 0, None), (3, 7, 2, None)])
+    engine = OrthrusEngine(model, S, max_batch_size=3, graph_prefill=True)
+    engine.cuda_graphs = True  # as on a GPU: steps and prefill chunk lengths are captured when first needed
+    results, _ = serve(Server(engine, 4), subs)
+    exact = [torch.equal(out.sequences, ref) for out, ref in zip(results, refs)]
+    assert all(exact) != broken, exact
+
+
 def test_triton_batch_equals_base(make_model, monkeypatch):
     """The fast path (compiled on a GPU, interpreted off it): ragged Triton attention and per-slot RoPE in
     one pass; broken, every slot reads slot 0's length (eager launches, so the broken length reaches them)."""
@@ -242,21 +295,12 @@ def test_triton_sampled_batch_equals_torch_alone(make_model):
     assert [(r.sequences.tolist(), r.accepted) for r in batched] == [(r.sequences.tolist(), r.accepted) for r in alone]
 
 
-def test_short_request_joining_last_finishes(make_model):
-    """A one-token request joining while iterations are in flight, with nothing else left to decode,
-    still finishes (its first token is read once the iterations in flight are)."""
-    model = make_model(seed=12)
-    subs, refs = greedy_case(model, [(5, 3, 0, None), (4, 1, 1, None)])
-    results, _ = serve(Server(OrthrusEngine(model, S, max_batch_size=2), 4), subs)
-    assert all(torch.equal(out.sequences, ref) for out, ref in zip(results, refs))
-
-
 @pytest.mark.parametrize("broken", [False, True])
 def test_first_token_copy_is_waited_for(make_model, monkeypatch, broken):
-    """The first token of a request joining while iterations are in flight is copied to the host without
-    blocking; when no later iteration is read back (a one-token request joining last), the host must
-    wait for that copy itself. Here a copy lands only when waited for (on CUDA it may still be in flight);
-    broken, the wait does nothing and the request's token is garbage."""
+    """A request's first token is copied to the host without blocking; when no later iteration is read back
+    (a one-token request joining while the last iterations run, with nothing else left to decode), the host
+    must wait for that copy itself, and the request still finishes. Here a copy lands only when waited for
+    (on CUDA it may still be in flight); broken, the wait does nothing and the requests' tokens are garbage."""
     copies = []
 
     class PendingCopy:
@@ -270,15 +314,51 @@ def test_first_token_copy_is_waited_for(make_model, monkeypatch, broken):
     def pending_copy(reader, src):
         host = torch.full(src.shape, -1, dtype=src.dtype)
         copies.append(PendingCopy(host, src))
+        in_flight.append(len(reader))
         return host, copies[-1]
 
+    in_flight = []  # iterations in flight at each copy
     monkeypatch.setattr(_ReadBack, "copy", pending_copy)
     model = make_model(seed=12)
     subs, refs = greedy_case(model, [(5, 3, 0, None), (4, 1, 1, None)])
     results, _ = serve(Server(OrthrusEngine(model, S, max_batch_size=2), 4), subs)
-    assert copies, "no first token was copied while iterations were in flight: the case went untested"
+    assert any(in_flight), "no first token was copied while iterations were in flight: the case went untested"
     exact = [torch.equal(out.sequences, ref) for out, ref in zip(results, refs)]
     assert all(exact) != broken, exact
+
+
+def test_admissions_into_an_idle_server_read_back_once(make_model, monkeypatch):
+    """Requests filling an idle server's slots have their prefills launched one after another and their first
+    tokens read back together: one copy and one wait, not a blocking read per request between its prefill and
+    the next one's. A request that ends at its first token frees its slot for the next waiting one in the
+    same step (a second round: one more copy and wait)."""
+    copies, waits = [], []
+    copy = _ReadBack.copy
+
+    class Waited:
+        def __init__(self, event):
+            self.event = event
+
+        def synchronize(self):
+            waits.append(1)
+            if self.event is not None:
+                self.event.synchronize()
+
+    def counted_copy(reader, src):
+        copies.append(src.numel())
+        host, event = copy(reader, src)
+        return host, Waited(event)
+
+    monkeypatch.setattr(_ReadBack, "copy", counted_copy)
+    model = make_model(seed=15)
+    subs, refs = greedy_case(model, [(5, 6, 0, None), (9, 1, 0, None), (2, 7, 0, None), (4, 5, 0, None)])
+    server = Server(OrthrusEngine(model, S, max_batch_size=3), 4)
+    ids = {server.submit(**{k: v for k, v in sub.items() if k != "at"}): i for i, sub in enumerate(subs)}
+    results = dict(server.step())
+    assert (copies, waits, len(server.waiting), server.stats.prefills) == ([3, 1], [1, 1], 0, 4)
+    while server.busy:
+        results.update(server.step())
+    assert all(torch.equal(results[rid].sequences, refs[i]) for rid, i in ids.items())
 
 
 def test_one_token_request_at_the_end_of_a_slot(make_model):
@@ -393,7 +473,7 @@ def test_eval_serves_prompt_sets_with_one_by_one_outputs(make_model, sampling):
         built.append(sum(len(steps._samplers) for steps in engine._steps.values()))
         return 0.0
 
-    serve_prompts(engine, prompts, 4, 10, sampling=sampling, progress=False, clock=SimpleNamespace(now=now, stamp=now))
+    serve_prompts(engine, prompts, 4, 10, sampling=sampling, progress=False, clock=SimpleNamespace(now=now))
     assert built[0] == built[-1], "sampling steps were built (on CUDA: captured) while the clock ran"
     rows, _ = measure_block_sizes(model, prompts, [1, 4], decode_fn=EngineDecode(S, batch_size=2), **kw)
     assert [r["batch_size"] for r in rows] == [2, 2] and rows[0]["speedup"] == 1.0

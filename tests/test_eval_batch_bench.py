@@ -1,0 +1,69 @@
+"""The GPU benchmarks' library parts that hold logic (eval/decode_bench.py, eval/batch_bench.py), run on a tiny
+model on the CPU: the kernel profile puts the engine back whatever happens and profiles the points asked for;
+the state per request is computed in bytes against a smaller drafter per shape."""
+
+import pytest
+import torch
+
+from eval.batch_bench import markdown, memory_per_request, parse_points, profile_points
+from eval.decode_bench import profile_verify
+from models.engine import OrthrusEngine
+from models.shapes import shape_config
+from tests.test_greedy import base_greedy, prompt
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def test_failed_profile_leaves_the_engine_usable(make_model, monkeypatch):
+    """profile_verify runs a step's eager function in place of its graph and puts the graphs' static outputs
+    back, also when a step fails (the graphs' later steps read them: left eager, a replayed accept would read a
+    stale verify output). A CPU engine passed as if on CUDA, its accept step failing before any CUDA call."""
+    model = make_model(seed=16)
+    engine = OrthrusEngine(model, 48)
+    steps = engine.steps(4)
+    engine.prefill(prompt(5, seed=1)[0])
+    steps.draft(), steps.verify()
+    outputs = dict(steps._outputs)
+
+    def fails():
+        raise RuntimeError("a failing step")
+
+    monkeypatch.setitem(steps._fns, "accept", fails)
+    with pytest.raises(RuntimeError, match="a failing step"):
+        profile_verify(engine, 4, 5, torch.device("cuda"), print, names=("draft", "verify", "accept"))
+    monkeypatch.undo()
+    assert all(steps._outputs[name] is out for name, out in outputs.items()), "the graphs' outputs were not put back"
+    ids = prompt(6, seed=2)
+    assert torch.equal(engine.generate(ids, 9, block_size=4).sequences, base_greedy(model, ids, 9))
+
+
+def test_profile_points_profile_the_measured_points_only(make_model):
+    """bench_batch --profile: each BxK point that iteration_points measured gets a profile row (no kernels off
+    CUDA), another is logged and skipped, and a malformed point is a clear error before any profiling."""
+    engine = OrthrusEngine(make_model(seed=17), 48, max_batch_size=2)
+    logged = []
+    rows = profile_points(engine, "tiny", "1x4,2x1,4x4,1x8", [1, 2], [4], 16, engine.device, logged.append)
+    assert [(r["shape"], r["context"], r["batch_size"], r["block_size"], r["kernels"]) for r in rows] == [
+        ("tiny", 16, 1, 4, []),
+        ("tiny", 16, 2, 1, []),
+    ]
+    assert [m.split(":")[0] for m in logged] == ["[tiny] profile 4x4", "[tiny] profile 1x8"]
+    assert parse_points("") == [] and parse_points("16x16") == [(16, 16)]
+    with pytest.raises(ValueError, match="'16-16': write it as BxK"):
+        parse_points("1x4,16-16")
+
+
+def test_memory_per_request_in_bytes_with_a_smaller_drafter_per_shape():
+    """memory_per_request keeps bytes only (bench.md shows MB) and pairs each target with a smaller Qwen3 as the
+    separate drafter, named in the table: the 1.7B shape with the 0.6B one (a KV row of 28 layers x 2 x 8 heads
+    x 128 x 2 bytes, as the 1.7B's), the 8B shape (36 layers) with the 1.7B one."""
+    row = 28 * 2 * 8 * 128 * 2
+    small, large = memory_per_request("qwen3_1.7b", 1000, 16), memory_per_request("qwen3_8b", 1000, 16)
+    assert (small["drafter"], large["drafter"]) == ("qwen3_0.6b", "qwen3_1.7b")
+    assert not any(k.endswith("_MB") or k.endswith("_mb") for k in small)
+    assert small["ar_bytes"] == small["orthrus_bytes"] == 1000 * row and small["separate_drafter_bytes"] == 2000 * row
+    assert large["separate_drafter_bytes"] == 1000 * (36 * 2 * 8 * 128 * 2 + row)
+    assert "| qwen3_1.7b | 1000 | 114.7 | 114.7 | 1.84 | 229.4 | qwen3_0.6b |" in markdown(
+        {"memory_per_request": [small]}
+    )
+    assert shape_config("qwen3_0.6b").hidden_size == 1024
