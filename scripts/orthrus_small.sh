@@ -61,6 +61,11 @@ for name in "${ABLATIONS[@]}"; do
     echo "no ablation conf/exp/$name.yaml; choose from: $(cd conf/exp && ls ablate_*.yaml | sed 's/.yaml//')" >&2
     exit 2; }
 done
+[[ -z "${ONLY_ABLATIONS:-}" || ${#ABLATIONS[@]} -gt 0 ]] || {
+  echo "ONLY_ABLATIONS=1 skips the recipe's own view: name an ablation after the size (e.g. full ablate_speed)" >&2
+  exit 2; }
+[[ -z "${ARM_JOBS:-}" || "$ARM_JOBS" =~ ^[1-9][0-9]*$ ]] || {
+  echo "ARM_JOBS='$ARM_JOBS': give the number of arms to train at once (a positive integer)" >&2; exit 2; }
 (cd "$ART" && sha256sum --check --quiet SHA256SUMS) || {
   echo "the pinned inputs in $ART differ from $ART/SHA256SUMS: restore them from git" >&2; exit 1; }
 DATA=(data=self_distill '~data.build_corpus' '~data.train_tokenizer'

@@ -50,6 +50,26 @@ def test_recipe_refuses_inputs_that_differ_from_the_pins(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing started
 
 
+@pytest.mark.parametrize(
+    ("env", "args", "says"),
+    [
+        ({"ONLY_ABLATIONS": "1"}, [], "name an ablation"),
+        ({"ARM_JOBS": "two"}, ["ablate_speed"], "ARM_JOBS='two'"),
+    ],
+)
+def test_recipe_refuses_bad_ablation_settings_before_any_work(tmp_path, env, args, says):
+    proc = subprocess.run(
+        ["bash", "scripts/orthrus_small.sh", str(tmp_path / "out"), "toy", *args],
+        cwd=REPO,
+        env={**ENV, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2 and says in proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "exp").glob("ablate_*.yaml")))
 def test_small_ablations_take_their_arms_from_the_shared_yaml(name):
     """The recipe's ablations run '+exp=[ablate_X,small]': the orthrus-small run with the arms
