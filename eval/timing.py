@@ -83,8 +83,9 @@ def warm_prompts(prompts: list[list[int]], warmup: str) -> list[list[int]]:
 
 
 class HostClock:
-    """Wall-clock seconds (time.perf_counter) with the device synchronised first (kernels launched are
-    kernels finished). Tests pass a fake clock with the same method."""
+    """Wall-clock seconds (time.perf_counter): `now` with the device synchronised first (kernels launched
+    are kernels finished), `host_now` without (for marks right after a read-back that already waited for
+    the work being timed). Tests pass a fake clock with the same methods."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -92,20 +93,22 @@ class HostClock:
     def now(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        return self.host_now()
+
+    def host_now(self) -> float:
         return time.perf_counter()
 
 
 class FirstTokenClock:
     """A streamer that notes when the first new token arrives (the first put is the prompt), `now()` seconds
-    after `start`. now(): clock.now(); with synced=False, host time alone (time.perf_counter, HostClock's time
-    base, without its device sync): for marks taken right after a read-back that already waited for the work
-    being timed (a served request's tokens)."""
+    after `start`. now(): clock.now(); with synced=False, clock.host_now() (no device sync): for marks taken
+    right after a read-back that already waited for the work being timed (a served request's tokens)."""
 
     def __init__(self, clock, start: float, synced: bool = True):
         self.clock, self.start, self.synced, self.puts, self.first = clock, start, synced, 0, None
 
     def now(self) -> float:
-        return self.clock.now() if self.synced else time.perf_counter()
+        return self.clock.now() if self.synced else self.clock.host_now()
 
     def put(self, tokens):
         self.puts += 1

@@ -114,6 +114,7 @@ def main():
                 fuse_qkv=cuda,
                 fuse_gate_up=args.fuse_gate_up,
                 max_batch_size=max(batch_sizes),
+                graph_prefill=False,  # the iterations are timed on filled slots: no prefill, no scratch slot
             )
             log(f"[{shape}] built; KV cache {engine.cache.nbytes / 1e9:.1f} GB for {max(batch_sizes)} slots")
             points = iteration_points(engine, shape, ctxs, ks, batch_sizes, clock, args.reps, peaks, shapes_left, log)

@@ -8,8 +8,9 @@
 #     bash scripts/orthrus_small.sh OUT_DIR full ablate_ce_loss ablate_trainable   # + ablations
 #     ARM_JOBS=3 ONLY_ABLATIONS=1 bash scripts/orthrus_small.sh OUT_DIR full ablate_speed
 #                       # the arms train at once (Hydra's joblib launcher: one process per arm, one GPU
-#                       # holds several small runs); steps 3-4 skipped (an arm is the recipe's own setting)
-#     TRAIN_ARGS='speed=plain,fast' ...  # extra train.py overrides, e.g. a subset of an ablation's arms
+#                       # holds several small runs); steps 3-4 (the recipe's own view) skipped
+#     ONLY_ABLATIONS=1 TRAIN_ARGS='speed=plain,fast' bash scripts/orthrus_small.sh OUT_DIR full ablate_speed
+#                       # extra overrides of the ablations' train.py runs, e.g. a subset of the arms
 #
 # Steps, each an ordinary entry point (the exact commands are echoed and can be rerun by hand):
 #   1. the pinned inputs are checked against artifacts/orthrus-small/SHA256SUMS: base weights,
@@ -61,7 +62,9 @@ for name in "${ABLATIONS[@]}"; do
     echo "no ablation conf/exp/$name.yaml; choose from: $(cd conf/exp && ls ablate_*.yaml | sed 's/.yaml//')" >&2
     exit 2; }
 done
-[[ -z "${ONLY_ABLATIONS:-}" || ${#ABLATIONS[@]} -gt 0 ]] || {
+[[ "${ONLY_ABLATIONS:-}" =~ ^[01]?$ ]] || {
+  echo "ONLY_ABLATIONS='$ONLY_ABLATIONS': 1 skips the recipe's own view, 0 or unset keeps it" >&2; exit 2; }
+[[ "${ONLY_ABLATIONS:-}" != 1 || ${#ABLATIONS[@]} -gt 0 ]] || {
   echo "ONLY_ABLATIONS=1 skips the recipe's own view: name an ablation after the size (e.g. full ablate_speed)" >&2
   exit 2; }
 [[ -z "${ARM_JOBS:-}" || "$ARM_JOBS" =~ ^[1-9][0-9]*$ ]] || {
@@ -76,8 +79,8 @@ run python -m scripts.self_distill model_name_or_path="$ART/base" prompts_source
   out_dir="$OUT/self_distill" split=train chat_template=false messages_field=null temperature=0.0 dtype=float32 \
   "${DISTILL[@]}"
 
-if [[ -z "${ONLY_ABLATIONS:-}" ]]; then
-  run python train.py +exp=small "${DATA[@]}" hydra.run.dir="$OUT/train" "${TRAIN[@]}" ${TRAIN_ARGS:-}
+if [[ "${ONLY_ABLATIONS:-}" != 1 ]]; then
+  run python train.py +exp=small "${DATA[@]}" hydra.run.dir="$OUT/train" "${TRAIN[@]}"
   evaluate "$OUT/train/diffusion_view" "$OUT"
 fi
 LAUNCHER=()

@@ -473,7 +473,9 @@ def test_eval_serves_prompt_sets_with_one_by_one_outputs(make_model, sampling):
         built.append(sum(len(steps._samplers) for steps in engine._steps.values()))
         return 0.0
 
-    serve_prompts(engine, prompts, 4, 10, sampling=sampling, progress=False, clock=SimpleNamespace(now=now))
+    serve_prompts(
+        engine, prompts, 4, 10, sampling=sampling, progress=False, clock=SimpleNamespace(now=now, host_now=now)
+    )
     assert built[0] == built[-1], "sampling steps were built (on CUDA: captured) while the clock ran"
     rows, _ = measure_block_sizes(model, prompts, [1, 4], decode_fn=EngineDecode(S, batch_size=2), **kw)
     assert [r["batch_size"] for r in rows] == [2, 2] and rows[0]["speedup"] == 1.0

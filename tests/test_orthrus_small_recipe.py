@@ -54,6 +54,7 @@ def test_recipe_refuses_inputs_that_differ_from_the_pins(tmp_path):
     ("env", "args", "says"),
     [
         ({"ONLY_ABLATIONS": "1"}, [], "name an ablation"),
+        ({"ONLY_ABLATIONS": "yes"}, ["ablate_speed"], "ONLY_ABLATIONS='yes'"),
         ({"ARM_JOBS": "two"}, ["ablate_speed"], "ARM_JOBS='two'"),
     ],
 )
