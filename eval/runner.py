@@ -135,7 +135,7 @@ def serve_prompts(
     with tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False) as bar:
 
         def finished(i, result):
-            timings[i] = Timing(seconds=firsts[i].now() - start, first_token_seconds=firsts[i].first)
+            timings[i] = Timing(seconds=clock.host_now() - start, first_token_seconds=firsts[i].first)
             bar.update(1)
 
         results = serve_all(server, prompts, max_new_tokens, seeds, streamers=firsts, on_finish=finished, **request)

@@ -408,18 +408,17 @@ class Matmul:
         block_m = MAX_SKINNY_ROWS if self.mode == "invariant" else max(16, triton.next_power_of_2(M))
         key = (block_m, *w.shape, w2 is not None, fused is not None, x.dtype, x.device.type, self.pdl)
         if key not in self._timed:
-            self._timed[key] = self._tune(block_m, x, w, w2, fused)
+            self._timed[key] = self._tune(block_m, skinny, x, w, w2, fused)
         ranked = self._timed[key]  # [(ms, choice)], fastest first
         choice = next(c for _, c in ranked if isinstance(c, MatmulConfig) or self.mode == "auto" or not skinny)
         self.chosen[key[:5]] = choice
         return choice
 
-    def _tune(self, block_m, x, w, w2, fused):
+    def _tune(self, block_m, skinny, x, w, w2, fused):
         """[(ms, choice)], fastest first: at <= MAX_SKINNY_ROWS rows the skinny configs and cuBLAS, above
         it cuBLAS alone; both with and without the fused product where `fused` is given."""
         N, K = w.shape
         gate_up = w2 is not None
-        skinny = block_m <= MAX_SKINNY_ROWS
         cublas = [CUBLAS_FUSED, CUBLAS] if fused is not None else [CUBLAS]
         if x.device.type != "cuda":
             return [(0.0, candidate_configs(block_m, N, K, 1, gate_up)[0] if skinny else cublas[0])]

@@ -9,6 +9,7 @@ Writes are atomic: a folder is written under a temporary name and renamed into p
 interrupted save never leaves a half-written checkpoint under the final name.
 """
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -61,21 +62,29 @@ def load_orthrus(
     config = OrthrusConfig(**{**_config_fields(source_config), **overrides})
     # A plain Qwen3 checkpoint has no diffusion tensors; transformers reports them as missing,
     # which is expected here: they are set from the AR view right after.
-    verbosity = hf_logging.get_verbosity()
-    if source_config.model_type == "qwen3":
-        hf_logging.set_verbosity_error()
-    try:
+    with _hf_errors_only(source_config.model_type == "qwen3"):
         model = OrthrusForCausalLM.from_pretrained(
             base, config=config, dtype=dtype, attn_implementation=attn_implementation
         )
-    finally:
-        hf_logging.set_verbosity(verbosity)
     if source_config.model_type == "qwen3":
         model.init_diffusion_from_ar()
     if diffusion:
         load_diffusion_view(model, diffusion)
     model.requires_grad_(False)
     return model.to(device).eval()
+
+
+@contextlib.contextmanager
+def _hf_errors_only(quiet: bool = True):
+    """transformers logs errors only inside (when `quiet`): loading reports tensors it expected but did not
+    find, or found but did not expect, which some loads here mean to leave out."""
+    verbosity = hf_logging.get_verbosity()
+    if quiet:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def load_ar_view(
@@ -95,14 +104,10 @@ def load_ar_view(
 
     device = resolve_device(device)
     fields = _config_fields(_load_config(base))
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # a merged checkpoint's diffusion tensors are unexpected here: skipped
-    try:
+    with _hf_errors_only():  # a merged checkpoint's diffusion tensors are unexpected here: skipped
         ar = Qwen3ForCausalLM.from_pretrained(
             base, config=Qwen3Config(**fields), dtype=dtype, attn_implementation=attn_implementation
         )
-    finally:
-        hf_logging.set_verbosity(verbosity)
     config = OrthrusConfig(**{**_config_fields(ar.config), "block_size": block_size, "mask_token_id": mask_token_id})
     config._attn_implementation = ar.config._attn_implementation
     with torch.device("meta"):  # the Orthrus wrapper only: its modules are replaced by the loaded ones
