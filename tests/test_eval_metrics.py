@@ -176,12 +176,3 @@ def test_sampling_target_pairs_each_sampled_run_with_its_greedy_run():
     assert [(r["run"], r["K"]) for r in rows] == [("s16", 16)]
     assert rows[0]["target"] == pytest.approx(sampling_target(4.0, 5.0, 2.5)) == pytest.approx(2.0)
     assert rows[0]["of target"] == pytest.approx(0.9)
-
-
-def test_batch_bench_tables_show_a_missing_value():
-    """bench_batch's bench.md: a value a run could not measure (no decode iteration: no slot occupancy)
-    is printed as "–", the way every other table here prints it, instead of failing the whole write."""
-    from eval.batch_bench import markdown
-
-    text = markdown({"iterations": [{"shape": "tiny", "context": 8, "block_size": 4, "batch_size": 2, "ms": 1.5}]})
-    assert "| tiny | 8 | 4 | 2 | 1.500 | – | – | – |" in text
