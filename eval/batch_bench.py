@@ -120,12 +120,13 @@ def parse_points(points: str) -> list[tuple[int, int]]:
     return pairs
 
 
-def profile_points(engine, shape: str, points: str, batch_sizes, ks, ctx: int, device, log) -> list[dict]:
+def profile_points(engine, shape: str, points, batch_sizes, ks, ctx: int, device, log) -> list[dict]:
     """Kernel time by kernel name of one eager iteration (draft + verify + accept; K = 1: verify + accept) at
-    each "BxK" point of `points` at context ctx (`eval.decode_bench.profile_verify`; nothing off CUDA). A point
-    that `iteration_points` did not measure (B not in batch_sizes, K not 1 or in ks) is logged and skipped."""
+    each (B, K) of `points` (`parse_points`) at context ctx (`eval.decode_bench.profile_verify`; nothing off
+    CUDA). A point that `iteration_points` did not measure (B not in batch_sizes, K not 1 or in ks) is logged
+    and skipped."""
     rows = []
-    for B, K in parse_points(points):
+    for B, K in points:
         if B not in batch_sizes or K not in [1, *ks]:
             log(f"[{shape}] profile {B}x{K}: not a measured point (--batch-sizes, --ks); skipped")
             continue

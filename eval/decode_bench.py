@@ -399,7 +399,7 @@ def run_variant(variant, model, res, args, device, clock, budget, engine_len, lo
     log(f"[{name}/{variant}]")
     timing = time_engine(engine, ks, ctxs, clock, args.reps, budget, log)
     res["engine_variants"][variant] = timing
-    res["matmul_choices"][variant] = {str(k): str(c) for k, c in engine.mm.chosen.items()}
+    res["matmul_choices"][variant] = engine.mm.choices()
     res.setdefault("variant_pdl", {})[variant] = engine.pdl
     if first:
         res["engine"] = timing

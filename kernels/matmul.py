@@ -437,6 +437,10 @@ class Matmul:
                 continue
         return sorted(ranked, key=lambda r: r[0])
 
+    def choices(self) -> dict:
+        """What this instance chose per (row tile, N, K, gate_up, fused), as strings (for a results file)."""
+        return {str(k): str(c) for k, c in self.chosen.items()}
+
     @classmethod
     def report(cls) -> dict:
         """The four fastest candidates of every tuned (row tile, N, K, gate_up, fused) and their times (ms);

@@ -82,7 +82,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    parse_points(args.profile)  # a malformed point is an error before any work (and before --out exists)
+    profile_at = parse_points(args.profile)  # a malformed point is an error before any work (and before --out exists)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -119,9 +119,9 @@ def main():
             log(f"[{shape}] built; KV cache {engine.cache.nbytes / 1e9:.1f} GB for {max(batch_sizes)} slots")
             points = iteration_points(engine, shape, ctxs, ks, batch_sizes, clock, args.reps, peaks, shapes_left, log)
             results["iterations"] += points
-            results.setdefault("matmul_choices", {})[shape] = {str(k): str(c) for k, c in engine.mm.chosen.items()}
+            results.setdefault("matmul_choices", {})[shape] = engine.mm.choices()
             results["matmul_tuning"] = Matmul.report()
-            profiles = profile_points(engine, shape, args.profile, batch_sizes, ks, ctxs[0], device, log)
+            profiles = profile_points(engine, shape, profile_at, batch_sizes, ks, ctxs[0], device, log)
             results.setdefault("profiles", []).extend(profiles)
 
         phase(f"iterations_{shape}", shapes_part)

@@ -42,7 +42,9 @@ def test_profile_points_profile_the_measured_points_only(make_model):
     CUDA), another is logged and skipped, and a malformed point is a clear error before any profiling."""
     engine = OrthrusEngine(make_model(seed=17), 48, max_batch_size=2)
     logged = []
-    rows = profile_points(engine, "tiny", "1x4,2x1,4x4,1x8", [1, 2], [4], 16, engine.device, logged.append)
+    rows = profile_points(
+        engine, "tiny", parse_points("1x4,2x1,4x4,1x8"), [1, 2], [4], 16, engine.device, logged.append
+    )
     assert [(r["shape"], r["context"], r["batch_size"], r["block_size"], r["kernels"]) for r in rows] == [
         ("tiny", 16, 1, 4, []),
         ("tiny", 16, 2, 1, []),
