@@ -192,3 +192,30 @@ def test_profile_train_script_parses_and_every_variant_composes(tmp_path):
     assert knobs(composed["fast"]) == (True, True, True, "none")
     assert knobs(composed["fast_fp8_mb2"]) == (True, True, True, "frozen")
     assert composed["fast_fp8_mb2"].train.micro_batch_size == 2 and composed["baseline"].train.micro_batch_size == 1
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_a_setting_is_its_point_plus_its_own_overrides(monkeypatch, broken):
+    """A setting's overrides end with its point's (train/throughput.point_overrides: shape, DeepSpeed, batch,
+    checkpointing, --override, variant), so composed they agree on everything the point fixes and --override
+    and the variant win over the setting's own (train.precision here). Broken: the point's list without
+    --override, which the setting's precision then beats."""
+    from scripts import bench_train
+    from train.config import compose
+
+    if broken:
+        full = throughput.point_overrides
+        monkeypatch.setattr(
+            throughput, "point_overrides", lambda s, c, a, v: [o for o in full(s, c, a, v) if o not in a.override]
+        )
+    argv = "OUT --shapes tiny --deepspeed none --micro-batch-size 3 --override train.precision=fp32".split()
+    args = bench_train.parse_args([*argv, "--variant", "v:train.grad_accum=2 train.gradient_checkpointing=true"])
+    variant = args.variants["v"]
+    point = throughput.point_config("tiny", False, args, variant)
+    cfg = compose(throughput.setting_overrides(point, "tiny", 64, "sdpa", args, 1, variant)[0])
+
+    def fixed(c):
+        return c.model, c.deepspeed, c.train.micro_batch_size, c.train.grad_accum, c.train.gradient_checkpointing
+
+    assert fixed(cfg) == fixed(point) and fixed(cfg)[2:] == (3, 2, True)
+    assert (cfg.train.precision == "fp32") != broken

@@ -108,28 +108,36 @@ def release_zero3_globals() -> None:
 
 def point_config(shape: str, checkpointing: bool, args, variant=()):
     """The config that fixes one point's batch shape, block size and gradient checkpointing, composed
-    once per point: the shape, DeepSpeed, the command line's batch and checkpointing, then --override
-    and the variant (last, so they win: a variant may set train.micro_batch_size or
-    train.gradient_checkpointing). The setting's overrides (`setting_overrides`) derive from it."""
+    once per point from `point_overrides`."""
     from train.config import compose
 
-    return compose(
-        [
-            *_common(shape, args),
-            *_batch(args),
-            f"train.gradient_checkpointing={checkpointing}",
-            *args.override,
-            *variant,
-        ]
-    )
+    return compose(point_overrides(shape, checkpointing, args, variant))
+
+
+def point_overrides(shape: str, checkpointing: bool, args, variant=()) -> list[str]:
+    """The overrides of one point, which end every setting's list too (`setting_overrides`): the shape,
+    DeepSpeed, the command line's batch and checkpointing, then --override and the variant (last, so they
+    win: a variant may set train.micro_batch_size or train.gradient_checkpointing)."""
+    from train.config import shape_overrides
+
+    return [
+        *shape_overrides(shape),
+        f"deepspeed={args.deepspeed}",
+        f"train.micro_batch_size={args.micro_batch_size}",
+        f"train.grad_accum={args.grad_accum}",
+        f"train.gradient_checkpointing={checkpointing}",
+        *args.override,
+        *variant,
+    ]
 
 
 def setting_overrides(
     point, shape: str, seq_len: int, attention: str, args, world_size: int, variant=(), extra_steps=0
 ):
-    """The Hydra overrides of one setting (the variant's last, so they win) and its blocks per row
-    (--diffusion-fraction of the row), from the point's composed config `point` (`point_config`);
-    `extra_steps` run after the timed ones (the profile)."""
+    """The Hydra overrides of one setting and its blocks per row (--diffusion-fraction of the row), from the
+    point's composed config `point` (`point_config`): the setting's own (data, steps, attention, precision,
+    logging), then the point's (`point_overrides`, with the checkpointing the point composed to), so
+    --override and the variant still come last and win; `extra_steps` run after the timed ones (the profile)."""
     from train.config import synthetic_data_overrides
 
     K = point.model.block_size or 32
@@ -137,31 +145,17 @@ def setting_overrides(
     steps = args.warmup + args.steps + extra_steps
     rows = steps * point.train.micro_batch_size * point.train.grad_accum * world_size
     overrides = [
-        *_common(shape, args),
         *synthetic_data_overrides(seq_len, max(rows, 4 * world_size)),
         f"objective.blocks_per_row={blocks_per_row}",
         f"objective.attention={ATTENTION[attention]}",
         f"train.steps={steps}",
-        *_batch(args),
-        f"train.gradient_checkpointing={point.train.gradient_checkpointing}",
         f"train.precision={args.precision}",
         f"logging.log_every={steps}",
         "logging.progress_bar=false",
         "logging.wandb.mode=disabled",
-        *args.override,
-        *variant,
+        *point_overrides(shape, point.train.gradient_checkpointing, args, variant),
     ]
     return overrides, blocks_per_row, K
-
-
-def _common(shape: str, args) -> list[str]:
-    from train.config import shape_overrides
-
-    return [*shape_overrides(shape), f"deepspeed={args.deepspeed}"]
-
-
-def _batch(args) -> list[str]:
-    return [f"train.micro_batch_size={args.micro_batch_size}", f"train.grad_accum={args.grad_accum}"]
 
 
 def run_setting(
