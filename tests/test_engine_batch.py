@@ -206,18 +206,14 @@ def test_triton_batch_equals_base(make_model, monkeypatch):
     [("torch", 1, False), ("torch", 3, False), ("torch", 3, True), ("triton", 1, False), ("triton", 3, False)],
 )
 def test_fused_gate_up_equals_base(make_model, monkeypatch, backend, batch, swapped):
-    """fuse_gate_up: each layer's gate and up weights become the halves of one [gate; up] matrix, shared with
-    the model, whose own forward stays bit for bit what it was (fp32); greedy output is the base model's (as
-    the unfused engine's is: the tests above), at batch 1 and with 3 slots, on the PyTorch path and the Triton
-    path (compiled on a GPU, interpreted off it). Off CUDA both run one product against the fused matrix and
-    SiLU * up on the halves of its output (the Triton kernel on strided halves); the skinny kernel reading the
-    halves is tests/test_kernels_matmul.py's. Broken: the engine's fused matrix holds [up; gate]."""
+    """fuse_gate_up: greedy output is the base model's (as the unfused engine's is: the tests above), at batch 1
+    and with 3 slots, on the PyTorch path and the Triton path (compiled on a GPU, interpreted off it). Off CUDA
+    both run one product against the fused matrix and SiLU * up on the halves of its output (the Triton kernel
+    on strided halves); the skinny kernel reading the halves is tests/test_kernels_matmul.py's. Broken: the
+    engine's fused matrix holds [up; gate]."""
     model = make_model(seed=4).to(DEVICE)
     requests = GREEDY_REQUESTS if backend == "torch" else [(33, 6, 0, None), (5, 7, 0, 2)]
     subs, refs = greedy_case(model, requests)
-    ids = prompt(40, seed=9).to(DEVICE)
-    with torch.no_grad():
-        before = model(ids).logits
     if swapped:
         fuse = models.engine._fuse_gate_up
         monkeypatch.setattr(models.engine, "_fuse_gate_up", lambda mlp: torch.cat(fuse(mlp).chunk(2)[::-1]))
@@ -226,19 +222,35 @@ def test_fused_gate_up_equals_base(make_model, monkeypatch, backend, batch, swap
     results, _ = serve(Server(engine, 4), subs)
     exact = [torch.equal(out.sequences, ref) for out, ref in zip(results, refs)]
     assert all(exact) != swapped, exact
-    if swapped:
-        return
+
+
+@pytest.mark.parametrize("copied", [False, True])
+def test_fused_gate_up_shares_the_models_weights(make_model, monkeypatch, copied):
+    """fuse_gate_up: each layer's gate and up weights become the halves of one [gate; up] matrix, shared with
+    the model, whose own forward stays bit for bit what it was (fp32); a second engine finds the halves already
+    in one matrix and moves nothing. Broken: the engine's fused matrix is a copy of gate and up."""
+    model = make_model(seed=4).to(DEVICE)
+    ids = prompt(40, seed=9).to(DEVICE)
+    with torch.no_grad():
+        before = model(ids).logits
+    if copied:
+        monkeypatch.setattr(
+            models.engine, "_fuse_gate_up", lambda mlp: torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+        )
+    kw = dict(backend="torch", cuda_graphs=False, fuse_gate_up=True)
+    engine = OrthrusEngine(model, 48, **kw)
     mlp, fused = model.model.layers[1].mlp, engine.layers[1].gate_up
     half = fused.shape[0] // 2
     assert engine.layers[1].gate is mlp.gate_proj.weight and fused.shape == (2 * half, mlp.gate_proj.in_features)
-    assert (
-        mlp.gate_proj.weight.data_ptr() == fused.data_ptr() and mlp.up_proj.weight.data_ptr() == fused[half:].data_ptr()
-    )
     with torch.no_grad():
         assert torch.equal(model(ids).logits, before)
-    again = OrthrusEngine(model, 48, **kw)  # the halves already lie in one matrix: nothing moves
-    assert again.layers[1].gate_up.data_ptr() == fused.data_ptr()
-    assert mlp.up_proj.weight.data_ptr() == fused[half:].data_ptr()
+    again = OrthrusEngine(model, 48, **kw)
+    shared = [
+        mlp.gate_proj.weight.data_ptr() == fused.data_ptr(),
+        mlp.up_proj.weight.data_ptr() == fused[half:].data_ptr(),
+        again.layers[1].gate_up.data_ptr() == fused.data_ptr(),
+    ]
+    assert shared == [not copied] * 3, shared
 
 
 SAMPLED_REQUESTS = [
@@ -396,9 +408,10 @@ def test_generate_on_a_batched_engine(make_model):
 
 
 @pytest.mark.parametrize("broken", [False, True])
-@pytest.mark.parametrize("per_position", [False, True])
-def test_ragged_attention_kernels_equal_one_slot_calls(monkeypatch, per_position, broken):
-    """Triton draft/verify attention over slots of different lengths = each slot's own batch-1 call, bitwise.
+@pytest.mark.parametrize("kernel", ["draft", "verify", "verify_per_position"])
+def test_ragged_attention_kernels_equal_one_slot_calls(monkeypatch, kernel, broken):
+    """Triton draft/verify attention over slots of different lengths = each slot's own batch-1 call, bitwise,
+    per kernel (draft, verify, per_position verify).
 
     With an explicit num_splits (2: the split + combine path, also off the GPU, where one split is the
     default): the default depends on the batch size on a GPU (one wave of programs), so only a fixed split
@@ -411,27 +424,23 @@ def test_ragged_attention_kernels_equal_one_slot_calls(monkeypatch, per_position
         return torch.randn(*shape, generator=g).to(DEVICE)
 
     q, k_cache, v_cache = randn(B, H, K, D), randn(B, Hkv, S_max, D), randn(B, Hkv, S_max, D)
-    k_blk, v_blk = randn(B, Hkv, K, D), randn(B, Hkv, K, D)
     start = torch.tensor([70, 3, 41], device=DEVICE)
     if broken:
         check = kernels.attention._check_length
         monkeypatch.setattr(kernels.attention, "_check_length", lambda *a: check(*a)[:2] + (0,))
+    if kernel == "draft":
+        slots = (q, k_cache, v_cache, start, randn(B, Hkv, K, D), randn(B, Hkv, K, D))
+        attention, calls = kernels.attention.diffusion_attention, [dict(num_splits=2)]
+    else:
+        per_position = kernel == "verify_per_position"
+        slots, attention = (q, k_cache, v_cache, start), kernels.attention.verify_attention
+        calls = [dict(num_splits=s, per_position=per_position) for s in ([2, None] if per_position else [2])]
     exact = []
-    for splits in [2, None] if per_position else [2]:
-        verify = kernels.attention.verify_attention(
-            q, k_cache, v_cache, start, 0.25, num_splits=splits, per_position=per_position
-        )
-        draft = kernels.attention.diffusion_attention(q, k_cache, v_cache, start, k_blk, v_blk, 0.25, splits or 2)
-        for b in range(B):
-            one = slice(b, b + 1)
-            alone = kernels.attention.verify_attention(
-                q[one], k_cache[one], v_cache[one], start[one], 0.25, num_splits=splits, per_position=per_position
-            )
-            exact.append(torch.equal(verify[one], alone))
-            alone = kernels.attention.diffusion_attention(
-                q[one], k_cache[one], v_cache[one], start[one], k_blk[one], v_blk[one], 0.25, splits or 2
-            )
-            exact.append(torch.equal(draft[one], alone))
+    for kw in calls:
+        batched = attention(*slots, 0.25, **kw)
+        exact += [
+            torch.equal(batched[b : b + 1], attention(*(t[b : b + 1] for t in slots), 0.25, **kw)) for b in range(B)
+        ]
     assert all(exact) != broken, exact
 
 

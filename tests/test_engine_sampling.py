@@ -155,8 +155,7 @@ def test_iteration_benchmark_runs_each_mode(make_model):
 
     engine = _engine(make_model)
     clock = functools.partial(median_ms, device=engine.device, warmup=1)
-    out = time_iterations(engine, [1, 4], 5, lambda fn, reps, after: clock(fn, reps, after=after), reps=2,
-                          new_tokens=8, log=lambda *a: None)  # fmt: skip
+    out = time_iterations(engine, [1, 4], 5, clock, reps=2, new_tokens=8, log=lambda *a: None)
     for key in ("iteration_ms", "sampling_iteration_ms", "sampling_greedy_drafts_iteration_ms", "e2e_iteration_ms"):
         assert out[f"{key}_K4"] > 0 and out[f"{key}_K1"] > 0
 
