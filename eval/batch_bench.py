@@ -303,10 +303,14 @@ def markdown(results: dict) -> str:
     out = [f"# Batched decoding ({results.get('device', '?')})", "", results.get("command", ""), ""]
     if "fuse_gate_up" in results:
         out += [f"Shapes engines: fuse_gate_up={results['fuse_gate_up']} (OrthrusEngine; docs/engine.md)", ""]
-    gate_up = {k: v for k, v in results.get("matmul_tuning", {}).items() if ", True, " in k}
+    gate_up = [r for r in results.get("matmul_tuning", []) if r["gate_up"]]  # kernels.matmul.Matmul.report()
     if gate_up:
-        out += ["## gate/up products as tuned: (row tile, N, K, gate_up, fused) -> fastest first, ms", ""]
-        out += [f"- {k}: " + ", ".join(f"{c} {ms}" for ms, c in v) for k, v in gate_up.items()] + [""]
+        out += ["## gate/up products as tuned: row tile, N x K, fused weight -> fastest first, ms", ""]
+        out += [
+            f"- {r['row_tile']}, {r['N']} x {r['K']}, fused={r['fused']}{', pdl' if r['pdl'] else ''}: "
+            + ", ".join(f"{c} {ms}" for ms, c in r["fastest"])
+            for r in gate_up
+        ] + [""]
     out += ["## Iteration time vs batch size (graph replay, median; K = 1: the AR step)", ""]
     spec = "shape=shape|ctx=context|K=block_size|B=batch_size|ms=ms:.3f|memory bound ms=memory_bound_ms:.3f"
     spec += "|compute bound ms=compute_bound_ms:.3f|fraction of roofline=fraction_of_roofline:.2f"

@@ -346,6 +346,25 @@ def chain_ms(calls, n_calls: int = CHAIN_CALLS) -> float:
 CUBLAS, CUBLAS_FUSED = "cublas", "cublas_fused"  # `Matmul` choices besides a skinny MatmulConfig
 
 
+def cublas_choices(mode: str, skinny: bool, fused: bool) -> tuple[str, ...]:
+    """The cuBLAS choices a tuning mode of `Matmul` may make for one product: "auto" at every row count, "triton"
+    only above MAX_SKINNY_ROWS rows (not `skinny`), "invariant" never (a row's result must not depend on M);
+    with a fused [gate; up] weight the one product against it first, then the two products."""
+    if mode == "auto" or (mode == "triton" and not skinny):
+        return (CUBLAS_FUSED, CUBLAS) if fused else (CUBLAS,)
+    return ()
+
+
+def tuning_candidates(
+    mode: str, skinny: bool, block_m: int, N: int, K: int, sms: int, gate_up=False, fused=False, elem_bytes=2
+) -> list:
+    """What `Matmul` in a tuning mode times for one product, each of which it may choose (the fastest runs): the
+    skinny kernel's `candidate_configs` where `skinny` (<= MAX_SKINNY_ROWS rows; "invariant" at every row count),
+    then `cublas_choices`."""
+    configs = candidate_configs(block_m, N, K, sms, gate_up, elem_bytes) if skinny else []
+    return [*configs, *cublas_choices(mode, skinny, fused)]
+
+
 class Matmul:
     """The engine's matrix products: x @ w^T (`linear`) and silu(x @ gate^T) * (x @ up^T) (`gate_up`).
 
@@ -358,11 +377,13 @@ class Matmul:
     gate/up given a fused [gate; up] weight as well (`gate_up(..., fused)`; the engine's `fuse_gate_up`):
     cuBLAS may run one product against it (CUBLAS_FUSED: N = 2 x intermediate, fewer partial waves of output
     tiles than two products of N each) and SiLU * up on the two halves of its output. "torch" then always runs
-    it; "auto" and "triton" time it against the two products (and, at <= MAX_SKINNY_ROWS rows, against the
-    skinny kernel in "auto") per row tile, so it runs only where it is the faster; above MAX_SKINNY_ROWS the row
-    tile is M rounded up to a power of two. Off CUDA the first candidate runs: the skinny kernel up to
-    MAX_SKINNY_ROWS rows, the fused product above.
-    Timings are shared by all instances (`_timed`), so engines of one model tune once.
+    it; "auto" (at every row count, with the skinny kernel up to MAX_SKINNY_ROWS rows) and "triton" (above
+    MAX_SKINNY_ROWS) time it against the two products per row tile, so it runs only where it is the faster;
+    above MAX_SKINNY_ROWS the row tile is M rounded up to a power of two. Only what the mode may choose is timed
+    (`tuning_candidates`). Off CUDA the first candidate runs: the skinny kernel up to MAX_SKINNY_ROWS rows, the
+    fused product above.
+    Timings are shared by all instances (`_timed`) that time the same candidates, so engines of one model tune
+    once.
     pdl: launch the skinny kernels with Programmatic Dependent Launch (kernels/pdl.py; CUDA sm_90+).
     `silu_mul` should launch the same way (the engine passes it with the same setting). Candidates are
     timed with the same setting as they will run, and timings are kept per setting.
@@ -406,31 +427,31 @@ class Matmul:
         if not skinny and fused is None:
             return CUBLAS
         block_m = MAX_SKINNY_ROWS if self.mode == "invariant" else max(16, triton.next_power_of_2(M))
-        key = (block_m, *w.shape, w2 is not None, fused is not None, x.dtype, x.device.type, self.pdl)
+        # timings are shared where the candidates are the same: modes differ in whether cuBLAS is one of them
+        cublas = bool(cublas_choices(self.mode, skinny, fused is not None))
+        key = (block_m, *w.shape, w2 is not None, fused is not None, cublas, x.dtype, x.device.type, self.pdl)
         if key not in self._timed:
             self._timed[key] = self._tune(block_m, skinny, x, w, w2, fused)
-        ranked = self._timed[key]  # [(ms, choice)], fastest first
-        choice = next(c for _, c in ranked if isinstance(c, MatmulConfig) or self.mode == "auto" or not skinny)
+        choice = self._timed[key][0][1]  # [(ms, choice)], fastest first
         self.chosen[key[:5]] = choice
         return choice
 
     def _tune(self, block_m, skinny, x, w, w2, fused):
-        """[(ms, choice)], fastest first: at <= MAX_SKINNY_ROWS rows the skinny configs and cuBLAS, above
-        it cuBLAS alone; both with and without the fused product where `fused` is given."""
+        """[(ms, choice)] of this mode's `tuning_candidates`, fastest first."""
         N, K = w.shape
         gate_up = w2 is not None
-        cublas = [CUBLAS_FUSED, CUBLAS] if fused is not None else [CUBLAS]
         if x.device.type != "cuda":
-            return [(0.0, candidate_configs(block_m, N, K, 1, gate_up)[0] if skinny else cublas[0])]
+            return [(0.0, tuning_candidates(self.mode, skinny, block_m, N, K, 1, gate_up, fused is not None)[0])]
         xs = torch.randn(block_m, K, device=x.device, dtype=x.dtype)
         if fused is not None:  # copies of the fused matrix, gate and up its halves (as in the engine)
             copies = [(c[:N], c[N:], c) for (c,) in weight_copies((fused,))]
         else:
             copies = weight_copies((w,) if w2 is None else (w, w2))
         sms = sm_count(x.device)
-        configs = candidate_configs(block_m, N, K, sms, gate_up, elem_bytes=x.element_size()) if skinny else []
         ranked = []
-        for choice in configs + cublas:
+        for choice in tuning_candidates(
+            self.mode, skinny, block_m, N, K, sms, gate_up, fused is not None, elem_bytes=x.element_size()
+        ):
             try:
                 ranked.append((chain_ms([partial(self._run, choice, xs, *c) for c in copies]), choice))
             except triton.runtime.errors.OutOfResources:
@@ -442,10 +463,20 @@ class Matmul:
         return {str(k): str(c) for k, c in self.chosen.items()}
 
     @classmethod
-    def report(cls) -> dict:
-        """The four fastest candidates of every tuned (row tile, N, K, gate_up, fused) and their times (ms);
-        timings taken with PDL on are listed under the same key plus " pdl"."""
-        return {
-            str(k[:5]) + (" pdl" if k[-1] else ""): [(round(ms, 4), str(c)) for ms, c in v[:4]]
-            for k, v in cls._timed.items()
-        }
+    def report(cls) -> list[dict]:
+        """Every tuned product (row tile, weight shape N x K, gate_up, fused weight given, cuBLAS among the
+        candidates, dtype, PDL) with its four fastest candidates and their times (`fastest`: [ms, choice])."""
+        return [
+            {
+                "row_tile": block_m,
+                "N": N,
+                "K": K,
+                "gate_up": gate_up,
+                "fused": fused,
+                "cublas": cublas,
+                "dtype": str(dtype).removeprefix("torch."),
+                "pdl": pdl,
+                "fastest": [(round(ms, 4), str(c)) for ms, c in ranked[:4]],
+            }
+            for (block_m, N, K, gate_up, fused, cublas, dtype, _, pdl), ranked in cls._timed.items()
+        ]

@@ -76,3 +76,23 @@ def test_batch_bench_tables_show_a_missing_value():
     is printed as "–", the way every other table here prints it, instead of failing the whole write."""
     text = markdown({"iterations": [{"shape": "tiny", "context": 8, "block_size": 4, "batch_size": 2, "ms": 1.5}]})
     assert "| tiny | 8 | 4 | 2 | 1.500 | – | – | – |" in text
+
+
+def test_batch_bench_lists_the_gate_up_tunings(monkeypatch):
+    """bench_batch's bench.md lists the gate/up products of Matmul.report() (its `gate_up` field) with their
+    fastest candidates, at a skinny row count and, given a fused weight, above it; not the linear product of
+    the same shape, which the report also holds."""
+    from kernels.elementwise import silu_mul
+    from kernels.matmul import MAX_SKINNY_ROWS, Matmul, candidate_configs
+
+    monkeypatch.setattr(Matmul, "_timed", {})
+    mm = Matmul("auto", silu_mul)
+    x, w = torch.randn(5, 64), torch.randn(48, 64)
+    mm.linear(x, w)
+    mm.gate_up(x, w, w)
+    mm.gate_up(torch.randn(MAX_SKINNY_ROWS + 1, 64), w, w, torch.cat([w, w]))
+    report = Matmul.report()
+    assert [r["gate_up"] for r in report] == [False, True, True]
+    lines = [line for line in markdown({"matmul_tuning": report}).splitlines() if line.startswith("- ")]
+    config = candidate_configs(16, 48, 64, 1, gate_up=True)[0]
+    assert lines == [f"- 16, 48 x 64, fused=False: {config} 0.0", "- 64, 48 x 64, fused=True: cublas_fused 0.0"]

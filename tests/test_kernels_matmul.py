@@ -8,8 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import kernels.matmul
 from kernels.elementwise import silu_mul
-from kernels.matmul import CUBLAS_FUSED, MAX_SKINNY_ROWS, Matmul, MatmulConfig, candidate_configs, skinny_matmul
+from kernels.matmul import (
+    CUBLAS,
+    CUBLAS_FUSED,
+    MAX_SKINNY_ROWS,
+    Matmul,
+    MatmulConfig,
+    candidate_configs,
+    skinny_matmul,
+    tuning_candidates,
+)
 from kernels.reference import matmul_ref
 
 CUDA = torch.cuda.is_available()
@@ -116,6 +126,46 @@ def test_matmul_modes():
     assert all(c != "cublas" and c.block_m == 32 for c in inv.chosen.values())
     with pytest.raises(ValueError, match="matmul="):
         Matmul("fast", silu_mul)
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_only_candidates_a_mode_may_choose_are_timed(monkeypatch, broken):
+    """tuning_candidates, what Matmul times per product: the skinny configs at <= MAX_SKINNY_ROWS rows, and
+    cuBLAS (the fused product first, given a fused weight) wherever the mode may run it: "auto" at every row
+    count, "triton" only above MAX_SKINNY_ROWS, "invariant" never; so the fastest candidate is the one chosen.
+    Broken: cuBLAS among the candidates in every mode, as if "triton" and "invariant" could choose it."""
+    if broken:
+        monkeypatch.setattr(kernels.matmul, "cublas_choices", lambda mode, skinny, fused: (CUBLAS,))
+    configs = candidate_configs(32, 12288, 4096, 132, gate_up=True)
+    ok = []
+    for fused in (False, True):
+        cublas = [CUBLAS_FUSED, CUBLAS] if fused else [CUBLAS]
+        for mode, skinny, expected in [
+            ("auto", True, configs + cublas),
+            ("auto", False, cublas),
+            ("triton", True, configs),
+            ("triton", False, cublas),
+            ("invariant", True, configs),
+        ]:
+            block_m = 32 if skinny else 64
+            ok.append(tuning_candidates(mode, skinny, block_m, 12288, 4096, 132, True, fused) == expected)
+    assert all(ok) != broken, ok
+
+
+def test_tunings_are_kept_apart_where_the_candidates_differ(monkeypatch):
+    """Matmul.report(): one record per tuned product, fields apart. "auto" times cuBLAS at <= MAX_SKINNY_ROWS
+    rows and "triton" does not, so the two do not share a tuning; "triton" and "invariant" at a 32-row tile do.
+    Off CUDA each is the first candidate, untimed."""
+    monkeypatch.setattr(Matmul, "_timed", {})
+    x, w = _rand(20, 300, dtype=torch.float32, seed=30), _rand(70, 300, dtype=torch.float32, seed=31)
+    for mode in ("triton", "auto", "invariant"):
+        Matmul(mode, silu_mul).linear(x, w)
+    config = str(candidate_configs(32, 70, 300, 1)[0])
+    record = dict(row_tile=32, N=70, K=300, gate_up=False, fused=False, dtype="float32", pdl=False)
+    assert Matmul.report() == [
+        {**record, "cublas": False, "fastest": [(0.0, config)]},
+        {**record, "cublas": True, "fastest": [(0.0, config)]},
+    ]
 
 
 @pytest.mark.parametrize("M", [5, 40])
