@@ -157,7 +157,7 @@ def test_tunings_are_kept_apart_where_the_candidates_differ(monkeypatch):
     rows and "triton" does not, so the two do not share a tuning; "triton" and "invariant" at a 32-row tile do.
     Off CUDA each is the first candidate, untimed."""
     monkeypatch.setattr(Matmul, "_timed", {})
-    x, w = _rand(20, 300, dtype=torch.float32, seed=30), _rand(70, 300, dtype=torch.float32, seed=31)
+    x, w = (_rand(*shape, dtype=torch.float32, seed=seed).cpu() for shape, seed in (((20, 300), 30), ((70, 300), 31)))
     for mode in ("triton", "auto", "invariant"):
         Matmul(mode, silu_mul).linear(x, w)
     config = str(candidate_configs(32, 70, 300, 1)[0])
