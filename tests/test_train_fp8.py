@@ -11,7 +11,14 @@ from torch import nn
 
 from tests.test_train_loop import compose_cfg
 from tests.test_train_objective import blocks_for, packed_batch
-from train.fp8 import E4M3, FP8_MODES, FrozenFloat8Linear, convert_frozen_linears, frozen_linear_names
+from train.fp8 import (
+    E4M3,
+    FP8_MODES,
+    FrozenFloat8Linear,
+    check_fp8_device,
+    convert_frozen_linears,
+    frozen_linear_names,
+)
 from train.loop import TrainConfig, Trainer
 from train.objective import DistillationObjective, ObjectiveConfig
 
@@ -40,6 +47,27 @@ def test_fp8_mode_is_checked_and_needs_a_gpu(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="train.fp8=frozen needs a GPU"):
             Trainer(compose_cfg("train.fp8=frozen"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "mode,capability,refused",
+    [("frozen", (8, 0), True), ("frozen", (8, 9), True), ("frozen", (9, 0), False), ("frozen", (10, 0), False)]
+    + [("torchao", (8, 6), True), ("torchao", (8, 9), False), ("none", (7, 0), False)],
+)
+def test_fp8_is_refused_on_gpus_without_its_float8_matmuls(monkeypatch, mode, capability, refused):
+    """Rowwise float8 (frozen) needs compute capability 9.0, torchao's tensorwise 8.9: an older GPU is
+    refused with its name, its capability and the setting to use instead; a new enough one is not."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    if refused:
+        with pytest.raises(
+            ValueError,
+            match=rf"train.fp8={mode} needs CUDA compute capability .*A100.* has "
+            rf"{capability[0]}\.{capability[1]}: set train.fp8=none \(speed=fast instead",
+        ):
+            check_fp8_device(mode, torch.device("cuda"))
+    else:
+        check_fp8_device(mode, torch.device("cuda"))
 
 
 def test_frozen_linears_are_the_base_projections_and_mlps(make_model):

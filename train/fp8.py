@@ -22,7 +22,8 @@ Modes:
 
 Each call's activation quantization is a row-amax reduction and a cast: separate kernels eager,
 fused into their producers when the layer sits inside a compiled module (train.compile_frozen).
-FP8 tensor cores need an H100/H200; torch._scaled_mm also runs on the CPU (the tests use it).
+FP8 tensor cores need an H100/H200 (`check_fp8_device`); torch._scaled_mm also runs on the CPU (the tests
+use it).
 """
 
 import torch
@@ -42,6 +43,28 @@ def require_torchao():
         raise ImportError(
             f"train.fp8 needs torchao (pip install torchao; 0.18 supports torch >= 2.11): {e}; or set train.fp8=none"
         ) from e
+
+
+# The least CUDA compute capability each mode's float8 matmuls run on: rowwise-scaled torch._scaled_mm
+# (frozen) needs Hopper's (9.0); torchao's tensorwise scaling runs from Ada's (8.9).
+MIN_CAPABILITY = {"frozen": (9, 0), "torchao": (8, 9)}
+
+
+def check_fp8_device(mode: str, device: torch.device) -> None:
+    """Refuse `mode` before any model is built where its float8 matmuls cannot run: off CUDA, or on a
+    GPU older than MIN_CAPABILITY[mode] (torch would fail at the first step with a kernel error)."""
+    if mode == "none":
+        return
+    fix = "set train.fp8=none (speed=fast instead of speed=fast_fp8)"
+    if device.type != "cuda":
+        raise ValueError(f"train.fp8={mode} needs a GPU with FP8 tensor cores (H100, H200); {fix}")
+    have, need = torch.cuda.get_device_capability(device), MIN_CAPABILITY[mode]
+    if have < need:
+        name = torch.cuda.get_device_name(device)
+        raise ValueError(
+            f"train.fp8={mode} needs CUDA compute capability {need[0]}.{need[1]} or newer for its float8 "
+            f"matmuls; {name} has {have[0]}.{have[1]}: {fix}"
+        )
 
 
 def frozen_linear_names(model: nn.Module) -> list[str]:

@@ -36,7 +36,7 @@ from train.config import typed_section
 from train.data import batches, build_dataset, check_data_inputs, data_tokenizer
 from train.distributed import barrier, broadcast_object, init_distributed
 from train.flops import micro_batch_flops_breakdown, next_token_flops
-from train.fp8 import FP8_MODES, convert_frozen_linears, require_torchao
+from train.fp8 import FP8_MODES, check_fp8_device, convert_frozen_linears, require_torchao
 from train.model import ModelConfig, build_model
 from train.objective import DistillationObjective, NextTokenObjective, ObjectiveConfig
 from train.optim import OptimConfig
@@ -119,11 +119,7 @@ class Trainer:
         bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
         if bf16 and device.type == "cpu":
             raise ValueError("train.precision=bf16 needs a GPU; on the CPU use train.precision=fp32 (or auto)")
-        if t.fp8 != "none" and device.type != "cuda":
-            raise ValueError(
-                f"train.fp8={t.fp8} needs a GPU with FP8 tensor cores (H100, H200); set train.fp8=none "
-                "(speed=fast instead of speed=fast_fp8)"
-            )
+        check_fp8_device(t.fp8, device)
         if t.fp8 == "torchao":
             require_torchao()  # before the model is built
 
