@@ -4,9 +4,9 @@ Entry points: `python -m scripts.evaluate`, `python -m scripts.reproduce_tables`
 
 decode.engine picks the decoder: `fast` (models/engine.py) or `reference` (models/generate.py).
 Timing follows eval/timing.py's protocol (every prompt-length bucket, K and mode warmed first).
-Writes ${out_dir}/${name}/metrics.json (every number, the resolved config, the timing protocol, and
-provenance: the command as it ran, commit + dirty flag, a hash of the sources that ran, device,
-versions, time) and metrics.md (tables).
+Writes ${out_dir}/${name}/metrics.json (every number, the resolved config, the timing protocol, the
+train.py overrides of a view trained by train.py, and provenance: the command as it ran, commit + dirty
+flag, a hash of the sources that ran, device, versions, time) and metrics.md (tables).
 """
 
 import logging
@@ -33,7 +33,7 @@ from eval.paper_tables import (
     to_csv,
 )
 from eval.prompts import PromptSpec, encode_prompt, load_prompts, resolve_chat_template
-from eval.provenance import provenance
+from eval.provenance import provenance, training_overrides
 from eval.report import markdown_table, read_json, run_markdown, write_json
 from eval.runner import DecodeFn, DecodeRun, EngineDecode, measure_block_sizes
 from eval.timing import protocol
@@ -146,6 +146,7 @@ def run(cfg: DictConfig, command: list[str] | None = None) -> Path:
         "model": {
             "base": cfg.model.base,
             "diffusion": cfg.model.diffusion,
+            "trained_with": training_overrides(cfg.model.diffusion),
             "dtype": cfg.model.dtype,
             "block_size": model.config.block_size,
             "num_parameters": sum(p.numel() for p in model.parameters()),

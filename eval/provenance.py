@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import transformers
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,6 +93,18 @@ def command_line(argv: list[str] | None = None) -> str:
     if argv and Path(argv[0]).is_absolute() and Path(argv[0]).resolve().is_relative_to(REPO_ROOT):
         argv[0] = str(Path(argv[0]).resolve().relative_to(REPO_ROOT))
     return shlex.join(["python", *argv])
+
+
+def training_overrides(diffusion: str | None) -> list[str] | None:
+    """The Hydra overrides of the train.py run whose final view `diffusion` is (<run>/diffusion_view, or a
+    file in it): <run>/.hydra/overrides.yaml, which tells the arms of a sweep apart (e.g. speed=fast). It is
+    the run's latest train.py invocation: a resumed run lists resume=<run> and the keys given on top. None
+    for a view from elsewhere (a hub name, a checkpoints/step_N folder)."""
+    if not diffusion:
+        return None
+    view = Path(diffusion)
+    saved = (view if view.is_dir() else view.parent).parent / ".hydra" / "overrides.yaml"
+    return [str(o) for o in yaml.safe_load(saved.read_text())] if saved.is_file() else None
 
 
 def provenance(device: str | torch.device = "cpu", command: list[str] | None = None) -> dict:

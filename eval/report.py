@@ -73,6 +73,11 @@ def run_markdown(report: dict) -> str:
         f"- device: {prov['device']}; torch {prov['torch']}, transformers {prov['transformers']}; {prov['timestamp']}",
         f"- model: {model['base']} ({model['dtype']}), trained block size K={model['block_size']}, "
         f"max_new_tokens={report['decode']['max_new_tokens']}, sampling={report['decode']['sampling']}",
+        *(
+            [f"- diffusion view {model['diffusion']}: trained by train.py with `{' '.join(model['trained_with'])}`"]
+            if model.get("trained_with")
+            else []
+        ),
         f"- KV cache: Orthrus adds 0 persistent bytes; transient diffusion-block K/V "
         f"{model['kv_overhead']['diffusion_block_bytes']} B "
         f"({model['kv_overhead']['diffusion_block_bytes'] / MIB:.2f} MiB), "

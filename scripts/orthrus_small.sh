@@ -12,6 +12,9 @@
 #     ONLY_ABLATIONS=1 TRAIN_ARGS='speed=plain,fast' bash scripts/orthrus_small.sh OUT_DIR full ablate_speed
 #                       # extra overrides of the ablations' train.py runs, e.g. a subset of the arms
 #
+# An ablation's folder OUT_DIR/ABLATION/ holds one sweep: the script refuses to start when it is not
+# empty (another subset of arms: a fresh OUT_DIR, or remove that folder; OUT_DIR/self_distill/ is reused).
+#
 # Steps, each an ordinary entry point (the exact commands are echoed and can be rerun by hand):
 #   1. the pinned inputs are checked against artifacts/orthrus-small/SHA256SUMS: base weights,
 #      tokenizer, the 2000 self-distillation prompts (windows of CPython 3.11 stdlib sources,
@@ -23,7 +26,8 @@
 #      each K of EVAL_K -> OUT_DIR/eval/metrics.json and metrics.md (TPF per K);
 #   5. for each ABLATION named after the size: the arms of conf/exp/ABLATION.yaml (the arms every
 #      model size uses), as a Hydra multirun of train.py '+exp=[ABLATION,small]' on the same data
-#      -> OUT_DIR/ABLATION/<arm>/, each evaluated as in step 4 -> OUT_DIR/ABLATION/<arm>/eval/.
+#      -> OUT_DIR/ABLATION/arm_N/, each evaluated as in step 4 -> OUT_DIR/ABLATION/arm_N/eval/ (its
+#      metrics.md names the arm's train.py overrides, e.g. speed=fast, from arm_N/.hydra/overrides.yaml).
 set -euo pipefail
 
 OUT=${1:?usage: bash scripts/orthrus_small.sh OUT_DIR [full|toy] [ABLATION ...]}
@@ -57,9 +61,18 @@ evaluate() {  # evaluate VIEW_FOLDER OUT_FOLDER
     prompt_sets.local_jsonl.id_field=id "${EVAL[@]}" ${EVAL_ARGS:-}
 }
 
+declare -A NAMED=()
 for name in "${ABLATIONS[@]}"; do
   [[ -f conf/exp/$name.yaml && $name == ablate_* ]] || {
     echo "no ablation conf/exp/$name.yaml; choose from: $(cd conf/exp && ls ablate_*.yaml | sed 's/.yaml//')" >&2
+    exit 2; }
+  [[ -z "${NAMED[$name]:-}" ]] || {
+    echo "$name is named twice: both sweeps would write $OUT/$name; name each ablation once" >&2; exit 2; }
+  NAMED[$name]=1
+  [[ ! -d "$OUT/$name" || -z "$(ls -A "$OUT/$name")" ]] || {  # a sweep writes arm_0.. over what is there
+    echo "$OUT/$name already holds an earlier sweep ($(ls -A "$OUT/$name" | head -4 | xargs)): this one would" \
+      "overwrite some of its arms and evaluate the others as its own. Move or remove that folder" \
+      "(rm -r $OUT/$name) to run $name again in $OUT (self_distill/ is reused), or give a fresh OUT_DIR" >&2
     exit 2; }
 done
 [[ "${ONLY_ABLATIONS:-}" =~ ^[01]?$ ]] || {
@@ -89,7 +102,7 @@ LAUNCHER=()
 for name in "${ABLATIONS[@]}"; do
   run python train.py -m "+exp=[$name,small]" "${DATA[@]}" hydra.sweep.dir="$OUT/$name" \
     hydra.sweep.subdir=arm_\${hydra.job.num} "${LAUNCHER[@]}" "${TRAIN[@]}" ${TRAIN_ARGS:-}
-  for arm in "$OUT/$name"/arm_*/; do
-    evaluate "$arm/diffusion_view" "$arm"
+  for arm in "$OUT/$name"/arm_*/; do  # this sweep's arms only: the folder was empty (checked above)
+    evaluate "${arm}diffusion_view" "${arm%/}"
   done
 done

@@ -20,6 +20,8 @@ from eval.evaluate import evaluate_checkpoints, run, write_tables
 from eval.fidelity import base_generate
 from eval.lm_eval_adapter import OrthrusLM, compare, sampling_params
 from eval.prompts import encode_prompt
+from eval.provenance import training_overrides
+from eval.report import run_markdown
 from models.checkpoint import save_merged
 from models.orthrus import is_diffusion_param
 from models.sampling import SamplingParams
@@ -316,6 +318,34 @@ def fake_report(name: str, label: str, tpf: dict[str, float], context_sweep: boo
         ],
         "context_sweep": sweep,
     }
+
+
+def test_a_view_trained_by_train_py_reports_the_overrides_it_ran_with(tmp_path):
+    """An arm of a sweep (<run>/diffusion_view beside <run>/.hydra/overrides.yaml) is named in its
+    metrics.md by its train.py overrides; a view from elsewhere has none to report."""
+    run = tmp_path / "ablate_speed" / "arm_1"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- speed=fast\n- +exp=[ablate_speed,small]\n")
+    (run / "diffusion_view").mkdir()
+    (run / "diffusion_view" / "diffusion_view.safetensors").write_bytes(b"")
+    (run / "checkpoints" / "step_2" / "diffusion_view").mkdir(parents=True)
+    arm = ["speed=fast", "+exp=[ablate_speed,small]"]
+    assert training_overrides(str(run / "diffusion_view")) == arm
+    assert training_overrides(str(run / "diffusion_view" / "diffusion_view.safetensors")) == arm
+    for elsewhere in (None, "chiennv/Orthrus-Qwen3-8B", str(run / "checkpoints" / "step_2" / "diffusion_view")):
+        assert training_overrides(elsewhere) is None
+
+    report = fake_report("eval", None, {}, False) | {
+        "decode": {"max_new_tokens": 8, "sampling": "greedy", "decode_fn": "OrthrusEngine.generate"},
+        "timing_protocol": "none",
+        "fidelity": [],
+    }
+    assert "trained by train.py" not in run_markdown(report)
+    report["model"] |= {"diffusion": str(run / "diffusion_view"), "trained_with": arm}
+    assert (
+        f"- diffusion view {run / 'diffusion_view'}: trained by train.py with `speed=fast +exp=[ablate_speed,small]`"
+        in (run_markdown(report))
+    )
 
 
 def test_reproduce_tables_from_two_metrics_files(tmp_path):

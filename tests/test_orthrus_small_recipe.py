@@ -71,6 +71,36 @@ def test_recipe_refuses_bad_ablation_settings_before_any_work(tmp_path, env, arg
     assert not (tmp_path / "out").exists()  # nothing started
 
 
+@pytest.mark.parametrize(
+    ("ablations", "says"),
+    [
+        (["ablate_speed"], "already holds an earlier sweep (arm_1 multirun.yaml)"),
+        (["ablate_ce_loss", "ablate_ce_loss"], "ablate_ce_loss is named twice"),
+    ],
+)
+def test_recipe_refuses_to_mix_a_sweep_with_an_earlier_one(tmp_path, ablations, says):
+    """An ablation's folder holds one sweep: a second sweep into it would overwrite arm_0 and evaluate the
+    earlier arm_1 as its own, so the recipe refuses before any work and names the folder and the fix. ART
+    is an empty folder, so a recipe that missed this stops at the pin check (exit 1) instead of training."""
+    earlier = tmp_path / "out" / "ablate_speed"
+    (earlier / "arm_1").mkdir(parents=True)
+    (earlier / "multirun.yaml").write_text("the earlier sweep\n")
+    (tmp_path / "no_pins").mkdir()
+    proc = subprocess.run(
+        ["bash", "scripts/orthrus_small.sh", str(tmp_path / "out"), "toy", *ablations],
+        cwd=REPO,
+        env={**ENV, "ONLY_ABLATIONS": "1", "ART": str(tmp_path / "no_pins")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+    if ablations == ["ablate_speed"]:
+        assert f"rm -r {earlier}" in proc.stderr and "fresh OUT_DIR" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ablate_speed"]  # nothing started
+    assert sorted(p.name for p in earlier.iterdir()) == ["arm_1", "multirun.yaml"]
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "exp").glob("ablate_*.yaml")))
 def test_small_ablations_take_their_arms_from_the_shared_yaml(name):
     """The recipe's ablations run '+exp=[ablate_X,small]': the orthrus-small run with the arms
@@ -115,6 +145,8 @@ def test_ablation_arms_train_at_once_without_the_recipe_view(tmp_path):
     assert not (tmp_path / "train").exists() and not (tmp_path / "eval").exists()
     arms = sorted((tmp_path / "ablate_block_size").glob("arm_*"))
     assert len(arms) == 2
-    for arm in arms:
+    for arm, K in zip(arms, (8, 16), strict=True):
         assert (arm / "diffusion_view" / "diffusion_view.safetensors").is_file()
-        assert json.loads((arm / "eval" / "metrics.json").read_text())["runs"]
+        report = json.loads((arm / "eval" / "metrics.json").read_text())
+        assert report["runs"] and f"model.block_size={K}" in report["model"]["trained_with"]
+        assert f"model.block_size={K} " in (arm / "eval" / "metrics.md").read_text()  # which arm this is
