@@ -191,9 +191,40 @@ def sampling_target_rows(reports: list[dict]) -> list[dict]:
     return rows
 
 
-def speed_summary_markdown(reports: list[dict]) -> str:
+def against_reference_rows(reports: list[dict], reference: str, tolerance: float) -> list[dict]:
+    """Each run's tokens per iteration (and TPF) over the run named `reference` at the same prompt set and K:
+    e.g. views trained with different settings, decoded alike. `within` = |ratio - 1| <= tolerance."""
+    ref = [rep for rep in reports if rep["name"] == reference]
+    if len(ref) != 1:
+        names = [rep["name"] for rep in reports]
+        raise ValueError(f"reference run {reference!r}: {len(ref)} runs of that name among {names}; name one")
+    base = {(r["benchmark"], r["block_size"]): r for r in ref[0]["runs"]}
+    rows = []
+    for rep in reports:
+        for r in rep["runs"]:
+            b = base.get((r["benchmark"], r["block_size"]))
+            if b is None or r["block_size"] == 1:
+                continue
+            ratio = r["tokens_per_iteration"] / b["tokens_per_iteration"]
+            rows.append(
+                {
+                    "run": rep["name"],
+                    "benchmark": r["benchmark"],
+                    "K": r["block_size"],
+                    "tok/iter": r["tokens_per_iteration"],
+                    f"{reference} tok/iter": b["tokens_per_iteration"],
+                    "ratio": f"{ratio:.4f}",
+                    "TPF ratio": f"{r['tpf'] / b['tpf']:.4f}",
+                    f"within {tolerance:.0%}": abs(ratio - 1) <= tolerance,
+                }
+            )
+    return rows
+
+
+def speed_summary_markdown(reports: list[dict], reference: str | None = None, tolerance: float = 0.02) -> str:
     """One table over several evaluations (e.g. greedy and sampling, fp32 and bf16): per run, benchmark
-    and K the acceptance, decode speedup, TTFT and the sampling test; then each run's provenance."""
+    and K the acceptance, decode speedup, TTFT and the sampling test; with `reference`, each run's tokens
+    per iteration against that run's (`against_reference_rows`); then each run's provenance."""
     rows, prov = [], []
     for rep in reports:
         fid = {(f["benchmark"], f["block_size"]): f for f in rep["fidelity"]}
@@ -218,6 +249,7 @@ def speed_summary_markdown(reports: list[dict]) -> str:
         )
     protocols = sorted({rep["timing_protocol"] for rep in reports})
     target = sampling_target_rows(reports)
+    near = against_reference_rows(reports, reference, tolerance) if reference else []
     return "\n".join(
         [
             "# Decode speed and fidelity (measured)\n",
@@ -237,6 +269,16 @@ def speed_summary_markdown(reports: list[dict]) -> str:
                     markdown_table(list(target[0]), [list(r.values()) for r in target]),
                 ]
                 if target
+                else []
+            ),
+            *(
+                [
+                    f"## Against {reference}\n",
+                    f"ratio = tok/iter / {reference}'s at the same prompt set and K (TPF ratio likewise); within = "
+                    f"the ratio within {tolerance:.0%} of 1.\n",
+                    markdown_table(list(near[0]), [list(r.values()) for r in near]),
+                ]
+                if near
                 else []
             ),
             "## Provenance\n",

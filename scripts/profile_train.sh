@@ -10,14 +10,15 @@
 # Variants, in this order (each on both shapes before the next; what does not fit in BUDGET_S,
 # default 340 s, is recorded "skipped"; an out-of-memory point is recorded "oom"). The settings
 # groups are conf/speed/ (plain: every knob off; fast: the five bf16 knobs; fast_fp8: fast +
-# train.fp8=frozen); the recipe (+exp=qwen3_*) defaults to fast, so every variant names its group.
+# train.fp8=frozen); the recipes (+exp=qwen3_*) default to fast_fp8 (8B, 4B) or fast (1.7B), so every
+# variant names its group.
 # The first five decide the defaults, so a short budget measures them:
 #   baseline        speed=plain at micro-batch 1; also profiled (OUT/profile/)
 #   fast            speed=fast; also profiled
 #   fast_fp8        speed=fast_fp8; also profiled
-#   fast_fp8_mb2    speed=fast_fp8 at micro-batch 2 (the 8B shape's fastest)
+#   fast_fp8_mb2    speed=fast_fp8 at micro-batch 2 (the 8B recipe's default and its fastest)
 #   fast_mb4        speed=fast at micro-batch 4 (the 1.7B shape's default; the 8B one is expected "oom")
-#   fast_mb2        speed=fast at micro-batch 2 (the recipe's default at 8B)
+#   fast_mb2        speed=fast at micro-batch 2 (the 8B recipe on a GPU without float8)
 #   fp8_frozen      plain + train.fp8=frozen alone (eager: its activation casts unfused)
 #   compile_frozen  plain + train.compile_frozen=true alone
 #   compile_diff    plain + train.compile_diffusion=true alone

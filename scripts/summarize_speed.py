@@ -1,6 +1,7 @@
 """One table and plot over several scripts/evaluate.py results (e.g. greedy and sampling, fp32 and bf16).
 
     python -m scripts.summarize_speed OUT/*/metrics.json --out OUT
+    python -m scripts.summarize_speed A/metrics.json B/metrics.json --names plain,fast --reference plain --out OUT
 
 Writes OUT/summary.md (speed, TTFT, fidelity and each run's provenance), OUT/summary.json (the rows
 the table shows, per run) and OUT/speedup_by_k.png.
@@ -29,10 +30,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("metrics", nargs="+", help="metrics.json files written by scripts/evaluate.py")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--names", help="comma-separated run names, one per metrics file (default: each run's own)")
+    ap.add_argument("--reference", help="a run name: each run's tokens per iteration against its")
+    ap.add_argument("--tolerance", type=float, default=0.02, help="the ratio's allowed distance from 1 (0.02)")
     args = ap.parse_args()
+    names = args.names.split(",") if args.names else None
+    if names is not None and len(names) != len(args.metrics):
+        ap.error(f"--names gives {len(names)} names for {len(args.metrics)} metrics files: give one per file")
     reports = [read_json(p) for p in args.metrics]
+    for rep, name in zip(reports, names or []):
+        rep["name"] = name
     out = Path(args.out)
-    atomic_write_text(out / "summary.md", speed_summary_markdown(reports))
+    atomic_write_text(out / "summary.md", speed_summary_markdown(reports, args.reference, args.tolerance))
     write_json(
         out / "summary.json",
         {

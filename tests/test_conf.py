@@ -96,7 +96,7 @@ def test_qwen3_8b_is_the_paper_recipe():
         small = compose_cfg(f"+exp=qwen3_{size}")
         assert small.data.load_tokenized_dataset.source == f"data_out/self_distill/qwen3-{size}"
         assert small.optim == cfg.optim and small.objective == cfg.objective
-        batch = ("micro_batch_size", "grad_accum")
+        batch = ("micro_batch_size", "grad_accum", "fp8")  # 1.7B: speed=fast (float8 gains nothing there)
         assert {k: v for k, v in small.train.items() if k not in batch} == {
             k: v for k, v in cfg.train.items() if k not in batch
         }
@@ -122,15 +122,17 @@ def test_speed_groups_set_their_knobs(speed, on, fp8):
 
 
 def test_speed_defaults_and_one_place_for_the_knobs():
-    """Plain by default and on orthrus-small; fast on the paper-size recipes (micro-batch 2 at 8B and
-    4B, 4 at 1.7B, no gradient checkpointing); the knobs are set in conf/speed/ only, so a group
-    choice is never undone by a recipe."""
+    """Plain by default and on orthrus-small; fast_fp8 on the 8B and 4B recipes, fast on 1.7B and the
+    ablations built on it (micro-batch 2 at 8B and 4B, 4 at 1.7B, no gradient checkpointing); the knobs
+    are set in conf/speed/ only, so a group choice is never undone by a recipe."""
     expected = {None: "plain", "small": "plain", "pretrain_small": "plain", "qwen3_8b_sft4k": "plain"}
-    expected |= {e: "fast" for e in ("qwen3_8b", "qwen3_4b", "qwen3_1.7b", "ablate_tokens", "ablate_speed")}
+    expected |= {e: "fast_fp8" for e in ("qwen3_8b", "qwen3_4b")}
+    expected |= {e: "fast" for e in ("qwen3_1.7b", "ablate_tokens", "ablate_speed")}
     for exp, speed in expected.items():
         cfg = compose_cfg(*([f"+exp={exp}"] if exp else []), hydra=True)
         assert cfg.hydra.runtime.choices.speed == speed, exp
-        assert all(OmegaConf.select(cfg, k) == (speed == "fast") for k in SPEED_KNOBS), exp
+        assert all(OmegaConf.select(cfg, k) == (speed != "plain") for k in SPEED_KNOBS), exp
+        assert cfg.train.fp8 == ("frozen" if speed == "fast_fp8" else "none"), exp
     for exp, micro in (("qwen3_8b", 2), ("qwen3_4b", 2), ("qwen3_1.7b", 4)):
         train = compose_cfg(f"+exp={exp}").train
         assert (train.micro_batch_size, train.gradient_checkpointing) == (micro, False), exp

@@ -16,7 +16,7 @@ from eval.metrics import (
     tpf,
     tpf_token_weighted,
 )
-from eval.report import sampling_target_rows
+from eval.report import against_reference_rows, sampling_target_rows
 from eval.runner import decode_prompts, measure_block_sizes
 from models.generate import GenerationResult, generate
 from models.shapes import shape_config
@@ -176,3 +176,28 @@ def test_sampling_target_pairs_each_sampled_run_with_its_greedy_run():
     assert [(r["run"], r["K"]) for r in rows] == [("s16", 16)]
     assert rows[0]["target"] == pytest.approx(sampling_target(4.0, 5.0, 2.5)) == pytest.approx(2.0)
     assert rows[0]["of target"] == pytest.approx(0.9)
+
+
+def test_against_reference_compares_each_run_with_the_named_one():
+    """Each run's tokens per iteration over the reference run's at the same prompt set and K; within
+    the tolerance or not (1.5% off passes at 2%, 2.5% does not); K = 1 and sets the reference lacks are
+    left out; a reference name that is missing or shared is refused."""
+
+    def report(name, runs):
+        rows = [{"benchmark": b, "block_size": k, "tokens_per_iteration": t, "tpf": t / 2} for b, k, t in runs]
+        return {"name": name, "runs": rows}
+
+    reports = [
+        report("plain", [("he", 1, 1.0), ("he", 16, 4.0)]),
+        report("fast", [("he", 16, 4.06), ("other", 16, 3.0)]),
+        report("fp8", [("he", 16, 3.9)]),
+    ]
+    rows = against_reference_rows(reports, "plain", 0.02)
+    assert [(r["run"], r["ratio"], r["within 2%"]) for r in rows] == [
+        ("plain", "1.0000", True),
+        ("fast", "1.0150", True),
+        ("fp8", "0.9750", False),
+    ]
+    for name, bad in (("none", reports), ("plain", reports + [report("plain", [])])):
+        with pytest.raises(ValueError, match=f"reference run '{name}'"):
+            against_reference_rows(bad, name, 0.02)
