@@ -54,9 +54,10 @@ from kernels.pdl import launch_options, prefetch_l2
 # (the prefetch then competes with the previous product's stream and is evicted before use); none
 # at all ~0.03 ms per iteration slower.
 PREFETCH_BYTES = 4 << 20
-# Row tiles up to MAX_SKINNY_ROWS are one program's rows, tiled to stream weights ("triton" runs no cuBLAS there);
-# above, row tiles of 64 and 128 rows. Above MAX_TRITON_ROWS (prefill chunks, the largest batches) "auto" and
-# "triton" run cuBLAS alone: the bound keeps tuning to the row tiles of decode passes.
+# A product of up to MAX_SKINNY_ROWS rows is one row tile of the kernel, its tiles shaped to stream weights
+# ("triton" runs no cuBLAS there); above, row tiles of 64 and 128 rows. Above MAX_TRITON_ROWS (prefill chunks,
+# the largest batches) "auto" and "triton" run cuBLAS alone: the bound keeps tuning to the row tiles of
+# decode passes.
 MAX_SKINNY_ROWS = 32
 MAX_TRITON_ROWS = 256
 
@@ -290,7 +291,9 @@ def candidate_configs(
     Tiles: up to MAX_SKINNY_ROWS rows, one row tile of `rows` by column tiles of 32/64/128 and K tiles of
     128/256 (a weight stream: long K tiles keep many loads in flight); above, row tiles of 64 and 128 (at most
     `rows`) by column tiles of 64/128/256 and K tiles of 64, as cuBLAS's kernels at 256 rows have (the
-    nvjet_*_64xS kernels of the B = 16 profile in results/engine_batch_h200_2026-12-01).
+    nvjet_*_64xS kernels of the B = 16 profile in results/engine_batch_h200_2026-12-01), for 2-byte types only:
+    fp32's exact products run on the FMA units, where tiles this large spill registers (compiled for sm_90 with
+    Triton 3.9: kilobytes of stack per thread, against none in bf16), so cuBLAS alone runs them.
     Each tile: 4 warps where its fp32 sums (two sets with gate_up) are at most 128 x 128 (128 registers per
     thread), else 8 warps, and left out above 128 x 256 (they would spill); with the split counts (powers of
     two) that give between half a wave and two waves of programs with >= 2 K tiles per split (else one
@@ -303,7 +306,7 @@ def candidate_configs(
     if rows <= MAX_SKINNY_ROWS:
         tiles = [(rows, block_n, block_k) for block_n in (32, 64, 128) for block_k in (128, 256)]
     else:
-        tiles = [(block_m, block_n, 64) for block_m in (64, 128) if block_m <= rows for block_n in (64, 128, 256)]
+        tiles = [(m, n, 64) for m in (64, 128) if m <= rows and elem_bytes == 2 for n in (64, 128, 256)]
     out = []
     for block_m, block_n, block_k in tiles:
         sums = block_m * block_n * (2 if gate_up else 1)
@@ -480,19 +483,11 @@ class Matmul:
     def _tune(self, rows, x, w, w2, fused):
         """[(ms, choice)] of this mode's `tuning_candidates`, fastest first."""
         N, K = w.shape
-        on_gpu = x.device.type == "cuda"
+        gate_up, sms = w2 is not None, sm_count(x.device)
         candidates = tuning_candidates(
-            self.mode,
-            rows,
-            N,
-            K,
-            sm_count(x.device),
-            w2 is not None,
-            fused is not None,
-            x.element_size(),
-            self.triton_rows,
+            self.mode, rows, N, K, sms, gate_up, fused is not None, x.element_size(), self.triton_rows
         )
-        if not on_gpu:
+        if x.device.type != "cuda":
             return [(0.0, candidates[0])]
         xs = torch.randn(rows, K, device=x.device, dtype=x.dtype)
         if fused is not None:  # copies of the fused matrix, gate and up its halves (as in the engine)

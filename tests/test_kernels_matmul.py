@@ -130,7 +130,8 @@ def test_candidates_fill_the_gpu(rows):
     """candidate_configs at decode shapes: short lists of legal tiles (tl.dot needs >= 16 in every dimension;
     row tiles within the rows, one of `rows` up to MAX_SKINNY_ROWS rows, of 64 or 128 above), between half a wave
     and two waves of programs where splitting K allows, within shared memory, fp32 sums <= 128 per thread
-    (4 warps: 128 x 128; 8 warps: 128 x 256), swap_ab only where the row tile is under wgmma's 64 rows."""
+    (4 warps: 128 x 128; 8 warps: 128 x 256), swap_ab only where the row tile is under wgmma's 64 rows; for fp32
+    (FMA products) none above MAX_SKINNY_ROWS rows."""
     for N, K, gate_up in ((4096, 4096, False), (12288, 4096, True), (4096, 12288, False), (151936, 4096, False)):
         configs = candidate_configs(rows, N, K, 132, gate_up)
         assert configs and len(configs) <= (24 if rows <= MAX_SKINNY_ROWS else 12)
@@ -144,7 +145,7 @@ def test_candidates_fill_the_gpu(rows):
             assert c.num_stages * (c.block_m + (1 + gate_up) * c.block_n) * c.block_k * 2 <= 160 * 1024
             assert c.block_m * c.block_n * (1 + gate_up) <= 128 * 32 * c.num_warps
         fp32 = candidate_configs(rows, N, K, 132, gate_up, elem_bytes=4)  # smem sized for 4 bytes, no swapped tiles
-        assert fp32 and all(
+        assert bool(fp32) == (rows <= MAX_SKINNY_ROWS) and all(
             c.num_stages * (c.block_m + (1 + gate_up) * c.block_n) * c.block_k * 4 <= 160 * 1024 for c in fp32
         )
         assert not any(c.swap_ab for c in fp32)
