@@ -214,16 +214,19 @@ def test_tunings_are_kept_apart_where_the_candidates_differ(monkeypatch):
     rows and "triton" does not, so the two do not share a tuning; "triton" and "invariant" at a 32-row tile do.
     At a 64-row tile "auto" times the Triton kernel unless its triton_rows is MAX_SKINNY_ROWS, so those two do
     not share one either. Off CUDA each is the first candidate, untimed (cuBLAS's fused product above
-    MAX_SKINNY_ROWS rows)."""
+    MAX_SKINNY_ROWS rows). The products run on CPU tensors, the Triton ones as F.linear: what is checked is the
+    report, and on a GPU machine Triton refuses CPU tensors outside its interpreter."""
     monkeypatch.setattr(Matmul, "_timed", {})
+    monkeypatch.setattr(kernels.matmul, "triton_matmul", lambda x, w, config, w2=None, pdl=False: F.linear(x, w))
+    torch_silu_mul = lambda g, u: F.silu(g) * u  # noqa: E731
     x, w = (_rand(*shape, dtype=torch.float32, seed=seed).cpu() for shape, seed in (((20, 300), 30), ((70, 300), 31)))
     for mode in ("triton", "auto", "invariant"):
-        Matmul(mode, silu_mul).linear(x, w)
+        Matmul(mode, torch_silu_mul).linear(x, w)
     x40, fused = (
         _rand(*shape, dtype=torch.float32, seed=seed).cpu() for shape, seed in (((40, 300), 32), ((140, 300), 33))
     )
     for triton_rows in (MAX_TRITON_ROWS, MAX_SKINNY_ROWS):
-        Matmul("auto", silu_mul, triton_rows=triton_rows).gate_up(x40, fused[:70], fused[70:], fused)
+        Matmul("auto", torch_silu_mul, triton_rows=triton_rows).gate_up(x40, fused[:70], fused[70:], fused)
     config = str(candidate_configs(32, 70, 300, 1, elem_bytes=4)[0])
     record = dict(row_tile=32, N=70, K=300, gate_up=False, fused=False, dtype="float32", pdl=False)
     fused_record = {**record, "row_tile": 64, "gate_up": True, "fused": True, "cublas": True}
