@@ -138,7 +138,7 @@ def test_candidates_fill_the_gpu(rows):
         assert {c.swap_ab for c in configs} == ({False, True} if rows < 64 else {False})
         for c in configs:
             assert min(c.block_m, c.block_n, c.block_k) >= 16
-            assert c.block_m == rows if rows <= MAX_SKINNY_ROWS else c.block_m in (64, 128) and c.block_m <= rows
+            assert c.block_m == rows if rows <= MAX_SKINNY_ROWS else (c.block_m in (64, 128) and c.block_m <= rows)
             assert c.block_n >= 64 or not c.swap_ab  # wgmma needs >= 64 rows in the weight operand
             programs = -(-rows // c.block_m) * -(-N // c.block_n) * c.split_k
             assert 66 <= programs <= 2 * 132 or c.split_k == 1
