@@ -302,7 +302,8 @@ def markdown(results: dict) -> str:
     """The tables of bench.md: iteration times with rooflines, serving throughput, best K, targets, memory."""
     out = [f"# Batched decoding ({results.get('device', '?')})", "", results.get("command", ""), ""]
     if "fuse_gate_up" in results:
-        out += [f"Shapes engines: fuse_gate_up={results['fuse_gate_up']} (OrthrusEngine; docs/engine.md)", ""]
+        rows = f", matmul_triton_rows={results['matmul_triton_rows']}" if "matmul_triton_rows" in results else ""
+        out += [f"Shapes engines: fuse_gate_up={results['fuse_gate_up']}{rows} (OrthrusEngine; docs/engine.md)", ""]
     gate_up = [r for r in results.get("matmul_tuning", []) if r["gate_up"]]  # kernels.matmul.Matmul.report()
     if gate_up:
         out += ["## gate/up products as tuned: row tile, N x K, fused weight -> fastest first, ms", ""]

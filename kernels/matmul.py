@@ -1,22 +1,28 @@
-"""Skinny matrix products for decoding: x (M, K) @ w (N, K)^T with M <= 32 rows, bf16/fp32, fp32 sums.
+"""Matrix products for decoding passes: x (M, K) @ w (N, K)^T, bf16/fp32, fp32 sums, a Triton kernel timed
+against cuBLAS per weight shape and row tile.
 
-At batch 1 a decode pass multiplies 1 to 32 token rows by every weight matrix once, so each product
-is a stream of the weight through the SMs and its speed is the bandwidth it reaches. cuBLAS reads
-the Qwen3-8B weights at 2.2-2.8 TB/s at these shapes (docs/LOG.md, engine runs 1 and 2); this kernel is built
-to stream them instead:
+At batch 1 a decode pass multiplies 1 to 32 token rows (MAX_SKINNY_ROWS) by every weight matrix once, so
+each product is a stream of the weight through the SMs and its speed is the bandwidth it reaches. cuBLAS
+reads the Qwen3-8B weights at 2.2-2.8 TB/s at these shapes (docs/LOG.md, engine runs 1 and 2); this kernel
+is built to stream them instead. A batched pass multiplies B x K rows (256 at B = 16, K = 16), about as
+much MMA work as weight stream per product; there the kernel runs row tiles of 64 and 128 rows, and what it
+can still save over cuBLAS is launch gaps (PDL, below; measured ~1.5 us between consecutive cuBLAS kernels
+of a graph replay at B = 16, K = 16 on an H200, results/engine_batch_h200_2026-12-01) and gate/up's
+separate SiLU * up kernel. Which runs is timed (`Matmul`), up to MAX_TRITON_ROWS rows.
 
-* One program owns BLOCK_N output columns for BLOCK_M rows and walks the K dimension in BLOCK_K
-  tiles, software-pipelined over `num_stages` tiles. Too few column tiles to fill the GPU are split
-  along K (`split_k` programs per column tile): each writes an fp32 partial and a second kernel adds
-  the partials in split order, so the result is deterministic (no atomics).
+* One program owns BLOCK_M rows by BLOCK_N output columns and walks the K dimension in BLOCK_K tiles,
+  software-pipelined over `num_stages` tiles. The row tile is the fastest-varying program index, so the
+  programs that read one weight tile run together and it comes from device memory about once. Too few
+  output tiles to fill the GPU are split along K (`split_k` programs per output tile): each writes an fp32
+  partial and a second kernel adds the partials in split order, so the result is deterministic (no atomics).
 * `gate_up` reads the gate and up matrices in the same program (no fused weight copy) and applies
   SiLU(gate) * up in the epilogue, rounding where `F.silu(F.linear(..)) * F.linear(..)` rounds: one
   kernel (plus the split reduction) instead of two products and an elementwise kernel.
 * `swap_ab` computes the tile as w @ x^T and transposes the sums: the same products, with the weight
   tile in the MMA's wide operand. Measured at 32 rows on an H100 it made the q/k/v product faster
   than cuBLAS (docs/LOG.md, the 2026-11-23 diagnosis rounds); which form runs is part of the tuned config.
-* The tile sizes and split count are a `MatmulConfig`, chosen per weight shape by timing a short
-  candidate list on the GPU (`Matmul`), where cuBLAS is one of the candidates unless the mode asks
+* The tile sizes and split count are a `MatmulConfig`, chosen per weight shape and row tile by timing a
+  short candidate list on the GPU (`Matmul`), where cuBLAS is one of the candidates unless the mode asks
   for batch invariance. Candidates are timed back to back in a CUDA graph, as a pass runs them, so
   what PDL overlaps between consecutive launches counts.
 * With `pdl=True` (Programmatic Dependent Launch, sm_90+, `kernels/pdl.py`) the kernel may start while
@@ -48,7 +54,12 @@ from kernels.pdl import launch_options, prefetch_l2
 # (the prefetch then competes with the previous product's stream and is evicted before use); none
 # at all ~0.03 ms per iteration slower.
 PREFETCH_BYTES = 4 << 20
-MAX_SKINNY_ROWS = 32  # above this (prefill chunks) the default modes hand the product to cuBLAS
+# A product of up to MAX_SKINNY_ROWS rows is one row tile of the kernel, its tiles shaped to stream weights
+# ("triton" runs no cuBLAS there); above, row tiles of 64 and 128 rows. Above MAX_TRITON_ROWS (prefill chunks,
+# the largest batches) "auto" and "triton" run cuBLAS alone: the bound keeps tuning to the row tiles of
+# decode passes.
+MAX_SKINNY_ROWS = 32
+MAX_TRITON_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -86,7 +97,7 @@ def _dot_acc(x, w, acc, SWAP_AB: tl.constexpr, DOT_PRECISION: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["M", "pf_tiles"])
-def _skinny_matmul_kernel(
+def _matmul_kernel(
     x_ptr,
     w_ptr,
     w2_ptr,
@@ -110,7 +121,7 @@ def _skinny_matmul_kernel(
     USE_PDL: tl.constexpr,
     SWAP_AB: tl.constexpr,
 ):
-    """Grid (column tiles, splits, row tiles). Split s sums K tiles [s * k_tiles_per_split, ...) and,
+    """Grid (row tiles, column tiles, splits). Split s sums K tiles [s * k_tiles_per_split, ...) and,
     with PARTIAL, stores fp32 sums at part[(s * M + m) * N + n] (gate/up: the up sums after all of
     gate's, at + splits * M * N); otherwise it finishes and stores the output. M is not specialised
     on, so M = 1 runs the same compiled code as M = 32. Every split has at least one K tile.
@@ -120,7 +131,7 @@ def _skinny_matmul_kernel(
     the kernel without PDL. (Loading the first tile into registers before the wait instead, a peeled
     loop iteration, compiled to up to twice the registers and issued the pipeline's later loads only
     after that tile's dot.)"""
-    pid_n, pid_s, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_m, pid_n, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -171,7 +182,7 @@ def _skinny_matmul_kernel(
         part = (pid_s * M + offs_m[:, None]).to(tl.int64) * N + offs_n[None, :]
         tl.store(part_ptr + part, acc, mask=out_mask)
         if GATE_UP:
-            tl.store(part_ptr + tl.num_programs(1) * M * N + part, acc2, mask=out_mask)
+            tl.store(part_ptr + tl.num_programs(2) * M * N + part, acc2, mask=out_mask)
     else:
         out = _finish(acc, acc2, out_ptr.dtype.element_ty, GATE_UP)
         tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], out, mask=out_mask)
@@ -199,7 +210,7 @@ def _split_sum_kernel(
     tl.store(out_ptr + (offs // N) * stride_om + offs % N, out, mask=mask)
 
 
-def skinny_matmul(
+def triton_matmul(
     x: torch.Tensor, w: torch.Tensor, config: MatmulConfig, w2: torch.Tensor | None = None, pdl: bool = False
 ):
     """x (M, K) @ w (N, K)^T, or with w2: silu(x @ w^T) * (x @ w2^T). Rows of x and w contiguous in K.
@@ -228,9 +239,9 @@ def skinny_matmul(
     gate_up = w2 is not None
     w2 = w if w2 is None else w2
     pdl_options = launch_options(pdl, x.device)
-    grid = (triton.cdiv(N, c.block_n), splits, triton.cdiv(M, c.block_m))
+    grid = (triton.cdiv(M, c.block_m), triton.cdiv(N, c.block_n), splits)
     prefetch = prefetch_tiles(grid, c, per_split, (2 if gate_up else 1) * w.element_size(), x.device) if pdl else 0
-    _skinny_matmul_kernel[grid](
+    _matmul_kernel[grid](
         x,
         w,
         w2,
@@ -274,30 +285,41 @@ def prefetch_tiles(grid, config: MatmulConfig, per_split: int, bytes_per_element
 
 
 def candidate_configs(
-    block_m: int, N: int, K: int, sm_count: int, gate_up: bool = False, elem_bytes: int = 2
+    rows: int, N: int, K: int, sm_count: int, gate_up: bool = False, elem_bytes: int = 2
 ) -> list[MatmulConfig]:
-    """A short list to time: column tiles of 32/64/128 by K tiles of 128/256, each with the split counts
-    (powers of two) that give between half a wave and two waves of programs with >= 2 K tiles per
-    split, pipelined as deep as shared memory allows (<= 160 KB of `elem_bytes` values, 2 to 4 stages;
+    """A short list to time for a product of `rows` rows (a row tile: a power of two >= 16).
+    Tiles: up to MAX_SKINNY_ROWS rows, one row tile of `rows` by column tiles of 32/64/128 and K tiles of
+    128/256 (a weight stream: long K tiles keep many loads in flight); above, row tiles of 64 and 128 (at most
+    `rows`) by column tiles of 64/128/256 and K tiles of 64, as cuBLAS's kernels at 256 rows have (the
+    nvjet_*_64xS kernels of the B = 16 profile in results/engine_batch_h200_2026-12-01), for 2-byte types only:
+    fp32's exact products run on the FMA units, where tiles this large spill registers (compiled for sm_90 with
+    Triton 3.9: kilobytes of stack per thread, against none in bf16), so cuBLAS alone runs them.
+    Each tile: 4 warps where its fp32 sums (two sets with gate_up) are at most 128 x 128 (128 registers per
+    thread), else 8 warps, and left out above 128 x 256 (they would spill); with the split counts (powers of
+    two) that give between half a wave and two waves of programs with >= 2 K tiles per split (else one
+    split), pipelined as deep as shared memory allows (<= 160 KB of `elem_bytes` values, 2 to 4 stages;
     tiles that do not fit two stages are left out: they would fail only after a long compilation).
-    gate_up streams two weight tiles per step. For 2-byte types, tiles of >= 64 columns come both ways
-    round: x @ w^T, and swap_ab (w @ x^T, the weight tile as the MMA's first operand: Hopper's wgmma
-    needs >= 64 rows there, so at 16-32 token rows only the swapped form gets it; pointless for fp32,
+    gate_up streams two weight tiles per step. For 2-byte types, tiles of >= 64 columns and < 64 rows come
+    both ways round: x @ w^T, and swap_ab (w @ x^T, the weight tile as the MMA's first operand: Hopper's
+    wgmma needs >= 64 rows there, so at 16-32 token rows only the swapped form gets it; pointless for fp32,
     whose exact products run on the FMA units)."""
+    if rows <= MAX_SKINNY_ROWS:
+        tiles = [(rows, block_n, block_k) for block_n in (32, 64, 128) for block_k in (128, 256)]
+    else:
+        tiles = [(m, n, 64) for m in (64, 128) if m <= rows and elem_bytes == 2 for n in (64, 128, 256)]
     out = []
-    for block_n in (32, 64, 128):
-        for block_k in (128, 256):
-            stages = min(4, 160 * 1024 // ((block_m + (2 if gate_up else 1) * block_n) * block_k * elem_bytes))
-            if stages < 2:
-                continue
-            k_tiles, tiles_n = triton.cdiv(K, block_k), triton.cdiv(N, block_n)
-            splits = [s for s in (1, 2, 4, 8, 16) if s == 1 or k_tiles // s >= 2]
-            splits = [s for s in splits if sm_count // 2 <= tiles_n * s <= 2 * sm_count] or splits[:1]
-            out += [
-                MatmulConfig(block_m, block_n, block_k, s, 4, stages, swap_ab)
-                for s in splits
-                for swap_ab in ((False, True) if elem_bytes == 2 and block_n >= 64 else (False,))
-            ]
+    for block_m, block_n, block_k in tiles:
+        sums = block_m * block_n * (2 if gate_up else 1)
+        stages = min(4, 160 * 1024 // ((block_m + (2 if gate_up else 1) * block_n) * block_k * elem_bytes))
+        if sums > 128 * 256 or stages < 2:
+            continue
+        k_tiles = triton.cdiv(K, block_k)
+        tiles_out = triton.cdiv(rows, block_m) * triton.cdiv(N, block_n)
+        splits = [s for s in (1, 2, 4, 8, 16) if s == 1 or k_tiles // s >= 2]
+        splits = [s for s in splits if sm_count // 2 <= tiles_out * s <= 2 * sm_count] or splits[:1]
+        warps = 4 if sums <= 128 * 128 else 8
+        swaps = (False, True) if elem_bytes == 2 and block_n >= 64 > block_m else (False,)
+        out += [MatmulConfig(block_m, block_n, block_k, s, warps, stages, swap) for s in splits for swap in swaps]
     return out
 
 
@@ -318,7 +340,7 @@ def weight_copies(weights: tuple, limit: int = CHAIN_CALLS) -> list[tuple]:
 
 def chain_ms(calls, n_calls: int = CHAIN_CALLS) -> float:
     """Median time per call of `calls` cycled through n_calls times and replayed back to back from one
-    CUDA graph, the way a decoding pass runs its products: with PDL a skinny kernel's launch and weight
+    CUDA graph, the way a decoding pass runs its products: with PDL a Triton kernel's launch and weight
     prefetch overlap the end of the call before it (a cuBLAS launch does not), which timing calls one
     at a time, L2 flushed in between, cannot show. Each call is run once first (compilation, library
     handles), on a side stream as graph capture requires."""
@@ -343,59 +365,82 @@ def chain_ms(calls, n_calls: int = CHAIN_CALLS) -> float:
     return statistics.median(times[2:])
 
 
-CUBLAS, CUBLAS_FUSED = "cublas", "cublas_fused"  # `Matmul` choices besides a skinny MatmulConfig
+CUBLAS, CUBLAS_FUSED = "cublas", "cublas_fused"  # `Matmul` choices besides a MatmulConfig of the Triton kernel
 
 
-def cublas_choices(mode: str, skinny: bool, fused: bool) -> tuple[str, ...]:
-    """The cuBLAS choices a tuning mode of `Matmul` may make for one product: "auto" at every row count, "triton"
-    only above MAX_SKINNY_ROWS rows (not `skinny`), "invariant" never (a row's result must not depend on M);
-    with a fused [gate; up] weight the one product against it first, then the two products."""
-    if mode == "auto" or (mode == "triton" and not skinny):
+def cublas_choices(mode: str, rows: int, fused: bool) -> tuple[str, ...]:
+    """The cuBLAS choices a tuning mode of `Matmul` may make for a product of `rows` rows (the row tile): "auto"
+    at every row count, "triton" only above MAX_SKINNY_ROWS rows, "invariant" never (a row's result must not
+    depend on M); with a fused [gate; up] weight the one product against it first, then the two products."""
+    if mode == "auto" or (mode == "triton" and rows > MAX_SKINNY_ROWS):
         return (CUBLAS_FUSED, CUBLAS) if fused else (CUBLAS,)
     return ()
 
 
+def triton_timed(mode: str, rows: int, triton_rows: int = MAX_TRITON_ROWS) -> bool:
+    """Whether a tuning mode of `Matmul` times the Triton kernel for a product of `rows` rows (the row tile):
+    "invariant" at every row count (the kernel is all it runs), "auto" and "triton" up to `triton_rows`."""
+    return mode == "invariant" or rows <= triton_rows
+
+
 def tuning_candidates(
-    mode: str, skinny: bool, block_m: int, N: int, K: int, sms: int, gate_up=False, fused=False, elem_bytes=2
+    mode: str,
+    rows: int,
+    N: int,
+    K: int,
+    sms: int,
+    gate_up=False,
+    fused=False,
+    elem_bytes=2,
+    triton_rows=MAX_TRITON_ROWS,
 ) -> list:
-    """What `Matmul` in a tuning mode times for one product, each of which it may choose (the fastest runs): the
-    skinny kernel's `candidate_configs` where `skinny` (<= MAX_SKINNY_ROWS rows; "invariant" at every row count),
-    then `cublas_choices`."""
-    configs = candidate_configs(block_m, N, K, sms, gate_up, elem_bytes) if skinny else []
-    return [*configs, *cublas_choices(mode, skinny, fused)]
+    """What `Matmul` in a tuning mode times for one product of `rows` rows (the row tile), each of which it may
+    choose (the fastest runs): the Triton kernel's `candidate_configs` where `triton_timed`, and
+    `cublas_choices`. Off CUDA the first one runs untimed: the kernel up to MAX_SKINNY_ROWS rows, and above
+    them cuBLAS where the mode may choose it (the CPU tests run Triton in its slow interpreter, and products
+    of many rows are prefill chunks and batched passes there)."""
+    configs = candidate_configs(rows, N, K, sms, gate_up, elem_bytes) if triton_timed(mode, rows, triton_rows) else []
+    cublas = list(cublas_choices(mode, rows, fused))
+    return configs + cublas if rows <= MAX_SKINNY_ROWS else cublas + configs
 
 
 class Matmul:
     """The engine's matrix products: x @ w^T (`linear`) and silu(x @ gate^T) * (x @ up^T) (`gate_up`).
 
-    mode "torch": cuBLAS (`F.linear`) and `silu_mul`. "auto": per (row tile, weight shape), the
-    fastest of cuBLAS and the skinny kernel's candidate configs, timed on first use (on CUDA, in a
-    CUDA-graph chain: `chain_ms`; elsewhere the first candidate); cuBLAS above MAX_SKINNY_ROWS rows.
-    "triton": the same without cuBLAS for <= MAX_SKINNY_ROWS rows. "invariant": the skinny kernel for
-    every row count with BLOCK_M = 32 and one config per weight shape, so each row's result does not
-    depend on M.
+    mode "torch": cuBLAS (`F.linear`) and `silu_mul`. "auto": per (row tile, weight shape), the fastest of
+    cuBLAS and the Triton kernel's candidate configs, timed on first use (on CUDA, in a CUDA-graph chain:
+    `chain_ms`; elsewhere the first candidate); the row tile is M rounded up to a power of two (>= 16); cuBLAS
+    alone above `triton_rows` rows. "triton": the same without cuBLAS up to MAX_SKINNY_ROWS rows.
+    "invariant": the Triton kernel for every row count with BLOCK_M = 32 and one config per weight shape, so
+    each row's result does not depend on M.
     gate/up given a fused [gate; up] weight as well (`gate_up(..., fused)`; the engine's `fuse_gate_up`):
     cuBLAS may run one product against it (CUBLAS_FUSED: N = 2 x intermediate, fewer partial waves of output
     tiles than two products of N each) and SiLU * up on the two halves of its output. "torch" then always runs
-    it; "auto" (at every row count, with the skinny kernel up to MAX_SKINNY_ROWS rows) and "triton" (above
-    MAX_SKINNY_ROWS) time it against the two products per row tile, so it runs only where it is the faster;
-    above MAX_SKINNY_ROWS the row tile is M rounded up to a power of two. Only what the mode may choose is timed
-    (`tuning_candidates`). Off CUDA the first candidate runs: the skinny kernel up to MAX_SKINNY_ROWS rows, the
-    fused product above.
+    it; "auto" and "triton" (above MAX_SKINNY_ROWS rows) time it against the two products and the Triton
+    kernel (which reads the halves as gate and up), so it runs only where it is the fastest. Only what the mode
+    may choose is timed (`tuning_candidates`). Off CUDA the first candidate runs: the Triton kernel up to
+    MAX_SKINNY_ROWS rows (and in "invariant"), cuBLAS above (the fused product where given).
     Timings are shared by all instances (`_timed`) that time the same candidates, so engines of one model tune
     once.
-    pdl: launch the skinny kernels with Programmatic Dependent Launch (kernels/pdl.py; CUDA sm_90+).
+    pdl: launch the Triton kernels with Programmatic Dependent Launch (kernels/pdl.py; CUDA sm_90+).
     `silu_mul` should launch the same way (the engine passes it with the same setting). Candidates are
     timed with the same setting as they will run, and timings are kept per setting.
+    triton_rows: the most rows (row tile) at which "auto" and "triton" time the Triton kernel (default
+    MAX_TRITON_ROWS); MAX_SKINNY_ROWS leaves every product of more rows to cuBLAS (an A/B of the many-row tiles).
     """
 
     MODES = ("torch", "auto", "triton", "invariant")
     _timed: dict = {}
 
-    def __init__(self, mode: str, silu_mul, pdl: bool = False):
+    def __init__(self, mode: str, silu_mul, pdl: bool = False, triton_rows: int = MAX_TRITON_ROWS):
         if mode not in self.MODES:
             raise ValueError(f"matmul={mode!r}: choose one of {self.MODES}")
-        self.mode, self.silu_mul, self.pdl = mode, silu_mul, pdl
+        if triton_rows < MAX_SKINNY_ROWS:
+            raise ValueError(
+                f'triton_rows={triton_rows}: must be >= MAX_SKINNY_ROWS ({MAX_SKINNY_ROWS}), where "triton" runs '
+                "the Triton kernel alone"
+            )
+        self.mode, self.silu_mul, self.pdl, self.triton_rows = mode, silu_mul, pdl, triton_rows
         # (rows tile, N, K, gate_up, fused) -> MatmulConfig, CUBLAS or CUBLAS_FUSED, for reports
         self.chosen: dict = {}
 
@@ -407,7 +452,7 @@ class Matmul:
         views: gate and up are its halves)."""
         if fused is not None and fused.shape != (2 * gate.shape[0], gate.shape[1]):
             raise ValueError(f"fused {tuple(fused.shape)} is not [gate; up] of gate {tuple(gate.shape)}")
-        fused = None if self.mode == "invariant" else fused  # the skinny kernel at every row count
+        fused = None if self.mode == "invariant" else fused  # the Triton kernel at every row count
         return self._run(self._choice(x, gate, up, fused), x, gate, up, fused)
 
     def _run(self, choice, x, w, w2=None, fused=None):
@@ -417,41 +462,40 @@ class Matmul:
             return self.silu_mul(y[:, :n], y[:, n:])
         if choice == CUBLAS:
             return F.linear(x, w) if w2 is None else self.silu_mul(F.linear(x, w), F.linear(x, w2))
-        return skinny_matmul(x, w, choice, w2, pdl=self.pdl)
+        return triton_matmul(x, w, choice, w2, pdl=self.pdl)
 
     def _choice(self, x, w, w2=None, fused=None):
-        M = x.shape[0]
         if self.mode == "torch":
             return CUBLAS if fused is None else CUBLAS_FUSED
-        skinny = self.mode == "invariant" or M <= MAX_SKINNY_ROWS
-        if not skinny and fused is None:
+        rows = MAX_SKINNY_ROWS if self.mode == "invariant" else max(16, triton.next_power_of_2(x.shape[0]))
+        kernel = triton_timed(self.mode, rows, self.triton_rows)
+        if not kernel and fused is None:
             return CUBLAS
-        block_m = MAX_SKINNY_ROWS if self.mode == "invariant" else max(16, triton.next_power_of_2(M))
-        # timings are shared where the candidates are the same: modes differ in whether cuBLAS is one of them
-        cublas = bool(cublas_choices(self.mode, skinny, fused is not None))
-        key = (block_m, *w.shape, w2 is not None, fused is not None, cublas, x.dtype, x.device.type, self.pdl)
+        # timings are shared where the candidates are the same: whether cuBLAS and the kernel are among them
+        cublas = bool(cublas_choices(self.mode, rows, fused is not None))
+        key = (rows, *w.shape, w2 is not None, fused is not None, cublas, kernel, x.dtype, x.device.type, self.pdl)
         if key not in self._timed:
-            self._timed[key] = self._tune(block_m, skinny, x, w, w2, fused)
+            self._timed[key] = self._tune(rows, x, w, w2, fused)
         choice = self._timed[key][0][1]  # [(ms, choice)], fastest first
         self.chosen[key[:5]] = choice
         return choice
 
-    def _tune(self, block_m, skinny, x, w, w2, fused):
+    def _tune(self, rows, x, w, w2, fused):
         """[(ms, choice)] of this mode's `tuning_candidates`, fastest first."""
         N, K = w.shape
-        gate_up = w2 is not None
+        gate_up, sms = w2 is not None, sm_count(x.device)
+        candidates = tuning_candidates(
+            self.mode, rows, N, K, sms, gate_up, fused is not None, x.element_size(), self.triton_rows
+        )
         if x.device.type != "cuda":
-            return [(0.0, tuning_candidates(self.mode, skinny, block_m, N, K, 1, gate_up, fused is not None)[0])]
-        xs = torch.randn(block_m, K, device=x.device, dtype=x.dtype)
+            return [(0.0, candidates[0])]
+        xs = torch.randn(rows, K, device=x.device, dtype=x.dtype)
         if fused is not None:  # copies of the fused matrix, gate and up its halves (as in the engine)
             copies = [(c[:N], c[N:], c) for (c,) in weight_copies((fused,))]
         else:
             copies = weight_copies((w,) if w2 is None else (w, w2))
-        sms = sm_count(x.device)
         ranked = []
-        for choice in tuning_candidates(
-            self.mode, skinny, block_m, N, K, sms, gate_up, fused is not None, elem_bytes=x.element_size()
-        ):
+        for choice in candidates:
             try:
                 ranked.append((chain_ms([partial(self._run, choice, xs, *c) for c in copies]), choice))
             except triton.runtime.errors.OutOfResources:
@@ -464,19 +508,21 @@ class Matmul:
 
     @classmethod
     def report(cls) -> list[dict]:
-        """Every tuned product (row tile, weight shape N x K, gate_up, fused weight given, cuBLAS among the
-        candidates, dtype, PDL) with its four fastest candidates and their times (`fastest`: [ms, choice])."""
+        """Every tuned product (row tile, weight shape N x K, gate_up, fused weight given, cuBLAS and the Triton
+        kernel among the candidates, dtype, PDL) with its four fastest candidates and their times (`fastest`:
+        [ms, choice])."""
         return [
             {
-                "row_tile": block_m,
+                "row_tile": rows,
                 "N": N,
                 "K": K,
                 "gate_up": gate_up,
                 "fused": fused,
                 "cublas": cublas,
+                "triton": kernel,
                 "dtype": str(dtype).removeprefix("torch."),
                 "pdl": pdl,
                 "fastest": [(round(ms, 4), str(c)) for ms, c in ranked[:4]],
             }
-            for (block_m, N, K, gate_up, fused, cublas, dtype, _, pdl), ranked in cls._timed.items()
+            for (rows, N, K, gate_up, fused, cublas, kernel, dtype, _, pdl), ranked in cls._timed.items()
         ]

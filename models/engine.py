@@ -19,8 +19,8 @@ that one iteration costs about two reads of the weights:
   and the emitted tokens (`_Steps.packed`).
 
 * Matrix products go through `kernels.matmul.Matmul`: on CUDA, per weight shape and row tile, the
-  faster of cuBLAS and a skinny Triton kernel built to stream weights at decode shapes; gate and up
-  are one kernel with SiLU * up in its epilogue.
+  fastest of cuBLAS and a Triton kernel built to stream weights at decode shapes (row tiles of 64 and 128
+  rows for batched passes); gate and up are one kernel with SiLU * up in its epilogue.
 * On Hopper and newer, every Triton kernel is launched with Programmatic Dependent Launch
   (`kernels/pdl.py`): a pass is ~290 short kernels, and PDL lets each one launch and start reading
   its weights while the kernel before it finishes, instead of idling between them.
@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 import kernels.pdl
 import kernels.sample
-from kernels.matmul import Matmul
+from kernels.matmul import MAX_TRITON_ROWS, Matmul
 from models.engine_ops import TorchOps, TritonOps
 from models.generate import GenerationResult
 from models.orthrus import OrthrusForCausalLM
@@ -183,8 +183,11 @@ class OrthrusEngine:
       product of twice the columns (fewer partial waves of output tiles at many rows; `Matmul` times it
       against the two products and keeps the faster). Off by default until measured (docs/engine.md).
     matmul: how matrix products run (`kernels.matmul.Matmul` modes): "auto" (default with the
-      Triton backend on CUDA: per shape the faster of cuBLAS and the skinny Triton kernel, timed on
-      first use), "triton", or "torch" (cuBLAS / F.linear; the default elsewhere).
+      Triton backend on CUDA: per shape and row tile the fastest of cuBLAS and the Triton kernel's configs,
+      timed on first use), "triton", or "torch" (cuBLAS / F.linear; the default elsewhere).
+    matmul_triton_rows: the most rows at which "auto" and "triton" time the Triton kernel (`Matmul`
+      triton_rows; default MAX_TRITON_ROWS); kernels.matmul.MAX_SKINNY_ROWS gives the products of batched
+      passes to cuBLAS (an A/B of the many-row tiles).
     batch_invariant: every op computes a token's row independently of how many rows the pass has
       (Triton backend only; matrix products in the "invariant" mode, verify attention per position),
       so greedy Orthrus output equals the engine's K = 1 output bit for bit in any dtype.
@@ -211,6 +214,7 @@ class OrthrusEngine:
         fuse_qkv: bool = False,
         fuse_gate_up: bool = False,
         matmul: str | None = None,
+        matmul_triton_rows: int = MAX_TRITON_ROWS,
         batch_invariant: bool = False,
         pdl: bool | None = None,
         max_batch_size: int = 1,
@@ -243,7 +247,12 @@ class OrthrusEngine:
                 if backend == "triton" and self.device.type == "cuda"
                 else "torch"
             )
-        self.mm = Matmul(matmul, lambda gate, up: self.ops.silu_mul(gate, up, pdl=self.pdl), pdl=self.pdl)
+        self.mm = Matmul(
+            matmul,
+            lambda gate, up: self.ops.silu_mul(gate, up, pdl=self.pdl),
+            pdl=self.pdl,
+            triton_rows=matmul_triton_rows,
+        )
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if self.cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs=True needs the model on a CUDA device")

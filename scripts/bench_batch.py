@@ -9,6 +9,8 @@ projections and memory per request. Writes bench.json (with provenance), bench.m
     python -m scripts.bench_batch --shapes '' --out /tmp/serve  # the serving part alone
     python -m scripts.bench_batch --shapes qwen3_8b --ctx 256 --ks 16 --batch-sizes 1,16 --small '' \
         --budget-s 200 --out /tmp/fused [--fuse-gate-up]  # fused gate|up or not (docs/engine.md)
+    python -m scripts.bench_batch --shapes qwen3_8b --ctx 256 --ks 16 --batch-sizes 1,4,8,16 --small '' \
+        --budget-s 150 --shapes-share 1 --out /tmp/cublas --matmul-triton-rows 32  # batched passes on cuBLAS
 
 --budget-s bounds the whole run: no new point starts once it is spent (the shapes part gets
 --shapes-share of it), and what was measured is written.
@@ -41,7 +43,7 @@ from eval.metrics import free_memory
 from eval.prompts import humaneval_ids
 from eval.provenance import provenance
 from eval.timing import median_ms
-from kernels.matmul import Matmul
+from kernels.matmul import MAX_TRITON_ROWS, Matmul
 from models.engine import OrthrusEngine
 
 
@@ -62,6 +64,13 @@ def parse_args():
         "--fuse-gate-up",
         action="store_true",
         help="the shapes' engines fuse each layer's gate and up weights into one matrix (OrthrusEngine fuse_gate_up)",
+    )
+    p.add_argument(
+        "--matmul-triton-rows",
+        type=int,
+        default=MAX_TRITON_ROWS,
+        help="the most rows at which the shapes' engines time the Triton kernel against cuBLAS (OrthrusEngine "
+        "matmul_triton_rows; 32: the products of batched passes on cuBLAS alone, an A/B of the many-row tiles)",
     )
     p.add_argument("--peaks", default="nvidia-h200", choices=sorted(DEVICE_PEAKS))
     p.add_argument("--small", default="artifacts/orthrus-small", help="trained small model folder ('' to skip)")
@@ -95,6 +104,7 @@ def main():
     budget, t0 = Budget(args.budget_s), time.time()
     results = {**provenance(device), "peaks": {args.peaks: peaks}, "iterations": [], "serving": []}
     results["fuse_gate_up"] = args.fuse_gate_up
+    results["matmul_triton_rows"] = args.matmul_triton_rows
 
     def log(msg):
         print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
@@ -113,6 +123,7 @@ def main():
                 backend="triton",
                 fuse_qkv=cuda,
                 fuse_gate_up=args.fuse_gate_up,
+                matmul_triton_rows=args.matmul_triton_rows,
                 max_batch_size=max(batch_sizes),
                 graph_prefill=False,  # the iterations are timed on filled slots: no prefill, no scratch slot
             )
