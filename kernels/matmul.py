@@ -377,7 +377,7 @@ def cublas_choices(mode: str, rows: int, fused: bool) -> tuple[str, ...]:
     return ()
 
 
-def triton_timed(mode: str, rows: int, triton_rows: int = MAX_TRITON_ROWS) -> bool:
+def triton_timed(mode: str, rows: int, triton_rows: int) -> bool:
     """Whether a tuning mode of `Matmul` times the Triton kernel for a product of `rows` rows (the row tile):
     "invariant" at every row count (the kernel is all it runs), "auto" and "triton" up to `triton_rows`."""
     return mode == "invariant" or rows <= triton_rows
@@ -392,7 +392,8 @@ def tuning_candidates(
     gate_up=False,
     fused=False,
     elem_bytes=2,
-    triton_rows=MAX_TRITON_ROWS,
+    *,
+    triton_rows: int,
 ) -> list:
     """What `Matmul` in a tuning mode times for one product of `rows` rows (the row tile), each of which it may
     choose (the fastest runs): the Triton kernel's `candidate_configs` where `triton_timed`, and
@@ -425,14 +426,15 @@ class Matmul:
     pdl: launch the Triton kernels with Programmatic Dependent Launch (kernels/pdl.py; CUDA sm_90+).
     `silu_mul` should launch the same way (the engine passes it with the same setting). Candidates are
     timed with the same setting as they will run, and timings are kept per setting.
-    triton_rows: the most rows (row tile) at which "auto" and "triton" time the Triton kernel (default
-    MAX_TRITON_ROWS); MAX_SKINNY_ROWS leaves every product of more rows to cuBLAS (an A/B of the many-row tiles).
+    triton_rows: the most rows (row tile) at which "auto" and "triton" time the Triton kernel, up to
+    MAX_TRITON_ROWS. The default, MAX_SKINNY_ROWS, leaves every product of more rows to cuBLAS, as measured on
+    the GPU; MAX_TRITON_ROWS times the kernel's many-row tiles against it too (not yet measured there).
     """
 
     MODES = ("torch", "auto", "triton", "invariant")
     _timed: dict = {}
 
-    def __init__(self, mode: str, silu_mul, pdl: bool = False, triton_rows: int = MAX_TRITON_ROWS):
+    def __init__(self, mode: str, silu_mul, pdl: bool = False, triton_rows: int = MAX_SKINNY_ROWS):
         if mode not in self.MODES:
             raise ValueError(f"matmul={mode!r}: choose one of {self.MODES}")
         if triton_rows < MAX_SKINNY_ROWS:
@@ -485,7 +487,7 @@ class Matmul:
         N, K = w.shape
         gate_up, sms = w2 is not None, sm_count(x.device)
         candidates = tuning_candidates(
-            self.mode, rows, N, K, sms, gate_up, fused is not None, x.element_size(), self.triton_rows
+            self.mode, rows, N, K, sms, gate_up, fused is not None, x.element_size(), triton_rows=self.triton_rows
         )
         if x.device.type != "cuda":
             return [(0.0, candidates[0])]

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 import kernels.pdl
 import kernels.sample
-from kernels.matmul import MAX_TRITON_ROWS, Matmul
+from kernels.matmul import MAX_SKINNY_ROWS, Matmul
 from models.engine_ops import TorchOps, TritonOps
 from models.generate import GenerationResult
 from models.orthrus import OrthrusForCausalLM
@@ -181,13 +181,15 @@ class OrthrusEngine:
       model's own `mlp.gate_proj.weight` / `up_proj.weight` to the two halves of it (`_fuse_gate_up`), so
       the model's forward is unchanged and shares the weights. cuBLAS may then run gate and up as one
       product of twice the columns (fewer partial waves of output tiles at many rows; `Matmul` times it
-      against the two products and keeps the faster). Off by default until measured (docs/engine.md).
+      against the two products and keeps the faster). Off by default: measured 4% off the 8B iteration at
+      B = 4, K = 16 and nothing at B = 1 or 16 (docs/engine.md), and it changes the caller's model.
     matmul: how matrix products run (`kernels.matmul.Matmul` modes): "auto" (default with the
       Triton backend on CUDA: per shape and row tile the fastest of cuBLAS and the Triton kernel's configs,
       timed on first use), "triton", or "torch" (cuBLAS / F.linear; the default elsewhere).
     matmul_triton_rows: the most rows at which "auto" and "triton" time the Triton kernel (`Matmul`
-      triton_rows; default MAX_TRITON_ROWS); kernels.matmul.MAX_SKINNY_ROWS gives the products of batched
-      passes to cuBLAS (an A/B of the many-row tiles).
+      triton_rows). The default, MAX_SKINNY_ROWS, gives the products of batched passes to cuBLAS;
+      kernels.matmul.MAX_TRITON_ROWS times the kernel's 64/128-row tiles against cuBLAS there too (not yet
+      measured on a GPU; docs/engine.md).
     batch_invariant: every op computes a token's row independently of how many rows the pass has
       (Triton backend only; matrix products in the "invariant" mode, verify attention per position),
       so greedy Orthrus output equals the engine's K = 1 output bit for bit in any dtype.
@@ -214,7 +216,7 @@ class OrthrusEngine:
         fuse_qkv: bool = False,
         fuse_gate_up: bool = False,
         matmul: str | None = None,
-        matmul_triton_rows: int = MAX_TRITON_ROWS,
+        matmul_triton_rows: int = MAX_SKINNY_ROWS,
         batch_invariant: bool = False,
         pdl: bool | None = None,
         max_batch_size: int = 1,

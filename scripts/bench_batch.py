@@ -43,7 +43,7 @@ from eval.metrics import free_memory
 from eval.prompts import humaneval_ids
 from eval.provenance import provenance
 from eval.timing import median_ms
-from kernels.matmul import MAX_TRITON_ROWS, Matmul
+from kernels.matmul import MAX_SKINNY_ROWS, Matmul
 from models.engine import OrthrusEngine
 
 
@@ -68,9 +68,10 @@ def parse_args():
     p.add_argument(
         "--matmul-triton-rows",
         type=int,
-        default=MAX_TRITON_ROWS,
+        default=MAX_SKINNY_ROWS,
         help="the most rows at which the shapes' engines time the Triton kernel against cuBLAS (OrthrusEngine "
-        "matmul_triton_rows; 32: the products of batched passes on cuBLAS alone, an A/B of the many-row tiles)",
+        "matmul_triton_rows; default 32: the products of batched passes on cuBLAS alone; 256: the kernel's "
+        "many-row tiles timed against cuBLAS too)",
     )
     p.add_argument("--peaks", default="nvidia-h200", choices=sorted(DEVICE_PEAKS))
     p.add_argument("--small", default="artifacts/orthrus-small", help="trained small model folder ('' to skip)")

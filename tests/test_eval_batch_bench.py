@@ -78,6 +78,10 @@ def test_batch_bench_tables_show_a_missing_value():
     assert "| tiny | 8 | 4 | 2 | 1.500 | – | – | – |" in text
 
 
+@pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="runs the Triton kernel on CPU tensors: Triton's interpreter, on where CUDA is absent",
+)
 def test_batch_bench_lists_the_gate_up_tunings(monkeypatch):
     """bench_batch's bench.md lists the gate/up products of Matmul.report() (its `gate_up` field) with their
     fastest candidates, at a skinny row count and, given a fused weight, above it; not the linear product of
