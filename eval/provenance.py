@@ -100,9 +100,9 @@ def training_overrides(diffusion: str | None) -> list[str] | None:
     file in it): <run>/.hydra/overrides.yaml, which tells the arms of a sweep apart (e.g. speed=fast). It is
     the run's latest train.py invocation: a resumed run lists resume=<run> and the keys given on top. None
     for a view from elsewhere (a hub name, a checkpoints/step_N folder)."""
-    if not diffusion:
+    view = Path(diffusion) if diffusion else None
+    if view is None or not view.exists():  # a hub name, or nothing: no run folder to read
         return None
-    view = Path(diffusion)
     saved = (view if view.is_dir() else view.parent).parent / ".hydra" / "overrides.yaml"
     return [str(o) for o in yaml.safe_load(saved.read_text())] if saved.is_file() else None
 

@@ -197,7 +197,10 @@ def against_reference_rows(reports: list[dict], reference: str, tolerance: float
     ref = [rep for rep in reports if rep["name"] == reference]
     if len(ref) != 1:
         names = [rep["name"] for rep in reports]
-        raise ValueError(f"reference run {reference!r}: {len(ref)} runs of that name among {names}; name one")
+        raise ValueError(
+            f"reference run {reference!r}: {len(ref)} runs of that name among {names}; give each run its own name "
+            "(scripts/summarize_speed.py --names)"
+        )
     base = {(r["benchmark"], r["block_size"]): r for r in ref[0]["runs"]}
     rows = []
     for rep in reports:

@@ -437,10 +437,10 @@ class Matmul:
     def __init__(self, mode: str, silu_mul, pdl: bool = False, triton_rows: int = MAX_SKINNY_ROWS):
         if mode not in self.MODES:
             raise ValueError(f"matmul={mode!r}: choose one of {self.MODES}")
-        if triton_rows < MAX_SKINNY_ROWS:
+        if not MAX_SKINNY_ROWS <= triton_rows <= MAX_TRITON_ROWS:
             raise ValueError(
-                f'triton_rows={triton_rows}: must be >= MAX_SKINNY_ROWS ({MAX_SKINNY_ROWS}), where "triton" runs '
-                "the Triton kernel alone"
+                f'triton_rows={triton_rows}: choose from {MAX_SKINNY_ROWS} (MAX_SKINNY_ROWS, where "triton" runs '
+                f"the Triton kernel alone) to {MAX_TRITON_ROWS} (MAX_TRITON_ROWS, the kernel's largest row tiles)"
             )
         self.mode, self.silu_mul, self.pdl, self.triton_rows = mode, silu_mul, pdl, triton_rows
         # (rows tile, N, K, gate_up, fused) -> MatmulConfig, CUBLAS or CUBLAS_FUSED, for reports

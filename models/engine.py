@@ -182,7 +182,7 @@ class OrthrusEngine:
       the model's forward is unchanged and shares the weights. cuBLAS may then run gate and up as one
       product of twice the columns (fewer partial waves of output tiles at many rows; `Matmul` times it
       against the two products and keeps the faster). Off by default: measured 4% off the 8B iteration at
-      B = 4, K = 16 and nothing at B = 1 or 16 (docs/engine.md), and it changes the caller's model.
+      B = 4, K = 16, 0-1% at B = 16, nothing at B = 1 (docs/engine.md), and it changes the caller's model.
     matmul: how matrix products run (`kernels.matmul.Matmul` modes): "auto" (default with the
       Triton backend on CUDA: per shape and row tile the fastest of cuBLAS and the Triton kernel's configs,
       timed on first use), "triton", or "torch" (cuBLAS / F.linear; the default elsewhere).

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Single-GPU smoke test of the training path at real Qwen3-8B shapes (random weights, synthetic
 # data: no network, no corpus): the +exp=qwen3_8b recipe (K=32, 256 blocks per 2,048-token row,
-# KL, bf16, ZeRO-2, speed=fast at micro-batch 2, compiled flex attention), a few hundred steps,
-# then a throughput summary as JSON. It peaks near 95 GiB (an H200-class GPU); on an 80 GB GPU add
-# train.micro_batch_size=1 (docs/training.md, "Training speed").
+# KL, bf16, ZeRO-2, speed=fast_fp8 at micro-batch 2, compiled flex attention), a few hundred steps,
+# then a throughput summary as JSON. It peaks near 108 GiB (an H200-class GPU, compute capability 9.0 for
+# float8); on an 80 GB GPU or one without float8 add speed=fast train.micro_batch_size=1 (65.7 GiB;
+# docs/training.md, "Training speed").
 #
 #   TORCH_CUDA_ARCH_LIST=9.0 bash scripts/gpu_train_smoke.sh OUT.json [STEPS] [hydra overrides...]
 #

@@ -320,9 +320,10 @@ def fake_report(name: str, label: str, tpf: dict[str, float], context_sweep: boo
     }
 
 
-def test_a_view_trained_by_train_py_reports_the_overrides_it_ran_with(tmp_path):
+def test_a_view_trained_by_train_py_reports_the_overrides_it_ran_with(tmp_path, monkeypatch):
     """An arm of a sweep (<run>/diffusion_view beside <run>/.hydra/overrides.yaml) is named in its
-    metrics.md by its train.py overrides; a view from elsewhere has none to report."""
+    metrics.md by its train.py overrides; a view from elsewhere has none to report, a hub name included when
+    the working directory is a run folder (org/name would otherwise lead to ./.hydra)."""
     run = tmp_path / "ablate_speed" / "arm_1"
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text("- speed=fast\n- +exp=[ablate_speed,small]\n")
@@ -332,6 +333,7 @@ def test_a_view_trained_by_train_py_reports_the_overrides_it_ran_with(tmp_path):
     arm = ["speed=fast", "+exp=[ablate_speed,small]"]
     assert training_overrides(str(run / "diffusion_view")) == arm
     assert training_overrides(str(run / "diffusion_view" / "diffusion_view.safetensors")) == arm
+    monkeypatch.chdir(run)
     for elsewhere in (None, "chiennv/Orthrus-Qwen3-8B", str(run / "checkpoints" / "step_2" / "diffusion_view")):
         assert training_overrides(elsewhere) is None
 

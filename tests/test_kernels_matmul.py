@@ -168,8 +168,9 @@ def test_matmul_modes():
     assert all(c != "cublas" and c.block_m == 32 for c in inv.chosen.values())
     with pytest.raises(ValueError, match="matmul="):
         Matmul("fast", silu_mul)
-    with pytest.raises(ValueError, match="triton_rows=16: must be >= MAX_SKINNY_ROWS"):
-        Matmul("auto", silu_mul, triton_rows=16)
+    for rows in (16, 512):
+        with pytest.raises(ValueError, match=f"triton_rows={rows}: choose from 32 .* to 256"):
+            Matmul("auto", silu_mul, triton_rows=rows)
 
 
 @pytest.mark.parametrize("broken", [None, "cublas_everywhere", "kernel_skinny_only"])
