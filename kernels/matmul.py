@@ -276,12 +276,14 @@ def triton_matmul(
 
 
 def prefetch_tiles(grid, config: MatmulConfig, per_split: int, bytes_per_element: int, device) -> int:
-    """Weight tiles each program prefetches into L2 before its gdc_wait: PREFETCH_BYTES spread over the
-    programs of the first wave (about one per SM; later ones start when the weights are streaming
-    anyway), at most the program's own; none where one tile is already over the budget."""
+    """Weight tiles each program prefetches into L2 before its gdc_wait: PREFETCH_BYTES of distinct weight
+    spread over the programs of the first wave (about one per SM; later ones start when the weights are
+    streaming anyway), at most the program's own; none where one tile is already over the budget. The
+    grid[0] row tiles of one column tile run next to each other and read (and prefetch) the same weight,
+    so the first wave holds first_wave / grid[0] distinct weight streams."""
     first_wave = min(grid[0] * grid[1] * grid[2], sm_count(device))
     tile_bytes = config.block_n * config.block_k * bytes_per_element
-    return min(per_split, PREFETCH_BYTES // (first_wave * tile_bytes))
+    return min(per_split, PREFETCH_BYTES // (triton.cdiv(first_wave, grid[0]) * tile_bytes))
 
 
 def candidate_configs(

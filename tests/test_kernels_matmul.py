@@ -15,9 +15,11 @@ from kernels.matmul import (
     CUBLAS_FUSED,
     MAX_SKINNY_ROWS,
     MAX_TRITON_ROWS,
+    PREFETCH_BYTES,
     Matmul,
     MatmulConfig,
     candidate_configs,
+    prefetch_tiles,
     triton_matmul,
     tuning_candidates,
 )
@@ -171,6 +173,21 @@ def test_matmul_modes():
     for rows in (16, 512):
         with pytest.raises(ValueError, match=f"triton_rows={rows}: choose from 32 .* to 256"):
             Matmul("auto", silu_mul, triton_rows=rows)
+
+
+@pytest.mark.parametrize("grid", [(1, 96, 1), (1, 32, 4), (2, 96, 1), (4, 96, 1), (4, 32, 2)])
+def test_prefetch_spends_its_budget_on_distinct_weight(monkeypatch, grid):
+    """The first wave's programs prefetch about PREFETCH_BYTES of distinct weight: the grid[0] row tiles of a
+    column tile share theirs, so a program of a many-row product prefetches grid[0] times the tiles of a
+    one-row-tile product. Broken: the budget split over every program of the wave, as if none shared."""
+    monkeypatch.setattr(kernels.matmul, "sm_count", lambda device: 132)
+    config, per_split = MatmulConfig(128, 128, 64, 1, 8, 3), 64
+    tile = config.block_n * config.block_k * 2
+    streams = -(-min(grid[0] * grid[1] * grid[2], 132) // grid[0])  # distinct weight streams in the first wave
+    tiles = prefetch_tiles(grid, config, per_split, 2, torch.device("cpu"))
+    assert PREFETCH_BYTES - streams * tile < streams * tiles * tile <= PREFETCH_BYTES
+    broken = PREFETCH_BYTES // (min(grid[0] * grid[1] * grid[2], 132) * tile)
+    assert (PREFETCH_BYTES - streams * tile < streams * broken * tile) == (grid[0] == 1)
 
 
 @pytest.mark.parametrize("broken", [None, "cublas_everywhere", "kernel_skinny_only"])
