@@ -224,10 +224,11 @@ def against_reference_rows(reports: list[dict], reference: str, tolerance: float
     return rows
 
 
-def speed_summary_markdown(reports: list[dict], reference: str | None = None, tolerance: float = 0.02) -> str:
+def speed_summary_markdown(reports: list[dict], against: dict | None = None) -> str:
     """One table over several evaluations (e.g. greedy and sampling, fp32 and bf16): per run, benchmark
-    and K the acceptance, decode speedup, TTFT and the sampling test; with `reference`, each run's tokens
-    per iteration against that run's (`against_reference_rows`); then each run's provenance."""
+    and K the acceptance, decode speedup, TTFT and the sampling test; with `against` ({"reference",
+    "tolerance", "rows": `against_reference_rows`}), each run's tokens per iteration against the reference
+    run's; then each run's provenance."""
     rows, prov = [], []
     for rep in reports:
         fid = {(f["benchmark"], f["block_size"]): f for f in rep["fidelity"]}
@@ -252,7 +253,6 @@ def speed_summary_markdown(reports: list[dict], reference: str | None = None, to
         )
     protocols = sorted({rep["timing_protocol"] for rep in reports})
     target = sampling_target_rows(reports)
-    near = against_reference_rows(reports, reference, tolerance) if reference else []
     return "\n".join(
         [
             "# Decode speed and fidelity (measured)\n",
@@ -276,12 +276,12 @@ def speed_summary_markdown(reports: list[dict], reference: str | None = None, to
             ),
             *(
                 [
-                    f"## Against {reference}\n",
-                    f"ratio = tok/iter / {reference}'s at the same prompt set and K (TPF ratio likewise); within = "
-                    f"the ratio within {tolerance:.0%} of 1.\n",
-                    markdown_table(list(near[0]), [list(r.values()) for r in near]),
+                    f"## Against {against['reference']}\n",
+                    f"ratio = tok/iter / {against['reference']}'s at the same prompt set and K (TPF ratio likewise); "
+                    f"within = the ratio within {against['tolerance']:.0%} of 1.\n",
+                    markdown_table(list(against["rows"][0]), [list(r.values()) for r in against["rows"]]),
                 ]
-                if near
+                if against and against["rows"]
                 else []
             ),
             "## Provenance\n",

@@ -43,9 +43,12 @@ def main(argv: list[str] | None = None) -> None:
     run_names = [rep["name"] for rep in reports]
     if len(set(run_names)) != len(run_names):
         ap.error(f"the runs' names {run_names} repeat (summary.json keys them by name): give each one with --names")
-    near = against_reference_rows(reports, args.reference, args.tolerance) if args.reference else []
+    against = None
+    if args.reference:
+        rows = against_reference_rows(reports, args.reference, args.tolerance)
+        against = {"reference": args.reference, "tolerance": args.tolerance, "rows": rows}
     out = Path(args.out)
-    atomic_write_text(out / "summary.md", speed_summary_markdown(reports, args.reference, args.tolerance))
+    atomic_write_text(out / "summary.md", speed_summary_markdown(reports, against))
     write_json(
         out / "summary.json",
         {
@@ -57,14 +60,8 @@ def main(argv: list[str] | None = None) -> None:
                 "runs": [{k: r[k] for k in KEYS} for r in rep["runs"]],
                 "fidelity": rep["fidelity"],
                 **(
-                    {
-                        "against_reference": {
-                            "reference": args.reference,
-                            "tolerance": args.tolerance,
-                            "rows": [r for r in near if r["run"] == rep["name"]],
-                        }
-                    }
-                    if args.reference
+                    {"against_reference": against | {"rows": [r for r in against["rows"] if r["run"] == rep["name"]]}}
+                    if against
                     else {}
                 ),
             }
