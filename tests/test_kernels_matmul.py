@@ -45,23 +45,6 @@ def _rand(*shape, dtype, seed):
     return (torch.randn(*shape, generator=g) / shape[-1] ** 0.25).to(DEVICE, dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("config", CONFIGS, ids=str)
-@pytest.mark.parametrize("gate_up", [False, True])
-@pytest.mark.parametrize("M", [1, 5, 17, 32])
-def test_matches_float64(M, gate_up, config, dtype):
-    x, w, w2 = (
-        _rand(M, 300, dtype=dtype, seed=M),
-        _rand(70, 300, dtype=dtype, seed=1),
-        _rand(70, 300, dtype=dtype, seed=2),
-    )
-    out = triton_matmul(x, w, config, w2 if gate_up else None)
-    assert out.shape == (M, 70) and out.dtype == dtype
-    torch.testing.assert_close(
-        out.double(), matmul_ref(x, w, w2 if gate_up else None), rtol=TOL[dtype], atol=TOL[dtype]
-    )
-
-
 # Row tiles of 64 and 128 rows (the many-row candidates; the interpreter needs small column and K tiles to stay
 # fast): one split, three splits (K = 300: 4 + 4 + 2 tiles of 32), two of 64 (3 + 2), swap_ab
 MANY_ROW_CONFIGS = [
@@ -70,15 +53,17 @@ MANY_ROW_CONFIGS = [
     MatmulConfig(64, 64, 64, 2, num_stages=2),
     MatmulConfig(128, 64, 32, 3, swap_ab=True),
 ]
+# (rows, config): the one-row-tile configs at 1..32 rows; the many-row ones with M not a multiple of the tile
+# (masked rows of the last tile; 150 rows: three row tiles of 64 or two of 128)
+ROWS_AND_CONFIGS = [(M, c) for M in (1, 5, 17, 32) for c in CONFIGS]
+ROWS_AND_CONFIGS += [(M, c) for M in (40, 150) for c in MANY_ROW_CONFIGS]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("config", MANY_ROW_CONFIGS, ids=str)
 @pytest.mark.parametrize("gate_up", [False, True])
-@pytest.mark.parametrize("M", [40, 150])
-def test_many_row_tiles_match_float64(M, gate_up, config, dtype):
-    """Row tiles of 64 and 128 rows, with M not a multiple of the tile (masked rows of the last tile; 150 rows:
-    three row tiles of 64 or two of 128), the gate/up epilogue and the split sums, against float64."""
+@pytest.mark.parametrize("M,config", ROWS_AND_CONFIGS, ids=str)
+def test_matches_float64(M, gate_up, config, dtype):
+    """Every row-tile size, with the gate/up epilogue and the split sums, against float64."""
     x, w, w2 = (
         _rand(M, 300, dtype=dtype, seed=M),
         _rand(70, 300, dtype=dtype, seed=1),
