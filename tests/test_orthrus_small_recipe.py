@@ -15,9 +15,10 @@ ART = REPO / "artifacts" / "orthrus-small"
 ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 
 
-def recipe(out: Path, **env) -> subprocess.CompletedProcess:
+def recipe(out: Path, *ablations: str, **env) -> subprocess.CompletedProcess:
+    """scripts/orthrus_small.sh OUT toy [ABLATION ...] with `env` on top of the tests' environment."""
     return subprocess.run(
-        ["bash", "scripts/orthrus_small.sh", str(out), "toy"],
+        ["bash", "scripts/orthrus_small.sh", str(out), "toy", *ablations],
         cwd=REPO,
         env={**ENV, **env},
         capture_output=True,
@@ -59,14 +60,7 @@ def test_recipe_refuses_inputs_that_differ_from_the_pins(tmp_path):
     ],
 )
 def test_recipe_refuses_bad_ablation_settings_before_any_work(tmp_path, env, args, says):
-    proc = subprocess.run(
-        ["bash", "scripts/orthrus_small.sh", str(tmp_path / "out"), "toy", *args],
-        cwd=REPO,
-        env={**ENV, **env},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = recipe(tmp_path / "out", *args, **env)
     assert proc.returncode == 2 and says in proc.stderr
     assert not (tmp_path / "out").exists()  # nothing started
 
@@ -86,14 +80,7 @@ def test_recipe_refuses_to_mix_a_sweep_with_an_earlier_one(tmp_path, ablations, 
     (earlier / "arm_1").mkdir(parents=True)
     (earlier / "multirun.yaml").write_text("the earlier sweep\n")
     (tmp_path / "no_pins").mkdir()
-    proc = subprocess.run(
-        ["bash", "scripts/orthrus_small.sh", str(tmp_path / "out"), "toy", *ablations],
-        cwd=REPO,
-        env={**ENV, "ONLY_ABLATIONS": "1", "ART": str(tmp_path / "no_pins")},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = recipe(tmp_path / "out", *ablations, ONLY_ABLATIONS="1", ART=str(tmp_path / "no_pins"))
     assert proc.returncode == 2 and says in proc.stderr, proc.stderr
     if ablations == ["ablate_speed"]:
         assert f"rm -r {earlier}" in proc.stderr and "fresh OUT_DIR" in proc.stderr
@@ -132,14 +119,7 @@ def test_ablation_arms_train_at_once_without_the_recipe_view(tmp_path):
     """ARM_JOBS=2 ONLY_ABLATIONS=1: the arms of an ablation train in parallel processes (Hydra's
     joblib launcher) and are each evaluated; the recipe's own view (steps 3-4) is not trained;
     TRAIN_ARGS picks two of the ablation's four arms."""
-    proc = subprocess.run(
-        ["bash", "scripts/orthrus_small.sh", str(tmp_path), "toy", "ablate_block_size"],
-        cwd=REPO,
-        env={**ENV, "ARM_JOBS": "2", "ONLY_ABLATIONS": "1", "TRAIN_ARGS": "model.block_size=8,16"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = recipe(tmp_path, "ablate_block_size", ARM_JOBS="2", ONLY_ABLATIONS="1", TRAIN_ARGS="model.block_size=8,16")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "hydra/launcher=joblib hydra.launcher.n_jobs=2" in proc.stdout
     assert not (tmp_path / "train").exists() and not (tmp_path / "eval").exists()
