@@ -20,7 +20,13 @@
 
 import torch
 
-from eval.decode_bench import PAPER_TOKENS_PER_ITERATION, kv_row_bytes, pass_weight_bytes, profile_verify
+from eval.decode_bench import (
+    PAPER_TOKENS_PER_ITERATION,
+    kv_row_bytes,
+    pass_weight_bytes,
+    profile_replay,
+    profile_verify,
+)
 from eval.report import markdown_table
 from eval.runner import serve_prompts
 from eval.timing import warm_prompts
@@ -121,18 +127,25 @@ def parse_points(points: str) -> list[tuple[int, int]]:
 
 
 def profile_points(engine, shape: str, points, batch_sizes, ks, ctx: int, device, log) -> list[dict]:
-    """Kernel time by kernel name of one eager iteration (draft + verify + accept; K = 1: verify + accept) at
-    each (B, K) of `points` (`parse_points`) at context ctx (`eval.decode_bench.profile_verify`; nothing off
-    CUDA). A point that `iteration_points` did not measure (B not in batch_sizes, K not 1 or in ks) is logged
-    and skipped."""
+    """Kernel time by kernel name of one iteration (draft + verify + accept; K = 1: verify + accept) at each (B, K)
+    of `points` (`parse_points`) at context ctx, as it runs: with CUDA graphs one replay, with its timeline
+    (`eval.decode_bench.profile_replay`: span, kernel, idle and overlap time); without, one eager iteration
+    (`eval.decode_bench.profile_verify`; no timeline; nothing off CUDA). A point that `iteration_points` did not
+    measure (B not in batch_sizes, K not 1 or in ks) is logged and skipped."""
     rows = []
     for B, K in points:
         if B not in batch_sizes or K not in [1, *ks]:
             log(f"[{shape}] profile {B}x{K}: not a measured point (--batch-sizes, --ks); skipped")
             continue
-        names = ("draft", "verify", "accept") if K > 1 else ("verify", "accept")
-        kernels = profile_verify(engine, K, ctx, device, log, batch=B, names=names)
-        rows.append({"shape": shape, "context": ctx, "batch_size": B, "block_size": K, "kernels": kernels})
+        if engine.cuda_graphs:
+            timeline = profile_replay(engine, K, ctx, B, log)
+            kernels = timeline.pop("by_kernel")
+        else:
+            names = ("draft", "verify", "accept") if K > 1 else ("verify", "accept")
+            timeline, kernels = {}, profile_verify(engine, K, ctx, device, log, batch=B, names=names)
+        rows.append(
+            {"shape": shape, "context": ctx, "batch_size": B, "block_size": K, "kernels": kernels, "timeline": timeline}
+        )
     return rows
 
 
@@ -328,8 +341,20 @@ def markdown(results: dict) -> str:
     out += _table(spec, serve_stats_rows(results.get("serving", [])))
     for prof in results.get("profiles", []):
         head = f"## Kernel time by kernel: {prof['shape']}, ctx {prof['context']}, B {prof['batch_size']}, "
-        out += ["", head + f"K {prof['block_size']} (one eager iteration, torch.profiler)", ""]
+        t = prof.get("timeline")
+        how = "one replay of the captured graphs" if t else "one eager iteration"
+        out += ["", head + f"K {prof['block_size']} ({how}, torch.profiler)", ""]
+        if t:
+            out += [
+                f"Span {t['span_us'] / 1e3:.3f} ms = kernels {t['kernel_us'] / 1e3:.3f} ms in {t['kernels']} - overlap "
+                f"{t['overlap_us'] / 1e3:.3f} ms (kernels running at once: PDL) + idle {t['idle_us'] / 1e3:.3f} ms "
+                "(no kernel running; by the kernels before and after it in the last table).",
+                "",
+            ]
         out += _table("kernel=kernel|calls=calls|total us=total_us:.0f", prof["kernels"][:15])
+        if t:
+            out += ["", "Idle time by the kernels before and after it:", ""]
+            out += _table("before=before|after=after|times=count|total us=total_us:.1f", t["idle_by_pair"][:6])
     out += ["", "## Best K per batch size (projection from measured iteration times)", ""]
     spec = "shape=shape|ctx=context|profile=profile|B=batch_size|best K=block_size"
     spec += "|projected tok/s=projected_tokens_per_second:.0f|projected speedup vs AR=projected_speedup_vs_ar:.2f"

@@ -218,6 +218,90 @@ def profile_verify(engine, K, ctx, device, log, batch: int = 1, names: tuple[str
     return rows[:25]
 
 
+def timeline(kernels: list[tuple[str, float, float]], top: int = 12) -> dict:
+    """What a GPU timeline of kernels (name, start us, duration us) adds up to: its span (first start to last
+    end), the sum of kernel durations, the idle time (no kernel running: the time between a kernel's start and
+    the latest end of the kernels before it, where positive), and the overlap (kernel time beyond the busy time:
+    kernels that ran at once, e.g. one launched early by PDL). span = kernel_us - overlap_us + idle_us. The
+    idle stretches are attributed to (the kernel that ended last before them, the kernel that ended them),
+    largest totals first (`idle_by_pair`, at most `top`), and the kernel time by name (`by_kernel`)."""
+    if not kernels:
+        return {
+            "kernels": 0,
+            "span_us": 0.0,
+            "kernel_us": 0.0,
+            "idle_us": 0.0,
+            "overlap_us": 0.0,
+            "by_kernel": [],
+            "idle_by_pair": [],
+        }
+    kernels = sorted(kernels, key=lambda k: k[1])
+    idle, pairs, names = 0.0, {}, {}
+    last_name, last_end = kernels[0][0], kernels[0][1]
+    for name, start, dur in kernels:
+        if start > last_end:
+            idle += start - last_end
+            pair = pairs.setdefault((last_name, name), [0, 0.0])
+            pair[0] += 1
+            pair[1] += start - last_end
+        if start + dur >= last_end:
+            last_name, last_end = name, start + dur
+        entry = names.setdefault(name, [0, 0.0])
+        entry[0] += 1
+        entry[1] += dur
+    span = last_end - kernels[0][1]
+    busy = sum(k[2] for k in kernels)
+    rank = lambda d: sorted(d.items(), key=lambda kv: -kv[1][1])[:top]  # noqa: E731
+    return {
+        "kernels": len(kernels),
+        "span_us": span,
+        "kernel_us": busy,
+        "idle_us": idle,
+        "overlap_us": busy - (span - idle),
+        "by_kernel": [{"kernel": n[:90], "calls": c, "total_us": t} for n, (c, t) in rank(names)],
+        "idle_by_pair": [
+            {"before": a[:90], "after": b[:90], "count": c, "total_us": t} for (a, b), (c, t) in rank(pairs)
+        ],
+    }
+
+
+def profile_replay(engine, K, ctx, batch: int, log) -> dict:
+    """The GPU timeline (`timeline`) of one iteration (draft + verify + accept; K = 1: verify + accept) as it
+    runs in decoding: its captured CUDA graphs replayed (CUPTI traces the kernels inside a graph), at `ctx`
+    cached rows over `batch` slots. Unlike an eager profile, this shows the kernel time and the time between
+    kernels that the timed replays have ({} without CUDA graphs)."""
+    if not engine.cuda_graphs:
+        return {}
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    steps = engine.steps(K, batch)
+    calls = (steps.draft, steps.verify, steps.accept) if K > 1 else (steps.verify, steps.accept)
+
+    def run():
+        engine.start[:batch].fill_(ctx)  # accept advances start
+        for call in calls:
+            call()
+        torch.cuda.synchronize()
+
+    run()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+    engine.start[:batch].fill_(ctx)
+    with tempfile.TemporaryDirectory() as tmp:
+        prof.export_chrome_trace(f"{tmp}/trace.json")
+        events = json.loads(Path(f"{tmp}/trace.json").read_text())["traceEvents"]
+    out = timeline([(e["name"], e["ts"], e["dur"]) for e in events if e.get("cat") == "kernel"])
+    log(
+        f"B={batch} K={K} replayed iteration: span {out['span_us'] / 1e3:.2f} ms, kernels {out['kernel_us'] / 1e3:.2f} "
+        f"ms in {out['kernels']}, idle {out['idle_us'] / 1e3:.3f} ms, overlap {out['overlap_us'] / 1e3:.3f} ms (PDL)"
+    )
+    for r in out["by_kernel"][:8]:
+        log(f"  {r['total_us'] / 1e3:7.3f} ms  {r['calls']:4d}x  {r['kernel']}")
+    return out
+
+
 def time_hf(model, engine, ctx, clock, reps) -> float:
     """One transformers decode step (DynamicCache, the model's default attention) at `ctx` cached rows."""
     from transformers import DynamicCache

@@ -60,6 +60,11 @@ PREFETCH_BYTES = 4 << 20
 # decode passes.
 MAX_SKINNY_ROWS = 32
 MAX_TRITON_ROWS = 256
+# The most rows at which "auto" and "triton" time the Triton kernel by default. Measured on an H200 at the Qwen3-8B
+# shape (results/engine_batch_h200_2026-12-01/tiled_0a8616d): at 64 rows its tiles beat cuBLAS on gate/up and the
+# B = 4, K = 16 iteration took 4% less; at 128 and 256 rows cuBLAS beat every tile on every product, so timing
+# them there costs tuning time only (MAX_TRITON_ROWS still times them, for other GPUs).
+DEFAULT_TRITON_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -428,15 +433,15 @@ class Matmul:
     pdl: launch the Triton kernels with Programmatic Dependent Launch (kernels/pdl.py; CUDA sm_90+).
     `silu_mul` should launch the same way (the engine passes it with the same setting). Candidates are
     timed with the same setting as they will run, and timings are kept per setting.
-    triton_rows: the most rows (row tile) at which "auto" and "triton" time the Triton kernel, up to
-    MAX_TRITON_ROWS. The default, MAX_SKINNY_ROWS, leaves every product of more rows to cuBLAS, as measured on
-    the GPU; MAX_TRITON_ROWS times the kernel's many-row tiles against it too (not yet measured there).
+    triton_rows: the most rows (row tile) at which "auto" and "triton" time the Triton kernel, MAX_SKINNY_ROWS to
+    MAX_TRITON_ROWS; default DEFAULT_TRITON_ROWS (what the H200 measured, above); products of more rows run on
+    cuBLAS.
     """
 
     MODES = ("torch", "auto", "triton", "invariant")
     _timed: dict = {}
 
-    def __init__(self, mode: str, silu_mul, pdl: bool = False, triton_rows: int = MAX_SKINNY_ROWS):
+    def __init__(self, mode: str, silu_mul, pdl: bool = False, triton_rows: int = DEFAULT_TRITON_ROWS):
         if mode not in self.MODES:
             raise ValueError(f"matmul={mode!r}: choose one of {self.MODES}")
         if not MAX_SKINNY_ROWS <= triton_rows <= MAX_TRITON_ROWS:

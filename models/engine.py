@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 import kernels.pdl
 import kernels.sample
-from kernels.matmul import MAX_SKINNY_ROWS, Matmul
+from kernels.matmul import DEFAULT_TRITON_ROWS, Matmul
 from models.engine_ops import TorchOps, TritonOps
 from models.generate import GenerationResult
 from models.orthrus import OrthrusForCausalLM
@@ -187,9 +187,8 @@ class OrthrusEngine:
       Triton backend on CUDA: per shape and row tile the fastest of cuBLAS and the Triton kernel's configs,
       timed on first use), "triton", or "torch" (cuBLAS / F.linear; the default elsewhere).
     matmul_triton_rows: the most rows at which "auto" and "triton" time the Triton kernel (`Matmul`
-      triton_rows). The default, MAX_SKINNY_ROWS, gives the products of batched passes to cuBLAS;
-      kernels.matmul.MAX_TRITON_ROWS times the kernel's 64/128-row tiles against cuBLAS there too (not yet
-      measured on a GPU; docs/engine.md).
+      triton_rows); default kernels.matmul.DEFAULT_TRITON_ROWS (64: its tiles won there on an H200, cuBLAS
+      won every product of 128 and 256 rows; docs/engine.md), cuBLAS alone above.
     batch_invariant: every op computes a token's row independently of how many rows the pass has
       (Triton backend only; matrix products in the "invariant" mode, verify attention per position),
       so greedy Orthrus output equals the engine's K = 1 output bit for bit in any dtype.
@@ -216,7 +215,7 @@ class OrthrusEngine:
         fuse_qkv: bool = False,
         fuse_gate_up: bool = False,
         matmul: str | None = None,
-        matmul_triton_rows: int = MAX_SKINNY_ROWS,
+        matmul_triton_rows: int = DEFAULT_TRITON_ROWS,
         batch_invariant: bool = False,
         pdl: bool | None = None,
         max_batch_size: int = 1,

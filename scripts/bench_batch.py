@@ -10,7 +10,7 @@ projections and memory per request. Writes bench.json (with provenance), bench.m
     python -m scripts.bench_batch --shapes qwen3_8b --ctx 256 --ks 16 --batch-sizes 1,16 --small '' \
         --budget-s 200 --out /tmp/fused [--fuse-gate-up]  # fused gate|up or not (docs/engine.md)
     python -m scripts.bench_batch --shapes qwen3_8b --ctx 256 --ks 16 --batch-sizes 1,4,8,16 --small '' \
-        --budget-s 150 --shapes-share 1 --out /tmp/cublas --matmul-triton-rows 32  # batched passes on cuBLAS
+        --budget-s 150 --shapes-share 1 --out /tmp/cublas --matmul-triton-rows 32  # many-row products on cuBLAS
 
 --budget-s bounds the whole run: no new point starts once it is spent (the shapes part gets
 --shapes-share of it), and what was measured is written.
@@ -43,7 +43,7 @@ from eval.metrics import free_memory
 from eval.prompts import humaneval_ids
 from eval.provenance import provenance
 from eval.timing import median_ms
-from kernels.matmul import MAX_SKINNY_ROWS, Matmul
+from kernels.matmul import DEFAULT_TRITON_ROWS, Matmul
 from models.engine import OrthrusEngine
 
 
@@ -68,10 +68,10 @@ def parse_args():
     p.add_argument(
         "--matmul-triton-rows",
         type=int,
-        default=MAX_SKINNY_ROWS,
+        default=DEFAULT_TRITON_ROWS,
         help="the most rows at which the shapes' engines time the Triton kernel against cuBLAS (OrthrusEngine "
-        "matmul_triton_rows; default 32: the products of batched passes on cuBLAS alone; 256: the kernel's "
-        "many-row tiles timed against cuBLAS too)",
+        "matmul_triton_rows; default kernels.matmul.DEFAULT_TRITON_ROWS; 32: products of more rows on cuBLAS "
+        "alone; 256: the kernel's 128-row tiles timed too)",
     )
     p.add_argument("--peaks", default="nvidia-h200", choices=sorted(DEVICE_PEAKS))
     p.add_argument("--small", default="artifacts/orthrus-small", help="trained small model folder ('' to skip)")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from eval.batch_bench import markdown, memory_per_request, parse_points, profile_points
-from eval.decode_bench import profile_verify
+from eval.decode_bench import profile_replay, profile_verify, timeline
 from models.engine import OrthrusEngine
 from models.shapes import shape_config
 from tests.test_greedy import base_greedy, prompt
@@ -45,14 +45,68 @@ def test_profile_points_profile_the_measured_points_only(make_model):
     rows = profile_points(
         engine, "tiny", parse_points("1x4,2x1,4x4,1x8"), [1, 2], [4], 16, engine.device, logged.append
     )
-    assert [(r["shape"], r["context"], r["batch_size"], r["block_size"], r["kernels"]) for r in rows] == [
-        ("tiny", 16, 1, 4, []),
-        ("tiny", 16, 2, 1, []),
+    assert [
+        (r["shape"], r["context"], r["batch_size"], r["block_size"], r["kernels"], r["timeline"]) for r in rows
+    ] == [
+        ("tiny", 16, 1, 4, [], {}),
+        ("tiny", 16, 2, 1, [], {}),
     ]
     assert [m.split(":")[0] for m in logged] == ["[tiny] profile 4x4", "[tiny] profile 1x8"]
     assert parse_points("") == [] and parse_points("16x16") == [(16, 16)]
     with pytest.raises(ValueError, match="'16-16': write it as BxK"):
         parse_points("1x4,16-16")
+
+
+def test_timeline_splits_a_span_into_kernel_overlap_and_idle_time():
+    """timeline: a replay's span = kernel time - overlap (kernels at once: PDL) + idle time (none running), the idle
+    stretches named by the kernel that ended last before them (not the one that started last: a short kernel
+    inside a long one ends first) and the kernel that ended them. Kernels given out of order."""
+    kernels = [
+        ("gemm", 0.0, 10.0),  # ends at 10
+        ("norm", 8.0, 6.0),  # launched 2 us early (PDL): overlap 2, ends at 14
+        ("gemm", 16.0, 4.0),  # idle 2 after norm, ends at 20
+        ("tiny", 17.0, 1.0),  # inside the gemm: overlap 1, the gemm still ends last
+        ("attention", 25.0, 5.0),  # idle 5 after the gemm (not after "tiny")
+    ]
+    t = timeline([kernels[i] for i in (3, 0, 4, 2, 1)])
+    assert (t["kernels"], t["span_us"], t["kernel_us"], t["idle_us"], t["overlap_us"]) == (5, 30.0, 26.0, 7.0, 3.0)
+    assert t["span_us"] == t["kernel_us"] - t["overlap_us"] + t["idle_us"]
+    assert t["idle_by_pair"] == [
+        {"before": "gemm", "after": "attention", "count": 1, "total_us": 5.0},
+        {"before": "norm", "after": "gemm", "count": 1, "total_us": 2.0},
+    ]
+    assert t["by_kernel"][0] == {"kernel": "gemm", "calls": 2, "total_us": 14.0}
+    assert timeline([])["span_us"] == 0.0
+
+
+def test_profile_replay_needs_graphs(make_model):
+    """Without CUDA graphs there is no replay to trace: profile_replay gives {} (profile_points then profiles an
+    eager iteration)."""
+    assert profile_replay(OrthrusEngine(make_model(seed=18), 48), 4, 16, 1, print) == {}
+
+
+def test_bench_md_shows_a_replay_timeline():
+    """bench.md's profile section: a graph replay's span split into kernels, overlap and idle time, and its idle
+    time by neighbouring kernels; an eager profile (no timeline) says so and has neither."""
+    t = timeline([("gemm", 0.0, 10.0), ("norm", 12.0, 3.0)])
+    prof = {"shape": "tiny", "context": 8, "batch_size": 2, "block_size": 4, "kernels": t.pop("by_kernel")}
+    text = markdown({"profiles": [prof | {"timeline": t}]})
+    assert "(one replay of the captured graphs, torch.profiler)" in text
+    assert "Span 0.015 ms = kernels 0.013 ms in 2 - overlap 0.000 ms" in text and "+ idle 0.002 ms" in text
+    assert "| gemm | norm | 1 | 2.0 |" in text
+    eager = markdown({"profiles": [prof | {"timeline": {}}]})
+    assert "(one eager iteration, torch.profiler)" in eager and "Span" not in eager and "Idle time" not in eager
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="traces CUDA graph replays")
+def test_profile_replay_traces_the_captured_graphs(make_model):
+    """profile_replay on a GPU: one replayed iteration's kernels (CUPTI sees the kernels inside the graphs), its
+    span made of them, and the engine's state put back (start at ctx)."""
+    engine = OrthrusEngine(make_model(seed=18).cuda(), 48, max_batch_size=2)
+    t = profile_replay(engine, 4, 16, 2, print)
+    assert t["kernels"] > 10 and t["kernel_us"] > 0 and t["by_kernel"]
+    assert t["span_us"] == pytest.approx(t["kernel_us"] - t["overlap_us"] + t["idle_us"])
+    assert engine.start[:2].tolist() == [16, 16]
 
 
 def test_memory_per_request_in_bytes_with_a_smaller_drafter_per_shape():
