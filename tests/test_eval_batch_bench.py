@@ -5,7 +5,15 @@ the state per request is computed in bytes against a smaller drafter per shape."
 import pytest
 import torch
 
-from eval.batch_bench import markdown, memory_per_request, parse_points, profile_points
+from eval.batch_bench import (
+    BACK_TO_BACK,
+    DEVICE_PEAKS,
+    iteration_points,
+    markdown,
+    memory_per_request,
+    parse_points,
+    profile_points,
+)
 from eval.decode_bench import profile_replay, profile_verify, timeline
 from models.engine import OrthrusEngine
 from models.shapes import shape_config
@@ -109,6 +117,37 @@ def test_profile_replay_traces_the_captured_graphs(make_model):
     assert engine.start[:2].tolist() == [16, 16]
 
 
+def test_iteration_points_time_iterations_back_to_back_at_one_context(make_model):
+    """iteration_points times one iteration alone (`ms_one_from_idle`) and BACK_TO_BACK launched back to back
+    (`ms`, per iteration), every one of them starting at the point's context: accept advances each slot's start,
+    so the start is reset on the device before each iteration. A clock that runs the timed function once."""
+    engine = OrthrusEngine(make_model(seed=19), 48, max_batch_size=2)
+    starts, steps = [], engine.steps
+
+    class Spy:
+        def __init__(self, s, B):
+            self.s, self.B = s, B
+
+        def draft(self):
+            starts.append(engine.start[: self.B].tolist())
+            return self.s.draft()
+
+        def verify(self):
+            return self.s.verify()
+
+        def accept(self):
+            return self.s.accept()
+
+    engine.steps = lambda K, B=1: Spy(steps(K, B), B)
+    clock = lambda fn, reps, after: (fn(), after(), 2.0)[2]  # noqa: E731
+    points = iteration_points(
+        engine, "tiny", [12], [4], [2], clock, 1, DEVICE_PEAKS["nvidia-h200"], lambda: True, lambda m: None
+    )
+    iteration = next(p for p in points if p["block_size"] == 4)
+    assert (iteration["ms_one_from_idle"], iteration["ms"]) == (2.0, 2.0 / BACK_TO_BACK)
+    assert starts == [[12, 12]] * (1 + BACK_TO_BACK)
+
+
 def test_memory_per_request_in_bytes_with_a_smaller_drafter_per_shape():
     """memory_per_request keeps bytes only (bench.md shows MB) and pairs each target with a smaller Qwen3 as the
     separate drafter, named in the table: the 1.7B shape with the 0.6B one (a KV row of 28 layers x 2 x 8 heads
@@ -129,7 +168,7 @@ def test_batch_bench_tables_show_a_missing_value():
     """bench_batch's bench.md: a value a run could not measure (no decode iteration: no slot occupancy)
     is printed as "–", the way every other table here prints it, instead of failing the whole write."""
     text = markdown({"iterations": [{"shape": "tiny", "context": 8, "block_size": 4, "batch_size": 2, "ms": 1.5}]})
-    assert "| tiny | 8 | 4 | 2 | 1.500 | – | – | – |" in text
+    assert "| tiny | 8 | 4 | 2 | 1.500 | – | – | – | – |" in text
 
 
 @pytest.mark.skipif(
