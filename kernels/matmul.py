@@ -5,10 +5,9 @@ At batch 1 a decode pass multiplies 1 to 32 token rows (MAX_SKINNY_ROWS) by ever
 each product is a stream of the weight through the SMs and its speed is the bandwidth it reaches. cuBLAS
 reads the Qwen3-8B weights at 2.2-2.8 TB/s at these shapes (docs/LOG.md, engine runs 1 and 2); this kernel
 is built to stream them instead. A batched pass multiplies B x K rows (256 at B = 16, K = 16), about as
-much MMA work as weight stream per product; there the kernel runs row tiles of 64 and 128 rows, and what it
-can still save over cuBLAS is launch gaps (PDL, below; measured ~1.5 us between consecutive cuBLAS kernels
-of a graph replay at B = 16, K = 16 on an H200, results/engine_batch_h200_2026-12-01) and gate/up's
-separate SiLU * up kernel. Which runs is timed (`Matmul`), up to MAX_TRITON_ROWS rows.
+much MMA work as weight stream per product; there the kernel runs row tiles of 64 and 128 rows, launched with
+PDL and with gate/up's SiLU * up in its epilogue (cuBLAS needs a separate kernel for it). Which runs is timed
+(`Matmul`), by default up to DEFAULT_TRITON_ROWS rows (below: where the tiles beat cuBLAS on an H200).
 
 * One program owns BLOCK_M rows by BLOCK_N output columns and walks the K dimension in BLOCK_K tiles,
   software-pipelined over `num_stages` tiles. The row tile is the fastest-varying program index, so the
