@@ -27,6 +27,7 @@ from eval.decode_bench import (
     profile_replay,
     profile_verify,
 )
+from eval.gpu_clock import ClockSampler
 from eval.report import markdown_table
 from eval.runner import serve_prompts
 from eval.timing import warm_prompts
@@ -84,7 +85,8 @@ def iteration_points(
 ) -> list[dict]:
     """Iteration (and AR step) time per (context, K, batch size), with its roofline. `ms`: per iteration of
     BACK_TO_BACK launched back to back (each at the same context: its start reset on the device first), the
-    time that sets decoding throughput; `ms_one_from_idle`: one iteration launched on an idle GPU, which also
+    time that sets decoding throughput, with the GPU's clock and power meanwhile (`gpu_clock`:
+    `eval.gpu_clock.ClockSampler`); `ms_one_from_idle`: one iteration launched on an idle GPU, which also
     waits for its first graph launch. Every K is built (on CUDA: kernels compiled, products tuned, graphs
     captured) at every batch-size bucket before any timing. Stops starting points when `budget()` is False."""
     e = engine
@@ -104,7 +106,9 @@ def iteration_points(
                 e.last[:B].fill_(11)
                 step = (lambda: (s.draft(), s.verify(), s.accept())) if K > 1 else (lambda: (s.verify(), s.accept()))
                 ms_one = clock(step, reps, after=reset)
-                ms = clock(lambda: [(reset(), step()) for _ in range(BACK_TO_BACK)], reps, after=reset) / BACK_TO_BACK
+                with ClockSampler(e.device) as gpu:
+                    ms = clock(lambda: [(reset(), step()) for _ in range(BACK_TO_BACK)], reps, after=reset)
+                ms /= BACK_TO_BACK
                 bound = roofline(e, B, K, ctx, peaks)
                 points.append(
                     {
@@ -118,6 +122,7 @@ def iteration_points(
                         "ms_one_from_idle": ms_one,
                         **bound,
                         "fraction_of_roofline": max(bound["memory_bound_ms"], bound["compute_bound_ms"]) / ms,
+                        "gpu_clock": gpu.summary(),
                     }
                 )
                 log(
@@ -341,13 +346,15 @@ def markdown(results: dict) -> str:
     out += ["## Iteration time vs batch size (graph replays, median; K = 1: the AR step)", ""]
     out += [
         f"ms: per iteration of {BACK_TO_BACK} launched back to back, as decoding runs them; one from idle: one "
-        "iteration launched on an idle GPU (its first graph launch included).",
+        "iteration launched on an idle GPU (its first graph launch included). SM clock and power: nvidia-smi every "
+        "100 ms during the back-to-back runs; power-capped: the share of those samples with a power cap engaged.",
         "",
     ]
     spec = "shape=shape|ctx=context|K=block_size|B=batch_size|ms=ms:.3f|one from idle ms=ms_one_from_idle:.3f"
     spec += "|memory bound ms=memory_bound_ms:.3f"
     spec += "|compute bound ms=compute_bound_ms:.3f|fraction of roofline=fraction_of_roofline:.2f"
-    out += _table(spec, results.get("iterations", []))
+    spec += "|SM clock MHz (median)=sm_mhz_median:.0f|power W (median)=power_w_median:.0f|power-capped=power_capped:.2f"
+    out += _table(spec, [p | p.get("gpu_clock", {}) for p in results.get("iterations", [])])
     out += ["", "## Serving a prompt set (all prompts queued at once; greedy)", ""]
     spec = "B=batch_size|K=block_size|Orthrus tok/s=orthrus_tokens_per_second:.0f|AR tok/s=ar_tokens_per_second:.0f"
     spec += "|speedup_vs_ar=speedup_vs_ar:.2f|Orthrus mean latency s=orthrus_mean_latency_s:.3f"

@@ -168,7 +168,7 @@ def test_batch_bench_tables_show_a_missing_value():
     """bench_batch's bench.md: a value a run could not measure (no decode iteration: no slot occupancy)
     is printed as "–", the way every other table here prints it, instead of failing the whole write."""
     text = markdown({"iterations": [{"shape": "tiny", "context": 8, "block_size": 4, "batch_size": 2, "ms": 1.5}]})
-    assert "| tiny | 8 | 4 | 2 | 1.500 | – | – | – | – |" in text
+    assert "| tiny | 8 | 4 | 2 | 1.500 | – | – | – | – | – | – | – |" in text
 
 
 @pytest.mark.skipif(
