@@ -19,6 +19,7 @@ the values).
 
 import functools
 import json
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -273,8 +274,6 @@ def profile_replay(engine, K, ctx, batch: int, log) -> dict:
     kernels that the timed replays have ({} without CUDA graphs)."""
     if not engine.cuda_graphs:
         return {}
-    import tempfile
-
     from torch.profiler import ProfilerActivity, profile
 
     steps = engine.steps(K, batch)
