@@ -226,19 +226,10 @@ def timeline(kernels: list[tuple[str, float, float]], top: int = 12) -> dict:
     kernels that ran at once, e.g. one launched early by PDL). span = kernel_us - overlap_us + idle_us. The
     idle stretches are attributed to (the kernel that ended last before them, the kernel that ended them),
     largest totals first (`idle_by_pair`, at most `top`), and the kernel time by name (`by_kernel`)."""
-    if not kernels:
-        return {
-            "kernels": 0,
-            "span_us": 0.0,
-            "kernel_us": 0.0,
-            "idle_us": 0.0,
-            "overlap_us": 0.0,
-            "by_kernel": [],
-            "idle_by_pair": [],
-        }
     kernels = sorted(kernels, key=lambda k: k[1])
     idle, pairs, names = 0.0, {}, {}
-    last_name, last_end = kernels[0][0], kernels[0][1]
+    first = kernels[0][1] if kernels else 0.0
+    last_name, last_end = (kernels[0][0] if kernels else None), first
     for name, start, dur in kernels:
         if start > last_end:
             idle += start - last_end
@@ -250,7 +241,7 @@ def timeline(kernels: list[tuple[str, float, float]], top: int = 12) -> dict:
         entry = names.setdefault(name, [0, 0.0])
         entry[0] += 1
         entry[1] += dur
-    span = last_end - kernels[0][1]
+    span = last_end - first
     busy = sum(k[2] for k in kernels)
     rank = lambda d: sorted(d.items(), key=lambda kv: -kv[1][1])[:top]  # noqa: E731
     return {

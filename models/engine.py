@@ -19,8 +19,8 @@ that one iteration costs about two reads of the weights:
   and the emitted tokens (`_Steps.packed`).
 
 * Matrix products go through `kernels.matmul.Matmul`: on CUDA, per weight shape and row tile, the
-  fastest of cuBLAS and a Triton kernel built to stream weights at decode shapes (row tiles of 64 and 128
-  rows for batched passes); gate and up are one kernel with SiLU * up in its epilogue.
+  fastest of cuBLAS and a Triton kernel built to stream weights at decode shapes (64-row tiles for batched
+  passes of up to `matmul_triton_rows` rows); gate and up are one kernel with SiLU * up in its epilogue.
 * On Hopper and newer, every Triton kernel is launched with Programmatic Dependent Launch
   (`kernels/pdl.py`): a pass is ~290 short kernels, and PDL lets each one launch and start reading
   its weights while the kernel before it finishes, instead of idling between them.
